@@ -1,0 +1,1 @@
+"""Benchmarks: the paper's few-shot protocol, dataset readers and baselines."""

@@ -1,0 +1,122 @@
+"""The diffclip exception tree.
+
+Every error a user can cause is a :class:`DiffclipError`. Each class carries the process exit
+code the command line returns for it, so shell loops can tell failures apart. Messages are one
+sentence that names the file, what is wrong and what to do.
+
+======  =====================  ==========================================================
+code    class                  meaning
+======  =====================  ==========================================================
+0                              success
+1                              unexpected internal error (a bug: please report it)
+2                              command-line usage error (unknown option, bad value)
+3       InputError             an input file is missing, unreadable or not what it should be
+4       GridError              inputs do not share a grid: CRS missing or mixed, no overlap
+5       LabelError             labels unusable: empty, unknown field, too few pixels
+6       ModelError             model file missing, untrusted, too new or not for this scene
+7       OutputError            output exists (no --overwrite), not writable, disk full
+8       BatchError             ``diffclip batch``: at least one scene failed
+130     Interrupted            stopped by Ctrl-C or SIGTERM; partial outputs were removed
+======  =====================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import os
+from typing import ClassVar
+
+__all__ = [
+    "EXIT_CODES",
+    "BatchError",
+    "DiffclipError",
+    "GridError",
+    "InputError",
+    "Interrupted",
+    "LabelError",
+    "ModelError",
+    "OutputError",
+]
+
+
+class DiffclipError(Exception):
+    """Base class of every error diffclip reports to its user.
+
+    Args:
+        message: what is wrong, as a sentence fragment without a trailing full stop.
+        path: the file the message is about, if any; it is put in front of the message.
+        hint: what the user should do about it.
+    """
+
+    exit_code: ClassVar[int] = 1
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.message = message
+        self.path = None if path is None else os.fspath(path)
+        self.hint = hint
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        text = self.message.rstrip(". ")
+        if self.path is not None:
+            text = f"{self.path}: {text}"
+        if self.hint:
+            text = f"{text}; {self.hint.rstrip('. ')}"
+        return text + "."
+
+
+class InputError(DiffclipError):
+    """An input file is missing, unreadable, truncated or not a usable raster or vector."""
+
+    exit_code = 3
+
+
+class GridError(DiffclipError):
+    """Inputs cannot be put on one pixel grid (CRS missing or mixed, no overlap)."""
+
+    exit_code = 4
+
+
+class LabelError(DiffclipError):
+    """Labels are unusable: empty, unknown class field, no pixel inside the scene, too few."""
+
+    exit_code = 5
+
+
+class ModelError(DiffclipError):
+    """A model file is missing, untrusted, from a newer version, or made for other inputs."""
+
+    exit_code = 6
+
+
+class OutputError(DiffclipError):
+    """An output cannot be written: it exists, its folder is missing or read-only, disk full."""
+
+    exit_code = 7
+
+
+class BatchError(DiffclipError):
+    """At least one scene of a batch failed (the others were still processed)."""
+
+    exit_code = 8
+
+
+class Interrupted(DiffclipError):  # noqa: N818 (reads better at the call site)
+    """The run was stopped by Ctrl-C or SIGTERM; partial outputs were removed."""
+
+    exit_code = 130
+
+
+EXIT_CODES: dict[str, int] = {
+    "success": 0,
+    "internal error": 1,
+    "usage error": 2,
+    **{cls.__name__: cls.exit_code for cls in (
+        InputError, GridError, LabelError, ModelError, OutputError, BatchError, Interrupted
+    )},
+}

@@ -1,0 +1,1 @@
+"""Inference: class probabilities for windows and tiled whole-scene maps."""

@@ -1,0 +1,1 @@
+"""The DiffCLIP network, its text encoder, presets and self-describing model files."""

@@ -1,0 +1,1 @@
+"""Reports: accuracy metrics, JSON/Markdown/PNG reports and map quicklooks."""

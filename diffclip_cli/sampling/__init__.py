@@ -1,0 +1,1 @@
+"""Sampling: normalisation statistics, k-shot splits, unlabelled windows, windows and tiles."""

@@ -1,0 +1,1 @@
+"""Training: masked-diffusion pretraining and few-shot language-driven fine-tuning."""
