@@ -1,0 +1,117 @@
+"""Options shared by the commands, as in rasterio's ``rio`` (one definition, many commands)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "BatchSizeOpt",
+    "ClassFieldOpt",
+    "ClassesOpt",
+    "DeviceOpt",
+    "HsiArg",
+    "LabelsOpt",
+    "LayerOpt",
+    "LidarArg",
+    "OverwriteOpt",
+    "QuietOpt",
+    "SeedOpt",
+    "VerboseOpt",
+    "verbosity",
+]
+
+#: Where ``fewshot`` saves and ``classify`` looks for a model when none is named.
+DEFAULT_MODEL = Path("diffclip-model.pt")
+
+_IO = "Inputs and outputs"
+_LAB = "Labels"
+_RUN = "Run"
+
+HsiArg = Annotated[
+    Path,
+    typer.Argument(help="Hyperspectral GeoTIFF; its grid is the output grid.", show_default=False),
+]
+LidarArg = Annotated[
+    list[Path] | None,
+    typer.Argument(
+        help="LiDAR GeoTIFF(s) (DSM, intensity...), stacked as channels in this order; "
+        "resampled onto the HSI grid. Optional.",
+        show_default=False,
+    ),
+]
+LabelsOpt = Annotated[
+    Path,
+    typer.Option(
+        "--labels",
+        help="Labelled pixels: a vector file (GeoPackage, GeoJSON, Shapefile; points or "
+        "polygons) or a label GeoTIFF (0 = unlabelled).",
+        rich_help_panel=_LAB,
+        show_default=False,
+    ),
+]
+ClassesOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--classes",
+        help="Classes table, CSV id,name[,description][,color]: names for a label raster's ids.",
+        rich_help_panel=_LAB,
+        show_default=False,
+    ),
+]
+ClassFieldOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--class-field",
+        help="Attribute holding class names or integer ids (default: a field named like "
+        "class/label/landcover).",
+        rich_help_panel=_LAB,
+        show_default=False,
+    ),
+]
+LayerOpt = Annotated[
+    str | None,
+    typer.Option("--layer", help="Layer of a multi-layer vector file.", rich_help_panel=_LAB,
+                 show_default=False),
+]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option("--overwrite", help="Replace existing outputs.", rich_help_panel=_IO),
+]
+SeedOpt = Annotated[
+    int,
+    typer.Option("--seed", help="Seed of every random choice (sampling, init, masking, noise).",
+                 rich_help_panel=_RUN),
+]
+DeviceOpt = Annotated[
+    str,
+    typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=_RUN),
+]
+BatchSizeOpt = Annotated[
+    int | None,
+    typer.Option("--batch-size", min=1, help="Windows per forward pass (default: by device).",
+                 rich_help_panel=_RUN, show_default=False),
+]
+VerboseOpt = Annotated[
+    bool,
+    typer.Option("-v", "--verbose", help="More messages; tracebacks on errors.",
+                 rich_help_panel=_RUN),
+]
+QuietOpt = Annotated[
+    bool,
+    typer.Option("-q", "--quiet", help="Only errors; no progress bars.", rich_help_panel=_RUN),
+]
+
+
+def verbosity(verbose: bool, quiet: bool) -> int:
+    """Map ``-v``/``-q`` to a level: 1 verbose, 0 normal, -1 quiet.
+
+    Raises:
+        typer.BadParameter: when both are given.
+    """
+    if verbose and quiet:
+        raise typer.BadParameter("-v and -q exclude each other")
+    return 1 if verbose else (-1 if quiet else 0)
