@@ -18,6 +18,15 @@ def test_success_renames(tmp_path):
     assert not list(tmp_path.glob(TEMP_PREFIX + "*"))
 
 
+def test_output_gets_default_permissions(tmp_path):
+    out = tmp_path / "report.json"
+    with atomic_path(out) as tmp:
+        tmp.write_text("{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
 def test_failure_leaves_nothing(tmp_path):
     out = tmp_path / "map.tif"
     with pytest.raises(RuntimeError), atomic_path(out) as tmp:

@@ -52,6 +52,12 @@ def check_output(path: str | os.PathLike[str], *, overwrite: bool = False) -> Pa
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write; rename it to ``path`` when the block succeeds.
@@ -79,6 +85,8 @@ def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Ite
         yield tmp
         if not tmp.exists():
             raise OutputError("nothing was written", path=target)
+        # mkstemp creates 0600 files; give the output the permissions a plain open() would.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
