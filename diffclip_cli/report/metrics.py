@@ -137,6 +137,8 @@ class AccuracyReport:
         f1: per class, ``2 TP / (2 TP + FP + FN)``.
         support: per class, the number of reference pixels.
         n_pixels: the number of reference pixels evaluated (unclassified included).
+        extra: further JSON entries kept through :meth:`to_dict`/:meth:`from_dict` (e.g. the
+            ``title`` and ``metadata`` of a written report).
     """
 
     class_ids: list[int]
