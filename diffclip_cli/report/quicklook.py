@@ -1,0 +1,226 @@
+"""Quicklook PNGs of class maps: class colours, nodata white, a legend with the class names.
+
+Huge maps are read decimated (``out_shape``, so GDAL uses the map's overviews when it has
+them): memory stays bounded by ``max_size`` squared whatever the map's size.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioIOError
+
+from diffclip_cli.errors import InputError
+from diffclip_cli.io.atomic import atomic_path, check_output
+from diffclip_cli.io.classes import DEFAULT_PALETTE, ClassInfo, ClassTable
+
+__all__ = ["decimated_shape", "quicklook", "read_decimated"]
+
+#: Colour of map values that are no class of the table.
+UNKNOWN_COLOR = (160, 160, 160)
+_DPI = 100
+_PAD = 10
+
+
+def decimated_shape(shape: tuple[int, int], max_size: int) -> tuple[int, int]:
+    """``(rows, cols)`` scaled down so the longer side is at most ``max_size``.
+
+    The aspect ratio is kept (to the nearest pixel); shapes that already fit are unchanged.
+    """
+    h, w = int(shape[0]), int(shape[1])
+    if max_size < 1:
+        raise ValueError(f"max_size must be at least 1, got {max_size}")
+    longest = max(h, w)
+    if longest <= max_size:
+        return (h, w)
+    scale = longest / max_size
+    return (max(1, min(max_size, round(h / scale))), max(1, min(max_size, round(w / scale))))
+
+
+def read_decimated(
+    path: str | os.PathLike[str], *, max_size: int = 1024, band: int = 1
+) -> tuple[np.ndarray, float | None]:
+    """Read a map band decimated (nearest neighbour) to at most ``max_size`` on its long side.
+
+    Args:
+        path: the raster.
+        max_size: the longest side of the returned array.
+        band: the band to read.
+
+    Returns:
+        ``(array, nodata)``: the decimated values and the band's nodata value.
+
+    Raises:
+        InputError: when the file is missing or not a raster.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError("map not found", path=path, hint="check the path")
+    try:
+        with rasterio.open(path) as ds:
+            shape = decimated_shape((ds.height, ds.width), max_size)
+            data = ds.read(band, out_shape=shape, resampling=Resampling.nearest)
+            return data, ds.nodata
+    except RasterioIOError as exc:
+        raise InputError(f"cannot be read as a raster ({exc})", path=path,
+                         hint="give a GeoTIFF class map") from None
+
+
+def _decimate_array(array: np.ndarray, max_size: int) -> np.ndarray:
+    h, w = array.shape
+    oh, ow = decimated_shape((h, w), max_size)
+    if (oh, ow) == (h, w):
+        return array
+    rows = ((np.arange(oh) + 0.5) * h / oh).astype(np.intp)
+    cols = ((np.arange(ow) + 0.5) * w / ow).astype(np.intp)
+    return array[np.ix_(rows, cols)]
+
+
+def quicklook(
+    source: str | os.PathLike[str] | np.ndarray,
+    classes: ClassTable | None,
+    output: str | os.PathLike[str],
+    *,
+    max_size: int = 1024,
+    title: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Draw a class map as a PNG with a legend.
+
+    The map is drawn pixel for pixel (no smoothing): maps larger than ``max_size`` are
+    decimated to ``max_size`` on their longer side, smaller ones are enlarged by the largest
+    whole factor that stays within ``max_size``. The aspect ratio is kept. Nodata (0, or the
+    file's nodata value) is white; values that are no class of the table are grey. The legend
+    (class id, name and colour of the classes in the table) is drawn to the right of the map
+    and the title above it, so the PNG is wider than the map by the legend's width.
+
+    Args:
+        source: a map GeoTIFF (read decimated) or a 2-D array of class ids.
+        classes: the class table; ``None`` reads it from the map's tags or sidecar (see
+            :func:`diffclip_cli.io.maps.read_map`), or uses default colours and the ids as names.
+        output: the PNG to write.
+        max_size: the longest side of the map in the PNG, in pixels.
+        title: a title above the map.
+        overwrite: replace an existing PNG.
+
+    Returns:
+        The PNG's path.
+
+    Raises:
+        InputError: when ``source`` is not a readable raster or not 2-D.
+        OutputError: when ``output`` exists (without ``overwrite``) or cannot be written.
+    """
+    out = check_output(output, overwrite=overwrite)
+    if isinstance(source, np.ndarray):
+        if source.ndim != 2:
+            raise InputError(f"a quicklook needs a 2-D class map, got shape {source.shape}")
+        data = _decimate_array(source, max_size)
+    else:
+        data, nodata = read_decimated(source, max_size=max_size)
+        if nodata is not None and nodata != 0:
+            data = np.where(data == nodata, 0, data)
+        if classes is None:
+            from diffclip_cli.io.maps import read_map
+
+            classes = read_map(source).classes
+    data = np.asarray(data).astype(np.int64, copy=False)
+    if data.size and data.min() < 0:
+        data = np.where(data < 0, 0, data)
+    legend_classes = _legend_classes(classes, data)
+    rgba = _colorize(data, legend_classes)
+    factor = max(1, max_size // max(data.shape)) if max(data.shape) < max_size else 1
+    if factor > 1:
+        rgba = np.repeat(np.repeat(rgba, factor, axis=0), factor, axis=1)
+    has_unknown = bool(np.isin(data, [0, *(c.id for c in legend_classes)], invert=True).any())
+    fig = _figure(rgba, legend_classes, title=title, nodata=bool((data == 0).any()),
+                  unknown=has_unknown)
+    with atomic_path(out, overwrite=overwrite) as tmp:
+        fig.savefig(tmp, format="png", dpi=_DPI)
+    return out
+
+
+def _legend_classes(classes: ClassTable | None, data: np.ndarray) -> list[ClassInfo]:
+    if classes is not None:
+        return list(classes)
+    ids = [int(v) for v in np.unique(data) if v != 0]
+    return [ClassInfo(i, f"class {i}", "", DEFAULT_PALETTE[(i - 1) % len(DEFAULT_PALETTE)])
+            for i in ids]
+
+
+def _colorize(data: np.ndarray, classes: list[ClassInfo]) -> np.ndarray:
+    """RGBA uint8 image: class colours, nodata white, other values grey."""
+    ids = np.asarray([c.id for c in classes], dtype=np.int64)
+    colors = np.asarray([(*c.color, 255) for c in classes] + [(*UNKNOWN_COLOR, 255)],
+                        dtype=np.uint8).reshape(-1, 4)
+    order = np.argsort(ids)
+    sorted_ids = ids[order]
+    if sorted_ids.size:
+        pos = np.clip(np.searchsorted(sorted_ids, data), 0, sorted_ids.size - 1)
+        idx = np.where(sorted_ids[pos] == data, order[pos], ids.size)
+    else:
+        idx = np.zeros(data.shape, dtype=np.intp)
+    rgba = colors[idx]
+    rgba[data == 0] = (255, 255, 255, 255)
+    return rgba
+
+
+def _figure(rgba: np.ndarray, classes: list[ClassInfo], *, title: str | None, nodata: bool,
+            unknown: bool) -> Any:
+    """Lay the map out pixel for pixel, with the legend measured first so nothing is cut."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch, Rectangle
+    from matplotlib.transforms import IdentityTransform
+
+    handles = [Patch(facecolor=np.asarray(c.color) / 255, edgecolor="0.3", linewidth=0.5,
+                     label=f"{c.id} {c.name}".replace("$", r"\$")) for c in classes]
+    if unknown:
+        handles.append(Patch(facecolor=np.asarray(UNKNOWN_COLOR) / 255, edgecolor="0.3",
+                             linewidth=0.5, label="other value"))
+    if nodata:
+        handles.append(Patch(facecolor="white", edgecolor="0.3", linewidth=0.5,
+                             label="no data"))
+    h, w = rgba.shape[:2]
+    rows_fit = max(10, h // 20)
+    ncol = max(1, -(-len(handles) // rows_fit)) if handles else 1
+    legend_kw = {"handles": handles, "loc": "upper left", "frameon": False, "fontsize": 9,
+                 "ncols": ncol, "borderaxespad": 0.0, "borderpad": 0.2}
+
+    # Measure the legend (its pixel size does not depend on the figure size).
+    probe = Figure(figsize=(4, 4), dpi=_DPI)
+    canvas = FigureCanvasAgg(probe)
+    leg_w = leg_h = 0
+    if handles:
+        box = probe.legend(**legend_kw).get_window_extent(canvas.get_renderer())
+        leg_w, leg_h = int(np.ceil(box.width)) + 2, int(np.ceil(box.height)) + 2
+    title_h = 0
+    if title:
+        text = probe.text(0, 0, title.replace("$", r"\$"), fontsize=11)
+        title_h = int(np.ceil(text.get_window_extent(canvas.get_renderer()).height)) + _PAD
+
+    width = _PAD + w + (2 * _PAD + leg_w if handles else _PAD)
+    body = max(h, leg_h)
+    height = _PAD + title_h + body + _PAD
+    fig = Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI, facecolor="white")
+    FigureCanvasAgg(fig)
+    # figimage counts pixels from the bottom left; origin="upper" keeps row 0 at the top.
+    y0 = height - _PAD - title_h - h
+    fig.figimage(rgba, xo=_PAD, yo=y0, origin="upper")
+    # A thin frame, so that white nodata at the edges still shows where the map ends.
+    # Drawn one pixel outside the map (lines are centred on their coordinates).
+    fig.add_artist(Rectangle((_PAD - 1.5, y0 - 1.5), w + 3, h + 3,
+                             transform=IdentityTransform(), fill=False, edgecolor="0.6",
+                             linewidth=72 / _DPI, antialiased=False))
+    if handles:
+        top = (height - _PAD - title_h) / height
+        fig.legend(**legend_kw, bbox_to_anchor=((_PAD + w + 2 * _PAD) / width, top),
+                   bbox_transform=fig.transFigure)
+    if title:
+        fig.text(_PAD / width, 1 - _PAD / height, title.replace("$", r"\$"), fontsize=11,
+                 ha="left", va="top")
+    return fig

@@ -1,0 +1,177 @@
+"""Accuracy reports as files (JSON, Markdown, PNG heatmap) and as a Rich table for the CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.markup import escape
+from rich.table import Table
+
+from diffclip_cli.io.atomic import atomic_path, check_output
+from diffclip_cli.report.metrics import AccuracyReport
+
+__all__ = ["confusion_figure", "report_paths", "rich_table", "write_report"]
+
+
+def report_paths(stem: str | os.PathLike[str]) -> dict[str, Path]:
+    """The files :func:`write_report` writes for ``stem``: ``stem.json``, ``.md`` and ``.png``.
+
+    The suffix is appended, never substituted, so ``run.seed1`` gives ``run.seed1.json``.
+    """
+    stem = os.fspath(stem)
+    return {"json": Path(stem + ".json"), "markdown": Path(stem + ".md"),
+            "png": Path(stem + ".png")}
+
+
+def write_report(
+    report: AccuracyReport,
+    stem: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    title: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write ``stem.json``, ``stem.md`` and ``stem.png`` (confusion-matrix heatmap).
+
+    The three files appear together: each is written to a temporary name and they are renamed
+    only once all three are complete. Nothing is written if any of them exists and
+    ``overwrite`` is false.
+
+    Args:
+        report: the accuracy report.
+        stem: the output path without suffix.
+        overwrite: replace existing files.
+        title: a title for the Markdown and the figure (also stored in the JSON).
+        metadata: JSON-serialisable facts stored in the JSON under ``"metadata"`` (map, labels,
+            model, seed...) and listed in the Markdown.
+
+    Returns:
+        ``{"json": path, "markdown": path, "png": path}``.
+
+    Raises:
+        OutputError: when a file exists (without ``overwrite``) or cannot be written.
+    """
+    paths = report_paths(stem)
+    for path in paths.values():
+        check_output(path, overwrite=overwrite)
+    data = report.to_dict()
+    if title is not None:
+        data["title"] = title
+    if metadata:
+        data["metadata"] = metadata
+    text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False, default=str) + "\n"
+    markdown = report.to_markdown(title=title)
+    if metadata:
+        markdown += "\n## Run\n\n" + "\n".join(
+            f"- {key}: {value}" for key, value in metadata.items()
+        ) + "\n"
+    with contextlib.ExitStack() as stack:
+        tmp = {key: stack.enter_context(atomic_path(path, overwrite=overwrite))
+               for key, path in paths.items()}
+        tmp["json"].write_text(text, encoding="utf-8")
+        tmp["markdown"].write_text(markdown, encoding="utf-8")
+        fig = confusion_figure(report, title=title)
+        fig.savefig(tmp["png"], format="png", dpi=100, bbox_inches="tight", pad_inches=0.15)
+    return paths
+
+
+def confusion_figure(report: AccuracyReport, *, title: str | None = None) -> Any:
+    """A matplotlib figure of the confusion matrix (Agg canvas, no window, no pyplot state).
+
+    Colours are row-normalised (each reference class sums to 1, so the diagonal reads as the
+    producer's accuracy) and each cell is annotated with its pixel count. An "unclassified"
+    column is added when the map left reference pixels without a class.
+
+    Args:
+        report: the accuracy report.
+        title: the figure title; OA, AA and kappa are always shown under it.
+
+    Returns:
+        A :class:`matplotlib.figure.Figure`.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    k = report.n_classes
+    counts = report.confusion_matrix
+    names = [n.replace("$", r"\$") for n in report.class_names]  # no mathtext
+    col_labels = [f"{i} {n}" for i, n in zip(report.class_ids, names, strict=True)]
+    if report.n_unclassified:
+        counts = np.concatenate([counts, report.unclassified[:, None]], axis=1)
+        col_labels.append("unclassified")
+    row_labels = list(col_labels[:k])
+    rows = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, rows, out=np.zeros(counts.shape, dtype=float), where=rows > 0)
+
+    ncol = counts.shape[1]
+    cell = 0.55 if k <= 12 else 0.42
+    font = 9 if k <= 12 else 7 if k <= 20 else 5
+    longest = max(len(s) for s in row_labels + col_labels)
+    margin = min(0.08 * longest + 0.6, 3.5)
+    width = ncol * cell + margin + 1.6
+    height = k * cell + margin + 1.4
+    fig = Figure(figsize=(max(width, 4.5), max(height, 3.5)), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0, aspect="equal",
+                      interpolation="nearest")
+    cbar = fig.colorbar(image, ax=ax, shrink=0.8)
+    cbar.set_label("share of the reference class", fontsize=font)
+    cbar.ax.tick_params(labelsize=font)
+    ax.set_xticks(range(ncol), labels=col_labels, rotation=45, ha="right",
+                  rotation_mode="anchor", fontsize=font)
+    ax.set_yticks(range(k), labels=row_labels, fontsize=font)
+    ax.set_xlabel("predicted class", fontsize=font + 1)
+    ax.set_ylabel("reference class", fontsize=font + 1)
+    for i in range(k):
+        for j in range(ncol):
+            value = int(counts[i, j])
+            if value == 0:
+                continue
+            ax.text(j, i, f"{value}", ha="center", va="center", fontsize=font - 1,
+                    color="white" if share[i, j] > 0.6 else "black")
+
+    def pct(v: float | None) -> str:
+        return "–" if v is None else f"{100 * v:.2f}"
+
+    summary = (f"OA {pct(report.overall_accuracy)} %   AA {pct(report.average_accuracy)} %   "
+               f"kappa {pct(report.kappa)}   n = {report.n_pixels}")
+    heading = title.replace("$", r"\$") if title else None
+    ax.set_title(f"{heading}\n{summary}" if heading else summary, fontsize=font + 1)
+    return fig
+
+
+def rich_table(report: AccuracyReport, *, title: str | None = None) -> Table:
+    """A Rich table for the terminal: per-class PA, UA, F1 and support; OA, AA, kappa below.
+
+    Args:
+        report: the accuracy report.
+        title: an optional table title.
+
+    Returns:
+        The table (the CLI prints it).
+    """
+
+    def pct(v: float | None) -> str:
+        return "–" if v is None else f"{100 * v:.2f}"
+
+    caption = (f"OA {pct(report.overall_accuracy)} %  ·  AA {pct(report.average_accuracy)} %  ·  "
+               f"kappa {pct(report.kappa)} (× 100)  ·  {report.n_pixels} reference pixels")
+    if report.n_unclassified:
+        caption += f", {report.n_unclassified} unclassified"
+    table = Table(title=None if title is None else escape(title), caption=caption)
+    table.add_column("id", justify="right")
+    table.add_column("class")
+    table.add_column("PA %", justify="right", header_style="bold")
+    table.add_column("UA %", justify="right")
+    table.add_column("F1 %", justify="right")
+    table.add_column("support", justify="right")
+    for rec in report.per_class():
+        table.add_row(str(rec["id"]), escape(rec["name"]), pct(rec["producers_accuracy"]),
+                      pct(rec["users_accuracy"]), pct(rec["f1"]), str(rec["support"]))
+    return table
