@@ -52,10 +52,14 @@ def check_output(path: str | os.PathLike[str], *, overwrite: bool = False) -> Pa
     return path
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# Read once at import: os.umask() briefly changes process state, unsafe beside writer threads.
+_UMASK = _read_umask()
 
 
 @contextlib.contextmanager
@@ -86,7 +90,7 @@ def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Ite
         if not tmp.exists():
             raise OutputError("nothing was written", path=target)
         # mkstemp creates 0600 files; give the output the permissions a plain open() would.
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, target)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
