@@ -32,6 +32,7 @@ from rasterio.windows import transform as window_transform
 from diffclip_cli.errors import GridError, InputError, LabelError
 from diffclip_cli.io.classes import ClassInfo, ClassTable
 from diffclip_cli.io.grid import Grid
+from diffclip_cli.io.pixels import apply_transform
 from diffclip_cli.io.raster import Scene, open_raster
 
 __all__ = ["RASTER_SUFFIXES", "LabelReport", "LabelSet", "detect_class_fields", "read_labels"]
@@ -541,7 +542,7 @@ def _burn(
     if pt.any():
         xy = shapely.get_coordinates(parts[pt])
         f = part_of[pt]
-        colf, rowf = ~grid.transform * (xy[:, 0], xy[:, 1])
+        colf, rowf = apply_transform(~grid.transform, xy[:, 0], xy[:, 1])
         r = np.floor(np.asarray(rowf)).astype(np.int64)
         c = np.floor(np.asarray(colf)).astype(np.int64)
         ok = (r >= 0) & (c >= 0) & (r < grid.height) & (c < grid.width)
@@ -553,9 +554,9 @@ def _burn(
         out_f.append(f[ok])
 
     # Polygons: one rasterisation per polygon, in its bounding window.
-    grid_box = shapely.Polygon([grid.transform * xy for xy in
-                                ((0, 0), (grid.width, 0), (grid.width, grid.height),
-                                 (0, grid.height))])
+    bx, by = apply_transform(grid.transform, [0, grid.width, grid.width, 0],
+                             [0, 0, grid.height, grid.height])
+    grid_box = shapely.Polygon(np.stack([bx, by], axis=1))
     poly_idx = np.flatnonzero(np.isin(types, list(_POLYGON_TYPES)))
     inv = ~grid.transform
     for k in poly_idx:
@@ -568,7 +569,7 @@ def _burn(
         if not grid_box.covers(geom):
             partly[f] = True
         x0, y0, x1, y1 = geom.bounds
-        cs, rs = inv * np.array([(x0, x1, x0, x1), (y0, y0, y1, y1)])
+        cs, rs = apply_transform(inv, [x0, x1, x0, x1], [y0, y0, y1, y1])
         r0 = max(0, math.floor(min(rs)))
         r1 = min(grid.height, math.ceil(max(rs)))
         c0 = max(0, math.floor(min(cs)))
@@ -750,10 +751,10 @@ def _raster_outside(
             if not rr.size:
                 continue
             total += rr.size
-            xs, ys = ds.transform * (cc + c0 + 0.5, rr + r0 + 0.5)
+            xs, ys = apply_transform(ds.transform, cc + c0 + 0.5, rr + r0 + 0.5)
             if grid.crs is not None and src_crs != grid.crs:
                 xs, ys = warp_transform(src_crs, grid.crs, xs, ys)
-            gc, gr = inv * (np.asarray(xs), np.asarray(ys))
+            gc, gr = apply_transform(inv, xs, ys)
             gc = np.floor(gc)
             gr = np.floor(gr)
             outside += int(((gc < 0) | (gr < 0) | (gc >= grid.width) | (gr >= grid.height)).sum())

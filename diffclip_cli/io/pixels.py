@@ -6,8 +6,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+from affine import Affine
 
-__all__ = ["PixelGroup", "as_pixel_arrays", "group_by_tile"]
+__all__ = ["PixelGroup", "apply_transform", "as_pixel_arrays", "group_by_tile"]
+
+
+def apply_transform(
+    transform: Affine, x: np.ndarray | float, y: np.ndarray | float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply an affine transform to coordinates (arrays or scalars), elementwise.
+
+    Written out so it works the same with every version of ``affine`` (whose ``*`` operator
+    on points is being deprecated in favour of ``@``).
+    """
+    a, b, c, d, e, f = tuple(transform)[:6]
+    xa = np.asarray(x, np.float64)
+    ya = np.asarray(y, np.float64)
+    return a * xa + b * ya + c, d * xa + e * ya + f
 
 
 @dataclass(frozen=True)

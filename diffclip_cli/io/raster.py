@@ -29,7 +29,7 @@ from rasterio.windows import Window
 
 from diffclip_cli.errors import GridError, InputError
 from diffclip_cli.io.grid import Grid
-from diffclip_cli.io.pixels import as_pixel_arrays, group_by_tile
+from diffclip_cli.io.pixels import apply_transform, as_pixel_arrays, group_by_tile
 
 __all__ = ["RESAMPLING", "Block", "PixelValues", "Scene", "as_window", "open_raster"]
 
@@ -144,9 +144,8 @@ def _short(exc: BaseException) -> str:
 
 def _footprint(ds: Any) -> shapely.Polygon:
     """The raster's outline as a polygon in its own CRS (rotated transforms included)."""
-    t = ds.transform
-    corners = [t * (0, 0), t * (ds.width, 0), t * (ds.width, ds.height), t * (0, ds.height)]
-    return shapely.Polygon(corners)
+    xs, ys = apply_transform(ds.transform, [0, ds.width, ds.width, 0], [0, 0, ds.height, ds.height])
+    return shapely.Polygon(np.stack([xs, ys], axis=1))
 
 
 def _extent_text(ds: Any) -> str:
@@ -351,7 +350,8 @@ class Scene:
         """
         g = self.grid
         try:
-            cx, cy = ds.transform * (ds.width / 2, ds.height / 2)
+            cx, cy = (float(v) for v in apply_transform(ds.transform, ds.width / 2,
+                                                        ds.height / 2))
             rx, ry = ds.res
             pts = transform_geom(ds.crs, g.crs, {
                 "type": "MultiPoint",
