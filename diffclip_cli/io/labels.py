@@ -30,7 +30,7 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from diffclip_cli.errors import GridError, InputError, LabelError
-from diffclip_cli.io.classes import ClassInfo, ClassTable
+from diffclip_cli.io.classes import ClassTable
 from diffclip_cli.io.grid import Grid
 from diffclip_cli.io.pixels import apply_transform
 from diffclip_cli.io.raster import Scene, open_raster
@@ -484,7 +484,7 @@ def _class_ids(
         if not present:
             raise LabelError(f"field '{id_field}' holds no class id", path=path,
                              hint="check the field (0 means unlabelled)")
-        table = ClassTable(ClassInfo(i, id_names.get(i, f"class {i}")) for i in present)
+        table = ClassTable({"id": i, "name": id_names.get(i, f"class {i}")} for i in present)
         return ids, table, no_class, unlabelled
     assert names is not None
     if missing.all():
@@ -502,7 +502,7 @@ def _class_ids(
         for nm in sorted(set(names[~missing].tolist())):
             spelled.setdefault(nm.casefold(), nm)
         ordered = sorted(spelled.values())
-        table = ClassTable(ClassInfo(k + 1, nm) for k, nm in enumerate(ordered))
+        table = ClassTable({"id": k + 1, "name": nm} for k, nm in enumerate(ordered))
         lookup = {nm.casefold(): k + 1 for k, nm in enumerate(ordered)}
     ids = np.array([0 if m else lookup[nm.casefold()] for nm, m in zip(names, missing,
                                                                           strict=True)], np.int64)
@@ -711,7 +711,7 @@ def _read_raster(path: Path, grid: Grid, table: ClassTable | None) -> LabelSet:
                              f"(ids {table.ids})", path=path,
                              hint="add them to the classes table or fix the raster")
     elif present:
-        table = ClassTable(ClassInfo(i, f"class {i}") for i in present)
+        table = ClassTable({"id": i, "name": f"class {i}"} for i in present)
     else:
         raise LabelError(f"no label falls inside the raster ({grid.describe()})", path=path,
                          hint="label values must be 1..65535; 0 and nodata mean unlabelled")
