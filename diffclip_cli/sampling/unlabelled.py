@@ -87,7 +87,8 @@ def sample_unlabelled(
         er, ec = as_pixel_arrays(*exclude)
         ok = (er >= 0) & (ec >= 0) & (er < h) & (ec < w)
         er, ec = er[ok], ec[ok]
-        packed[er, ec // 8] &= ~(np.uint8(0x80) >> (ec % 8).astype(np.uint8))
+        bits = np.right_shift(np.uint8(0x80), (ec % 8).astype(np.uint8))
+        np.bitwise_and.at(packed, (er, ec // 8), ~bits)  # .at: several pixels share a byte
     # Valid pixels per cell, one band of cell rows at a time.
     ncr, ncc = -(-h // cell_size), -(-w // cell_size)
     counts = np.zeros((ncr, ncc), np.int64)
