@@ -37,6 +37,7 @@ def write_tif(
     offsets: list[float] | None = None,
     descriptions: list[str | None] | None = None,
     block: int | None = None,
+    compress: str | None = None,
 ) -> Path:
     """Write a (C, H, W) or (H, W) array as a GeoTIFF."""
     data = data[None] if data.ndim == 2 else data
@@ -46,6 +47,8 @@ def write_tif(
                "transform": transform or from_origin(*ORIGIN, RES, RES), "nodata": nodata}
     if block:
         profile.update(tiled=True, blockxsize=block, blockysize=block)
+    if compress:
+        profile["compress"] = compress
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
         if scales is not None:

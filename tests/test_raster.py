@@ -190,13 +190,22 @@ def test_errors_are_clear(tmp_path, hsi):
     with pytest.raises(InputError, match="LiDAR file not found"):
         Scene.open(hsi, tmp_path / "nope.tif")
     big = write_tif(tmp_path / "big.tif", np.random.default_rng(0).random((4, 64, 64))
-                    .astype(np.float32), block=16)
+                    .astype(np.float32), block=16, compress="deflate")
     cut = tmp_path / "cut.tif"
     cut.write_bytes(big.read_bytes()[: big.stat().st_size // 2])
     with pytest.raises(InputError) as info:
         Scene.open(cut)
     assert "cut.tif" in str(info.value) and info.value.exit_code == 3
     assert "\n" not in str(info.value)
+    # Damage in the middle: opening works, the read that meets it fails with a sentence.
+    damaged = bytearray(big.read_bytes())
+    damaged[len(damaged) // 4:len(damaged) // 4 + 4000] = b"\x55" * 4000
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(bytes(damaged))
+    with Scene.open(bad) as scene, pytest.raises(InputError, match=r"bad\.tif: reading failed"
+                                                 ) as info:
+        scene.read(scene.grid.full_window())
+    assert "previous exception" not in str(info.value)
 
 
 def test_pickle_and_threads(hsi, tmp_path):

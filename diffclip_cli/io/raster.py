@@ -138,8 +138,12 @@ def open_raster(path: PathLike, *, what: str = "raster") -> rasterio.DatasetRead
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text.rstrip(".")
+    """The first line of an exception's message, or of its cause when it points there."""
+    text = str(exc).strip()
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and (not text or "previous exception" in text):
+        text = str(cause).strip() or text
+    return (text.splitlines()[0] if text else type(exc).__name__).rstrip(".")
 
 
 def _footprint(ds: Any) -> shapely.Polygon:
