@@ -166,6 +166,7 @@ def test_scene_stats_json_round_trip_and_compute(scene_path, tmp_path):
     assert stats.hsi.center[1] == 7.0 and stats.lidar.center[0] == 4.0
     data = json.loads(json.dumps(stats.to_dict()))
     back = SceneStats.from_dict(data)
+    assert back == stats and back != SceneStats(stats.hsi, None)
     np.testing.assert_array_equal(back.hsi.center, stats.hsi.center)
     np.testing.assert_array_equal(back.lidar.scale, stats.lidar.scale)
     assert back.hsi.method == "percentile"

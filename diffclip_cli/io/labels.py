@@ -162,7 +162,7 @@ class LabelReport:
         return data
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LabelSet:
     """Labelled pixels on the HSI grid, as sparse lists.
 

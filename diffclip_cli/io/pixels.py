@@ -25,7 +25,7 @@ def apply_transform(
     return a * xa + b * ya + c, d * xa + e * ya + f
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PixelGroup:
     """The pixels of one tile and the rows/columns they span.
 

@@ -46,7 +46,7 @@ PathLike = str | os.PathLike[str]
 WindowLike = Window | tuple[tuple[int, int], tuple[int, int]]
 
 
-@dataclass
+@dataclass(eq=False)
 class Block:
     """The data of one window of a scene.
 
@@ -62,7 +62,7 @@ class Block:
     valid: np.ndarray
 
 
-@dataclass
+@dataclass(eq=False)
 class PixelValues:
     """The values of scattered pixels.
 

@@ -20,7 +20,7 @@ METHODS = ("percentile", "meanstd")
 _TINY = 1e-6
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BandStats:
     """Per-band centre and scale: ``(x - center) / scale``.
 
@@ -45,6 +45,13 @@ class BandStats:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         object.__setattr__(self, "center", center)
         object.__setattr__(self, "scale", scale)
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, BandStats) and self.method == other.method
+                and np.array_equal(self.center, other.center)
+                and np.array_equal(self.scale, other.scale))
+
+    __hash__ = None  # type: ignore[assignment]
 
     @property
     def bands(self) -> int:

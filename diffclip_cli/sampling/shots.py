@@ -14,7 +14,7 @@ __all__ = ["Split", "sample_shots", "spatial_split"]
 log = logging.getLogger("diffclip")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Split:
     """A train/test split as index arrays into a :class:`~diffclip_cli.io.labels.LabelSet`.
 

@@ -49,7 +49,7 @@ class Tile:
         return (self.height, self.width)
 
 
-@dataclass
+@dataclass(eq=False)
 class TileData:
     """Normalised data of a tile plus halo.
 

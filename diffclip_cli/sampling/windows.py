@@ -14,7 +14,7 @@ from diffclip_cli.sampling.normalise import SceneStats
 __all__ = ["WindowBatch", "extract_windows", "read_windows"]
 
 
-@dataclass
+@dataclass(eq=False)
 class WindowBatch:
     """Normalised windows of both modalities.
 
