@@ -272,3 +272,15 @@ def test_salinas_vector_and_raster_labels_agree(salinas_dir):  # noqa: F811
     assert len(vec) == 5348 and vec.classes == ras.classes
     np.testing.assert_array_equal(vec.to_raster(), ras.to_raster())
     np.testing.assert_array_equal(vec.counts(), [391, 1343, 616, 1525, 674, 799])
+
+
+def test_layers(tmp_path):
+    path = tmp_path / "two.gpkg"
+    write_vector(path, [{"class": "a", "geometry": Point(*centre(1, 1))}], layer="first")
+    write_vector(path, [{"class": "b", "geometry": Point(*centre(2, 2))}], layer="second",
+                 mode="a")
+    with pytest.raises(InputError, match=r"several layers \(first, second\)"):
+        read_labels(path, GRID)
+    assert pixels(read_labels(path, GRID, layer="second")) == {(2, 2, 1)}
+    with pytest.raises(InputError, match="no layer 'third'"):
+        read_labels(path, GRID, layer="third")
