@@ -187,3 +187,27 @@ def test_salinas_stats_are_deterministic(salinas_dir):  # noqa: F811
     assert a.hsi.bands == 204 and a.lidar is None
     np.testing.assert_array_equal(a.hsi.center, b.hsi.center)
     assert (a.hsi.scale > 0).all()
+
+
+def test_synthetic_scene_end_to_end(tmp_path):
+    from diffclip_cli.bench.synthetic import make_scene, write_scene
+    from diffclip_cli.io.labels import read_labels
+    from diffclip_cli.sampling.windows import read_windows
+
+    syn = make_scene(height=40, width=36, hsi_bands=6, lidar_bands=2, seed=2)
+    paths = write_scene(syn, tmp_path, hsi_dtype="int16")
+    with Scene.open(paths["hsi"], paths["lidar"]) as scene:
+        block = scene.read(scene.grid.full_window())
+        np.testing.assert_allclose(block.hsi, syn.hsi, atol=1e-4)  # int16 * 1e-4 scale
+        np.testing.assert_array_equal(block.lidar, syn.lidar)
+        assert scene.band_names["lidar"] == ["DSM", "intensity 1"]
+        labels = read_labels(paths["labels"], scene.grid, classes=paths["classes"])
+        np.testing.assert_array_equal(labels.to_raster(), syn.labels)
+        assert labels.classes.names == syn.class_names
+        split = sample_shots(labels.drop_invalid(scene), 3, seed=0)
+        stats = compute_stats(scene, seed=0, n_samples=400)
+        batch = read_windows(scene, labels.rows[split.train], labels.cols[split.train],
+                             size=5, stats=stats)
+    assert batch.hsi.shape == (3 * len(syn.class_names), 6, 5, 5)
+    assert batch.lidar.shape == (3 * len(syn.class_names), 2, 5, 5)
+    assert np.abs(batch.hsi).max() < 5  # normalised to about [-1, 1]
