@@ -1,0 +1,106 @@
+"""Tiles with a halo, for whole-scene processing whose memory depends on the tile, not the scene."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from rasterio.windows import Window
+
+from diffclip_cli.io.grid import Grid
+from diffclip_cli.io.raster import Scene
+from diffclip_cli.sampling.normalise import SceneStats
+
+__all__ = ["Tile", "TileData", "iter_tiles", "read_tile"]
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile of a grid: its core (the pixels it is responsible for) and its halo.
+
+    Attributes:
+        row: first row of the core.
+        col: first column of the core.
+        height: core rows.
+        width: core columns.
+        halo: pixels of context on every side of the core.
+    """
+
+    row: int
+    col: int
+    height: int
+    width: int
+    halo: int
+
+    @property
+    def window(self) -> Window:
+        """The core as a window of the grid."""
+        return Window(self.col, self.row, self.width, self.height)
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        """The core as ``(row slice, col slice)`` of a grid-sized array."""
+        return slice(self.row, self.row + self.height), slice(self.col, self.col + self.width)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(height, width)`` of the core."""
+        return (self.height, self.width)
+
+
+@dataclass(eq=False)
+class TileData:
+    """Normalised data of a tile plus halo.
+
+    Attributes:
+        tile: the tile.
+        hsi: ``(C, h + 2 halo, w + 2 halo)`` float32.
+        lidar: ``(L, h + 2 halo, w + 2 halo)`` float32 or ``None``.
+        valid: ``(h, w)`` bool validity of the core.
+    """
+
+    tile: Tile
+    hsi: np.ndarray
+    lidar: np.ndarray | None
+    valid: np.ndarray
+
+
+def iter_tiles(grid: Grid, *, tile_size: int = 256, halo: int = 5) -> Iterator[Tile]:
+    """Tiles covering every pixel of ``grid`` exactly once, in raster order.
+
+    Args:
+        grid: the grid.
+        tile_size: core edge (the last row/column of tiles may be smaller).
+        halo: context pixels on every side (``window // 2`` for windows of that size).
+    """
+    if tile_size < 1 or halo < 0:
+        raise ValueError("tile_size must be positive and halo non-negative")
+    for r0 in range(0, grid.height, tile_size):
+        for c0 in range(0, grid.width, tile_size):
+            yield Tile(r0, c0, min(tile_size, grid.height - r0), min(tile_size, grid.width - c0),
+                       halo)
+
+
+def read_tile(scene: Scene, tile: Tile, *, stats: SceneStats) -> TileData:
+    """Read a tile plus halo, normalised; reflect-padded only where it meets the scene border.
+
+    Only the tile and its halo are read, so memory depends on the tile size, not the scene.
+    The arrays equal the whole normalised scene reflect-padded by ``halo``, cut at the tile.
+    """
+    h, w = scene.grid.shape
+    k = tile.halo
+    r0, r1 = max(0, tile.row - k), min(h, tile.row + tile.height + k)
+    c0, c1 = max(0, tile.col - k), min(w, tile.col + tile.width + k)
+    block = scene.read(((r0, r1), (c0, c1)))
+    pad = ((0, 0), (k - (tile.row - r0), k - (r1 - tile.row - tile.height)),
+           (k - (tile.col - c0), k - (c1 - tile.col - tile.width)))
+    hsi = np.pad(stats.hsi.apply(block.hsi), pad, mode="reflect")
+    lidar = None
+    if block.lidar is not None:
+        if stats.lidar is None:
+            raise ValueError("the scene has LiDAR but the statistics have none")
+        lidar = np.pad(stats.lidar.apply(block.lidar), pad, mode="reflect")
+    core = block.valid[tile.row - r0:tile.row - r0 + tile.height,
+                       tile.col - c0:tile.col - c0 + tile.width]
+    return TileData(tile, hsi, lidar, core.copy())

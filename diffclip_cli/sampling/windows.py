@@ -1,0 +1,136 @@
+"""w x w windows around pixels, from an in-memory array or read from a scene tile by tile."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from diffclip_cli.io.pixels import as_pixel_arrays, group_by_tile
+from diffclip_cli.io.raster import Scene
+from diffclip_cli.sampling.normalise import SceneStats
+
+__all__ = ["WindowBatch", "extract_windows", "read_windows"]
+
+
+@dataclass(eq=False)
+class WindowBatch:
+    """Normalised windows of both modalities.
+
+    Attributes:
+        hsi: ``(N, C, size, size)`` float32.
+        lidar: ``(N, L, size, size)`` float32, or ``None`` without LiDAR.
+    """
+
+    hsi: np.ndarray
+    lidar: np.ndarray | None
+
+    def __len__(self) -> int:
+        return int(self.hsi.shape[0])
+
+
+def _check_size(size: int) -> int:
+    if int(size) != size or size < 1 or size % 2 == 0:
+        raise ValueError(f"window size must be a positive odd integer, got {size}")
+    return int(size)
+
+
+def _take(padded: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
+    """Windows whose top-left corners are ``(rows, cols)`` of an already padded array."""
+    view = sliding_window_view(padded, (size, size), axis=(1, 2))  # (C, H', W', s, s), no copy
+    return np.ascontiguousarray(np.moveaxis(view[:, rows, cols], 0, 1))
+
+
+def extract_windows(
+    array: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    size: int,
+    *,
+    pad_mode: str = "reflect",
+) -> np.ndarray:
+    """Windows of ``size`` x ``size`` pixels centred on ``(rows, cols)``, vectorised.
+
+    The array is padded by ``size // 2`` on every side (numpy ``pad_mode``, reflect by
+    default: ``d c b | a b c d | c b a``), so border pixels get full windows.
+
+    Args:
+        array: ``(C, H, W)``.
+        rows: pixel rows.
+        cols: pixel columns.
+        size: the window edge, odd.
+        pad_mode: any :func:`numpy.pad` mode without extra arguments ("reflect", "symmetric",
+            "edge", "constant", "wrap").
+
+    Returns:
+        ``(N, C, size, size)`` in the array's dtype.
+
+    Raises:
+        ValueError: even size, a pixel outside the array, or an array that is not 3-D.
+    """
+    size = _check_size(size)
+    if array.ndim != 3:
+        raise ValueError(f"array must be (C, H, W), got shape {array.shape}")
+    r, c = as_pixel_arrays(rows, cols)
+    _, h, w = array.shape
+    if r.size and (r.min() < 0 or c.min() < 0 or r.max() >= h or c.max() >= w):
+        raise ValueError("pixel positions outside the array")
+    half = size // 2
+    padded = np.pad(array, ((0, 0), (half, half), (half, half)), mode=pad_mode)
+    return _take(padded, r, c, size)
+
+
+def read_windows(
+    scene: Scene,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    *,
+    size: int,
+    stats: SceneStats,
+    tile_size: int = 256,
+) -> WindowBatch:
+    """Normalised windows read from the scene, one region per tile of pixels.
+
+    Pixels are grouped by ``tile_size`` tiles; for each group only the pixels' bounding box
+    plus ``size // 2`` around it is read, normalised (NaN -> 0) and reflect-padded where it
+    meets the scene border. The result equals :func:`extract_windows` on the whole normalised
+    scene.
+
+    Args:
+        scene: the scene.
+        rows: pixel rows.
+        cols: pixel columns.
+        size: window edge, odd.
+        stats: normalisation statistics (band counts must match the scene).
+        tile_size: grouping tile edge.
+
+    Returns:
+        The windows, in the order of ``rows``/``cols``.
+    """
+    size = _check_size(size)
+    r, c = as_pixel_arrays(rows, cols)
+    h, w = scene.grid.shape
+    if r.size and (r.min() < 0 or c.min() < 0 or r.max() >= h or c.max() >= w):
+        raise ValueError("pixel positions outside the scene")
+    if stats.hsi.bands != scene.hsi_bands or (
+            scene.has_lidar and (stats.lidar is None or stats.lidar.bands != scene.lidar_bands)):
+        raise ValueError("the normalisation statistics do not match the scene's band counts")
+    half = size // 2
+    hsi = np.empty((r.size, scene.hsi_bands, size, size), np.float32)
+    lidar = (np.empty((r.size, scene.lidar_bands, size, size), np.float32)
+             if scene.has_lidar else None)
+    for g in group_by_tile(r, c, tile_size=tile_size):
+        r0, r1 = max(0, g.row_start - half), min(h, g.row_stop + half)
+        c0, c1 = max(0, g.col_start - half), min(w, g.col_stop + half)
+        block = scene.read(((r0, r1), (c0, c1)))
+        pad = ((0, 0), (half - (g.row_start - r0), half - (r1 - g.row_stop)),
+               (half - (g.col_start - c0), half - (c1 - g.col_stop)))
+        lr = r[g.index] - g.row_start
+        lc = c[g.index] - g.col_start
+        hsi[g.index] = _take(np.pad(stats.hsi.apply(block.hsi), pad, mode="reflect"), lr, lc,
+                             size)
+        if lidar is not None and block.lidar is not None and stats.lidar is not None:
+            lidar[g.index] = _take(np.pad(stats.lidar.apply(block.lidar), pad, mode="reflect"),
+                                   lr, lc, size)
+    return WindowBatch(hsi, lidar)
