@@ -18,7 +18,7 @@ from torch import nn
 
 from diffclip_cli.errors import ModelError
 from diffclip_cli.model.config import ModelConfig
-from diffclip_cli.model.layers import init_linear_layers
+from diffclip_cli.model.layers import init_linear_layers, keeps_global_rng
 from diffclip_cli.model.network import DiffCLIPNet
 from diffclip_cli.model.rng import make_generator
 from diffclip_cli.model.text import TextEncoder, Vocabulary
@@ -37,6 +37,7 @@ class DiffCLIPClassifier(nn.Module):
         seed: seeds the initialisation of the text encoder and the image projection.
     """
 
+    @keeps_global_rng
     def __init__(self, net: DiffCLIPNet, *, vocabulary: Vocabulary,
                  prompts: Sequence[str] | None = None, seed: int = 0) -> None:
         super().__init__()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -13,9 +16,28 @@ __all__ = [
     "Block",
     "TimestepEmbedder",
     "init_linear_layers",
+    "keeps_global_rng",
     "sincos_pos_embed_2d",
     "timestep_embedding",
 ]
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def keeps_global_rng(fn: _F) -> _F:
+    """Run ``fn`` with torch's global CPU random state saved and restored.
+
+    Layer constructors draw default weights from the global generator before the seeded
+    re-initialisation replaces them; this keeps that from touching the caller's random state.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with torch.random.fork_rng(devices=[]):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 class Attention(nn.Module):

@@ -32,6 +32,7 @@ from diffclip_cli.model.layers import (
     Block,
     TimestepEmbedder,
     init_linear_layers,
+    keeps_global_rng,
     sincos_pos_embed_2d,
 )
 from diffclip_cli.model.rng import make_generator
@@ -149,6 +150,7 @@ class DiffCLIPNet(nn.Module):
             features.
     """
 
+    @keeps_global_rng
     def __init__(self, config: ModelConfig, *, hsi_bands: int, lidar_bands: int = 0,
                  seed: int = 0) -> None:
         super().__init__()

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffclip_cli.errors import ModelError
-from diffclip_cli.model.layers import Block
+from diffclip_cli.model.layers import Block, keeps_global_rng
 from diffclip_cli.model.rng import make_generator
 
 __all__ = ["EOT", "PAD", "SOT", "SPECIALS", "UNK", "TextEncoder", "Vocabulary", "words"]
@@ -31,8 +31,8 @@ PAD, SOT, EOT, UNK = "<pad>", "<sot>", "<eot>", "<unk>"
 SPECIALS: tuple[str, ...] = (PAD, SOT, EOT, UNK)
 
 _WORD = re.compile(r"[^\W_]+|[^\w\s]", re.UNICODE)
-_NO_SPACE_BEFORE = set(".,;:!?)]}%'")
-_NO_SPACE_AFTER = set("([{")
+_NO_SPACE_BEFORE = set(".,;:!?)]}%'-/")
+_NO_SPACE_AFTER = set("([{-/")
 
 
 def words(text: str) -> list[str]:
@@ -109,7 +109,10 @@ class Vocabulary:
         return out
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Words back to text: specials other than ``<unk>`` dropped, punctuation attached."""
+        """Words back to text: specials other than ``<unk>`` dropped, punctuation attached.
+
+        ``words(decode(encode(text)))`` equals ``words(text)`` for known words.
+        """
         text = ""
         for i in ids:
             i = int(i)
@@ -157,6 +160,7 @@ class TextEncoder(nn.Module):
         seed: seeds the initialisation.
     """
 
+    @keeps_global_rng
     def __init__(self, *, vocab_size: int, width: int, layers: int, heads: int,
                  context_length: int, embed_dim: int, seed: int = 0) -> None:
         super().__init__()
