@@ -10,7 +10,7 @@ with :func:`dataclasses.replace` or the ``with_overrides`` methods, which valida
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -383,10 +383,15 @@ def presets_dir() -> Path:
     ``models/`` folder of the source checkout this package runs from.
     """
     try:
-        root = importlib.resources.files("diffclip_cli.presets")
-        return Path(str(root))
-    except ModuleNotFoundError:
-        return Path(__file__).resolve().parents[2] / "models"
+        spec = importlib.util.find_spec("diffclip_cli.presets")
+    except (ImportError, ValueError):
+        spec = None
+    # A data-only folder in the wheel: an implicit namespace package with search locations.
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        if Path(location).is_dir():
+            return Path(location)
+    return Path(__file__).resolve().parents[2] / "models"
 
 
 def list_presets() -> list[str]:
