@@ -143,7 +143,10 @@ def test_diffusion_schedule_and_loss_weighting():
     t = torch.tensor([0, TINY.timesteps - 1])
     noise = torch.randn_like(x)
     xt = net.q_sample(x, t, noise)
-    assert torch.allclose(xt[0], x[0], atol=0.05) and torch.allclose(xt[1], noise[1], atol=0.05)
+    def corr(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])
+
+    assert corr(xt[0], x[0]) > 0.99 and corr(xt[1], noise[1]) > 0.99
     # The masked part of the loss is down-weighted: with lambda = 0 the loss changes.
     g = make_generator(0, "x")
     a = net.pretrain_loss(x, generator=g).loss

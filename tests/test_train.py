@@ -154,14 +154,22 @@ def test_augmentation_crops_both_modalities_alike():
 
 def test_same_class_images_are_never_negatives():
     labels = torch.tensor([0, 0, 1, 2, 1])
-    logits = torch.randn(5, 3, requires_grad=True)
-    loss, i2t, t2i = class_contrastive_loss(logits * 5, labels)
-    loss.backward()
-    rows = torch.arange(5)
-    # Every image's score with its own class prompt is pushed up, in both directions.
-    assert bool((logits.grad[rows, labels] < 0).all())
-    assert torch.isclose(loss, (i2t + t2i) / 2)
+    gen = make_generator(0, "test/logits")
+    for _ in range(20):
+        logits = torch.randn(5, 3, generator=gen).mul(5).requires_grad_()
+        loss, i2t, t2i = class_contrastive_loss(logits, labels)
+        loss.backward()
+        assert torch.isclose(loss, (i2t + t2i) / 2)
+        # Raising the scores of all images of a class with their own prompt always helps.
+        for k in labels.unique():
+            assert float(logits.grad[labels == k, k].sum()) < 0
+    # Two identical windows of one class get identical gradients: nothing pushes them apart.
+    logits = torch.tensor([[2.0, 0.0, -1.0], [2.0, 0.0, -1.0], [0.0, 3.0, 0.0],
+                           [0.0, 0.0, 1.0], [1.0, 2.0, 0.0]], requires_grad=True)
+    class_contrastive_loss(logits, labels)[0].backward()
+    assert torch.equal(logits.grad[0], logits.grad[1])
     # Perfectly separated: image->text vanishes, text->image is log(positives) per class.
+    rows = torch.arange(5)
     perfect = torch.full((5, 3), -50.0)
     perfect[rows, labels] = 50.0
     _, i2t, t2i = class_contrastive_loss(perfect, labels)
