@@ -1,0 +1,444 @@
+"""Self-describing model files: everything needed to use a model on a new scene.
+
+A model file is a ``torch.save`` archive of plain types only: a format tag and version, the
+metadata as one JSON string (configuration, band counts and names, normalisation statistics,
+classes, prompts, vocabulary, provenance), the weights as a flat dict of tensors, and a free
+``extras`` dict of tensors and primitives. It is read with ``torch.load(weights_only=True)``,
+so a file whose pickle would run code is refused without running it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffclip_cli import __version__
+from diffclip_cli.errors import ModelError
+from diffclip_cli.io.atomic import atomic_path
+from diffclip_cli.io.classes import ClassTable
+from diffclip_cli.model.classifier import DiffCLIPClassifier
+from diffclip_cli.model.config import FinetuneConfig, ModelConfig, Preset, PretrainConfig
+from diffclip_cli.model.network import DiffCLIPNet
+from diffclip_cli.model.text import Vocabulary
+
+__all__ = [
+    "FORMAT_TAG",
+    "FORMAT_VERSION",
+    "KINDS",
+    "ModelBundle",
+    "build_classifier",
+    "build_network",
+    "bundle_from_classifier",
+    "bundle_from_network",
+    "load_model",
+    "save_model",
+]
+
+log = logging.getLogger("diffclip")
+
+#: Identifies diffclip model files.
+FORMAT_TAG = "diffclip-model"
+#: The newest model-file format this diffclip reads and the one it writes.
+FORMAT_VERSION = 1
+#: ``pretrained``: stage 1 only (image side); ``classifier``: a fine-tuned classifier.
+KINDS = ("pretrained", "classifier")
+
+_PRIMITIVES = (str, int, float, bool, type(None))
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Refuse anything but tensors, primitives and lists/tuples/str-keyed dicts of them."""
+    if isinstance(value, (torch.Tensor, *_PRIMITIVES)):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{where} has a non-string key {k!r}")
+            _check_plain(v, f"{where}[{k!r}]")
+        return
+    raise TypeError(f"{where} holds a {type(value).__name__}; model files store only tensors "
+                    "and plain Python values")
+
+
+@dataclass
+class ModelBundle:
+    """Everything a model file holds.
+
+    Attributes:
+        kind: ``"pretrained"`` or ``"classifier"``.
+        preset: the name of the preset the configuration came from.
+        model_config: :class:`ModelConfig` as a dict (the full configuration, not a reference).
+        pretrain_config: :class:`PretrainConfig` as a dict.
+        finetune_config: :class:`FinetuneConfig` as a dict.
+        hsi_bands: HSI bands the model reads.
+        lidar_bands: LiDAR channels (0: HSI only).
+        band_names: ``{"hsi": [...], "lidar": [...]}``.
+        stats: the normalisation statistics (opaque JSON-able dict from the sampling layer).
+        classes: ``ClassTable.to_records()``; ``None`` for a pretrained model.
+        template: the prompt template (``p1`` .. ``p5`` or a custom text); ``None`` if none.
+        prompts: one prompt per class; ``None`` for a pretrained model.
+        vocabulary: ``Vocabulary.to_dict()``; ``None`` for a pretrained model.
+        provenance: input files, shots, seed, package version, dates, training times, ...
+        state_dict: the weights.
+        extras: further tensors and plain values (e.g. a distilled student).
+        format_version: the file format.
+    """
+
+    kind: str
+    preset: str
+    model_config: dict[str, Any]
+    pretrain_config: dict[str, Any]
+    finetune_config: dict[str, Any]
+    hsi_bands: int
+    lidar_bands: int
+    band_names: dict[str, list[str]]
+    stats: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    classes: list[dict[str, Any]] | None = None
+    template: str | None = None
+    prompts: list[str] | None = None
+    vocabulary: dict[str, Any] | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    # -- typed views --------------------------------------------------------------------------
+
+    @property
+    def config(self) -> ModelConfig:
+        """The model configuration."""
+        return ModelConfig.from_dict(self.model_config)
+
+    @property
+    def preset_config(self) -> Preset:
+        """The full preset (model, pretraining and fine-tuning configuration)."""
+        return Preset(name=self.preset, model=self.config,
+                      pretrain=PretrainConfig.from_dict(self.pretrain_config),
+                      finetune=FinetuneConfig.from_dict(self.finetune_config))
+
+    @property
+    def class_table(self) -> ClassTable | None:
+        """The classes, in output order; ``None`` for a pretrained model."""
+        return None if self.classes is None else ClassTable.from_records(self.classes)
+
+    # -- checks -------------------------------------------------------------------------------
+
+    def check_inputs(self, hsi_bands: int, lidar_bands: int, *,
+                     path: str | os.PathLike[str] | None = None) -> None:
+        """Refuse a scene whose bands differ from the model's.
+
+        Args:
+            hsi_bands: the scene's HSI bands.
+            lidar_bands: the scene's LiDAR channels (0 when no LiDAR is given).
+            path: the model file, named in the message.
+
+        Raises:
+            ModelError: naming both counts, or saying LiDAR is missing or unexpected.
+        """
+        if hsi_bands != self.hsi_bands:
+            raise ModelError(
+                f"the model was trained on {self.hsi_bands} HSI bands but the scene has "
+                f"{hsi_bands}", path=path,
+                hint="use an HSI file with the same bands as the training scene, or train a "
+                     "model on this one")
+        if self.lidar_bands and not lidar_bands:
+            raise ModelError(
+                f"the model needs LiDAR ({self.lidar_bands} channel"
+                f"{'s' if self.lidar_bands > 1 else ''}) but none was given", path=path,
+                hint="pass the LiDAR raster(s) the model was trained with")
+        if lidar_bands and not self.lidar_bands:
+            raise ModelError(
+                f"the model was trained on HSI alone but {lidar_bands} LiDAR channel"
+                f"{'s were' if lidar_bands > 1 else ' was'} given", path=path,
+                hint="drop the LiDAR input or train a model with LiDAR")
+        if lidar_bands != self.lidar_bands:
+            raise ModelError(
+                f"the model was trained on {self.lidar_bands} LiDAR channels but the scene "
+                f"has {lidar_bands}", path=path,
+                hint="pass the same LiDAR rasters as for training")
+
+    # -- (de)serialisation ----------------------------------------------------------------------
+
+    def _metadata(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "preset": self.preset,
+            "model_config": self.model_config,
+            "pretrain_config": self.pretrain_config,
+            "finetune_config": self.finetune_config,
+            "hsi_bands": int(self.hsi_bands),
+            "lidar_bands": int(self.lidar_bands),
+            "band_names": self.band_names,
+            "stats": self.stats,
+            "classes": self.classes,
+            "template": self.template,
+            "prompts": self.prompts,
+            "vocabulary": self.vocabulary,
+            "provenance": self.provenance,
+        }
+
+
+def save_model(bundle: ModelBundle, path: str | os.PathLike[str], *,
+               overwrite: bool = False) -> Path:
+    """Write a model file atomically.
+
+    Args:
+        bundle: the model.
+        path: the output file (conventionally ``.pt``).
+        overwrite: replace an existing file.
+
+    Returns:
+        The path written.
+
+    Raises:
+        OutputError: the file exists (without ``overwrite``) or cannot be written.
+        ValueError: the bundle holds values that are not JSON-able or not plain.
+    """
+    if bundle.kind not in KINDS:
+        raise ValueError(f"unknown model kind {bundle.kind!r}; use one of {KINDS}")
+    try:
+        metadata = json.dumps(bundle._metadata(), sort_keys=True, allow_nan=True)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"model metadata is not JSON-able: {exc}") from None
+    state = {k: v.detach().cpu().contiguous() for k, v in bundle.state_dict.items()}
+    extras = dict(bundle.extras)
+    try:
+        _check_plain(extras, "extras")
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
+    payload = {
+        "format": FORMAT_TAG,
+        "format_version": int(bundle.format_version),
+        "metadata": metadata,
+        "state_dict": state,
+        "extras": extras,
+    }
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def load_model(path: str | os.PathLike[str]) -> ModelBundle:
+    """Read a model file without ever running code stored in it.
+
+    Raises:
+        ModelError: the file is missing, not a diffclip model, carries code (refused unrun),
+            or was made by a newer diffclip.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError("model file not found" if not path.exists() else "not a file",
+                         path=path, hint="check the path or train a model first")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "weights_only" in text.lower() or "unsupported global" in text.lower():
+            raise ModelError("refused: the file holds code or objects a model file never "
+                             "holds, so it was not loaded", path=path,
+                             hint="only load model files made by diffclip from a source you "
+                                  "trust") from None
+        raise ModelError("not a diffclip model file (unreadable pickle)", path=path,
+                         hint="give a .pt file written by diffclip") from None
+    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError,
+            AttributeError, KeyError, IndexError, TypeError) as exc:
+        log.debug("torch.load failed on %s: %r", path, exc)
+        raise ModelError("not a diffclip model file (not a readable torch archive)", path=path,
+                         hint="give a .pt file written by diffclip") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_TAG:
+        raise ModelError("not a diffclip model file", path=path,
+                         hint="give a .pt file written by diffclip")
+    version = payload.get("format_version")
+    if not isinstance(version, int):
+        raise ModelError("the model file has no format version", path=path,
+                         hint="re-save it with diffclip")
+    if version > FORMAT_VERSION:
+        raise ModelError(
+            f"made by a newer diffclip (model format {version}; this diffclip {__version__} "
+            f"reads up to {FORMAT_VERSION})", path=path,
+            hint="upgrade diffclip to use this model")
+    try:
+        meta = json.loads(payload["metadata"])
+        bundle = ModelBundle(
+            kind=meta["kind"],
+            preset=meta["preset"],
+            model_config=meta["model_config"],
+            pretrain_config=meta["pretrain_config"],
+            finetune_config=meta["finetune_config"],
+            hsi_bands=int(meta["hsi_bands"]),
+            lidar_bands=int(meta["lidar_bands"]),
+            band_names=meta["band_names"],
+            stats=meta["stats"],
+            state_dict=dict(payload["state_dict"]),
+            classes=meta["classes"],
+            template=meta["template"],
+            prompts=meta["prompts"],
+            vocabulary=meta["vocabulary"],
+            provenance=meta["provenance"],
+            extras=dict(payload.get("extras") or {}),
+            format_version=version,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"the model file is damaged (metadata: {exc})", path=path,
+                         hint="re-train or re-copy the model") from None
+    if bundle.kind not in KINDS:
+        raise ModelError(f"unknown model kind {bundle.kind!r}", path=path,
+                         hint="upgrade diffclip")
+    if bundle.kind == "classifier" and (not bundle.prompts or bundle.vocabulary is None
+                                        or bundle.classes is None):
+        raise ModelError("the classifier file lacks its classes, prompts or vocabulary",
+                         path=path, hint="re-train the model")
+    return bundle
+
+
+def _provenance(provenance: dict[str, Any] | None) -> dict[str, Any]:
+    out = {"package": "diffclip", "version": __version__,
+           "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    out.update(provenance or {})
+    return out
+
+
+def _check_names(band_names: dict[str, list[str]] | None, hsi: int, lidar: int
+                 ) -> dict[str, list[str]]:
+    names = {"hsi": [f"band {i + 1}" for i in range(hsi)],
+             "lidar": [f"lidar {i + 1}" for i in range(lidar)]}
+    for key, given in (band_names or {}).items():
+        if key not in names or len(given) != len(names[key]):
+            raise ValueError(f"band_names[{key!r}] must name {len(names.get(key, []))} bands")
+        names[key] = [str(n) for n in given]
+    return names
+
+
+def bundle_from_network(
+    net: DiffCLIPNet,
+    *,
+    preset: Preset,
+    stats: dict[str, Any],
+    band_names: dict[str, list[str]] | None = None,
+    provenance: dict[str, Any] | None = None,
+    extras: dict[str, Any] | None = None,
+) -> ModelBundle:
+    """A ``pretrained`` bundle of a stage-1 network.
+
+    Args:
+        net: the pretrained image side.
+        preset: the preset used: its name and its pretraining/fine-tuning configuration are
+            stored (the model configuration is the network's own).
+        stats: normalisation statistics (plain JSON types).
+        band_names: ``{"hsi": [...], "lidar": [...]}``; defaults to numbered names.
+        provenance: what to record about how the model was made (merged over the package
+            name, version and creation date).
+        extras: further tensors and plain values.
+    """
+    return ModelBundle(
+        kind="pretrained",
+        preset=preset.name,
+        model_config=net.config.to_dict(),
+        pretrain_config=preset.pretrain.to_dict(),
+        finetune_config=preset.finetune.to_dict(),
+        hsi_bands=net.hsi_bands,
+        lidar_bands=net.lidar_bands,
+        band_names=_check_names(band_names, net.hsi_bands, net.lidar_bands),
+        stats=dict(stats),
+        state_dict={k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
+        provenance=_provenance(provenance),
+        extras=dict(extras or {}),
+    )
+
+
+def bundle_from_classifier(
+    classifier: DiffCLIPClassifier,
+    *,
+    preset: Preset,
+    stats: dict[str, Any],
+    classes: ClassTable,
+    template: str | None,
+    band_names: dict[str, list[str]] | None = None,
+    provenance: dict[str, Any] | None = None,
+    extras: dict[str, Any] | None = None,
+) -> ModelBundle:
+    """A ``classifier`` bundle of a fine-tuned classifier.
+
+    Args:
+        classifier: the classifier; its prompts are the classes, in ``classes`` order.
+        preset: the preset used.
+        stats: normalisation statistics (plain JSON types).
+        classes: the class table (same length and order as the prompts).
+        template: the prompt template the prompts were built with.
+        band_names: ``{"hsi": [...], "lidar": [...]}``; defaults to numbered names.
+        provenance: how the model was made (seed, shots, inputs, training times, ...).
+        extras: further tensors and plain values.
+
+    Raises:
+        ModelError: the class table and the prompts differ in length.
+    """
+    net = classifier.net
+    if len(classes) != classifier.num_classes:
+        raise ModelError(f"{len(classes)} classes but the classifier has "
+                         f"{classifier.num_classes} prompts")
+    bundle = bundle_from_network(net, preset=preset, stats=stats, band_names=band_names,
+                                 provenance=provenance, extras=extras)
+    bundle.kind = "classifier"
+    bundle.classes = classes.to_records()
+    bundle.template = template
+    bundle.prompts = classifier.prompts
+    bundle.vocabulary = classifier.vocabulary.to_dict()
+    bundle.state_dict = {k: v.detach().cpu().clone()
+                         for k, v in classifier.state_dict().items()}
+    return bundle
+
+
+def _load_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ModelError(f"the weights do not fit the stored configuration ({first})",
+                         hint="the model file is damaged; re-train it") from None
+
+
+def build_network(bundle: ModelBundle) -> DiffCLIPNet:
+    """The image side of a bundle (either kind), weights loaded, in eval mode."""
+    net = DiffCLIPNet(bundle.config, hsi_bands=bundle.hsi_bands,
+                      lidar_bands=bundle.lidar_bands)
+    if bundle.kind == "pretrained":
+        _load_state(net, bundle.state_dict)
+    else:
+        prefix = "net."
+        _load_state(net, {k[len(prefix):]: v for k, v in bundle.state_dict.items()
+                          if k.startswith(prefix)})
+    return net.eval()
+
+
+def build_classifier(bundle: ModelBundle) -> DiffCLIPClassifier:
+    """The classifier of a ``classifier`` bundle, weights loaded, in eval mode.
+
+    Raises:
+        ModelError: the bundle is a pretrained model (no classes yet), or is damaged.
+    """
+    if bundle.kind != "classifier" or bundle.vocabulary is None:
+        raise ModelError("this is a pretrained model without classes",
+                         hint="fine-tune it on labelled pixels first")
+    net = DiffCLIPNet(bundle.config, hsi_bands=bundle.hsi_bands,
+                      lidar_bands=bundle.lidar_bands)
+    clf = DiffCLIPClassifier(net, vocabulary=Vocabulary.from_dict(bundle.vocabulary))
+    ids = bundle.state_dict.get("prompt_ids")
+    if ids is None:
+        raise ModelError("the classifier weights lack the prompt tokens",
+                         hint="the model file is damaged; re-train it")
+    clf.set_token_ids(ids)
+    _load_state(clf, bundle.state_dict)
+    return clf.eval()

@@ -1,0 +1,154 @@
+"""Stage 2: few-shot, language-driven fine-tuning with a class-aware contrastive loss.
+
+The image encoder starts from stage 1 and sees clean windows, no mask, ``t = 0``. Each batch is
+scored against all K class prompts:
+
+* image -> text: cross-entropy of each image's logits over the K prompts, target its class;
+* text -> image: for each class present in the batch, a softmax over the batch's images;
+  every image of that class is a positive: the loss is ``-mean(log p)`` over the positives.
+  This equals cross-entropy against soft targets uniform over the positives, so two windows of
+  one class are never pushed apart (the published code's arange targets did that).
+
+The total is the mean of both directions. Adam + MultiStepLR, stepped once per epoch, as
+published. The final epoch's weights are kept: no test label is used to pick a checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from diffclip_cli.errors import LabelError
+from diffclip_cli.model.classifier import DiffCLIPClassifier
+from diffclip_cli.model.config import FinetuneConfig
+from diffclip_cli.model.rng import make_generator
+from diffclip_cli.train.data import ProgressCallback, WindowData
+from diffclip_cli.train.pretrain import check_data
+
+__all__ = ["class_contrastive_loss", "finetune"]
+
+log = logging.getLogger("diffclip")
+
+
+def class_contrastive_loss(logits: torch.Tensor, labels: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The symmetric contrastive loss with class targets.
+
+    Args:
+        logits: ``(B, K)`` scaled similarities of B images to K class prompts.
+        labels: ``(B,)`` class indices.
+
+    Returns:
+        ``(loss, image_to_text, text_to_image)``; ``loss`` is the mean of the two.
+    """
+    image_to_text = F.cross_entropy(logits, labels)
+    present = labels.unique()
+    log_p = F.log_softmax(logits.T[present], dim=1)  # (K_present, B) over the batch's images
+    positives = (labels[None, :] == present[:, None]).to(log_p.dtype)
+    text_to_image = -((log_p * positives).sum(1) / positives.sum(1)).mean()
+    return (image_to_text + text_to_image) / 2, image_to_text, text_to_image
+
+
+def finetune(
+    classifier: DiffCLIPClassifier,
+    data: WindowData,
+    prompts_or_token_ids: Sequence[str] | torch.Tensor,
+    cfg: FinetuneConfig,
+    *,
+    seed: int,
+    progress: ProgressCallback | None = None,
+    device: str | torch.device = "cpu",
+) -> list[dict[str, Any]]:
+    """Fine-tune the classifier on a few labelled windows per class.
+
+    Args:
+        classifier: trained in place (and left in eval mode on ``device``); its image side
+            normally comes from :func:`~diffclip_cli.train.pretrain.pretrain`.
+        data: normalised labelled windows; ``labels`` index ``prompts_or_token_ids``.
+        prompts_or_token_ids: one prompt per class (tokenised with the classifier's
+            vocabulary), or ``(K, context_length)`` token ids; they become the classifier's
+            classes.
+        cfg: the schedule.
+        seed: drives the shuffling.
+        progress: called after every epoch with ``(epoch, epochs, record)``.
+        device: where to train.
+
+    Returns:
+        One record per epoch: ``epoch``, ``loss``, ``loss_i2t``, ``loss_t2i``,
+        ``train_accuracy`` (on the training windows, as seen during the epoch),
+        ``temperature``, ``lr``, ``seconds``.
+
+    Raises:
+        LabelError: no labels, or labels outside the class range.
+        ModelError: data not for this network.
+    """
+    check_data(classifier.net, data)
+    if isinstance(prompts_or_token_ids, torch.Tensor):
+        classifier.set_token_ids(prompts_or_token_ids)
+    else:
+        classifier.set_prompts(list(prompts_or_token_ids))
+    k = classifier.num_classes
+    if data.labels is None or len(data) == 0:
+        raise LabelError("fine-tuning needs labelled windows", hint="give a few per class")
+    if int(data.labels.min()) < 0 or int(data.labels.max()) >= k:
+        raise LabelError(f"labels must be class indices 0..{k - 1} for {k} prompts, got "
+                         f"{int(data.labels.min())}..{int(data.labels.max())}")
+    missing = sorted(set(range(k)) - set(data.labels.tolist()))
+    if missing:
+        log.warning("classes %s have no labelled window; they are learnt from text alone",
+                    missing)
+
+    classifier.to(device)
+    params = [p for name, p in classifier.named_parameters()
+              if not name.startswith("net.decoders.")]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
+    gen = make_generator(seed, "finetune")
+    history: list[dict[str, Any]] = []
+    n = len(data)
+    for epoch in range(cfg.epochs):
+        tic = time.perf_counter()
+        classifier.train()
+        order = torch.randperm(n, generator=gen)
+        sums = {"loss": 0.0, "loss_i2t": 0.0, "loss_t2i": 0.0, "correct": 0.0}
+        for begin in range(0, n, cfg.batch_size):
+            idx = order[begin : begin + cfg.batch_size]
+            hsi, lidar, labels = data.batch(idx, device)
+            assert labels is not None
+            logits = classifier.scale() * classifier.encode_image(hsi, lidar) @ \
+                classifier.encode_text().T
+            loss, i2t, t2i = class_contrastive_loss(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            b = len(idx)
+            sums["loss"] += float(loss.detach()) * b
+            sums["loss_i2t"] += float(i2t.detach()) * b
+            sums["loss_t2i"] += float(t2i.detach()) * b
+            sums["correct"] += float((logits.argmax(1) == labels).sum())
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "loss": sums["loss"] / n,
+            "loss_i2t": sums["loss_i2t"] / n,
+            "loss_t2i": sums["loss_t2i"] / n,
+            "train_accuracy": sums["correct"] / n,
+            "temperature": float(1.0 / classifier.scale().detach()),
+            "lr": lr,
+            "seconds": time.perf_counter() - tic,
+        }
+        history.append(record)
+        log.info("fine-tune epoch %d/%d loss %.4f train accuracy %.3f", epoch + 1, cfg.epochs,
+                 record["loss"], record["train_accuracy"])
+        if progress is not None:
+            progress(epoch + 1, cfg.epochs, record)
+    classifier.eval()
+    return history
+

@@ -1,0 +1,228 @@
+"""Stage 1: unsupervised masked-diffusion pretraining on unlabelled windows of the scene.
+
+Adam and cosine annealing with warm restarts (stepped once per epoch), as published. One
+``seed`` drives the shuffling, the augmentation crops, the timesteps, the noise and the masks
+(the weights were initialised from the network's own seed). A checkpoint written after every
+epoch lets a killed run continue with ``resume=True`` and end bit for bit where an
+uninterrupted run with the same seed ends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from diffclip_cli.errors import ModelError
+from diffclip_cli.io.atomic import atomic_path
+from diffclip_cli.model.config import PretrainConfig
+from diffclip_cli.model.network import DiffCLIPNet
+from diffclip_cli.model.rng import make_generator
+from diffclip_cli.train.data import ProgressCallback, WindowData
+
+__all__ = ["CHECKPOINT_KIND", "centre_crop_resize", "check_data", "pretrain"]
+
+log = logging.getLogger("diffclip")
+
+CHECKPOINT_KIND = "diffclip-pretrain-checkpoint"
+_CHECKPOINT_VERSION = 1
+
+
+def check_data(net: DiffCLIPNet, data: WindowData) -> None:
+    """Refuse windows the network was not built for.
+
+    Raises:
+        ModelError: band counts, LiDAR presence or the window size differ.
+    """
+    w = net.config.window
+    if data.window != w:
+        raise ModelError(f"the windows are {data.window} x {data.window} pixels but the model "
+                         f"uses {w} x {w}", hint="extract windows of the model's size")
+    if data.hsi_bands != net.hsi_bands:
+        raise ModelError(f"the windows have {data.hsi_bands} HSI bands but the model has "
+                         f"{net.hsi_bands}", hint="use the scene the model was built for")
+    if data.lidar_bands != net.lidar_bands:
+        raise ModelError(f"the windows have {data.lidar_bands} LiDAR channels but the model has "
+                         f"{net.lidar_bands}", hint="give the same LiDAR inputs as the model")
+
+
+def centre_crop_resize(
+    hsi: torch.Tensor,
+    lidar: torch.Tensor | None,
+    sizes: tuple[int, ...],
+    *,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Random centre crop per sample, resized back (bilinear) to the window size.
+
+    Each sample draws one size from ``sizes``; its HSI and LiDAR windows get the same crop.
+
+    Args:
+        hsi: ``(N, C, w, w)``.
+        lidar: ``(N, L, w, w)`` or ``None``.
+        sizes: crop sizes (same parity as ``w``, at most ``w``).
+        generator: the CPU generator drawing the sizes.
+
+    Returns:
+        New ``(hsi, lidar)`` tensors.
+    """
+    n, w = hsi.shape[0], hsi.shape[-1]
+    choice = torch.randint(len(sizes), (n,), generator=generator).to(hsi.device)
+    outs = [hsi.clone(), None if lidar is None else lidar.clone()]
+    for k, s in enumerate(sizes):
+        if s == w:
+            continue
+        idx = (choice == k).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            continue
+        o = (w - s) // 2
+        for j, x in enumerate((hsi, lidar)):
+            if x is None:
+                continue
+            crop = x[idx, :, o : o + s, o : o + s]
+            outs[j][idx] = F.interpolate(crop, size=(w, w), mode="bilinear",
+                                         align_corners=False)
+    return outs[0], outs[1]
+
+
+def _fingerprint(net: DiffCLIPNet, data: WindowData, cfg: PretrainConfig, seed: int
+                 ) -> dict[str, Any]:
+    return {
+        "seed": int(seed),
+        "samples": len(data),
+        "hsi_bands": net.hsi_bands,
+        "lidar_bands": net.lidar_bands,
+        "model": net.config.to_dict(),
+        "pretrain": cfg.to_dict(),
+    }
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    with atomic_path(path, overwrite=True) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unreadable checkpoint is reported the same way
+        raise ModelError(f"cannot read the checkpoint ({type(exc).__name__})", path=path,
+                         hint="delete it to start over") from None
+    if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
+        raise ModelError("not a diffclip pretraining checkpoint", path=path,
+                         hint="give another checkpoint path")
+    if int(state.get("version", 0)) > _CHECKPOINT_VERSION:
+        raise ModelError("the checkpoint was made by a newer diffclip", path=path,
+                         hint="upgrade diffclip or start over")
+    return state
+
+
+def pretrain(
+    net: DiffCLIPNet,
+    data: WindowData,
+    cfg: PretrainConfig,
+    *,
+    seed: int,
+    checkpoint: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    progress: ProgressCallback | None = None,
+    device: str | torch.device = "cpu",
+) -> list[dict[str, Any]]:
+    """Pretrain the image side by masked diffusion on unlabelled windows.
+
+    Args:
+        net: the network, trained in place (and left in eval mode on ``device``).
+        data: normalised windows; labels, if any, are ignored.
+        cfg: the schedule.
+        seed: drives shuffling, augmentation, timesteps, noise and masks.
+        checkpoint: a file written (atomically) after every epoch: weights, optimiser,
+            scheduler, random state, epoch and history.
+        resume: continue from ``checkpoint`` if it exists (it must come from the same seed,
+            data size and configuration); start afresh if it does not.
+        progress: called after every epoch (and its checkpoint) with
+            ``(epoch, epochs, record)``.
+        device: where to train.
+
+    Returns:
+        One record per epoch: ``epoch``, ``loss`` (mean per window), ``loss_hsi``,
+        ``loss_lidar`` (without LiDAR: absent), ``lr`` and ``seconds``.
+
+    Raises:
+        ModelError: data not for this network, or an unusable checkpoint.
+    """
+    check_data(net, data)
+    if len(data) == 0:
+        raise ModelError("no windows to pretrain on", hint="sample unlabelled pixels first")
+    sizes = cfg.crops_for(net.config.window) if cfg.augment else ()
+    net.to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        optimizer, T_0=cfg.t0, T_mult=cfg.t_mult, eta_min=cfg.eta_min)
+    gen = make_generator(seed, "pretrain")
+    fingerprint = _fingerprint(net, data, cfg, seed)
+    history: list[dict[str, Any]] = []
+    start = 0
+    path = None if checkpoint is None else Path(checkpoint)
+
+    if resume and path is not None and path.exists():
+        state = _load_checkpoint(path)
+        if json.loads(state["fingerprint"]) != json.loads(json.dumps(fingerprint)):
+            raise ModelError("the checkpoint was made with another seed, data or configuration",
+                             path=path, hint="delete it or pass the same settings")
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        gen.set_state(state["rng"])
+        start = int(state["epoch"])
+        history = json.loads(state["history"])
+        log.info("resuming pretraining from %s after epoch %d", path, start)
+    elif resume:
+        log.info("no checkpoint to resume from; pretraining from the start")
+
+    n = len(data)
+    for epoch in range(start, cfg.epochs):
+        tic = time.perf_counter()
+        net.train()
+        order = torch.randperm(n, generator=gen)
+        sums: dict[str, float] = {}
+        for begin in range(0, n, cfg.batch_size):
+            idx = order[begin : begin + cfg.batch_size]
+            hsi, lidar, _ = data.batch(idx, device)
+            if sizes:
+                hsi, lidar = centre_crop_resize(hsi, lidar, sizes, generator=gen)
+            out = net.pretrain_loss(hsi, lidar, generator=gen)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+            k = len(idx)
+            sums["loss"] = sums.get("loss", 0.0) + float(out.loss.detach()) * k
+            for m, v in out.losses.items():
+                sums[f"loss_{m}"] = sums.get(f"loss_{m}", 0.0) + v * k
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        record: dict[str, Any] = {"epoch": epoch + 1, **{k: v / n for k, v in sums.items()},
+                                  "lr": lr, "seconds": time.perf_counter() - tic}
+        history.append(record)
+        log.info("pretrain epoch %d/%d loss %.5f", epoch + 1, cfg.epochs, record["loss"])
+        if path is not None:
+            _save_checkpoint(path, {
+                "kind": CHECKPOINT_KIND,
+                "version": _CHECKPOINT_VERSION,
+                "fingerprint": json.dumps(fingerprint, sort_keys=True),
+                "epoch": epoch + 1,
+                "model": net.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": gen.get_state(),
+                "history": json.dumps(history),
+            })
+        if progress is not None:
+            progress(epoch + 1, cfg.epochs, record)
+    net.eval()
+    return history
