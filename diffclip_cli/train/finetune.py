@@ -145,7 +145,7 @@ def finetune(
             "seconds": time.perf_counter() - tic,
         }
         history.append(record)
-        log.info("fine-tune epoch %d/%d loss %.4f train accuracy %.3f", epoch + 1, cfg.epochs,
+        log.debug("fine-tune epoch %d/%d loss %.4f train accuracy %.3f", epoch + 1, cfg.epochs,
                  record["loss"], record["train_accuracy"])
         if progress is not None:
             progress(epoch + 1, cfg.epochs, record)

@@ -209,7 +209,7 @@ def pretrain(
         record: dict[str, Any] = {"epoch": epoch + 1, **{k: v / n for k, v in sums.items()},
                                   "lr": lr, "seconds": time.perf_counter() - tic}
         history.append(record)
-        log.info("pretrain epoch %d/%d loss %.5f", epoch + 1, cfg.epochs, record["loss"])
+        log.debug("pretrain epoch %d/%d loss %.5f", epoch + 1, cfg.epochs, record["loss"])
         if path is not None:
             _save_checkpoint(path, {
                 "kind": CHECKPOINT_KIND,
