@@ -1,92 +1,11 @@
 """The ``diffclip`` command line: thin Typer commands over the library.
 
-Errors are handled in one place, :class:`DiffclipGroup`: a
-:class:`~diffclip_cli.errors.DiffclipError` prints one sentence and exits with its code; an
-unexpected exception prints a one-line summary (its traceback with ``-v``) and exits 1; Ctrl-C
-exits 130.
+Each command parses its options and calls library functions (:mod:`diffclip_cli.pipeline`,
+:mod:`diffclip_cli.infer.classify`, :mod:`diffclip_cli.report`); errors are turned into one
+sentence and an exit code by :class:`~diffclip_cli.cli.app.DiffclipGroup`.
 """
 
-from __future__ import annotations
-
-import logging
-import sys
-import traceback
-from typing import Annotated, Any
-
-import click
-import typer
-import typer.core
-
-from diffclip_cli import __version__
-from diffclip_cli.cli.console import err_console, setup_logging
-from diffclip_cli.errors import DiffclipError, Interrupted
+from diffclip_cli.cli import commands  # noqa: F401  (registers the commands on the app)
+from diffclip_cli.cli.app import app, main
 
 __all__ = ["app", "main"]
-
-log = logging.getLogger("diffclip")
-
-
-class DiffclipGroup(typer.core.TyperGroup):
-    """A Typer group that turns diffclip errors into one sentence and a distinct exit code."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
-            raise
-        except (KeyboardInterrupt, Interrupted) as exc:
-            message = str(exc) if isinstance(exc, Interrupted) else "interrupted."
-            err_console.print(f"[bold red]Stopped:[/] {message}", highlight=False)
-            ctx.exit(Interrupted.exit_code)
-        except DiffclipError as exc:
-            if log.isEnabledFor(logging.DEBUG):
-                err_console.print(traceback.format_exc(), highlight=False, markup=False)
-            err_console.print(f"[bold red]Error:[/] {exc}", highlight=False)
-            ctx.exit(exc.exit_code)
-        except Exception as exc:
-            if log.isEnabledFor(logging.DEBUG):
-                err_console.print(traceback.format_exc(), highlight=False, markup=False)
-                hint = "please report it with the traceback above"
-            else:
-                hint = "run again with -v for the traceback and please report it"
-            err_console.print(
-                f"[bold red]Internal error:[/] {type(exc).__name__}: {exc}; {hint}.",
-                highlight=False,
-            )
-            ctx.exit(1)
-
-
-app = typer.Typer(
-    name="diffclip",
-    cls=DiffclipGroup,
-    help=(
-        "Few-shot, language-driven land-cover maps from hyperspectral (+ LiDAR) GeoTIFFs "
-        "(DiffCLIP, AAAI 2025)."
-    ),
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"diffclip {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: Annotated[
-        bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
-    ] = False,
-) -> None:
-    """Few-shot, language-driven land-cover maps from hyperspectral (+ LiDAR) GeoTIFFs."""
-    setup_logging(0)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``diffclip`` console script."""
-    app(args=argv if argv is not None else sys.argv[1:], prog_name="diffclip")

@@ -33,11 +33,13 @@ _RUN = "Run"
 
 HsiArg = Annotated[
     Path,
-    typer.Argument(help="Hyperspectral GeoTIFF; its grid is the output grid.", show_default=False),
+    typer.Argument(metavar="HSI", help="Hyperspectral GeoTIFF; its grid is the output grid.",
+                   show_default=False),
 ]
 LidarArg = Annotated[
     list[Path] | None,
     typer.Argument(
+        metavar="LIDAR",
         help="LiDAR GeoTIFF(s) (DSM, intensity...), stacked as channels in this order; "
         "resampled onto the HSI grid. Optional.",
         show_default=False,

@@ -177,7 +177,7 @@ def compute_stats(
     Raises:
         InputError: the scene has no valid pixel.
     """
-    rows, cols = sample_unlabelled(scene, n_samples, seed=seed)
+    rows, cols = sample_unlabelled(scene, n_samples, seed=seed, warn=False)
     if rows.size == 0:
         raise InputError("the scene has no valid pixel (every pixel is nodata in some band or "
                          "outside the LiDAR)", path=scene.hsi_path,

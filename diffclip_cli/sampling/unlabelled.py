@@ -57,6 +57,7 @@ def sample_unlabelled(
     cell_size: int = 16,
     tile_size: int = 256,
     progress: Callable[[int, int], None] | None = None,
+    warn: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw ``n`` distinct valid pixels spread over the whole valid area.
 
@@ -73,6 +74,7 @@ def sample_unlabelled(
         cell_size: edge of the stratification cells, in pixels.
         tile_size: rows and columns read at a time.
         progress: called with ``(tiles done, tiles in all)`` while validity is read.
+        warn: log a warning when the scene has fewer valid pixels than ``n``.
 
     Returns:
         ``(rows, cols)`` int64 arrays in raster order; fewer than ``n`` (with a warning) when
@@ -97,7 +99,7 @@ def sample_unlabelled(
         counts[i] = np.bincount(np.nonzero(band)[1] // cell_size, minlength=ncc)
     total = int(counts.sum())
     if total <= n:
-        if total < n:
+        if total < n and warn:
             log.warning("the scene has only %d usable pixels, fewer than the %d asked for; "
                         "using all of them", total, n)
         quota = counts

@@ -1,0 +1,88 @@
+"""``diffclip info``: what a model file expects and how it was made."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from diffclip_cli.cli.app import app
+from diffclip_cli.cli.common import start
+from diffclip_cli.cli.console import console
+from diffclip_cli.cli.options import QuietOpt, VerboseOpt
+from diffclip_cli.model.modelfile import ModelBundle, load_model
+
+
+def describe_model(bundle: ModelBundle) -> dict[str, Any]:
+    """A JSON-friendly description of a model file (no weights)."""
+    classes = bundle.class_table
+    prompts = bundle.prompts or []
+    return {
+        "kind": bundle.kind,
+        "format_version": bundle.format_version,
+        "preset": bundle.preset,
+        "architecture": bundle.model_config,
+        "hsi_bands": bundle.hsi_bands,
+        "lidar_bands": bundle.lidar_bands,
+        "band_names": bundle.band_names,
+        "normalisation": bundle.stats.get("hsi", {}).get("method") if bundle.stats else None,
+        "template": bundle.template,
+        "classes": None if classes is None else [
+            {"id": c.id, "name": c.name, "prompt": prompts[i] if i < len(prompts) else None,
+             "color": "#{:02x}{:02x}{:02x}".format(*c.color)}
+            for i, c in enumerate(classes)],
+        "fast_path": "student" in bundle.extras,
+        "provenance": bundle.provenance,
+        "parameters": int(sum(v.numel() for v in bundle.state_dict.values())),
+    }
+
+
+def _bands(names: list[str], limit: int = 6) -> str:
+    if len(names) <= limit:
+        return ", ".join(names)
+    return ", ".join(names[:3]) + f", ... , {names[-1]}"
+
+
+@app.command(rich_help_panel="Inspect")
+def info(
+    model: Annotated[Path, typer.Argument(help="A diffclip model file.", show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")
+                       ] = False,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Show what a model expects (bands, classes, prompts, preset) and how it was made."""
+    start(verbose, quiet)
+    bundle = load_model(model)
+    data = describe_model(bundle)
+    if as_json:
+        console.print_json(json.dumps(data, default=str))
+        return
+    arch = bundle.model_config
+    table = Table(title=f"{model}", show_header=False)
+    table.add_row("kind", f"{bundle.kind} (format {bundle.format_version})")
+    table.add_row("preset", f"{bundle.preset}: window {arch.get('window')}, width "
+                  f"{arch.get('dim')}, depth {arch.get('depth')}, {data['parameters']:,} "
+                  "parameters")
+    table.add_row("HSI bands", f"{bundle.hsi_bands} ({_bands(bundle.band_names.get('hsi', []))})")
+    lidar = bundle.band_names.get("lidar", [])
+    table.add_row("LiDAR channels",
+                  f"{bundle.lidar_bands} ({_bands(lidar)})" if bundle.lidar_bands else "none")
+    table.add_row("fast path", "yes (classify --fast)" if data["fast_path"] else "no")
+    prov = bundle.provenance
+    for key in ("shots", "seed", "split", "labels", "created", "version"):
+        if prov.get(key) is not None:
+            table.add_row(key, str(prov[key]))
+    if isinstance(prov.get("inputs"), dict):
+        table.add_row("trained on", str(prov["inputs"].get("hsi")))
+    console.print(table)
+    if data["classes"]:
+        ct = Table(title=f"Classes (prompt template {bundle.template})")
+        for col in ("id", "name", "prompt"):
+            ct.add_column(col)
+        for c in data["classes"]:
+            ct.add_row(str(c["id"]), f"[{c['color']}]■[/] {c['name']}", c["prompt"] or "")
+        console.print(ct)

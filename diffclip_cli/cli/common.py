@@ -1,0 +1,133 @@
+"""Plumbing the commands share: logging, progress bars, interruption, inputs."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import types
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from diffclip_cli.cli.console import err_console, setup_logging
+from diffclip_cli.cli.options import verbosity
+from diffclip_cli.errors import InputError
+from diffclip_cli.io.classes import ClassTable
+from diffclip_cli.io.labels import LabelSet, read_labels
+from diffclip_cli.io.raster import Scene
+
+__all__ = ["StageProgress", "interruptible", "open_scene", "read_label_file", "start"]
+
+_STAGE_TITLES = {
+    "pretrain": "Pretraining (epochs)",
+    "finetune": "Fine-tuning (epochs)",
+    "evaluate": "Scoring held-out pixels",
+    "classify": "Classifying pixels",
+    "distill": "Fast path (epochs)",
+}
+
+
+def start(verbose: bool, quiet: bool) -> int:
+    """Set up logging for a command from ``-v``/``-q``; returns the verbosity level."""
+    level = verbosity(verbose, quiet)
+    setup_logging(level)
+    return level
+
+
+class StageProgress:
+    """Rich progress bars (count, rate, ETA) on stderr, one per stage; silent with ``-q``.
+
+    Use as a context manager and pass the instance (it is callable as
+    ``(stage, done, total)``) as the library's progress callback.
+    """
+
+    def __init__(self, *, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=False,
+            disable=not enabled,
+        )
+        self._tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> StageProgress:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.__exit__(*exc)  # type: ignore[arg-type]
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        """Advance (or create) the bar of ``stage`` to ``done`` of ``total``."""
+        if stage not in self._tasks:
+            self._tasks[stage] = self._progress.add_task(
+                _STAGE_TITLES.get(stage, stage), total=total, rate="")
+        task = self._tasks[stage]
+        self._progress.update(task, completed=done, total=total)
+        speed = self._progress.tasks[self._tasks[stage]].speed
+        if speed:
+            unit = "px/s" if stage in ("classify", "evaluate") else "it/s"
+            self._progress.update(task, rate=f"{speed:,.1f} {unit}")
+
+    def pixels(self, stage: str = "classify") -> Any:
+        """A ``(done, total)`` callback for one stage."""
+        return lambda done, total: self(stage, done, total)
+
+
+def _raise_interrupt(signum: int, frame: types.FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt inside the block, so partial outputs are removed.
+
+    (Ctrl-C already raises KeyboardInterrupt; outputs are written under temporary names and
+    the writers delete them on any exception.)
+    """
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not the main thread (e.g. inside a test runner's thread)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def open_scene(hsi: Path, lidar: Sequence[Path] | None, *, resampling: str = "bilinear"
+               ) -> Scene:
+    """Open the HSI and LiDAR inputs as one scene on the HSI grid."""
+    return Scene.open(hsi, list(lidar or []), resampling=resampling)
+
+
+def read_label_file(path: Path, scene_or_grid: Any, *, classes: Path | None,
+                    class_field: str | None, layer: str | None) -> LabelSet:
+    """Read labels (vector or raster) onto a scene's grid, with an optional classes table."""
+    grid = getattr(scene_or_grid, "grid", scene_or_grid)
+    table = None
+    if classes is not None:
+        table = ClassTable.from_csv(classes)
+    if not Path(path).exists():
+        raise InputError("label file not found", path=path, hint="check the --labels path")
+    return read_labels(path, grid, class_field=class_field, layer=layer, classes=table)

@@ -1,0 +1,379 @@
+"""Whole-scene maps: tiled, bounded-memory inference written straight to GeoTIFF/COG.
+
+The scene is cut into tiles (plus a halo of ``window // 2`` pixels of context); each tile is
+read, normalised, classified and written before the next ones are read, so memory depends on
+the tile size, not the scene size. Reading the next tile and writing the previous one overlap
+with the computation (one reader and one writer thread). With ``scheduler`` the tiles are
+computed on a dask.distributed cluster and written here, in the same order, with the same
+result.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from diffclip_cli import __version__
+from diffclip_cli.errors import ModelError, OutputError
+from diffclip_cli.infer.engine import TileEngine
+from diffclip_cli.io.atomic import check_output
+from diffclip_cli.io.maps import MapWriter, RasterWriter
+from diffclip_cli.io.raster import Scene
+from diffclip_cli.model.modelfile import ModelBundle, build_classifier
+from diffclip_cli.sampling.normalise import SceneStats
+from diffclip_cli.sampling.tiles import Tile, TileData, iter_tiles, read_tile
+
+__all__ = [
+    "CONFIDENCE_NODATA",
+    "ClassifyResult",
+    "Engine",
+    "TileResult",
+    "classify_scene",
+    "make_engine",
+]
+
+log = logging.getLogger("diffclip")
+
+#: Nodata of the confidence and probability rasters (valid values lie in (0, 1]).
+CONFIDENCE_NODATA = -1.0
+#: Default tile edge in pixels.
+DEFAULT_TILE_SIZE = 256
+
+
+class Engine(Protocol):
+    """What the classifier needs of an inference engine (faithful or fast)."""
+
+    @property
+    def window(self) -> int:
+        """Window size (tiles are read with a halo of ``window // 2``)."""
+        ...
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        ...
+
+    def predict_tile(self, data: TileData) -> np.ndarray:
+        """``(K, h, w)`` probabilities of a tile's core, 0 on invalid pixels."""
+        ...
+
+
+@dataclass
+class TileResult:
+    """One classified tile: class ids (0 = nodata), confidence and probabilities."""
+
+    tile: Tile
+    labels: np.ndarray
+    confidence: np.ndarray
+    probabilities: np.ndarray | None
+    valid: int
+
+
+@dataclass
+class ClassifyResult:
+    """What :func:`classify_scene` wrote and measured.
+
+    Attributes:
+        output: the class map.
+        confidence: the confidence raster, if asked for.
+        probabilities: the probability raster, if asked for.
+        pixels: pixels in the scene.
+        valid_pixels: pixels classified (the others are nodata).
+        class_pixels: classified pixels per class name.
+        tiles: number of tiles.
+        seconds: wall time.
+        engine: ``"faithful"`` or ``"fast"``.
+    """
+
+    output: Path
+    confidence: Path | None
+    probabilities: Path | None
+    pixels: int
+    valid_pixels: int
+    class_pixels: dict[str, int] = field(default_factory=dict)
+    tiles: int = 0
+    seconds: float = 0.0
+    engine: str = "faithful"
+
+    @property
+    def pixels_per_second(self) -> float:
+        """Classified pixels per second of wall time."""
+        return self.valid_pixels / self.seconds if self.seconds > 0 else 0.0
+
+
+def make_engine(bundle: ModelBundle, *, fast: bool = False, device: str = "cpu",
+                batch_size: int | None = None) -> Engine:
+    """The inference engine of a classifier model file.
+
+    Args:
+        bundle: a ``classifier`` model.
+        fast: use the distilled fast path stored in the model.
+        device: torch device name.
+        batch_size: windows per forward pass (faithful engine).
+
+    Raises:
+        ModelError: a pretrained model (no classes), or ``fast`` without a fast path.
+    """
+    if bundle.kind != "classifier":
+        raise ModelError("this is a pretrained model without classes",
+                         hint="fine-tune it first with diffclip fewshot --pretrained")
+    if fast:
+        from diffclip_cli.infer.fast import FastEngine
+
+        return FastEngine(bundle, device=device)
+    return TileEngine(build_classifier(bundle), device=device, batch_size=batch_size)
+
+
+def _finish_tile(engine: Engine, data: TileData, ids: np.ndarray,
+                 keep_probabilities: bool) -> TileResult:
+    probs = engine.predict_tile(data)
+    best = probs.argmax(axis=0)
+    labels = np.where(data.valid, ids[best], 0).astype(ids.dtype)
+    confidence = np.where(data.valid, probs.max(axis=0), CONFIDENCE_NODATA).astype(np.float32)
+    planes = None
+    if keep_probabilities:
+        planes = np.where(data.valid[None], probs, CONFIDENCE_NODATA).astype(np.float32)
+    return TileResult(data.tile, labels, confidence, planes, int(data.valid.sum()))
+
+
+# -- local execution: reader thread -> compute here -> writer thread -------------------------
+
+
+def _local_results(scene: Scene, tiles: Sequence[Tile], engine: Engine, stats: SceneStats,
+                   ids: np.ndarray, keep_probabilities: bool, prefetch: int,
+                   ) -> Iterator[TileResult]:
+    with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffclip-read") as reader:
+        queue: deque[cf.Future[TileData]] = deque()
+        pending = iter(tiles)
+        for tile in pending:
+            queue.append(reader.submit(read_tile, scene, tile, stats=stats))
+            if len(queue) > prefetch:
+                break
+        try:
+            while queue:
+                data = queue.popleft().result()
+                nxt = next(pending, None)
+                if nxt is not None:
+                    queue.append(reader.submit(read_tile, scene, nxt, stats=stats))
+                yield _finish_tile(engine, data, ids, keep_probabilities)
+        finally:
+            for future in queue:
+                future.cancel()
+
+
+# -- distributed execution ----------------------------------------------------------------
+
+_WORKER_ENGINES: dict[tuple[int, bool], Engine] = {}
+
+
+def _remote_tile(scene: Scene, bundle: ModelBundle, key: int, fast: bool, tile: Tile,
+                 ids: np.ndarray, keep_probabilities: bool) -> TileResult:
+    """Classify one tile on a dask worker (the engine is built once per worker and model)."""
+    engine = _WORKER_ENGINES.get((key, fast))
+    if engine is None:
+        _WORKER_ENGINES.clear()
+        engine = _WORKER_ENGINES[(key, fast)] = make_engine(bundle, fast=fast, device="cpu")
+    data = read_tile(scene, tile, stats=SceneStats.from_dict(bundle.stats))
+    return _finish_tile(engine, data, ids, keep_probabilities)
+
+
+def _distributed_results(scheduler: str | Any, scene: Scene, bundle: ModelBundle,
+                         tiles: Sequence[Tile], fast: bool, ids: np.ndarray,
+                         keep_probabilities: bool, prefetch: int) -> Iterator[TileResult]:
+    try:
+        from dask.distributed import Client
+    except ImportError:  # pragma: no cover - depends on the installation
+        raise ModelError("--scheduler needs dask.distributed",
+                         hint="pip install 'diffclip[distributed]'") from None
+    own = not isinstance(scheduler, Client)
+    client = Client(scheduler) if own else scheduler
+    try:
+        workers = max(1, len(client.scheduler_info().get("workers", {})))
+        in_flight = max(prefetch, 2 * workers)
+        scene_f, bundle_f = client.scatter([scene, bundle], broadcast=True)
+        key = time.monotonic_ns()
+        futures: deque[Any] = deque()
+        pending = iter(tiles)
+
+        def submit(tile: Tile) -> None:
+            futures.append(client.submit(_remote_tile, scene_f, bundle_f, key, fast, tile, ids,
+                                         keep_probabilities, pure=False))
+
+        for tile in pending:
+            submit(tile)
+            if len(futures) >= in_flight:
+                break
+        try:
+            while futures:
+                result = futures.popleft().result()  # in order: writes stay sequential
+                nxt = next(pending, None)
+                if nxt is not None:
+                    submit(nxt)
+                yield result
+        finally:
+            for future in futures:
+                future.cancel()
+    finally:
+        if own:
+            client.close()
+
+
+# -- the public entry point -----------------------------------------------------------------
+
+
+def classify_scene(
+    scene: Scene,
+    bundle: ModelBundle,
+    output: str | Path,
+    *,
+    confidence: str | Path | None = None,
+    probabilities: str | Path | None = None,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    batch_size: int | None = None,
+    device: str = "cpu",
+    fast: bool = False,
+    cog: bool = False,
+    creation_options: Sequence[str] | Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    scheduler: str | Any | None = None,
+    prefetch: int = 2,
+    metadata: Mapping[str, Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ClassifyResult:
+    """Classify every pixel of a scene and write the map (and optional rasters).
+
+    Every output is written under a temporary name and renamed when complete, so an error or
+    an interruption leaves no partial file and any existing output untouched.
+
+    Args:
+        scene: the scene; its bands must be the model's.
+        bundle: a ``classifier`` model.
+        output: the class map (GeoTIFF): uint8 (uint16 above 255 classes), nodata 0 on
+            invalid pixels, a colour table, class names in tags and a sidecar JSON.
+        confidence: optional float32 raster of the top class probability (nodata -1).
+        probabilities: optional float32 raster with one band per class (nodata -1).
+        tile_size: core edge of the tiles (memory grows with its square).
+        batch_size: windows per forward pass (faithful engine).
+        device: torch device name (tiles run on this machine's device; with ``scheduler`` on
+            the workers' CPUs).
+        fast: use the model's distilled fast path.
+        cog: write Cloud-Optimized GeoTIFFs (internal tiling, overviews).
+        creation_options: GDAL creation options overriding the defaults.
+        overwrite: replace existing outputs.
+        scheduler: a dask.distributed scheduler address (or Client) to run the tiles on.
+        prefetch: tiles read ahead of the computation (local) / extra tiles in flight.
+        metadata: extra facts for the map's sidecar JSON (e.g. the model path).
+        progress: called with ``(classified pixels so far, pixels in the scene)``.
+
+    Returns:
+        Paths written and figures (pixels, per-class counts, time).
+
+    Raises:
+        ModelError: the model does not fit the scene or has no classes / fast path.
+        OutputError: an output exists (without ``overwrite``) or cannot be written.
+    """
+    start = time.perf_counter()
+    bundle.check_inputs(scene.hsi_bands, scene.lidar_bands)
+    classes = bundle.class_table
+    if classes is None:
+        raise ModelError("this is a pretrained model without classes",
+                         hint="fine-tune it first with diffclip fewshot --pretrained")
+    paths = [Path(p) for p in (output, confidence, probabilities) if p is not None]
+    if len({p.resolve() for p in paths}) != len(paths):
+        raise OutputError("the map, confidence and probability outputs must differ",
+                          path=output)
+    for p in paths:
+        check_output(p, overwrite=overwrite)
+    if tile_size < 16:
+        raise ValueError(f"tile size must be at least 16 pixels, got {tile_size}")
+
+    engine = make_engine(bundle, fast=fast, device=device if scheduler is None else "cpu",
+                         batch_size=batch_size)
+    stats = SceneStats.from_dict(bundle.stats)
+    tiles = list(iter_tiles(scene.grid, tile_size=tile_size, halo=engine.window // 2))
+    ids = np.asarray(classes.ids, dtype=np.uint16 if max(classes.ids) > 255 else np.uint8)
+    keep_probabilities = probabilities is not None
+    meta = {
+        "software": f"diffclip {__version__}",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "inputs": {"hsi": str(scene.hsi_path), "lidar": [str(p) for p in scene.lidar_paths]},
+        "engine": "fast" if fast else "faithful",
+        "model": {"preset": bundle.preset, "provenance": bundle.provenance},
+        **dict(metadata or {}),
+    }
+    grid = scene.grid
+    total = grid.width * grid.height
+    counts = np.zeros(len(classes) + 1, dtype=np.int64)
+    slot = np.zeros(int(ids.max()) + 1, dtype=np.int64)  # class id -> 1 + table index
+    slot[ids] = np.arange(1, len(ids) + 1)
+    done = valid = 0
+    names = classes.names
+
+    with contextlib.ExitStack() as stack:
+        writers: list[tuple[str, RasterWriter]] = [("labels", stack.enter_context(MapWriter(
+            output, grid, classes, metadata=meta, overwrite=overwrite, cog=cog,
+            creation_options=creation_options)))]
+        if confidence is not None:
+            writers.append(("confidence", stack.enter_context(RasterWriter(
+                confidence, grid, count=1, dtype="float32", nodata=CONFIDENCE_NODATA,
+                band_descriptions=["confidence (top class probability)"],
+                tags={"DIFFCLIP_VERSION": __version__}, overwrite=overwrite, cog=cog,
+                creation_options=creation_options))))
+        if probabilities is not None:
+            writers.append(("probabilities", stack.enter_context(RasterWriter(
+                probabilities, grid, count=len(classes), dtype="float32",
+                nodata=CONFIDENCE_NODATA, band_descriptions=[f"p({n})" for n in names],
+                tags={"DIFFCLIP_VERSION": __version__}, overwrite=overwrite, cog=cog,
+                creation_options=creation_options))))
+        if scheduler is None:
+            results = _local_results(scene, tiles, engine, stats, ids, keep_probabilities,
+                                     prefetch)
+        else:
+            results = _distributed_results(scheduler, scene, bundle, tiles, fast, ids,
+                                           keep_probabilities, prefetch)
+        writer_pool = stack.enter_context(
+            cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffclip-write"))
+        last_write: cf.Future[None] | None = None
+
+        def write(result: TileResult) -> None:
+            for kind, writer in writers:
+                block = getattr(result, kind)
+                writer.write(result.tile.window, block if block.ndim == 3 else block[None])
+
+        for result in results:
+            if last_write is not None:
+                last_write.result()  # one write in flight: bounded memory, errors surface
+            last_write = writer_pool.submit(write, result)
+            counts += np.bincount(slot[result.labels].ravel(), minlength=counts.size)
+            valid += result.valid
+            done += result.tile.height * result.tile.width
+            if progress is not None:
+                progress(done, total)
+        if last_write is not None:
+            last_write.result()
+
+    seconds = time.perf_counter() - start
+    if valid < total:
+        log.info("%d of %d pixels had no valid data (or no LiDAR coverage) and are nodata.",
+                 total - valid, total)
+    return ClassifyResult(
+        output=Path(output),
+        confidence=None if confidence is None else Path(confidence),
+        probabilities=None if probabilities is None else Path(probabilities),
+        pixels=total,
+        valid_pixels=valid,
+        class_pixels={n: int(c) for n, c in zip(names, counts[1:], strict=True)},
+        tiles=len(tiles),
+        seconds=seconds,
+        engine="fast" if fast else "faithful",
+    )
