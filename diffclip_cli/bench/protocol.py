@@ -343,6 +343,8 @@ class ProtocolResult:
         paths: files written: ``runs``, ``summary_json``, ``summary_md``.
         seconds: wall time of this invocation.
         skipped: runs found already done.
+        pretrainings: seconds of each pretrained model used by this invocation, by
+            ``pretrain_id`` (``<variant>-s<seed>``).
     """
 
     records: list[dict[str, Any]]
