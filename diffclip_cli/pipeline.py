@@ -192,6 +192,24 @@ def _split(labels: LabelSet, shots: int, *, seed: int, mode: str) -> Split:
     return split
 
 
+def _given_split(split: Split, labels: LabelSet, scene: Scene) -> tuple[Split, LabelSet]:
+    """A given split re-indexed onto ``labels`` without its invalid pixels (and those labels)."""
+    n = len(labels)
+    for part in (split.train, split.test):
+        if part.size and (part.min() < 0 or part.max() >= n):
+            raise ValueError(f"split indices must lie in 0..{n - 1}")
+    if np.intersect1d(split.train, split.test).size:
+        raise ValueError("the training and test pixels of a split must be disjoint")
+    valid = scene.valid_at(labels.rows, labels.cols)
+    new_index = np.cumsum(valid) - 1
+    train = np.sort(new_index[split.train[valid[split.train]]]).astype(np.int64)
+    test = np.sort(new_index[split.test[valid[split.test]]]).astype(np.int64)
+    if train.size == 0:
+        raise LabelError("the given split has no valid training pixel",
+                         hint="check that the training labels belong to this scene")
+    return Split(train, test, list(split.warnings)), labels
+
+
 def _prompts(classes: ClassTable, template: str,
              descriptions: Mapping[str, str] | str | Path | None) -> list[str]:
     if template == "p5" and descriptions is None:
@@ -216,7 +234,7 @@ def fewshot_scene(
     pretrain_samples: int = DEFAULT_PRETRAIN_SAMPLES,
     template: str | None = None,
     descriptions: Mapping[str, str] | str | Path | None = None,
-    split: str = "random",
+    split: str | Split = "random",
     seed: int = 0,
     device: str = "cpu",
     evaluate: bool = True,
@@ -242,7 +260,9 @@ def fewshot_scene(
         descriptions: class descriptions for ``p5`` (mapping or file); default the classes
             table's description column.
         split: ``"random"`` (the paper's protocol) or ``"spatial"`` (test pixels away from
-            the shots).
+            the shots), or a given :class:`~diffclip_cli.sampling.shots.Split` of ``labels``
+            (e.g. a fixed standard split; ``shots`` is then only recorded). Indices refer to
+            ``labels`` as given; pixels on invalid data are dropped from both sides.
         seed: the seed of every random choice.
         device: torch device name.
         evaluate: score the model on the test pixels.
@@ -254,10 +274,13 @@ def fewshot_scene(
         The classifier, its model file contents, the split and the held-out report.
     """
     timings: dict[str, float] = {}
+    given = split if isinstance(split, Split) else None
+    if given is not None:
+        given, labels = _given_split(given, labels, scene)
     labels = labels.drop_invalid(scene)
     for sentence in labels.report.summary():
         log.info("%s", sentence)
-    chosen = _split(labels, shots, seed=seed, mode=split)
+    chosen = given if given is not None else _split(labels, shots, seed=seed, mode=str(split))
 
     pre_history: list[dict[str, Any]] = []
     if pretrained is not None:
@@ -290,7 +313,7 @@ def fewshot_scene(
         "inputs": _inputs(scene),
         "seed": seed,
         "shots": shots,
-        "split": split,
+        "split": "given" if given is not None else split,
         "train_pixels_per_class": {c.name: int(n) for c, n in zip(labels.classes, counts,
                                                                      strict=True)},
         "pretrained": None if pretrained is None else pretrained.provenance,

@@ -122,6 +122,12 @@ class ModelConfig(_Config):
         text_heads: attention heads of the text transformer.
         context_length: longest prompt in tokens, start and end tokens included.
         mask_ratio: share of each modality's tokens masked during pretraining, in (0, 1).
+        masking: mask tokens during pretraining (the method). ``False`` is the paper's
+            "w/o mask" ablation: every token is visible to the encoder and ``mask_ratio`` is
+            ignored; only for ablation studies.
+        diffusion: add DDPM noise to the pretraining input (the method). ``False`` is the
+            paper's "w/o diffusion" ablation: the encoder sees the clean input at ``t = 0``
+            and the stage is plain masked reconstruction; only for ablation studies.
         masked_loss_weight: weight of the masked-token MSE (visible tokens weigh 1).
         timesteps: diffusion steps ``T``.
         beta_start: first beta of the linear schedule.
@@ -146,6 +152,8 @@ class ModelConfig(_Config):
     text_heads: int = 8
     context_length: int = 77
     mask_ratio: float = 0.7
+    masking: bool = True
+    diffusion: bool = True
     masked_loss_weight: float = 0.1
     timesteps: int = 1000
     beta_start: float = 1e-4
@@ -179,6 +187,9 @@ class ModelConfig(_Config):
         keep = int(self.window * self.window * (1.0 - self.mask_ratio))
         _check(keep >= 1, f"mask_ratio {self.mask_ratio} masks every token of a "
                f"{self.window} x {self.window} window", "lower it or use a larger window")
+        for name in ("masking", "diffusion"):
+            _check(isinstance(getattr(self, name), bool),
+                   f"{name} must be true or false, got {getattr(self, name)!r}")
         _check(self.masked_loss_weight >= 0,
                f"masked_loss_weight must not be negative, got {self.masked_loss_weight}")
         _check(0.0 < self.beta_start <= self.beta_end < 1.0,
@@ -199,7 +210,9 @@ class ModelConfig(_Config):
 
     @property
     def kept_tokens(self) -> int:
-        """Tokens per modality left visible by the pretraining mask."""
+        """Tokens per modality left visible by the pretraining mask (all without masking)."""
+        if not self.masking:
+            return self.tokens
         return int(self.tokens * (1.0 - self.mask_ratio))
 
 

@@ -267,7 +267,10 @@ class DiffCLIPNet(nn.Module):
         """One masked-diffusion step's loss on clean normalised windows.
 
         Draws, in this order from ``generator``: one timestep per sample (shared by both
-        modalities), the noise of each modality, the mask of each modality.
+        modalities), the noise of each modality, the mask of each modality. The ablation
+        switches of the configuration make the same draws, so the masks stay those of the
+        method: ``diffusion=False`` then encodes the clean input at ``t = 0``;
+        ``masking=False`` keeps every token visible (the masked-token term is 0).
 
         Args:
             hsi: ``(N, hsi_bands, w, w)`` clean windows.
@@ -285,6 +288,9 @@ class DiffCLIPNet(nn.Module):
             m: self.q_sample(x, t, torch.randn(x.shape, generator=generator).to(device))
             for m, x in inputs.items()
         }
+        if not c.diffusion:  # "w/o diffusion" ablation: same draws, clean input at t = 0
+            t = torch.zeros_like(t)
+            noised = dict(inputs)
         temb = self.time_embed(t)[:, None]
         seqs, masks, keeps = [], {}, {}
         for m, x in noised.items():
@@ -303,7 +309,8 @@ class DiffCLIPNet(nn.Module):
             per_token = (pred - target).pow(2).mean(dim=-1)
             masked = masks[m].float()
             visible_mse = (per_token * (1 - masked)).sum() / (1 - masked).sum()
-            masked_mse = (per_token * masked).sum() / masked.sum()
+            # Without masking ("w/o mask" ablation) there is no masked token: that term is 0.
+            masked_mse = (per_token * masked).sum() / masked.sum().clamp(min=1.0)
             loss = visible_mse + c.masked_loss_weight * masked_mse
             total = total + loss
             losses[m] = float(loss.detach())
