@@ -192,8 +192,8 @@ def _split(labels: LabelSet, shots: int, *, seed: int, mode: str) -> Split:
     return split
 
 
-def _given_split(split: Split, labels: LabelSet, scene: Scene) -> tuple[Split, LabelSet]:
-    """A given split re-indexed onto ``labels`` without its invalid pixels (and those labels)."""
+def _given_split(split: Split, labels: LabelSet, scene: Scene) -> Split:
+    """A split of ``labels`` re-indexed onto ``labels.drop_invalid(scene)``."""
     n = len(labels)
     for part in (split.train, split.test):
         if part.size and (part.min() < 0 or part.max() >= n):
@@ -207,7 +207,7 @@ def _given_split(split: Split, labels: LabelSet, scene: Scene) -> tuple[Split, L
     if train.size == 0:
         raise LabelError("the given split has no valid training pixel",
                          hint="check that the training labels belong to this scene")
-    return Split(train, test, list(split.warnings)), labels
+    return Split(train, test, list(split.warnings))
 
 
 def _prompts(classes: ClassTable, template: str,
@@ -276,7 +276,7 @@ def fewshot_scene(
     timings: dict[str, float] = {}
     given = split if isinstance(split, Split) else None
     if given is not None:
-        given, labels = _given_split(given, labels, scene)
+        given = _given_split(given, labels, scene)
     labels = labels.drop_invalid(scene)
     for sentence in labels.report.summary():
         log.info("%s", sentence)
