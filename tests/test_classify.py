@@ -1,0 +1,115 @@
+"""Whole-scene classification: tiling, outputs, failures and the distributed path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+
+from diffclip_cli.bench.synthetic import make_scene, write_scene
+from diffclip_cli.errors import ModelError, OutputError
+from diffclip_cli.infer.classify import CONFIDENCE_NODATA, classify_scene
+from diffclip_cli.io.atomic import TEMP_PREFIX
+from diffclip_cli.io.labels import read_labels
+from diffclip_cli.io.raster import Scene
+from diffclip_cli.model.config import load_preset
+from diffclip_cli.pipeline import fewshot_scene, predict_pixels
+
+TINY = load_preset("tiny").with_overrides(**{"pretrain.epochs": 3, "finetune.epochs": 20})
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scene")
+    files = write_scene(make_scene(height=45, width=38, hsi_bands=10, seed=2), folder)
+    with Scene.open(files["hsi"], [files["lidar"]]) as scene:
+        labels = read_labels(files["labels"], scene.grid, classes=files["classes"])
+        result = fewshot_scene(scene, labels, shots=4, preset=TINY, pretrain_samples=300,
+                               seed=0, evaluate=False)
+    return files, result.bundle
+
+
+def _read(path):
+    with rasterio.open(path) as src:
+        return src.read()
+
+
+def test_map_does_not_depend_on_tiling_and_matches_pixel_predictions(setup, tmp_path):
+    files, bundle = setup
+    with Scene.open(files["hsi"], [files["lidar"]]) as scene:
+        a = classify_scene(scene, bundle, tmp_path / "a.tif", probabilities=tmp_path / "pa.tif",
+                           tile_size=16)
+        b = classify_scene(scene, bundle, tmp_path / "b.tif", probabilities=tmp_path / "pb.tif",
+                           tile_size=64)
+        rows, cols = np.nonzero(np.ones(scene.grid.shape, bool))
+        probs = predict_pixels(scene, bundle, rows, cols)
+    assert a.tiles == 9 and b.tiles == 1
+    np.testing.assert_array_equal(_read(tmp_path / "a.tif"), _read(tmp_path / "b.tif"))
+    pa, pb = _read(tmp_path / "pa.tif"), _read(tmp_path / "pb.tif")
+    np.testing.assert_allclose(pa, pb, atol=1e-5)
+    np.testing.assert_allclose(pa[:, rows, cols].T, probs, atol=1e-5)
+    ids = np.asarray(bundle.class_table.ids)
+    np.testing.assert_array_equal(_read(tmp_path / "a.tif")[0][rows, cols],
+                                  ids[probs.argmax(1)])
+    assert sum(a.class_pixels.values()) == a.valid_pixels == 45 * 38
+
+
+def test_failure_midway_leaves_no_output(setup, tmp_path, monkeypatch):
+    files, bundle = setup
+    import diffclip_cli.infer.classify as mod
+
+    calls = {"n": 0}
+    real = mod._finish_tile
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("boom")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mod, "_finish_tile", flaky)
+    out = tmp_path / "map.tif"
+    with Scene.open(files["hsi"], [files["lidar"]]) as scene, pytest.raises(RuntimeError):
+        classify_scene(scene, bundle, out, confidence=tmp_path / "c.tif", tile_size=16)
+    assert list(tmp_path.iterdir()) == []
+    assert not list(tmp_path.glob(TEMP_PREFIX + "*"))
+
+
+def test_outputs_must_differ_and_pretrained_models_are_refused(setup, tmp_path):
+    files, bundle = setup
+    with Scene.open(files["hsi"], [files["lidar"]]) as scene:
+        with pytest.raises(OutputError, match="must differ"):
+            classify_scene(scene, bundle, tmp_path / "m.tif", confidence=tmp_path / "m.tif")
+        pretrained = type(bundle)(**{**bundle.__dict__, "kind": "pretrained", "classes": None})
+        with pytest.raises(ModelError, match="pretrained"):
+            classify_scene(scene, pretrained, tmp_path / "m.tif")
+    assert not (tmp_path / "m.tif").exists()
+
+
+def test_confidence_is_top_probability(setup, tmp_path):
+    files, bundle = setup
+    with Scene.open(files["hsi"], [files["lidar"]]) as scene:
+        classify_scene(scene, bundle, tmp_path / "m.tif", confidence=tmp_path / "c.tif",
+                       probabilities=tmp_path / "p.tif", tile_size=20)
+    conf, probs = _read(tmp_path / "c.tif")[0], _read(tmp_path / "p.tif")
+    np.testing.assert_allclose(conf, probs.max(0), atol=1e-6)
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+    assert conf.min() > CONFIDENCE_NODATA
+
+
+def test_distributed_run_equals_local_run(setup, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    files, bundle = setup
+    with Scene.open(files["hsi"], [files["lidar"]]) as scene:
+        classify_scene(scene, bundle, tmp_path / "local.tif", probabilities=tmp_path / "pl.tif",
+                       tile_size=16)
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                      dashboard_address=None) as cluster, \
+                distributed.Client(cluster) as client:
+            result = classify_scene(scene, bundle, tmp_path / "dist.tif",
+                                    probabilities=tmp_path / "pd.tif", tile_size=16,
+                                    scheduler=client)
+    assert result.tiles == 9
+    np.testing.assert_array_equal(_read(tmp_path / "local.tif"), _read(tmp_path / "dist.tif"))
+    np.testing.assert_allclose(_read(tmp_path / "pl.tif"), _read(tmp_path / "pd.tif"),
+                               atol=1e-6)
