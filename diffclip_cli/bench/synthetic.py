@@ -114,8 +114,13 @@ def make_scene(
     cell_class = np.concatenate([np.arange(n_classes), rng.integers(0, n_classes, n_cells)])
     cell_class = cell_class[:n_cells]
     rr, cc = np.mgrid[0:height, 0:width]
-    d2 = (rr[..., None] - seeds[:, 0]) ** 2 + (cc[..., None] - seeds[:, 1]) ** 2
-    labels = (cell_class[d2.argmin(axis=-1)] + 1).astype(np.int32)
+    nearest = np.empty((height, width), dtype=np.int64)
+    step = max(1, 2_000_000 // (width * n_cells))  # rows at a time: bounded memory
+    for r0 in range(0, height, step):
+        d2 = ((rr[r0:r0 + step, :, None] - seeds[:, 0]) ** 2
+              + (cc[r0:r0 + step, :, None] - seeds[:, 1]) ** 2)
+        nearest[r0:r0 + step] = d2.argmin(axis=-1)
+    labels = (cell_class[nearest] + 1).astype(np.int32)
 
     sigs = _signatures(n_spectra, hsi_bands, rng)
     index = labels - 1
