@@ -194,6 +194,22 @@ def test_broken_raster_inputs(files, tmp_path, which, name):
     assert not out.exists() and no_temp_files(tmp_path)
 
 
+@pytest.mark.parametrize(("name", "words"), [
+    ("missing.tif", "not found"),
+    ("dir.tif", "directory"),
+    ("text.tif", "not a readable map raster"),
+    ("empty.tif", "empty"),
+    ("truncated.tif", "truncated"),
+    ("whole.tif", "not a class map"),  # e.g. the HSI given instead of the map
+])
+def test_broken_maps_to_evaluate(files, tmp_path, name, words):
+    out = tmp_path / "report.json"
+    line = error_line(invoke("evaluate", files.broken / name, "--labels", files.labels, "-o",
+                             out, code=InputError.exit_code))
+    assert str(files.broken / name) in line and words in line
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(("name", "code", "words"), [
     ("missing.gpkg", InputError.exit_code, "not found"),
     ("dir.gpkg", InputError.exit_code, "directory"),
