@@ -9,10 +9,10 @@ code    class                  meaning
 ======  =====================  ==========================================================
 0                              success
 1                              unexpected internal error (a bug: please report it)
-2                              command-line usage error (unknown option, bad value)
+2       (DeviceError)          command-line usage error (unknown option, bad value, device)
 3       InputError             an input file is missing, unreadable or not what it should be
 4       GridError              inputs do not share a grid: CRS missing or mixed, no overlap
-5       LabelError             labels unusable: empty, unknown field, too few pixels
+5       LabelError             labels unusable: empty, unknown field, too few pixels/classes
 6       ModelError             model file missing, untrusted, too new or not for this scene
 7       OutputError            output exists (no --overwrite), not writable, disk full
 8       BatchError             ``diffclip batch``: at least one scene failed

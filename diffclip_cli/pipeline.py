@@ -7,9 +7,11 @@ every labelled pixel it did not train on, :func:`evaluate_pixels` scores a model
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ from diffclip_cli.model.modelfile import (
     bundle_from_network,
 )
 from diffclip_cli.model.network import DiffCLIPNet
-from diffclip_cli.model.prompts import build_prompts
+from diffclip_cli.model.prompts import build_prompts, class_words, read_descriptions
 from diffclip_cli.model.text import Vocabulary
 from diffclip_cli.report.metrics import AccuracyReport
 from diffclip_cli.sampling.normalise import SceneStats, compute_stats
@@ -179,17 +181,60 @@ def pretrain_scene(
 
 def _split(labels: LabelSet, shots: int, *, seed: int, mode: str) -> Split:
     if mode == "random":
-        split = sample_shots(labels, shots, seed=seed)
+        split = sample_shots(labels, shots, seed=seed)  # logs its own warnings
     elif mode == "spatial":
         split = spatial_split(labels, shots, seed=seed)
     else:
         raise ValueError(f"unknown split {mode!r}: use 'random' or 'spatial'")
-    for warning in split.warnings:
-        log.warning("%s", warning)
-    if split.train.size == 0:
-        raise LabelError("no class has enough labelled pixels for a training shot",
-                         hint="label at least two pixels per class")
-    return split
+    return _drop_classes_without_shots(labels, split)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _drop_classes_without_shots(labels: LabelSet, split: Split) -> tuple[LabelSet, Split]:
+    """Leave classes that got no training shot out of the model (with a warning).
+
+    A class with 0 or 1 labelled pixel (or, in a spatial split, lying in one block) gives no
+    shot: the network would have nothing but its name to learn it from. It is left out of the
+    model, the map and the held-out report; the other classes keep their ids.
+
+    Raises:
+        LabelError: fewer than two classes are left.
+    """
+    counts = np.bincount(labels.index[split.train], minlength=len(labels.classes))
+    empty = counts == 0
+    if not empty.any():
+        return labels, split
+    have = labels.counts()
+    kept = [c for c, e in zip(labels.classes, empty, strict=True) if not e]
+    dropped = [f"'{c.name}' ({_plural(int(n), 'labelled pixel')})"
+               for c, n, e in zip(labels.classes, have, empty, strict=True) if e]
+    rule = "a class needs at least 2 labelled pixels, one to train on and one to test"
+    if not kept:
+        raise LabelError(f"no class has enough labelled pixels to train on; {rule}",
+                         path=labels.report.source,
+                         hint="label more pixels of each class")
+    if len(kept) == 1:
+        raise LabelError(f"only the class '{kept[0].name}' has enough labelled pixels to train "
+                         f"on, and a map needs at least two classes; {rule}",
+                         path=labels.report.source,
+                         hint=f"label more pixels of {', '.join(dropped)}")
+    text = (f"left out of the model, so never mapped: {', '.join(dropped)}, because {rule}; "
+            "label more pixels of them to map them")
+    log.warning("%s", text)
+    keep = ~empty[labels.index]
+    new_index = np.cumsum(keep) - 1
+    train = new_index[split.train].astype(np.int64)
+    test = new_index[split.test[keep[split.test]]].astype(np.int64)
+    subset = labels.subset(keep)
+    table = ClassTable(kept)
+    report = dataclasses.replace(
+        labels.report,
+        pixels_per_class={c.name: labels.report.pixels_per_class.get(c.name, 0) for c in kept})
+    return (dataclasses.replace(subset, classes=table, report=report),
+            Split(train, test, [*split.warnings, text]))
 
 
 def _given_split(split: Split, labels: LabelSet, scene: Scene) -> Split:
@@ -211,7 +256,9 @@ def _given_split(split: Split, labels: LabelSet, scene: Scene) -> Split:
 
 
 def _prompts(classes: ClassTable, template: str,
-             descriptions: Mapping[str, str] | str | Path | None) -> list[str]:
+             descriptions: Mapping[str, str] | str | Path | None, *,
+             left_out: Sequence[str] = ()) -> list[str]:
+    """The class prompts; descriptions of classes ``left_out`` of the model are ignored."""
     if template == "p5" and descriptions is None:
         if all(c.description for c in classes):
             descriptions = {c.name: c.description for c in classes}
@@ -221,7 +268,20 @@ def _prompts(classes: ClassTable, template: str,
                              f"missing for {missing}",
                              hint="pass --descriptions FILE or a classes table with a "
                                   "description column")
-    return build_prompts(classes.names, template=template, descriptions=descriptions)
+    source = None
+    if template == "p5" and left_out and descriptions is not None:
+        if isinstance(descriptions, (str, os.PathLike)):
+            source = descriptions
+            descriptions = read_descriptions(descriptions)
+        gone = {class_words(n).casefold() for n in left_out}
+        descriptions = {k: v for k, v in descriptions.items()
+                        if class_words(k).casefold() not in gone}
+    try:
+        return build_prompts(classes.names, template=template, descriptions=descriptions)
+    except LabelError as exc:
+        if source is None or exc.path is not None:
+            raise
+        raise LabelError(exc.message, path=source, hint=exc.hint) from None
 
 
 def fewshot_scene(
@@ -280,15 +340,24 @@ def fewshot_scene(
     labels = labels.drop_invalid(scene)
     for sentence in labels.report.summary():
         log.info("%s", sentence)
-    chosen = given if given is not None else _split(labels, shots, seed=seed, mode=str(split))
+    all_classes = labels.classes.names
+    if given is not None:
+        chosen = given
+    else:
+        labels, chosen = _split(labels, shots, seed=seed, mode=str(split))
+    left_out = [n for n in all_classes if n not in labels.classes.names]
 
     pre_history: list[dict[str, Any]] = []
     if pretrained is not None:
         pretrained.check_inputs(scene.hsi_bands, scene.lidar_bands)
-        net = build_network(pretrained)
-        stats = SceneStats.from_dict(pretrained.stats)
         preset = Preset(name=pretrained.preset, model=pretrained.config,
                         pretrain=pretrained.preset_config.pretrain, finetune=preset.finetune)
+    # The prompts first: a bad descriptions file fails before any training.
+    template = template or preset.model.template
+    prompts = _prompts(labels.classes, template, descriptions, left_out=left_out)
+    if pretrained is not None:
+        net = build_network(pretrained)
+        stats = SceneStats.from_dict(pretrained.stats)
     else:
         stage1 = pretrain_scene(scene, preset=preset, samples=pretrain_samples, seed=seed,
                                 device=device, progress=progress)
@@ -296,8 +365,6 @@ def fewshot_scene(
         timings["pretrain"] = stage1.seconds
 
     start = time.perf_counter()
-    template = template or preset.model.template
-    prompts = _prompts(labels.classes, template, descriptions)
     classifier = DiffCLIPClassifier(net, vocabulary=Vocabulary.build(prompts), seed=seed)
     train = _windows(scene, labels.rows[chosen.train], labels.cols[chosen.train],
                      window=preset.model.window, stats=stats,

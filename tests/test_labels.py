@@ -284,3 +284,20 @@ def test_layers(tmp_path):
     assert pixels(read_labels(path, GRID, layer="second")) == {(2, 2, 1)}
     with pytest.raises(InputError, match="no layer 'third'"):
         read_labels(path, GRID, layer="third")
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(-3, H + 2), st.floats(0.01, 0.99),
+                          st.integers(-3, W + 2), st.floats(0.01, 0.99)),
+                min_size=1, max_size=30))
+def test_points_map_to_the_pixel_that_holds_them(points):
+    # A point anywhere inside pixel (row, col) (not on its edge) labels that pixel; points
+    # outside the grid are counted, never moved to the nearest pixel.
+    geoms = np.array([Point(ORIGIN[0] + (c + fc) * RES, ORIGIN[1] - (r + fr) * RES)
+                      for r, fr, c, fc in points])
+    report = LabelReport(source="x", kind="vector")
+    rr, cc, ids = _burn(geoms, np.arange(1, len(points) + 1), GRID, report, "x")
+    inside = [(r, c, k + 1) for k, (r, _, c, _) in enumerate(points)
+              if 0 <= r < H and 0 <= c < W]
+    assert sorted(zip(rr.tolist(), cc.tolist(), ids.tolist(), strict=True)) == sorted(inside)
+    assert report.features_outside == len(points) - len(inside)

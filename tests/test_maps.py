@@ -229,7 +229,7 @@ def test_read_map_without_table_sidecar_fallback_and_errors(tmp_path):
     with pytest.raises(InputError, match="not found"):
         read_map(tmp_path / "missing.tif")
     (tmp_path / "text.tif").write_text("not a raster")
-    with pytest.raises(InputError, match="cannot be read as a raster"):
+    with pytest.raises(InputError, match="not a readable map raster"):
         read_map(tmp_path / "text.tif")
 
 

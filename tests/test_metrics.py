@@ -281,3 +281,42 @@ def test_match_without_shared_name_or_ambiguous():
     with pytest.raises(LabelError, match="same name"):
         match_classes(ClassTable([{"id": 1, "name": "bare soil"},
                                   {"id": 2, "name": "Bare_Soil"}]), labels)
+
+
+@settings(max_examples=60, deadline=None)
+@given(labelled(), st.integers(2, 4), st.randoms(use_true_random=False))
+def test_rates_ignore_pixel_order_and_repetition(case, times, rnd):
+    # Every rate is a ratio of counts: shuffling the pixels or repeating each of them the same
+    # number of times changes no rate (only the counts scale).
+    k, ref, pred = case
+    a = AccuracyReport.from_labels(ref, pred, table(k))
+    order = list(range(ref.size))
+    rnd.shuffle(order)
+    shuffled = AccuracyReport.from_labels(ref[order], pred[order], table(k))
+    repeated = AccuracyReport.from_labels(np.tile(ref, times), np.tile(pred, times), table(k))
+    np.testing.assert_array_equal(repeated.confusion_matrix, times * a.confusion_matrix)
+    for other in (shuffled, repeated):
+        for name in ("overall_accuracy", "average_accuracy", "kappa"):
+            va, vb = getattr(a, name), getattr(other, name)
+            assert (va is None and vb is None) or va == pytest.approx(vb)
+        for name in ("producers_accuracy", "users_accuracy", "f1"):
+            for va, vb in zip(getattr(a, name), getattr(other, name), strict=True):
+                assert (va is None and vb is None) or va == pytest.approx(vb)
+
+
+@settings(max_examples=60, deadline=None)
+@given(labelled())
+def test_oa_and_aa_are_means_of_the_producers_accuracies(case):
+    # OA is the support-weighted mean of the PAs (unclassified pixels count in the support),
+    # AA their plain mean over the classes that have reference pixels.
+    k, ref, pred = case
+    r = AccuracyReport.from_labels(ref, pred, table(k))
+    defined = [(pa, n) for pa, n in zip(r.producers_accuracy, r.support, strict=True)
+               if pa is not None]
+    assert all(n > 0 for _, n in defined) and len(defined) == sum(n > 0 for n in r.support)
+    if r.n_pixels == 0:
+        assert r.overall_accuracy is None and r.average_accuracy is None
+        return
+    assert r.overall_accuracy == pytest.approx(sum(pa * n for pa, n in defined) / r.n_pixels)
+    assert r.overall_accuracy == pytest.approx(np.trace(r.confusion_matrix) / r.n_pixels)
+    assert r.average_accuracy == pytest.approx(np.mean([pa for pa, _ in defined]))

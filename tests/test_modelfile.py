@@ -160,5 +160,5 @@ def test_band_mismatch_messages_name_both_counts(trained):
     assert text.startswith("model.pt: ") and "6 HSI bands" in text and "144" in text
     with pytest.raises(ModelError, match=r"needs LiDAR \(1 channel\) but none was given"):
         bundle.check_inputs(6, 0)
-    with pytest.raises(ModelError, match="1 LiDAR channels but the scene has 2"):
+    with pytest.raises(ModelError, match="1 LiDAR channel but the scene has 2"):
         bundle.check_inputs(6, 2)

@@ -1,5 +1,8 @@
 """Windows and tiles: equal to naive references, and memory bounded by the tile size."""
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 from affine import Affine
@@ -10,7 +13,7 @@ from rasterdata import ORIGIN, RES, salinas_dir, write_lidar_plane, write_tif  #
 
 from diffclip_cli.io.grid import Grid
 from diffclip_cli.io.raster import Scene
-from diffclip_cli.sampling.normalise import compute_stats
+from diffclip_cli.sampling.normalise import BandStats, SceneStats, compute_stats
 from diffclip_cli.sampling.tiles import iter_tiles, read_tile
 from diffclip_cli.sampling.windows import extract_windows, read_windows
 
@@ -156,3 +159,45 @@ def test_salinas_windows(salinas_dir):  # noqa: F811
         whole = stats.hsi.apply(scene.read(scene.grid.full_window()).hsi)
     np.testing.assert_array_equal(got.hsi, extract_windows(whole, rows, cols, 11))
     assert got.lidar is None and got.hsi.shape == (3, 204, 11, 11)
+
+
+# ------------------------------------------------------------ scenes smaller than a window
+def _identity_stats(bands: int) -> SceneStats:
+    return SceneStats(BandStats(np.zeros(bands), np.ones(bands)))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 6), st.sampled_from([3, 5, 11]), st.integers(1, 4),
+       st.integers(0, 2**31 - 1))
+def test_windows_and_tiles_of_scenes_smaller_than_the_window(height, width, size, tile, seed):
+    """Reflect padding of a scene smaller than the window repeats the reflection (numpy's
+    ``reflect`` mode); a one-pixel axis repeats its pixel. Tiles and window reads agree with it.
+    """
+    data = np.random.default_rng(seed).normal(size=(2, height, width)).astype(np.float32)
+    half = size // 2
+    with tempfile.TemporaryDirectory() as folder:
+        path = write_tif(Path(folder) / "tiny.tif", data)
+        with Scene.open(path) as scene:
+            stats = _identity_stats(2)
+            rows, cols = (a.ravel() for a in np.mgrid[0:height, 0:width])
+            got = read_windows(scene, rows, cols, size=size, stats=stats, tile_size=tile)
+            tiles = [read_tile(scene, t, stats=stats)
+                     for t in iter_tiles(scene.grid, tile_size=tile, halo=half)]
+    padded = np.pad(data, ((0, 0), (half, half), (half, half)), mode="reflect")
+    np.testing.assert_array_equal(got.hsi, extract_windows(data, rows, cols, size))
+    np.testing.assert_array_equal(got.hsi[:, :, half, half], data[:, rows, cols].T)
+    assert set(np.unique(got.hsi)) <= set(np.unique(data))  # nothing invented
+    for t in tiles:
+        np.testing.assert_array_equal(
+            t.hsi, padded[:, t.tile.row:t.tile.row + t.tile.height + 2 * half,
+                          t.tile.col:t.tile.col + t.tile.width + 2 * half])
+
+
+def test_reflect_padding_of_tiny_axes_is_pinned():
+    # 2 pixels, 11 x 11 window: the reflection repeats (a b a b ...); 1 pixel: it is repeated.
+    two = np.array([[[1.0, 2.0]]], np.float32)
+    win = extract_windows(two, np.array([0]), np.array([0]), 11)
+    np.testing.assert_array_equal(win[0, 0, 5], [2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 2])
+    np.testing.assert_array_equal(win[0, 0, :, 5], np.ones(11))
+    one = np.array([[[7.0]]], np.float32)
+    assert (extract_windows(one, np.array([0]), np.array([0]), 11) == 7).all()

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 import typer.core
+from rich.markup import escape
 
 from diffclip_cli import __version__
 from diffclip_cli.cli.console import err_console, setup_logging
@@ -38,14 +39,15 @@ class DiffclipGroup(typer.core.TyperGroup):
         try:
             return super().invoke(ctx)
         except (KeyboardInterrupt, Interrupted) as exc:
-            message = str(exc) if isinstance(exc, Interrupted) else "interrupted."
-            err_console.print(f"[bold red]Stopped:[/] {message}", highlight=False,
+            message = (str(exc) if isinstance(exc, Interrupted)
+                       else "interrupted; unfinished outputs were removed.")
+            err_console.print(f"[bold red]Stopped:[/] {escape(message)}", highlight=False,
                               soft_wrap=True)
             ctx.exit(Interrupted.exit_code)
         except DiffclipError as exc:
             if log.isEnabledFor(logging.DEBUG):
                 err_console.print(traceback.format_exc(), highlight=False, markup=False)
-            err_console.print(f"[bold red]Error:[/] {exc}", highlight=False,
+            err_console.print(f"[bold red]Error:[/] {escape(str(exc))}", highlight=False,
                               soft_wrap=True)
             ctx.exit(exc.exit_code)
         except Exception as exc:
@@ -56,8 +58,10 @@ class DiffclipGroup(typer.core.TyperGroup):
                 hint = "please report it with the traceback above"
             else:
                 hint = "run again with -v for the traceback and please report it"
+            lines = str(exc).strip().splitlines()
+            detail = f": {escape(lines[0].rstrip('.;: '))}" if lines else ""
             err_console.print(
-                f"[bold red]Internal error:[/] {type(exc).__name__}: {exc}; {hint}.",
+                f"[bold red]Internal error:[/] {type(exc).__name__}{detail}; {hint}.",
                 highlight=False, soft_wrap=True,
             )
             ctx.exit(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import time
 import types
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -46,7 +47,12 @@ def start(verbose: bool, quiet: bool) -> int:
 
 
 class StageProgress:
-    """Rich progress bars (count, rate, ETA) on stderr, one per stage; silent with ``-q``.
+    """Progress of each stage on stderr (count, rate, ETA); silent with ``-q``.
+
+    On a terminal, Rich progress bars, started at the first update (so an error before any
+    progress prints nothing but the error). Otherwise (stderr redirected to a log file, a
+    batch system) one plain line at the first update of a stage, at every further 10 % and at
+    the end, so logs show progress without bar redraws.
 
     Use as a context manager and pass the instance (it is callable as
     ``(stage, done, total)``) as the library's progress callback.
@@ -67,17 +73,28 @@ class StageProgress:
             transient=False,
             disable=not enabled,
         )
+        self._started = False
         self._tasks: dict[str, TaskID] = {}
+        self._plain: dict[str, tuple[int, float]] = {}
 
     def __enter__(self) -> StageProgress:
-        self._progress.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._progress.__exit__(*exc)  # type: ignore[arg-type]
+        if self._started:
+            self._started = False
+            self._progress.__exit__(*exc)  # type: ignore[arg-type]
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         """Advance (or create) the bar of ``stage`` to ``done`` of ``total``."""
+        if not self.enabled:
+            return
+        if not err_console.is_terminal:
+            self._line(stage, done, total)
+            return
+        if not self._started:
+            self._progress.start()
+            self._started = True
         if stage not in self._tasks:
             self._tasks[stage] = self._progress.add_task(
                 _STAGE_TITLES.get(stage, stage), total=total, rate="")
@@ -87,6 +104,19 @@ class StageProgress:
         if speed:
             unit = "px/s" if stage in ("classify", "evaluate") else "it/s"
             self._progress.update(task, rate=f"{speed:,.1f} {unit}")
+
+    def _line(self, stage: str, done: int, total: int) -> None:
+        """One plain line per 10 % step of a stage (and its first update)."""
+        step = 10 * done // total if total > 0 else 10
+        now = time.monotonic()
+        last = self._plain.get(stage)
+        if last is not None and step <= last[0]:
+            return
+        began = now if last is None else last[1]
+        self._plain[stage] = (step, began)
+        share = f" ({100 * done / total:.0f} %)" if total > 0 else ""
+        err_console.print(f"{_STAGE_TITLES.get(stage, stage)}: {done:,} of {total:,}{share}, "
+                          f"{now - began:.0f} s", highlight=False, soft_wrap=True)
 
     def pixels(self, stage: str = "classify") -> Any:
         """A ``(done, total)`` callback for one stage."""

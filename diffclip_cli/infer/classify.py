@@ -363,7 +363,11 @@ def classify_scene(
             last_write.result()
 
     seconds = time.perf_counter() - start
-    if valid < total:
+    if valid == 0:
+        log.warning("%s: no pixel of the scene is valid (every pixel is nodata in some band or "
+                    "outside the LiDAR), so the map is nodata everywhere; check the inputs' "
+                    "nodata values and that the LiDAR covers the HSI", scene.hsi_path)
+    elif valid < total:
         log.info("%d of %d pixels had no valid data (or no LiDAR coverage) and are nodata.",
                  total - valid, total)
     return ClassifyResult(

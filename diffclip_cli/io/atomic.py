@@ -62,6 +62,14 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
+def _disk_full(exc: OSError) -> bool:
+    """Whether a write failed for lack of space (GDAL says so only in its message)."""
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return True
+    text = str(exc).lower()
+    return "no space left" in text or "disk full" in text or "quota exceeded" in text
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write; rename it to ``path`` when the block succeeds.
@@ -93,10 +101,13 @@ def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Ite
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, target)
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise OutputError("the disk is full", path=target,
+        if _disk_full(exc):
+            raise OutputError("the disk is full, so it was not written", path=target,
                               hint="free some space or write elsewhere") from None
-        raise OutputError(f"could not be written ({exc.strerror or exc})", path=target) from None
+        lines = str(exc).strip().splitlines()
+        reason = exc.strerror or (lines[0] if lines else "")
+        raise OutputError(f"could not be written ({reason or type(exc).__name__})",
+                          path=target, hint="check the folder and the free space") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, overload
 
 from diffclip_cli.errors import InputError, LabelError
+from diffclip_cli.io.textfiles import read_text_file
 
 __all__ = ["DEFAULT_PALETTE", "ClassInfo", "ClassTable", "parse_color"]
 
@@ -209,13 +210,13 @@ class ClassTable(Sequence[ClassInfo]):
             LabelError: when ids or names repeat.
         """
         path = os.fspath(path)
+        fix = "give a CSV with a header 'id,name' and one row per class"
+        text = read_text_file(path, what="classes table", hint=fix)
         try:
-            with open(path, newline="", encoding="utf-8-sig") as f:
-                rows = list(csv.DictReader(f))
-        except FileNotFoundError:
-            raise InputError("classes table not found", path=path, hint="check the path") from None
-        except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            raise InputError(f"cannot read the classes table ({exc})", path=path) from None
+            rows = list(csv.DictReader(text.splitlines()))
+        except csv.Error as exc:
+            raise InputError(f"the classes table is not a valid CSV ({exc})", path=path,
+                             hint=fix) from None
         if not rows:
             raise InputError("the classes table has no rows", path=path,
                              hint="write a header 'id,name' and one row per class")

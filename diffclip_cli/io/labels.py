@@ -206,6 +206,7 @@ class LabelSet:
 
         Raises:
             GridError: the scene is on a grid of another size.
+            InputError: the scene has no valid pixel at all.
             LabelError: no labelled pixel is valid.
         """
         if self.grid is not None and scene.grid.shape != self.grid.shape:
@@ -225,6 +226,11 @@ class LabelSet:
                            if n == 0],
         )
         if not valid.any():
+            if scene.valid_fraction() == 0:
+                raise InputError(
+                    "the scene has no valid pixel (every pixel is nodata in some band or "
+                    "outside the LiDAR)", path=scene.hsi_path,
+                    hint="check the nodata values and that the LiDAR covers the HSI")
             raise LabelError("every labelled pixel lies on invalid scene pixels (nodata or no "
                              "LiDAR)", path=self.report.source,
                              hint="check that the labels belong to this scene")
@@ -284,6 +290,9 @@ def read_labels(
     if p.is_dir() and p.suffix.lower() != ".gdb":
         raise InputError("is a directory, not a label file", path=p,
                          hint="give the vector or raster file inside it")
+    if p.is_file() and p.stat().st_size == 0:
+        raise LabelError("the label file is empty (0 bytes)", path=p,
+                         hint="give the file holding your labelled points or polygons")
     table = None
     if classes is not None:
         table = classes if isinstance(classes, ClassTable) else ClassTable.from_csv(classes)
@@ -352,8 +361,14 @@ def _read_vector(
     try:
         layers = [str(name) for name, _ in pyogrio.list_layers(path)]
     except Exception as exc:  # pyogrio raises its own DataSourceError family
-        raise InputError(f"is not a readable vector file ({_first_line(exc)})", path=path,
-                         hint="give a GeoPackage, GeoJSON, Shapefile or a label GeoTIFF") from None
+        reason = _first_line(exc)
+        if "not recognized as being in a supported file format" in reason:
+            reason = "GDAL does not recognise its format"
+        else:
+            reason = reason.replace(f"'{path}'", "").replace(str(path), "").strip(" ,:")
+        raise InputError(f"is not a readable vector file ({reason})", path=path,
+                         hint="give a GeoPackage, GeoJSON or Shapefile of points or polygons, "
+                              "or a label GeoTIFF") from None
     if layer is None and len(layers) > 1:
         raise InputError(f"has several layers ({', '.join(layers)})", path=path,
                          hint="choose one with --layer")
@@ -646,7 +661,7 @@ def _finish(
 
 
 def _read_raster(path: Path, grid: Grid, table: ClassTable | None) -> LabelSet:
-    ds = open_raster(path, what="label raster")
+    ds = open_raster(path, what="label")
     try:
         report = LabelReport(source=str(path), kind="raster")
         if not (np.issubdtype(np.dtype(ds.dtypes[0]), np.integer)

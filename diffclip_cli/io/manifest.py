@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from diffclip_cli.errors import InputError
+from diffclip_cli.io.textfiles import read_text_file
 
 __all__ = ["SceneJob", "read_manifest"]
 
@@ -88,13 +89,14 @@ def read_manifest(path: str | Path) -> list[SceneJob]:
         InputError: the file is missing, unreadable, empty or has unknown or missing columns.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputError("manifest not found", path=path, hint="check the path")
+    if not path.is_file():
+        raise InputError("is a directory, not a manifest", path=path,
+                         hint="give a CSV or YAML file listing the scenes")
     base = path.parent
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read the manifest ({exc})", path=path) from None
+    text = read_text_file(path, what="manifest",
+                          hint="give a CSV or YAML file listing the scenes")
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
             data = yaml.safe_load(text)

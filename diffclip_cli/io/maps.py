@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 import rasterio
 import rasterio.shutil
-from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from diffclip_cli.errors import InputError, LabelError
 from diffclip_cli.io.atomic import TEMP_PREFIX, atomic_path, check_output
 from diffclip_cli.io.classes import ClassTable
 from diffclip_cli.io.grid import Grid
+from diffclip_cli.io.raster import open_raster
 
 __all__ = [
     "BAND_DESCRIPTION",
@@ -507,24 +507,18 @@ def read_map(path: str | os.PathLike[str]) -> MapInfo:
         InputError: when the file is missing, not a raster, or its class table is malformed.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError("map not found", path=path, hint="check the path")
-    try:
-        with rasterio.open(path) as ds:
-            crs = ds.crs if ds.crs else None
-            grid = Grid(ds.width, ds.height, ds.transform, crs)
-            tags = dict(ds.tags())
-            dtype = ds.dtypes[0]
-            nodata = ds.nodata
-            count = ds.count
-            overviews = list(ds.overviews(1))
-            try:
-                full_cmap = ds.colormap(1)
-            except ValueError:
-                full_cmap = None
-    except RasterioIOError as exc:
-        raise InputError(f"cannot be read as a raster ({exc})", path=path,
-                         hint="give a GeoTIFF class map") from None
+    with open_raster(path, what="map") as ds:  # clear errors: missing, empty, not a raster
+        crs = ds.crs if ds.crs else None
+        grid = Grid(ds.width, ds.height, ds.transform, crs)
+        tags = dict(ds.tags())
+        dtype = ds.dtypes[0]
+        nodata = ds.nodata
+        count = ds.count
+        overviews = list(ds.overviews(1))
+        try:
+            full_cmap = ds.colormap(1)
+        except ValueError:
+            full_cmap = None
 
     classes: ClassTable | None = None
     source: str | None = None

@@ -98,6 +98,11 @@ def as_window(window: WindowLike, grid: Grid) -> Window:
     return w
 
 
+def _article(what: str) -> str:
+    """``"an HSI"``, ``"a LiDAR"``: the indefinite article for a kind of file."""
+    return ("an " if what == "HSI" or what[:1].lower() in "aeiou" else "a ") + what
+
+
 def open_raster(path: PathLike, *, what: str = "raster") -> rasterio.DatasetReader:
     """Open a raster file for reading, with a clear error for every way that can fail.
 
@@ -106,29 +111,37 @@ def open_raster(path: PathLike, *, what: str = "raster") -> rasterio.DatasetRead
 
     Args:
         path: the file.
-        what: what the file is meant to be, for messages ("HSI", "LiDAR", "label raster").
+        what: what the file is meant to be, for messages ("HSI", "LiDAR", "label").
 
     Raises:
-        InputError: the file is missing, a directory, not a raster, or truncated/corrupt.
+        InputError: the file is missing, a directory, empty, not a raster, or
+            truncated/corrupt.
     """
     p = Path(path)
     if not p.exists():
         raise InputError(f"{what} file not found", path=p, hint="check the path")
     if p.is_dir():
-        raise InputError(f"is a directory, not a {what} file", path=p,
+        raise InputError(f"is a directory, not {_article(what)} file", path=p,
                          hint="give the path of a GeoTIFF inside it")
+    try:
+        empty = p.stat().st_size == 0
+    except OSError:
+        empty = False
+    if empty:
+        raise InputError(f"is an empty file (0 bytes), not {_article(what)} raster", path=p,
+                         hint="copy or export the GeoTIFF again")
     try:
         ds = rasterio.open(p)
     except (RasterioError, OSError) as exc:
-        raise InputError(f"is not a readable {what} raster ({_short(exc)})", path=p,
-                         hint="give a GeoTIFF (or another raster GDAL can read)") from None
+        raise InputError(f"is not a readable {what} raster ({_gdal_reason(exc, p)})", path=p,
+                         hint="give a GeoTIFF (or another raster format GDAL reads)") from None
     try:
         if ds.count < 1:
             raise InputError(f"the {what} raster has no bands", path=p)
         ds.read(window=Window(ds.width - 1, ds.height - 1, 1, 1))
     except (RasterioError, OSError) as exc:
         ds.close()
-        raise InputError(f"reading the {what} raster failed ({_short(exc)})", path=p,
+        raise InputError(f"reading the {what} raster failed ({_gdal_reason(exc, p)})", path=p,
                          hint="the file may be truncated or corrupt; export or copy it again"
                          ) from None
     except InputError:
@@ -144,6 +157,16 @@ def _short(exc: BaseException) -> str:
     if cause is not None and (not text or "previous exception" in text):
         text = str(cause).strip() or text
     return (text.splitlines()[0] if text else type(exc).__name__).rstrip(".")
+
+
+def _gdal_reason(exc: BaseException, path: Path) -> str:
+    """GDAL's reason for a failure in plain words, without repeating the file's path."""
+    text = _short(exc)
+    if "not recognized as being in a supported file format" in text:
+        return "GDAL does not recognise its format"
+    for form in (f"'{path}'", str(path), f"{path.name}, ", f"{path.name}: ", path.name):
+        text = text.replace(form, "").strip(" ,:")
+    return text or type(exc).__name__
 
 
 def _footprint(ds: Any) -> shapely.Polygon:
@@ -183,7 +206,7 @@ class _Source:
             masks = [self.reader.read_masks(i + 1, window=window)
                      if m and not self.warped else None for i, m in enumerate(self.masked)]
         except (RasterioError, OSError) as exc:
-            raise InputError(f"reading failed ({_short(exc)})", path=self.path,
+            raise InputError(f"reading failed ({_gdal_reason(exc, self.path)})", path=self.path,
                              hint="the file may be truncated or corrupt; export or copy it again"
                              ) from None
         data = raw.astype(np.float32, copy=True)

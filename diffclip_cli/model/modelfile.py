@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import pickle
+import pickletools
 import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -166,8 +167,9 @@ class ModelBundle:
                 hint="drop the LiDAR input or train a model with LiDAR")
         if lidar_bands != self.lidar_bands:
             raise ModelError(
-                f"the model was trained on {self.lidar_bands} LiDAR channels but the scene "
-                f"has {lidar_bands}", path=path,
+                f"the model was trained on {self.lidar_bands} LiDAR channel"
+                f"{'s' if self.lidar_bands > 1 else ''} but the scene has {lidar_bands}",
+                path=path,
                 hint="pass the same LiDAR rasters as for training")
 
     # -- (de)serialisation ----------------------------------------------------------------------
@@ -239,24 +241,33 @@ def load_model(path: str | os.PathLike[str]) -> ModelBundle:
             or was made by a newer diffclip.
     """
     path = Path(path)
+    if not path.exists():
+        raise ModelError("model file not found", path=path,
+                         hint="check the path or train a model first")
     if not path.is_file():
-        raise ModelError("model file not found" if not path.exists() else "not a file",
-                         path=path, hint="check the path or train a model first")
+        raise ModelError("is a directory, not a model file", path=path,
+                         hint="give the .pt file written by diffclip")
+    if path.stat().st_size == 0:
+        raise ModelError("is an empty file (0 bytes), not a model", path=path,
+                         hint="copy the model again or re-train it")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        text = str(exc)
-        if "weights_only" in text.lower() or "unsupported global" in text.lower():
+        if _carries_code(path, exc):
             raise ModelError("refused: the file holds code or objects a model file never "
-                             "holds, so it was not loaded", path=path,
+                             "holds, so it was not loaded (nothing in it was run)", path=path,
                              hint="only load model files made by diffclip from a source you "
                                   "trust") from None
-        raise ModelError("not a diffclip model file (unreadable pickle)", path=path,
+        raise ModelError("is not a diffclip model file", path=path,
                          hint="give a .pt file written by diffclip") from None
     except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError,
             AttributeError, KeyError, IndexError, TypeError) as exc:
         log.debug("torch.load failed on %s: %r", path, exc)
-        raise ModelError("not a diffclip model file (not a readable torch archive)", path=path,
+        if _is_zip(path):
+            raise ModelError("the model file is truncated or damaged (its archive cannot be "
+                             "read)", path=path,
+                             hint="copy the model again or re-train it") from None
+        raise ModelError("is not a diffclip model file", path=path,
                          hint="give a .pt file written by diffclip") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_TAG:
         raise ModelError("not a diffclip model file", path=path,
@@ -302,6 +313,39 @@ def load_model(path: str | os.PathLike[str]) -> ModelBundle:
         raise ModelError("the classifier file lacks its classes, prompts or vocabulary",
                          path=path, hint="re-train the model")
     return bundle
+
+
+def _is_zip(path: Path) -> bool:
+    """Whether the file starts like a zip archive (the container ``torch.save`` writes)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
+
+
+#: Pickle opcodes that import or call something: what a model file must never need.
+_CODE_OPCODES = frozenset({"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ",
+                           "NEWOBJ_EX"})
+
+
+def _carries_code(path: Path, exc: BaseException) -> bool:
+    """Whether a file refused by the weights-only unpickler asks to import or call code.
+
+    Torch says so for zip archives ("unsupported global"); a bare pickle is scanned opcode by
+    opcode (:func:`pickletools.genops` only parses, it never executes anything).
+    """
+    text = str(exc).lower()
+    if "global" in text and ("unsupported" in text or "blocked" in text):
+        return True
+    if _is_zip(path):
+        return False
+    try:
+        with open(path, "rb") as f:
+            data = f.read(64 * 1024 * 1024)
+        return any(op.name in _CODE_OPCODES for op, _, _ in pickletools.genops(data))
+    except Exception:  # not a pickle at all (text, an image, ...): no code either
+        return False
 
 
 def _provenance(provenance: dict[str, Any] | None) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from diffclip_cli.errors import InputError, LabelError
+from diffclip_cli.io.textfiles import read_text_file
 
 __all__ = [
     "DEFAULT_TEMPLATE",
@@ -67,13 +68,8 @@ def read_descriptions(path: str | os.PathLike[str]) -> dict[str, str]:
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise InputError("descriptions file not found", path=path, hint="check the path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read the descriptions file ({exc})", path=path) from None
     fix = "write a CSV 'class,description' or a YAML/JSON mapping of class to description"
+    text = read_text_file(path, what="descriptions file", hint=fix)
     if suffix == ".csv":
         try:
             rows = list(csv.DictReader(text.splitlines()))

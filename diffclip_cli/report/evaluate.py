@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from diffclip_cli.errors import InputError
 from diffclip_cli.io.classes import ClassTable
 from diffclip_cli.io.labels import LabelSet, read_labels
 from diffclip_cli.io.maps import read_map
@@ -56,6 +57,11 @@ def evaluate_map(
         The report, the class match and the reference pixels.
     """
     info = read_map(map_path)
+    if info.count > 1 and info.classes is None:
+        raise InputError(f"has {info.count} bands of {info.dtype}, so it is not a class map "
+                         "(the HSI?)", path=map_path,
+                         hint="give the map written by `diffclip classify` (one band of class "
+                              "ids)")
     table = ClassTable.from_csv(classes) if isinstance(classes, (str, Path)) else classes
     reference = read_labels(labels, info.grid, class_field=class_field, layer=layer,
                             classes=table)

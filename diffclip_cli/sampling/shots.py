@@ -57,10 +57,17 @@ def sample_shots(labels: LabelSet, k: int, *, seed: int | np.random.Generator) -
     for ci, info in enumerate(labels.classes):
         members = np.flatnonzero(index == ci)
         take = _shots_for(members.size, k)
-        if take < k:
+        if members.size == 0:
+            warnings.append(f"class '{info.name}' has no labelled pixel, so no shot")
+        elif take == 0:
+            warnings.append(
+                f"class '{info.name}' has only 1 labelled pixel, too few to train on and "
+                "still test (at least 2 are needed), so no shot")
+        elif take < k:
             warnings.append(
                 f"class '{info.name}' has only {members.size} labelled pixels; it gives "
-                f"{take} shots instead of {k} so that it keeps test pixels")
+                f"{take} shot{'s' if take > 1 else ''} instead of {k} (at most half of its "
+                "pixels) so that it keeps test pixels")
         train.append(rng.choice(members, size=take, replace=False))
     train_idx = np.sort(np.concatenate(train)).astype(np.int64)
     test = np.setdiff1d(np.arange(len(labels), dtype=np.int64), train_idx)

@@ -13,7 +13,7 @@ from rich.table import Table
 from diffclip_cli.cli.app import app
 from diffclip_cli.cli.commands.classify import ModelOpt, parse_creation_options, run_classify
 from diffclip_cli.cli.commands.evaluate import run_evaluate
-from diffclip_cli.cli.common import start
+from diffclip_cli.cli.common import interruptible, start
 from diffclip_cli.cli.console import console, err_console
 from diffclip_cli.cli.options import (
     DEFAULT_MODEL,
@@ -95,7 +95,8 @@ def batch(
             log.addHandler(handler)
         begin = time.perf_counter()
         try:
-            row = _run_job(job, model=model, options=options)
+            with interruptible():  # SIGTERM between two writes still stops the whole batch
+                row = _run_job(job, model=model, options=options)
             status, message = "[green]ok[/]", str(job.output)
             log.info("scene %s done: %s", job.name, row)
         except KeyboardInterrupt:

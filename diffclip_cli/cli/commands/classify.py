@@ -71,23 +71,31 @@ def run_classify(
     Returns:
         A summary: output paths, pixels, per-class counts, seconds, pixels per second.
     """
-    for path in (p for p in (quicklook,) if p is not None):
-        check_output(path, overwrite=overwrite)
-    if not model.exists():
-        raise ModelError("model file not found", path=model,
-                         hint="train one with `diffclip fewshot ... -o MODEL` or pass --model")
-    bundle = load_model(model)
-    dev = str(resolve_device(device))
-    with interruptible(), open_scene(hsi, lidar) as scene, \
-            StageProgress(enabled=show_progress) as progress:
-        result = classify_scene(
-            scene, bundle, output, confidence=confidence, probabilities=probabilities,
-            tile_size=tile_size, batch_size=batch_size, device=dev, fast=fast, cog=cog,
-            creation_options=creation_options, overwrite=overwrite, scheduler=scheduler,
-            metadata={"model_file": str(model)}, progress=progress.pixels("classify"))
-        if quicklook is not None:
-            draw_quicklook(output, bundle.class_table, quicklook, overwrite=overwrite,
-                           title=output.name)
+    with interruptible():
+        for path in (p for p in (quicklook,) if p is not None):
+            check_output(path, overwrite=overwrite)
+        if not model.exists():
+            raise ModelError("model file not found", path=model,
+                             hint="train one with `diffclip fewshot ... -o MODEL` or pass "
+                                  "--model")
+        bundle = load_model(model)
+        if bundle.class_table is None:
+            raise ModelError("is a pretrained model without classes", path=model,
+                             hint="fine-tune it first with `diffclip fewshot --pretrained "
+                                  f"{model}` and classify with that model")
+        dev = str(resolve_device(device))
+        with open_scene(hsi, lidar) as scene:
+            bundle.check_inputs(scene.hsi_bands, scene.lidar_bands, path=model)
+            with StageProgress(enabled=show_progress) as progress:
+                result = classify_scene(
+                    scene, bundle, output, confidence=confidence, probabilities=probabilities,
+                    tile_size=tile_size, batch_size=batch_size, device=dev, fast=fast,
+                    cog=cog, creation_options=creation_options, overwrite=overwrite,
+                    scheduler=scheduler, metadata={"model_file": str(model)},
+                    progress=progress.pixels("classify"))
+            if quicklook is not None:
+                draw_quicklook(output, bundle.class_table, quicklook, overwrite=overwrite,
+                               title=output.name)
     return {
         "output": str(result.output),
         "confidence": None if result.confidence is None else str(result.confidence),

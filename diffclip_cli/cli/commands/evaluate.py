@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from diffclip_cli.cli.app import app
-from diffclip_cli.cli.common import start
+from diffclip_cli.cli.common import interruptible, start
 from diffclip_cli.cli.console import console, err_console
 from diffclip_cli.cli.options import (
     ClassesOpt,
@@ -36,12 +36,14 @@ def run_evaluate(map_path: Path, labels: Path, output: Path, *, classes: Path | 
     """Evaluate a map and write its report trio; what the command and ``batch`` call."""
     if not map_path.exists():
         raise InputError("map not found", path=map_path, hint="check the path")
-    evaluation = evaluate_map(map_path, labels, classes=classes, class_field=class_field,
-                              layer=layer)
-    title = f"Accuracy of {map_path.name} against {labels.name}"
-    paths = write_report(evaluation.report, report_stem(output), overwrite=overwrite,
-                         title=title, metadata={"map": str(map_path), "labels": str(labels),
-                                                "matched_by": evaluation.match.by})
+    with interruptible():
+        evaluation = evaluate_map(map_path, labels, classes=classes, class_field=class_field,
+                                  layer=layer)
+        title = f"Accuracy of {map_path.name} against {labels.name}"
+        paths = write_report(evaluation.report, report_stem(output), overwrite=overwrite,
+                             title=title, metadata={"map": str(map_path),
+                                                    "labels": str(labels),
+                                                    "matched_by": evaluation.match.by})
     return evaluation, paths
 
 

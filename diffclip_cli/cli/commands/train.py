@@ -32,11 +32,11 @@ from diffclip_cli.cli.options import (
     SeedOpt,
     VerboseOpt,
 )
-from diffclip_cli.errors import InputError
 from diffclip_cli.io.atomic import check_output
 from diffclip_cli.model.config import Preset, load_preset
 from diffclip_cli.model.device import resolve_device
 from diffclip_cli.model.modelfile import load_model, save_model
+from diffclip_cli.model.prompts import read_descriptions
 from diffclip_cli.pipeline import DEFAULT_PRETRAIN_SAMPLES, fewshot_scene, pretrain_scene
 from diffclip_cli.report.render import report_paths, rich_table, write_report
 
@@ -192,9 +192,9 @@ def fewshot(
     report_stem = output.with_name(output.stem + ".report")
     for path in [output, *report_paths(report_stem).values()]:
         check_output(path, overwrite=overwrite)
-    if descriptions is not None and not descriptions.is_file():
-        raise InputError("descriptions file not found", path=descriptions,
-                         hint="check the --descriptions path")
+    # Read now: a bad descriptions file must fail before hours of training, not after.
+    if descriptions is not None:
+        read_descriptions(descriptions)
     prompt = "p5" if descriptions is not None and prompt is None else prompt
     config = _preset(preset, window=window, pretrain_epochs=pretrain_epochs,
                      finetune_epochs=epochs)
