@@ -1,0 +1,442 @@
+"""Distil a fine-tuned DiffCLIP classifier into the fast path's student.
+
+The teacher (the faithful classifier) labels ``pixels`` unlabelled pixels spread over the whole
+valid area of the scene with its class *probabilities*; the student
+(:class:`~diffclip_cli.model.student.StudentNet`) learns to reproduce them with a soft
+cross-entropy (equivalently, the KL divergence to the teacher). No label is used: the figure
+reported, the agreement of the student's and the teacher's labels on sampled pixels held out
+from training, measures how faithfully the student copies the teacher, not accuracy.
+
+The student's convolutions are unpadded, so its output at a pixel depends only on the
+``window x window`` square around it. Training therefore runs it densely over small patches
+that contain several sampled pixels and scores it where the teacher's targets are; the patch
+size is chosen to read and hold as few pixels as possible (``1``: one window per sample, for
+sparse samples; larger patches where samples are dense, as on small scenes).
+
+:func:`add_fast_path` is the hook ``diffclip fewshot`` calls: it distils the student and stores
+it in the model file's ``extras``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from diffclip_cli import __version__
+from diffclip_cli.infer.engine import TileEngine
+from diffclip_cli.io.raster import Scene
+from diffclip_cli.model.classifier import DiffCLIPClassifier
+from diffclip_cli.model.device import resolve_device
+from diffclip_cli.model.modelfile import ModelBundle, build_classifier
+from diffclip_cli.model.rng import derive_seed
+from diffclip_cli.model.student import (
+    EXTRAS_KEY,
+    StudentConfig,
+    StudentNet,
+    default_dilations,
+    student_to_extras,
+)
+from diffclip_cli.sampling.normalise import SceneStats
+from diffclip_cli.sampling.unlabelled import sample_unlabelled, valid_mask
+from diffclip_cli.sampling.windows import read_windows
+
+__all__ = ["DistillConfig", "DistillReport", "add_fast_path", "distill_student"]
+
+log = logging.getLogger("diffclip")
+
+#: ``(stage, done, total)``: stage ``"teacher"`` (pixels labelled by the teacher) or
+#: ``"distill"`` (epochs).
+ProgressFn = Callable[[str, int, int], None]
+
+#: Windows the teacher reads and classifies at a time (bounds memory).
+_TEACHER_CHUNK = 4096
+#: Patch edges tried when grouping sampled pixels (odd, so patches have a centre pixel).
+_PATCH_SIZES = (1, 3, 5, 7, 11, 15, 23, 31)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """How the student is distilled.
+
+    Attributes:
+        pixels: unlabelled pixels the teacher labels (its cost dominates: about 330 MFLOP a
+            pixel for the paper preset).
+        holdout: share of those pixels kept out of training to measure agreement.
+        epochs: passes over the training pixels.
+        batch_pixels: training pixels per optimiser step (whole patches are added until at
+            least this many).
+        lr: peak Adam learning rate (cosine decay to 0 over the epochs).
+        weight_decay: Adam weight decay.
+        hidden: the student's width.
+        dilations: the student's 3x3 layers; ``None``: a receptive field equal to the teacher's
+            window (:func:`~diffclip_cli.model.student.default_dilations`).
+    """
+
+    pixels: int = 8192
+    holdout: float = 0.1
+    epochs: int = 60
+    batch_pixels: int = 512
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    hidden: int = 32
+    dilations: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.dilations is not None:
+            object.__setattr__(self, "dilations", tuple(int(d) for d in self.dilations))
+        if self.pixels < 2:
+            raise ValueError(f"pixels must be at least 2, got {self.pixels}")
+        if not 0.0 <= self.holdout < 1.0:
+            raise ValueError(f"holdout must lie in [0, 1), got {self.holdout}")
+        if self.epochs < 0 or self.batch_pixels < 1 or self.hidden < 1:
+            raise ValueError("epochs must not be negative, batch_pixels and hidden positive")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError("lr must be positive and weight_decay not negative")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types."""
+        out = dataclasses.asdict(self)
+        out["dilations"] = None if self.dilations is None else list(self.dilations)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DistillConfig:
+        """Rebuild from :meth:`to_dict` (or any subset of the fields).
+
+        Raises:
+            ValueError: an unknown field or an invalid value.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown distillation options {unknown}; valid are "
+                             f"{sorted(names)}")
+        return cls(**dict(data))
+
+
+@dataclass
+class DistillReport:
+    """What distillation did and how faithful the student is.
+
+    Attributes:
+        config: the options used.
+        seed: the seed.
+        pixels: pixels the teacher labelled.
+        train_pixels: of which the student trained on.
+        heldout_pixels: of which were held out.
+        agreement: share of held-out pixels where the student's label is the teacher's
+            (``nan`` without held-out pixels).
+        train_agreement: the same on the training pixels.
+        initial_agreement: held-out agreement of the untrained student (a baseline).
+        kl: mean KL divergence teacher -> student on the held-out pixels, in nats.
+        patch: edge of the training patches chosen.
+        history: one record per epoch (``epoch``, ``loss``, ``lr``).
+        seconds: wall time of ``teacher`` inference and of ``train``-ing the student.
+        macs_per_pixel: the student's multiply-adds per pixel.
+    """
+
+    config: DistillConfig
+    seed: int
+    pixels: int
+    train_pixels: int
+    heldout_pixels: int
+    agreement: float
+    train_agreement: float
+    initial_agreement: float
+    kl: float
+    patch: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    macs_per_pixel: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        """Plain JSON types, without the per-epoch history (for provenance)."""
+        def num(v: float) -> float | None:
+            return None if math.isnan(v) else round(float(v), 5)
+
+        return {
+            "method": "distilled student (soft cross-entropy to the teacher's probabilities "
+                      "on unlabelled pixels)",
+            "config": self.config.to_dict(),
+            "seed": self.seed,
+            "pixels": self.pixels,
+            "train_pixels": self.train_pixels,
+            "heldout_pixels": self.heldout_pixels,
+            "agreement_heldout": num(self.agreement),
+            "agreement_train": num(self.train_agreement),
+            "agreement_untrained": num(self.initial_agreement),
+            "kl_heldout": num(self.kl),
+            "patch": self.patch,
+            "macs_per_pixel": self.macs_per_pixel,
+            "seconds": {k: round(v, 1) for k, v in self.seconds.items()},
+            "version": __version__,
+        }
+
+
+@dataclass(eq=False)
+class _Patches:
+    """Normalised patches (plus the student's halo) and where the sampled pixels lie in them.
+
+    Attributes:
+        x: ``(P, C, s + 2 half, s + 2 half)`` float32 input channels (HSI, then LiDAR).
+        target: ``(P, s, s)`` int64 index of the sampled pixel at each core position, or -1.
+        size: the core edge ``s``.
+    """
+
+    x: torch.Tensor
+    target: torch.Tensor
+    size: int
+
+
+def _patch_size(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], half: int) -> int:
+    """The odd patch edge that holds every sample with the fewest pixels read."""
+    best, best_cost = 1, math.inf
+    for p in _PATCH_SIZES:
+        if p > min(shape):
+            break
+        n = np.unique((rows // p) * (shape[1] // p + 1) + cols // p).size
+        cost = n * (p + 2 * half) ** 2
+        if cost < best_cost:
+            best, best_cost = p, cost
+    return best
+
+
+def _read_patches(scene: Scene, rows: np.ndarray, cols: np.ndarray, *, half: int,
+                  stats: SceneStats) -> _Patches:
+    h, w = scene.grid.shape
+    p = _patch_size(rows, cols, (h, w), half)
+    pr, pc = rows // p, cols // p
+    keys, inverse = np.unique(pr * (w // p + 1) + pc, return_inverse=True)
+    kr, kc = keys // (w // p + 1), keys % (w // p + 1)
+    r0 = np.minimum(kr * p, h - p)  # the last patches are shifted inside the scene
+    c0 = np.minimum(kc * p, w - p)
+    batch = read_windows(scene, r0 + p // 2, c0 + p // 2, size=p + 2 * half, stats=stats)
+    x = batch.hsi if batch.lidar is None else np.concatenate([batch.hsi, batch.lidar], axis=1)
+    target = np.full((keys.size, p, p), -1, np.int64)
+    target[inverse, rows - r0[inverse], cols - c0[inverse]] = np.arange(rows.size)
+    log.info("Distillation data: %d patches of %d x %d px (+%d halo), %.0f MB.", keys.size,
+             p, p, half, x.nbytes / 1e6)
+    return _Patches(torch.from_numpy(x), torch.from_numpy(target), p)
+
+
+def _teacher_probs(scene: Scene, engine: TileEngine, rows: np.ndarray, cols: np.ndarray, *,
+                   stats: SceneStats, progress: ProgressFn | None) -> np.ndarray:
+    out = np.empty((rows.size, engine.num_classes), np.float32)
+    for start in range(0, rows.size, _TEACHER_CHUNK):
+        sl = slice(start, start + _TEACHER_CHUNK)
+        batch = read_windows(scene, rows[sl], cols[sl], size=engine.window, stats=stats)
+        out[sl] = engine.predict_windows(batch.hsi, batch.lidar)
+        if progress is not None:
+            progress("teacher", min(rows.size, start + _TEACHER_CHUNK), rows.size)
+    return out
+
+
+def _student_probs(student: StudentNet, patches: _Patches, n: int, *,
+                   device: torch.device) -> np.ndarray:
+    """The student's probabilities at every sampled pixel, from the patches."""
+    out = torch.zeros((n, student.num_classes))
+    chunk = max(1, 4096 // (patches.size * patches.size))
+    was_training = student.training
+    student.eval()
+    with torch.inference_mode():
+        for start in range(0, patches.x.shape[0], chunk):
+            logits = student(patches.x[start:start + chunk].to(device))
+            target = patches.target[start:start + chunk]
+            where = target >= 0
+            out[target[where]] = torch.softmax(logits.permute(0, 2, 3, 1)[where.to(device)],
+                                               1).float().cpu()
+    student.train(was_training)
+    return out.numpy()
+
+
+def _batches(order: np.ndarray, counts: np.ndarray, batch_pixels: int) -> list[np.ndarray]:
+    """Consecutive runs of ``order`` holding at least ``batch_pixels`` training pixels."""
+    out: list[np.ndarray] = []
+    start, total = 0, 0
+    for i, k in enumerate(order):
+        total += int(counts[k])
+        if total >= batch_pixels:
+            out.append(order[start:i + 1])
+            start, total = i + 1, 0
+    if start < order.size:
+        out.append(order[start:])
+    return out
+
+
+def distill_student(
+    scene: Scene,
+    bundle: ModelBundle,
+    *,
+    classifier: DiffCLIPClassifier | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    batch_size: int | None = None,
+    config: DistillConfig | None = None,
+    progress: ProgressFn | None = None,
+    **options: Any,
+) -> tuple[StudentNet, DistillReport]:
+    """Distil a classifier bundle's teacher into a student on the scene's unlabelled pixels.
+
+    Args:
+        scene: the scene the classifier was trained on (or any scene with its bands).
+        bundle: a ``classifier`` model; its normalisation statistics are used.
+        classifier: the bundle's classifier when already built (skips rebuilding it).
+        seed: drives the pixel sample, the held-out split, initialisation and shuffling.
+        device: torch device for the teacher and the student's training.
+        batch_size: windows per teacher forward pass.
+        config: the distillation options (default :class:`DistillConfig`).
+        progress: ``(stage, done, total)`` callback, stages ``"teacher"`` and ``"distill"``.
+        **options: :class:`DistillConfig` fields overriding ``config``'s (``pixels``,
+            ``holdout``, ``epochs``, ``batch_pixels``, ``lr``, ``weight_decay``, ``hidden``,
+            ``dilations``).
+
+    Returns:
+        The trained student (eval mode, on the CPU) and the report.
+
+    Raises:
+        ModelError: the bundle is not a classifier or does not fit the scene's bands.
+        ValueError: unknown or invalid options.
+    """
+    cfg = DistillConfig.from_dict({**(config or DistillConfig()).to_dict(), **options})
+    bundle.check_inputs(scene.hsi_bands, scene.lidar_bands)
+    torch_device = resolve_device(device)
+    teacher = TileEngine(classifier if classifier is not None else build_classifier(bundle),
+                         device=torch_device, batch_size=batch_size)
+    stats = SceneStats.from_dict(bundle.stats)
+    seconds: dict[str, float] = {}
+
+    # 1. Pixels, spread over the valid area; the teacher labels them.
+    start = time.perf_counter()
+    n = cfg.pixels
+    h, w = scene.grid.shape
+    if n >= h * w:  # a small scene: take every valid pixel without the shortfall warning
+        n = int(np.unpackbits(valid_mask(scene), axis=1, count=w).sum())
+    rows, cols = sample_unlabelled(scene, n, seed=derive_seed(seed, "distill/pixels"))
+    if rows.size < 2:
+        raise ValueError("the scene has fewer than two valid pixels to distil on")
+    log.info("Teacher labelling %d unlabelled pixels for the fast path.", rows.size)
+    probs = _teacher_probs(scene, teacher, rows, cols, stats=stats, progress=progress)
+    seconds["teacher"] = time.perf_counter() - start
+
+    # 2. Held-out split and training data.
+    start = time.perf_counter()
+    rng = np.random.default_rng(derive_seed(seed, "distill/holdout"))
+    n_hold = min(rows.size - 1, round(cfg.holdout * rows.size))
+    if cfg.holdout > 0:
+        n_hold = max(1, n_hold)
+    held = np.zeros(rows.size, bool)
+    held[rng.permutation(rows.size)[:n_hold]] = True
+    dilations = cfg.dilations if cfg.dilations is not None else default_dilations(teacher.window)
+    student_cfg = StudentConfig(hsi_bands=scene.hsi_bands, lidar_bands=scene.lidar_bands,
+                                num_classes=teacher.num_classes, hidden=cfg.hidden,
+                                dilations=dilations)
+    student = StudentNet(student_cfg, seed=seed).to(torch_device)
+    patches = _read_patches(scene, rows, cols, half=student.window // 2, stats=stats)
+    targets = torch.from_numpy(probs)
+    train_map = patches.target.clone()  # the held-out pixels are no training targets
+    sampled = train_map >= 0
+    train_map[sampled] = torch.where(torch.from_numpy(held)[train_map[sampled]], -1,
+                                     train_map[sampled])
+    counts = (train_map >= 0).flatten(1).sum(1).numpy()
+    usable = np.flatnonzero(counts)
+    teacher_labels = probs.argmax(1)
+
+    def agreement(mask: np.ndarray, student_probs: np.ndarray) -> float:
+        if not mask.any():
+            return float("nan")
+        return float((student_probs[mask].argmax(1) == teacher_labels[mask]).mean())
+
+    initial = agreement(held, _student_probs(student, patches, rows.size, device=torch_device))
+
+    # 3. Training: soft cross-entropy to the teacher's probabilities, cosine learning rate.
+    gen = np.random.default_rng(derive_seed(seed, "distill/shuffle"))
+    opt = torch.optim.Adam(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    history: list[dict[str, Any]] = []
+    student.train()
+    for epoch in range(cfg.epochs):
+        lr = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        total, seen = 0.0, 0
+        for batch in _batches(gen.permutation(usable), counts, cfg.batch_pixels):
+            index = torch.from_numpy(batch)
+            logits = student(patches.x[index].to(torch_device))
+            tmap = train_map[index].to(torch_device)
+            where = tmap >= 0
+            z = logits.permute(0, 2, 3, 1)[where]
+            t = targets.to(torch_device)[tmap[where]]
+            loss = -(t * F.log_softmax(z, dim=1)).sum(1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * z.shape[0]
+            seen += z.shape[0]
+        history.append({"epoch": epoch + 1, "loss": total / max(1, seen), "lr": lr})
+        if progress is not None:
+            progress("distill", epoch + 1, cfg.epochs)
+    student = student.cpu().eval()
+    seconds["train"] = time.perf_counter() - start
+
+    final = _student_probs(student, patches, rows.size, device=torch.device("cpu"))
+    eps = 1e-8
+    kl = float("nan")
+    if held.any():
+        p, q = probs[held], final[held]
+        kl = float((p * (np.log(p + eps) - np.log(q + eps))).sum(1).mean())
+    report = DistillReport(
+        config=cfg, seed=seed, pixels=int(rows.size), train_pixels=int((~held).sum()),
+        heldout_pixels=int(held.sum()), agreement=agreement(held, final),
+        train_agreement=agreement(~held, final), initial_agreement=initial, kl=kl,
+        patch=patches.size, history=history, seconds=seconds,
+        macs_per_pixel=student_cfg.macs_per_pixel)
+    log.info("Fast path: the student agrees with the teacher on %.1f %% of %d held-out "
+             "pixels (%.0f kMAC/px).", 100 * report.agreement, report.heldout_pixels,
+             student_cfg.macs_per_pixel / 1e3)
+    return student, report
+
+
+def add_fast_path(
+    scene: Scene,
+    bundle: ModelBundle,
+    *,
+    classifier: DiffCLIPClassifier | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    batch_size: int | None = None,
+    progress: ProgressFn | None = None,
+    **options: Any,
+) -> ModelBundle:
+    """Distil the fast path and return the bundle with the student stored in its extras.
+
+    The student goes to ``extras["fast_student"]`` (with its distillation summary) and the
+    summary also to ``provenance["fast_path"]``, so ``diffclip info`` can show it.
+
+    Args:
+        scene: the scene the classifier was trained on.
+        bundle: a ``classifier`` model (not modified; a copy is returned).
+        classifier: the bundle's classifier when already built.
+        seed: the seed of every random choice.
+        device: torch device name.
+        batch_size: windows per teacher forward pass.
+        progress: ``(stage, done, total)`` callback.
+        **options: :class:`DistillConfig` fields.
+
+    Returns:
+        A copy of ``bundle`` carrying the student.
+    """
+    student, report = distill_student(scene, bundle, classifier=classifier, seed=seed,
+                                      device=device, batch_size=batch_size, progress=progress,
+                                      **options)
+    summary = report.summary()
+    extras = {**bundle.extras, EXTRAS_KEY: student_to_extras(student, provenance=summary)}
+    provenance = {**bundle.provenance, "fast_path": summary}
+    return dataclasses.replace(bundle, extras=extras, provenance=provenance)
