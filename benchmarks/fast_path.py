@@ -69,11 +69,11 @@ def machine() -> str:
             f"{platform.system()} {platform.release()}")
 
 
-def open_scene(name: str, tmp: Path) -> tuple[Scene, Any]:
+def open_scene(name: str, tmp: Path, *, patch_size: float) -> tuple[Scene, Any]:
     """The scene and its labels."""
     if name == "synthetic":
         syn = make_scene(height=120, width=120, hsi_bands=64, lidar_bands=1, n_spectra=3,
-                         n_heights=2, seed=0)
+                         n_heights=2, patch_size=patch_size, seed=0)
         paths = write_scene(syn, tmp / "synthetic")
         scene = Scene.open(paths["hsi"], [paths["lidar"]])
         return scene, read_labels(paths["labels"], scene.grid, classes=paths["classes"])
@@ -101,7 +101,7 @@ def timed_tiles(engine: Any, tiles: list, shape: tuple[int, int], repeats: int
 def run_scene(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """Everything measured on one scene."""
     preset = load_preset("paper").with_overrides(**{"pretrain.epochs": args.pretrain_epochs})
-    scene, labels = open_scene(name, tmp)
+    scene, labels = open_scene(name, tmp, patch_size=args.patch_size)
     cache: Path | None = args.cache
     cached = cache is not None and (cache / f"{name}-teacher.pt").exists()
     with scene:
@@ -201,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", nargs="+", default=["synthetic", "salinas"])
     parser.add_argument("--shots", type=int, default=8)
+    parser.add_argument("--patch-size", type=float, default=8.0,
+                        help="typical class patch diameter of the synthetic scene (px)")
     parser.add_argument("--pretrain-epochs", type=int, default=10)
     parser.add_argument("--pretrain-samples", type=int, default=500)
     parser.add_argument("--pixels", type=int, default=8192, help="distillation pixels")
@@ -221,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {"machine": machine(), "command": "python " + " ".join(sys.argv),
                "preset": f"paper with pretrain.epochs={args.pretrain_epochs}, "
                          f"{args.pretrain_samples} pretraining windows, {args.shots} shots",
-               "threads": args.threads, "distill_options": json.loads(args.distill),
+               "threads": args.threads, "synthetic_patch_size": args.patch_size,
+               "distill_options": json.loads(args.distill),
                "scenes": []}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.scenes:

@@ -1,21 +1,26 @@
 """The fast path's student: a small fully-convolutional network distilled from a classifier.
 
 The student reads the same normalised bands as the DiffCLIP classifier (HSI then LiDAR, stacked
-as channels) and maps every pixel to class logits from a square neighbourhood the size of the
-teacher's window:
+as channels) and maps every pixel to class logits from the square neighbourhood the teacher
+sees (its window). It mirrors the teacher's structure at a fraction of the cost:
 
-* a 1x1 convolution reduces the bands to ``hidden`` channels (spectral reduction), ReLU;
-* one 3x3 convolution per entry of ``dilations`` (dilated, unpadded), ReLU, each with a
-  residual connection to its centre-cropped input;
-* a 1x1 convolution to ``K`` logits.
+* spectral features per pixel (the teacher's stems): a 1x1 convolution from the bands to
+  ``hidden`` channels, ReLU, then ``spectral - 1`` residual 1x1 layers;
+* local context: one unpadded 3x3 convolution per entry of ``dilations``, ReLU, residual;
+* attention pooling (the teacher's class token attending to every pixel of the window): each
+  of ``heads`` heads scores every pixel of a ``pool x pool`` neighbourhood by its content
+  (a 1x1 convolution) plus a learnt bias per position, and averages the pixels' value vectors
+  with the softmax of those scores; computed for all pixels at once with depthwise
+  convolutions (``exp(content) * exp(position)`` factorises the softmax weights);
+* a head: the pooled vector and the centre pixel's features -> 1x1, ReLU -> 1x1 to ``K`` logits.
 
 All convolutions are *valid* (no padding): an input of ``H x W`` gives logits for its
-``(H - window + 1) x (W - window + 1)`` interior, where ``window = 1 + 2 * sum(dilations)`` is the
-receptive field. A ``window x window`` window therefore gives the logits of its centre pixel,
-and a tile read with a halo of ``window // 2`` gives the logits of its whole core, the same
-numbers for the same pixel either way. Per pixel it costs
-``bands * hidden + 9 * hidden**2 * len(dilations) + hidden * K`` multiply-adds (about 0.1 MFLOP
-for 204 bands and ``hidden = 32``), against about 330 MFLOP for the paper's classifier.
+``(H - window + 1) x (W - window + 1)`` interior, where ``window = pool + 2 * sum(dilations)``
+is the receptive field (the teacher's window by default). A ``window x window`` window
+therefore gives the logits of its centre pixel, and a tile read with a halo of ``window // 2``
+gives the logits of its whole core: the same numbers for the same pixel either way. Per pixel
+it costs :attr:`StudentConfig.macs_per_pixel` multiply-adds, about 0.15 MFLOP for 204 bands
+and ``hidden = 64``, against about 330 MFLOP for the paper's classifier.
 
 The student lives inside a model file's ``extras`` (:func:`student_to_extras`,
 :func:`student_from_extras`) as plain values and tensors, so model files stay loadable with
@@ -29,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from diffclip_cli.errors import ModelError
@@ -40,7 +46,7 @@ __all__ = [
     "STUDENT_FORMAT",
     "StudentConfig",
     "StudentNet",
-    "default_dilations",
+    "default_layout",
     "student_from_extras",
     "student_to_extras",
 ]
@@ -51,25 +57,23 @@ EXTRAS_KEY = "fast_student"
 STUDENT_FORMAT = 1
 
 
-def default_dilations(window: int) -> tuple[int, ...]:
-    """Dilations of 3x3 convolutions whose receptive field is exactly ``window`` pixels.
+def default_layout(window: int) -> tuple[tuple[int, ...], int]:
+    """``(dilations, pool)`` of a student whose receptive field is exactly ``window`` pixels.
 
-    The first convolution is undilated and the others mostly use dilation 2, so every offset
-    of the window is reachable (no gaps) with about half as many layers as plain 3x3
-    convolutions: 5 -> (1, 1), 7 -> (1, 2), 9 -> (1, 2, 1), 11 -> (1, 2, 2).
+    One undilated 3x3 convolution gathers local context and attention pooling covers the
+    rest: 11 -> ((1,), 9), 5 -> ((1,), 3); a window of 1 or 3 is pooling alone.
 
     Args:
-        window: the receptive field, a positive odd number.
+        window: the receptive field, a positive odd number (the teacher's window).
 
     Raises:
         ValueError: an even or non-positive window.
     """
     if window < 1 or window % 2 == 0:
         raise ValueError(f"window must be a positive odd number, got {window}")
-    half = window // 2
-    if half == 0:
-        return ()
-    return (1,) + (2,) * ((half - 1) // 2) + (1,) * ((half - 1) % 2)
+    if window <= 3:
+        return (), window
+    return (1,), window - 2
 
 
 @dataclass(frozen=True)
@@ -80,24 +84,37 @@ class StudentConfig:
         hsi_bands: HSI bands read (the teacher's).
         lidar_bands: LiDAR channels read (0 for an HSI-only model).
         num_classes: output classes, in the teacher's class order.
-        hidden: channels after the spectral reduction and in every 3x3 layer.
+        hidden: width of the features (a multiple of ``heads``).
         dilations: one 3x3 convolution per entry, with that dilation.
+        pool: edge of the attention-pooling neighbourhood (odd).
+        heads: attention-pooling heads.
+        spectral: 1x1 layers before the 3x3 ones (the first reduces the bands to ``hidden``,
+            the others are residual ``hidden -> hidden`` layers: a per-pixel spectral MLP).
     """
 
     hsi_bands: int
     lidar_bands: int
     num_classes: int
-    hidden: int = 32
-    dilations: tuple[int, ...] = field(default=(1, 2, 2))
+    hidden: int = 64
+    dilations: tuple[int, ...] = field(default=(1,))
+    pool: int = 9
+    heads: int = 8
+    spectral: int = 2
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dilations", tuple(int(d) for d in self.dilations))
         if self.hsi_bands < 1 or self.lidar_bands < 0:
             raise ModelError(f"a student needs HSI bands and no negative LiDAR channels, got "
                              f"{self.hsi_bands} and {self.lidar_bands}")
-        if self.num_classes < 1 or self.hidden < 1:
-            raise ModelError(f"num_classes and hidden must be at least 1, got "
-                             f"{self.num_classes} and {self.hidden}")
+        if min(self.num_classes, self.hidden, self.spectral, self.heads) < 1:
+            raise ModelError(f"num_classes, hidden, heads and spectral must be at least 1, "
+                             f"got {self.num_classes}, {self.hidden}, {self.heads} and "
+                             f"{self.spectral}")
+        if self.hidden % self.heads:
+            raise ModelError(f"hidden ({self.hidden}) must be a multiple of heads "
+                             f"({self.heads})")
+        if self.pool < 1 or self.pool % 2 == 0:
+            raise ModelError(f"pool must be a positive odd number, got {self.pool}")
         if any(d < 1 for d in self.dilations):
             raise ModelError(f"dilations must be positive, got {list(self.dilations)}")
 
@@ -109,19 +126,23 @@ class StudentConfig:
     @property
     def window(self) -> int:
         """The receptive field (odd): logits of a pixel depend on this square around it."""
-        return 1 + 2 * sum(self.dilations)
+        return self.pool + 2 * sum(self.dilations)
 
     @property
     def macs_per_pixel(self) -> int:
         """Multiply-adds per classified pixel (halo overhead of tiles not counted)."""
-        h = self.hidden
-        return self.in_channels * h + 9 * h * h * len(self.dilations) + h * self.num_classes
+        h, m = self.hidden, self.heads
+        return (self.in_channels * h + h * h * (self.spectral - 1)  # spectral
+                + 9 * h * h * len(self.dilations)  # local
+                + h * (h + m) + self.pool ** 2 * (h + m) + h  # attention pooling
+                + 2 * h * h + h * self.num_classes)  # head
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types."""
         return {"hsi_bands": self.hsi_bands, "lidar_bands": self.lidar_bands,
                 "num_classes": self.num_classes, "hidden": self.hidden,
-                "dilations": list(self.dilations)}
+                "dilations": list(self.dilations), "pool": self.pool, "heads": self.heads,
+                "spectral": self.spectral}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StudentConfig:
@@ -130,7 +151,8 @@ class StudentConfig:
         Raises:
             ModelError: unknown or missing fields, or invalid values.
         """
-        names = {"hsi_bands", "lidar_bands", "num_classes", "hidden", "dilations"}
+        names = {"hsi_bands", "lidar_bands", "num_classes", "hidden", "dilations", "pool",
+                 "heads", "spectral"}
         unknown = sorted(set(data) - names)
         if unknown:
             raise ModelError(f"unknown student configuration fields {unknown}",
@@ -138,14 +160,22 @@ class StudentConfig:
         try:
             return cls(hsi_bands=int(data["hsi_bands"]), lidar_bands=int(data["lidar_bands"]),
                        num_classes=int(data["num_classes"]), hidden=int(data["hidden"]),
-                       dilations=tuple(int(d) for d in data["dilations"]))
+                       dilations=tuple(int(d) for d in data["dilations"]),
+                       pool=int(data["pool"]), heads=int(data["heads"]),
+                       spectral=int(data["spectral"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"the student configuration is damaged ({exc!r})",
                              hint="re-run diffclip fewshot") from None
 
 
+#: Bound of the content scores of attention pooling (``exp`` stays finite in float32).
+_SCORE_BOUND = 5.0
+#: Bound of the position scores.
+_POSITION_BOUND = 8.0
+
+
 class StudentNet(nn.Module):
-    """Spectral 1x1 reduction, residual dilated 3x3 convolutions, 1x1 to class logits.
+    """Spectral 1x1 layers, residual 3x3 convolutions, attention pooling, 1x1 head.
 
     Args:
         config: the architecture.
@@ -156,17 +186,22 @@ class StudentNet(nn.Module):
     def __init__(self, config: StudentConfig, *, seed: int = 0) -> None:
         super().__init__()
         self.config = config
-        h = config.hidden
+        h, m = config.hidden, config.heads
         self.reduce = nn.Conv2d(config.in_channels, h, 1)
+        self.mix = nn.ModuleList(nn.Conv2d(h, h, 1) for _ in range(config.spectral - 1))
         self.convs = nn.ModuleList(nn.Conv2d(h, h, 3, dilation=d) for d in config.dilations)
+        self.score = nn.Conv2d(h, m, 1)
+        self.value = nn.Conv2d(h, h, 1)
+        self.position = nn.Parameter(torch.zeros(m, config.pool, config.pool))
+        self.fuse = nn.Conv2d(2 * h, h, 1)
         self.head = nn.Conv2d(h, config.num_classes, 1)
         gen = make_generator(seed, "student/init")
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_uniform_(m.weight, nonlinearity="relu", generator=gen)
-                nn.init.zeros_(m.bias)
+        for mod in self.modules():
+            if isinstance(mod, nn.Conv2d):
+                nn.init.kaiming_uniform_(mod.weight, nonlinearity="relu", generator=gen)
+                nn.init.zeros_(mod.bias)
         # Residual branches start small, so the untrained student is nearly per-pixel.
-        for conv in self.convs:
+        for conv in [*self.mix, *self.convs]:
             conv.weight.data.mul_(0.1)
 
     @property
@@ -179,6 +214,21 @@ class StudentNet(nn.Module):
         """Number of classes."""
         return self.config.num_classes
 
+    def _pool(self, y: torch.Tensor) -> torch.Tensor:
+        """Attention pooling over ``pool x pool`` neighbourhoods (valid)."""
+        h, m = self.config.hidden, self.config.heads
+        group = h // m
+        score = _SCORE_BOUND * torch.tanh(self.score(y) / _SCORE_BOUND)
+        # Numerically safe: the content and position scores are bounded, so no max shift.
+        weight = score.exp()  # (N, m, H, W)
+        value = self.value(y)
+        n, _, rows, cols = value.shape
+        weighted = (value.view(n, m, group, rows, cols) * weight[:, :, None]).view(value.shape)
+        kernel = self.position.clamp(-_POSITION_BOUND, _POSITION_BOUND).exp()[:, None]
+        num = F.conv2d(weighted, kernel.repeat_interleave(group, 0), groups=h)
+        den = F.conv2d(weight, kernel, groups=m)
+        return num / den.repeat_interleave(group, 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of the interior of ``(N, C, H, W)`` normalised data.
 
@@ -188,9 +238,14 @@ class StudentNet(nn.Module):
         if x.shape[1] != self.config.in_channels:
             raise ValueError(f"expected {self.config.in_channels} channels, got {x.shape[1]}")
         y = torch.relu(self.reduce(x))
+        for mix in self.mix:
+            y = y + torch.relu(mix(y))
         for conv, d in zip(self.convs, self.config.dilations, strict=True):
             y = y[:, :, d:-d, d:-d] + torch.relu(conv(y))
-        return self.head(y)
+        c = self.config.pool // 2
+        centre = y[:, :, c:y.shape[2] - c, c:y.shape[3] - c]
+        z = torch.relu(self.fuse(torch.cat([self._pool(y), centre], 1)))
+        return self.head(z)
 
 
 def student_to_extras(student: StudentNet, *, provenance: Mapping[str, Any] | None = None

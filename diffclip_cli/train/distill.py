@@ -42,7 +42,7 @@ from diffclip_cli.model.student import (
     EXTRAS_KEY,
     StudentConfig,
     StudentNet,
-    default_dilations,
+    default_layout,
     student_to_extras,
 )
 from diffclip_cli.sampling.normalise import SceneStats
@@ -54,7 +54,7 @@ __all__ = ["DistillConfig", "DistillReport", "add_fast_path", "distill_student"]
 log = logging.getLogger("diffclip")
 
 #: ``(stage, done, total)``: stage ``"teacher"`` (pixels labelled by the teacher) or
-#: ``"distill"`` (epochs).
+#: ``"distill"`` (optimiser steps).
 ProgressFn = Callable[[str, int, int], None]
 
 #: Windows the teacher reads and classifies at a time (bounds memory).
@@ -71,24 +71,39 @@ class DistillConfig:
         pixels: unlabelled pixels the teacher labels (its cost dominates: about 330 MFLOP a
             pixel for the paper preset).
         holdout: share of those pixels kept out of training to measure agreement.
-        epochs: passes over the training pixels.
-        batch_pixels: training pixels per optimiser step (whole patches are added until at
-            least this many).
-        lr: peak Adam learning rate (cosine decay to 0 over the epochs).
+        steps: optimiser steps (each training pixel is seen about
+            ``steps * batch_pixels / training pixels`` times).
+        batch_pixels: training pixels per optimiser step, on average.
+        crop: edge of the random crops of the patches that make up a batch (pixels).
+        lr: peak Adam learning rate (linear warm-up over the first 5 % of the steps, then
+            cosine decay to 0).
         weight_decay: Adam weight decay.
+        temperature: distillation temperature ``T``: both the teacher's log-probabilities and
+            the student's logits are divided by ``T`` before the softmax, and the loss is
+            multiplied by ``T**2`` (Hinton et al.); above 1 it also transfers how the teacher
+            ranks the unlikely classes, which places decision boundaries more precisely.
         hidden: the student's width.
-        dilations: the student's 3x3 layers; ``None``: a receptive field equal to the teacher's
-            window (:func:`~diffclip_cli.model.student.default_dilations`).
+        heads: the student's attention-pooling heads.
+        spectral: the student's 1x1 layers before the 3x3 ones.
+        dilations: the student's 3x3 layers; ``None``: see ``pool``.
+        pool: the student's attention-pooling neighbourhood; with ``dilations``, ``None``
+            gives a receptive field equal to the teacher's window
+            (:func:`~diffclip_cli.model.student.default_layout`).
     """
 
     pixels: int = 8192
     holdout: float = 0.1
-    epochs: int = 60
-    batch_pixels: int = 512
+    steps: int = 3000
+    batch_pixels: int = 256
+    crop: int = 8
     lr: float = 3e-3
     weight_decay: float = 0.0
-    hidden: int = 32
+    temperature: float = 1.0
+    hidden: int = 64
+    heads: int = 8
+    spectral: int = 2
     dilations: tuple[int, ...] | None = None
+    pool: int | None = None
 
     def __post_init__(self) -> None:
         if self.dilations is not None:
@@ -97,10 +112,11 @@ class DistillConfig:
             raise ValueError(f"pixels must be at least 2, got {self.pixels}")
         if not 0.0 <= self.holdout < 1.0:
             raise ValueError(f"holdout must lie in [0, 1), got {self.holdout}")
-        if self.epochs < 0 or self.batch_pixels < 1 or self.hidden < 1:
-            raise ValueError("epochs must not be negative, batch_pixels and hidden positive")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise ValueError("lr must be positive and weight_decay not negative")
+        if self.steps < 0 or min(self.batch_pixels, self.crop, self.hidden) < 1:
+            raise ValueError("steps must not be negative, batch_pixels, crop and hidden "
+                             "positive")
+        if self.lr <= 0 or self.weight_decay < 0 or self.temperature <= 0:
+            raise ValueError("lr and temperature must be positive, weight_decay not negative")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types."""
@@ -139,7 +155,8 @@ class DistillReport:
         initial_agreement: held-out agreement of the untrained student (a baseline).
         kl: mean KL divergence teacher -> student on the held-out pixels, in nats.
         patch: edge of the training patches chosen.
-        history: one record per epoch (``epoch``, ``loss``, ``lr``).
+        history: training records every 2 % of the steps (``step``, mean ``loss`` since the
+            previous record, ``lr``).
         seconds: wall time of ``teacher`` inference and of ``train``-ing the student.
         macs_per_pixel: the student's multiply-adds per pixel.
     """
@@ -159,7 +176,7 @@ class DistillReport:
     macs_per_pixel: int = 0
 
     def summary(self) -> dict[str, Any]:
-        """Plain JSON types, without the per-epoch history (for provenance)."""
+        """Plain JSON types, without the training history (for provenance)."""
         def num(v: float) -> float | None:
             return None if math.isnan(v) else round(float(v), 5)
 
@@ -258,18 +275,18 @@ def _student_probs(student: StudentNet, patches: _Patches, n: int, *,
     return out.numpy()
 
 
-def _batches(order: np.ndarray, counts: np.ndarray, batch_pixels: int) -> list[np.ndarray]:
-    """Consecutive runs of ``order`` holding at least ``batch_pixels`` training pixels."""
-    out: list[np.ndarray] = []
-    start, total = 0, 0
-    for i, k in enumerate(order):
-        total += int(counts[k])
-        if total >= batch_pixels:
-            out.append(order[start:i + 1])
-            start, total = i + 1, 0
-    if start < order.size:
-        out.append(order[start:])
-    return out
+def _crops(patches: _Patches, train_map: torch.Tensor, index: np.ndarray, top: np.ndarray,
+           left: np.ndarray, crop: int, half: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs ``(B, C, crop + 2 half, ...)`` and target maps ``(B, crop, crop)`` of crops."""
+    idx = torch.from_numpy(index)[:, None, None]
+    span = torch.arange(crop + 2 * half)
+    rows = (torch.from_numpy(top)[:, None] + span)[:, :, None]
+    cols = (torch.from_numpy(left)[:, None] + span)[:, None, :]
+    x = patches.x.permute(0, 2, 3, 1)[idx, rows, cols].permute(0, 3, 1, 2).contiguous()
+    core = torch.arange(crop)
+    t_rows = (torch.from_numpy(top)[:, None] + core)[:, :, None]
+    t_cols = (torch.from_numpy(left)[:, None] + core)[:, None, :]
+    return x, train_map[idx, t_rows, t_cols]
 
 
 def distill_student(
@@ -296,8 +313,8 @@ def distill_student(
         config: the distillation options (default :class:`DistillConfig`).
         progress: ``(stage, done, total)`` callback, stages ``"teacher"`` and ``"distill"``.
         **options: :class:`DistillConfig` fields overriding ``config``'s (``pixels``,
-            ``holdout``, ``epochs``, ``batch_pixels``, ``lr``, ``weight_decay``, ``hidden``,
-            ``dilations``).
+            ``holdout``, ``steps``, ``batch_pixels``, ``crop``, ``lr``, ``weight_decay``,
+            ``temperature``, ``hidden``, ``heads``, ``spectral``, ``dilations``, ``pool``).
 
     Returns:
         The trained student (eval mode, on the CPU) and the report.
@@ -335,13 +352,18 @@ def distill_student(
         n_hold = max(1, n_hold)
     held = np.zeros(rows.size, bool)
     held[rng.permutation(rows.size)[:n_hold]] = True
-    dilations = cfg.dilations if cfg.dilations is not None else default_dilations(teacher.window)
+    dilations, pool = default_layout(teacher.window)
+    if cfg.dilations is not None:
+        dilations = cfg.dilations
+        pool = max(1, teacher.window - 2 * sum(dilations))
     student_cfg = StudentConfig(hsi_bands=scene.hsi_bands, lidar_bands=scene.lidar_bands,
                                 num_classes=teacher.num_classes, hidden=cfg.hidden,
-                                dilations=dilations)
+                                dilations=dilations, pool=cfg.pool or pool, heads=cfg.heads,
+                                spectral=cfg.spectral)
     student = StudentNet(student_cfg, seed=seed).to(torch_device)
     patches = _read_patches(scene, rows, cols, half=student.window // 2, stats=stats)
-    targets = torch.from_numpy(probs)
+    log_p = np.log(np.clip(probs, 1e-12, None)) / cfg.temperature
+    targets = torch.softmax(torch.from_numpy(log_p), 1)
     train_map = patches.target.clone()  # the held-out pixels are no training targets
     sampled = train_map >= 0
     train_map[sampled] = torch.where(torch.from_numpy(held)[train_map[sampled]], -1,
@@ -357,32 +379,49 @@ def distill_student(
 
     initial = agreement(held, _student_probs(student, patches, rows.size, device=torch_device))
 
-    # 3. Training: soft cross-entropy to the teacher's probabilities, cosine learning rate.
-    gen = np.random.default_rng(derive_seed(seed, "distill/shuffle"))
+    # 3. Training: soft cross-entropy to the teacher's probabilities on random crops of the
+    # patches (many small batches, whatever the patch size), warm-up then cosine decay.
+    gen = np.random.default_rng(derive_seed(seed, "distill/batches"))
+    crop = min(cfg.crop, patches.size)
+    half = student.window // 2
+    weights = counts[usable] / counts[usable].sum()
+    per_crop = counts[usable].sum() / (usable.size * patches.size ** 2) * crop ** 2
+    per_step = max(1, round(cfg.batch_pixels / max(per_crop, 1e-9)))
     opt = torch.optim.Adam(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = max(1, cfg.steps // 20)
     history: list[dict[str, Any]] = []
+    every = max(1, cfg.steps // 50)
+    total, seen = 0.0, 0
     student.train()
-    for epoch in range(cfg.epochs):
-        lr = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
+    for step in range(cfg.steps):
+        if step < warmup:
+            lr = cfg.lr * (step + 1) / warmup
+        else:
+            lr = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / (cfg.steps - warmup)))
         for group in opt.param_groups:
             group["lr"] = lr
-        total, seen = 0.0, 0
-        for batch in _batches(gen.permutation(usable), counts, cfg.batch_pixels):
-            index = torch.from_numpy(batch)
-            logits = student(patches.x[index].to(torch_device))
-            tmap = train_map[index].to(torch_device)
-            where = tmap >= 0
-            z = logits.permute(0, 2, 3, 1)[where]
-            t = targets.to(torch_device)[tmap[where]]
-            loss = -(t * F.log_softmax(z, dim=1)).sum(1).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * z.shape[0]
-            seen += z.shape[0]
-        history.append({"epoch": epoch + 1, "loss": total / max(1, seen), "lr": lr})
-        if progress is not None:
-            progress("distill", epoch + 1, cfg.epochs)
+        index = usable[gen.choice(usable.size, per_step, p=weights)]
+        top = gen.integers(0, patches.size - crop + 1, per_step)
+        left = gen.integers(0, patches.size - crop + 1, per_step)
+        x, tmap = _crops(patches, train_map, index, top, left, crop, half)
+        where = tmap >= 0
+        if not bool(where.any()):
+            continue
+        logits = student(x.to(torch_device))
+        z = logits.permute(0, 2, 3, 1)[where.to(torch_device)]
+        t = targets[tmap[where]].to(torch_device)
+        loss = -(t * F.log_softmax(z / cfg.temperature, dim=1)).sum(1).mean()
+        loss = loss * cfg.temperature ** 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += loss.item() * z.shape[0]
+        seen += z.shape[0]
+        if (step + 1) % every == 0 or step + 1 == cfg.steps:
+            history.append({"step": step + 1, "loss": total / max(1, seen), "lr": lr})
+            total, seen = 0.0, 0
+            if progress is not None:
+                progress("distill", step + 1, cfg.steps)
     student = student.cpu().eval()
     seconds["train"] = time.perf_counter() - start
 
