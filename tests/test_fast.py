@@ -25,7 +25,13 @@ from diffclip_cli.pipeline import fewshot_scene, predict_pixels
 from diffclip_cli.sampling.normalise import SceneStats
 from diffclip_cli.sampling.tiles import Tile, TileData, iter_tiles, read_tile
 from diffclip_cli.sampling.windows import extract_windows, read_windows
-from diffclip_cli.train.distill import DistillConfig, add_fast_path, distill_student
+from diffclip_cli.train.distill import (
+    DistillConfig,
+    _holdout,
+    _sample_pixels,
+    add_fast_path,
+    distill_student,
+)
 
 TINY = load_preset("tiny").with_overrides(**{"pretrain.epochs": 5})
 PIXELS = 2000
@@ -165,6 +171,22 @@ def test_distillation_is_deterministic(files, teacher):
         assert torch.equal(value, first.state_dict()[key]), key
     assert r1.agreement == r2.agreement and r1.history == r2.history
     assert not torch.equal(other.state_dict()["head.weight"], first.state_dict()["head.weight"])
+
+
+def test_pixels_come_in_blocks_and_blocks_are_held_out_whole(files):
+    with Scene.open(files["hsi"], [files["lidar"]]) as scene:
+        rows, cols, group = _sample_pixels(scene, 900, block=3, seed=0)
+        every = _sample_pixels(scene, 10**6, block=3, seed=0)
+    assert np.unique(rows * 48 + cols).size == rows.size  # distinct pixels
+    assert 0.8 * 900 <= rows.size <= 900 + 9
+    for g in np.unique(group):
+        r, c = rows[group == g], cols[group == g]
+        assert r.max() - r.min() <= 2 and c.max() - c.min() <= 2
+    held = _holdout(group, 0.25, seed=0)
+    for g in np.unique(group):
+        assert held[group == g].all() or not held[group == g].any()
+    assert 0.2 <= held.mean() <= 0.3
+    assert every[0].size == 48 * 48  # a small scene gives every valid pixel
 
 
 def test_models_without_a_student_are_refused_with_the_fix(teacher):

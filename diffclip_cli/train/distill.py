@@ -49,7 +49,8 @@ from diffclip_cli.sampling.normalise import SceneStats
 from diffclip_cli.sampling.unlabelled import sample_unlabelled, valid_mask
 from diffclip_cli.sampling.windows import read_windows
 
-__all__ = ["DistillConfig", "DistillReport", "add_fast_path", "distill_student"]
+__all__ = ["DistillConfig", "DistillReport", "add_fast_path", "attach_student",
+           "distill_student"]
 
 log = logging.getLogger("diffclip")
 
@@ -70,7 +71,12 @@ class DistillConfig:
     Attributes:
         pixels: unlabelled pixels the teacher labels (its cost dominates: about 330 MFLOP a
             pixel for the paper preset).
-        holdout: share of those pixels kept out of training to measure agreement.
+        block: the pixels come in ``block x block`` blocks (about ``pixels / block**2``
+            blocks spread over the scene): neighbouring pixels show the student where the
+            teacher puts class boundaries, and dense blocks make training cheap (a window
+            per isolated pixel would cost ``window**2`` pixels of computation each).
+        holdout: share of those pixels (whole blocks) kept out of training to measure
+            agreement.
         steps: optimiser steps (each training pixel is seen about
             ``steps * batch_pixels / training pixels`` times).
         batch_pixels: training pixels per optimiser step, on average.
@@ -92,8 +98,9 @@ class DistillConfig:
     """
 
     pixels: int = 8192
+    block: int = 1
     holdout: float = 0.1
-    steps: int = 3000
+    steps: int = 6000
     batch_pixels: int = 256
     crop: int = 8
     lr: float = 3e-3
@@ -112,9 +119,9 @@ class DistillConfig:
             raise ValueError(f"pixels must be at least 2, got {self.pixels}")
         if not 0.0 <= self.holdout < 1.0:
             raise ValueError(f"holdout must lie in [0, 1), got {self.holdout}")
-        if self.steps < 0 or min(self.batch_pixels, self.crop, self.hidden) < 1:
-            raise ValueError("steps must not be negative, batch_pixels, crop and hidden "
-                             "positive")
+        if self.steps < 0 or min(self.batch_pixels, self.crop, self.hidden, self.block) < 1:
+            raise ValueError("steps must not be negative, batch_pixels, crop, hidden and "
+                             "block positive")
         if self.lr <= 0 or self.weight_decay < 0 or self.temperature <= 0:
             raise ValueError("lr and temperature must be positive, weight_decay not negative")
 
@@ -159,6 +166,9 @@ class DistillReport:
             previous record, ``lr``).
         seconds: wall time of ``teacher`` inference and of ``train``-ing the student.
         macs_per_pixel: the student's multiply-adds per pixel.
+        rows: the rows of the pixels the teacher labelled.
+        cols: their columns.
+        heldout: which of them were held out of training.
     """
 
     config: DistillConfig
@@ -174,6 +184,9 @@ class DistillReport:
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     macs_per_pixel: int = 0
+    rows: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64), repr=False)
+    cols: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64), repr=False)
+    heldout: np.ndarray = field(default_factory=lambda: np.empty(0, bool), repr=False)
 
     def summary(self) -> dict[str, Any]:
         """Plain JSON types, without the training history (for provenance)."""
@@ -245,6 +258,54 @@ def _read_patches(scene: Scene, rows: np.ndarray, cols: np.ndarray, *, half: int
     return _Patches(torch.from_numpy(x), torch.from_numpy(target), p)
 
 
+def _sample_pixels(scene: Scene, n: int, *, block: int, seed: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """About ``n`` valid pixels in ``block x block`` blocks spread over the valid area.
+
+    Returns:
+        ``(rows, cols, group)``: the pixels (distinct, valid) and the block each belongs to.
+        A scene with no more valid pixels than ``n`` gives all of them, one group each.
+    """
+    h, w = scene.grid.shape
+    packed = valid_mask(scene)
+    valid = np.unpackbits(packed, axis=1, count=w).astype(bool)
+    total = int(valid.sum())
+    if total <= n:
+        rows, cols = np.nonzero(valid)
+        return rows.astype(np.int64), cols.astype(np.int64), np.arange(rows.size)
+    b = max(1, min(block, h, w))
+    anchors = -(-n // (b * b))
+    ar, ac = sample_unlabelled(scene, anchors, seed=seed)
+    r0 = np.minimum(ar - b // 2, h - b).clip(0)
+    c0 = np.minimum(ac - b // 2, w - b).clip(0)
+    off_r, off_c = np.divmod(np.arange(b * b), b)
+    rows = (r0[:, None] + off_r).ravel()
+    cols = (c0[:, None] + off_c).ravel()
+    group = np.repeat(np.arange(ar.size), b * b)
+    keep = valid[rows, cols]
+    rows, cols, group = rows[keep], cols[keep], group[keep]
+    _, first = np.unique(rows * w + cols, return_index=True)  # blocks may overlap
+    first = np.sort(first)
+    return rows[first], cols[first], group[first]
+
+
+def _holdout(group: np.ndarray, share: float, *, seed: int) -> np.ndarray:
+    """A mask of about ``share`` of the pixels, whole groups at a time.
+
+    At least one group when ``share > 0``, never all of them.
+    """
+    held = np.zeros(group.size, bool)
+    if share <= 0 or group.size < 2:
+        return held
+    ids, sizes = np.unique(group, return_counts=True)
+    order = np.random.default_rng(seed).permutation(ids.size)
+    cum = np.cumsum(sizes[order])
+    wanted = max(1, round(share * group.size))
+    take = min(int(np.searchsorted(cum, wanted)) + 1, ids.size - 1)
+    held[np.isin(group, ids[order[:take]])] = True
+    return held
+
+
 def _teacher_probs(scene: Scene, engine: TileEngine, rows: np.ndarray, cols: np.ndarray, *,
                    stats: SceneStats, progress: ProgressFn | None) -> np.ndarray:
     out = np.empty((rows.size, engine.num_classes), np.float32)
@@ -313,7 +374,7 @@ def distill_student(
         config: the distillation options (default :class:`DistillConfig`).
         progress: ``(stage, done, total)`` callback, stages ``"teacher"`` and ``"distill"``.
         **options: :class:`DistillConfig` fields overriding ``config``'s (``pixels``,
-            ``holdout``, ``steps``, ``batch_pixels``, ``crop``, ``lr``, ``weight_decay``,
+            ``block``, ``holdout``, ``steps``, ``batch_pixels``, ``crop``, ``lr``, ``weight_decay``,
             ``temperature``, ``hidden``, ``heads``, ``spectral``, ``dilations``, ``pool``).
 
     Returns:
@@ -331,27 +392,20 @@ def distill_student(
     stats = SceneStats.from_dict(bundle.stats)
     seconds: dict[str, float] = {}
 
-    # 1. Pixels, spread over the valid area; the teacher labels them.
+    # 1. Pixels in small blocks spread over the valid area; the teacher labels them.
     start = time.perf_counter()
-    n = cfg.pixels
-    h, w = scene.grid.shape
-    if n >= h * w:  # a small scene: take every valid pixel without the shortfall warning
-        n = int(np.unpackbits(valid_mask(scene), axis=1, count=w).sum())
-    rows, cols = sample_unlabelled(scene, n, seed=derive_seed(seed, "distill/pixels"))
+    rows, cols, group = _sample_pixels(scene, cfg.pixels, block=cfg.block,
+                                       seed=derive_seed(seed, "distill/pixels"))
     if rows.size < 2:
         raise ValueError("the scene has fewer than two valid pixels to distil on")
     log.info("Teacher labelling %d unlabelled pixels for the fast path.", rows.size)
     probs = _teacher_probs(scene, teacher, rows, cols, stats=stats, progress=progress)
     seconds["teacher"] = time.perf_counter() - start
 
-    # 2. Held-out split and training data.
+    # 2. Held-out split (whole blocks, so held-out pixels are not next to training ones in
+    # the same block) and training data.
     start = time.perf_counter()
-    rng = np.random.default_rng(derive_seed(seed, "distill/holdout"))
-    n_hold = min(rows.size - 1, round(cfg.holdout * rows.size))
-    if cfg.holdout > 0:
-        n_hold = max(1, n_hold)
-    held = np.zeros(rows.size, bool)
-    held[rng.permutation(rows.size)[:n_hold]] = True
+    held = _holdout(group, cfg.holdout, seed=derive_seed(seed, "distill/holdout"))
     dilations, pool = default_layout(teacher.window)
     if cfg.dilations is not None:
         dilations = cfg.dilations
@@ -436,7 +490,7 @@ def distill_student(
         heldout_pixels=int(held.sum()), agreement=agreement(held, final),
         train_agreement=agreement(~held, final), initial_agreement=initial, kl=kl,
         patch=patches.size, history=history, seconds=seconds,
-        macs_per_pixel=student_cfg.macs_per_pixel)
+        macs_per_pixel=student_cfg.macs_per_pixel, rows=rows, cols=cols, heldout=held)
     log.info("Fast path: the student agrees with the teacher on %.1f %% of %d held-out "
              "pixels (%.0f kMAC/px).", 100 * report.agreement, report.heldout_pixels,
              student_cfg.macs_per_pixel / 1e3)
@@ -475,6 +529,18 @@ def add_fast_path(
     student, report = distill_student(scene, bundle, classifier=classifier, seed=seed,
                                       device=device, batch_size=batch_size, progress=progress,
                                       **options)
+    return attach_student(bundle, student, report)
+
+
+def attach_student(bundle: ModelBundle, student: StudentNet, report: DistillReport
+                   ) -> ModelBundle:
+    """A copy of ``bundle`` carrying ``student`` and its distillation summary.
+
+    Args:
+        bundle: the classifier the student was distilled from.
+        student: the student.
+        report: its distillation report (the summary goes to the extras and provenance).
+    """
     summary = report.summary()
     extras = {**bundle.extras, EXTRAS_KEY: student_to_extras(student, provenance=summary)}
     provenance = {**bundle.provenance, "fast_path": summary}
