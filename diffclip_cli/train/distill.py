@@ -452,8 +452,8 @@ def distill_student(
             lr = cfg.lr * (step + 1) / warmup
         else:
             lr = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / (cfg.steps - warmup)))
-        for group in opt.param_groups:
-            group["lr"] = lr
+        for param_group in opt.param_groups:
+            param_group["lr"] = lr
         index = usable[gen.choice(usable.size, per_step, p=weights)]
         top = gen.integers(0, patches.size - crop + 1, per_step)
         left = gen.integers(0, patches.size - crop + 1, per_step)
