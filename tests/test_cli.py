@@ -33,7 +33,8 @@ def trained(scene, tmp_path_factory):
     folder = tmp_path_factory.mktemp("run")
     model = folder / "model.pt"
     result = invoke("fewshot", scene.hsi, scene.lidar, "--labels", scene.labels, "--shots", 5,
-                    "--preset", "tiny", "--pretrain-samples", 600, "-o", model, "-q")
+                    "--preset", "tiny", "--pretrain-samples", 600, "--fast-steps", 300, "-o",
+                    model, "-q")
     return folder, model, result
 
 
@@ -162,6 +163,24 @@ def test_batch_yaml_manifest(scene, trained, tmp_path):
     assert (tmp_path / "a.tif").is_file()
 
 
+def test_fast_path_is_built_by_fewshot_and_agrees_with_the_faithful_map(scene, trained,
+                                                                        tmp_path):
+    _, model, _ = trained
+    invoke("classify", scene.hsi, scene.lidar, "-o", tmp_path / "faithful.tif", "--model",
+           model, "-q")
+    invoke("classify", scene.hsi, scene.lidar, "-o", tmp_path / "fast.tif", "--model", model,
+           "--fast", "-q")
+    with rasterio.open(tmp_path / "faithful.tif") as a, rasterio.open(tmp_path / "fast.tif") as b:
+        faithful, fast = a.read(1), b.read(1)
+        assert b.tags()["DIFFCLIP_VERSION"] and a.profile["transform"] == b.profile["transform"]
+    # same nodata pixels; labels agree on most pixels even after a short distillation
+    np.testing.assert_array_equal(faithful == 0, fast == 0)
+    valid = faithful > 0
+    assert (faithful[valid] == fast[valid]).mean() >= 0.85
+    sidecar = json.loads((tmp_path / "fast.tif.json").read_text())
+    assert sidecar["metadata"]["engine"] == "fast"
+
+
 def test_info_describes_the_model(trained):
     _, model, _ = trained
     result = invoke("info", model, "--json")
@@ -171,4 +190,5 @@ def test_info_describes_the_model(trained):
     assert data["band_names"]["lidar"] == ["DSM"]
     assert all(c["prompt"] and c["name"].lower() in c["prompt"] for c in data["classes"])
     assert data["provenance"]["shots"] == 5
+    assert data["fast_path"] is True
     invoke("info", model)

@@ -35,7 +35,8 @@ _STAGE_TITLES = {
     "finetune": "Fine-tuning (epochs)",
     "evaluate": "Scoring held-out pixels",
     "classify": "Classifying pixels",
-    "distill": "Fast path (epochs)",
+    "teacher": "Fast path: teacher labels",
+    "distill": "Fast path: distilling (steps)",
 }
 
 
@@ -102,7 +103,7 @@ class StageProgress:
         self._progress.update(task, completed=done, total=total)
         speed = self._progress.tasks[self._tasks[stage]].speed
         if speed:
-            unit = "px/s" if stage in ("classify", "evaluate") else "it/s"
+            unit = "px/s" if stage in ("classify", "evaluate", "teacher") else "it/s"
             self._progress.update(task, rate=f"{speed:,.1f} {unit}")
 
     def _line(self, stage: str, done: int, total: int) -> None:

@@ -13,6 +13,7 @@ from diffclip_cli.cli.app import app
 from diffclip_cli.cli.common import start
 from diffclip_cli.cli.console import console
 from diffclip_cli.cli.options import QuietOpt, VerboseOpt
+from diffclip_cli.infer.fast import has_fast_path
 from diffclip_cli.model.modelfile import ModelBundle, load_model
 
 
@@ -34,7 +35,7 @@ def describe_model(bundle: ModelBundle) -> dict[str, Any]:
             {"id": c.id, "name": c.name, "prompt": prompts[i] if i < len(prompts) else None,
              "color": "#{:02x}{:02x}{:02x}".format(*c.color)}
             for i, c in enumerate(classes)],
-        "fast_path": "student" in bundle.extras,
+        "fast_path": has_fast_path(bundle),
         "provenance": bundle.provenance,
         "parameters": int(sum(v.numel() for v in bundle.state_dict.values())),
     }

@@ -171,8 +171,12 @@ def fewshot(
         "--split", help="random (the paper's protocol) or spatial (test pixels away from the "
         "shots).")] = "random",
     fast: Annotated[bool, typer.Option(
-        "--fast/--no-fast", help="Also build the fast path for `classify --fast`.",
-        rich_help_panel=_MODEL)] = False,
+        "--fast/--no-fast", help="Also distil the fast path for `classify --fast` (a small "
+        "student trained on the classifier's own predictions).",
+        rich_help_panel=_MODEL)] = True,
+    fast_steps: Annotated[int | None, typer.Option(
+        "--fast-steps", min=1, help="Optimiser steps of the fast-path distillation "
+        "(default 6000).", rich_help_panel=_MODEL, show_default=False)] = None,
     batch_size: BatchSizeOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
@@ -215,8 +219,10 @@ def fewshot(
             if fast:
                 from diffclip_cli.train.distill import add_fast_path
 
+                options = {} if fast_steps is None else {"steps": fast_steps}
                 bundle = add_fast_path(scene, bundle, classifier=result.classifier, seed=seed,
-                                       device=dev, progress=progress)
+                                       device=dev, batch_size=batch_size, progress=progress,
+                                       **options)
         save_model(bundle, output, overwrite=overwrite)
     console.print(f"Model: {output}")
     if result.report is None:
