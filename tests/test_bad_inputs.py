@@ -75,7 +75,10 @@ def one_torch_thread():
 
 
 def invoke(*args: object, code: int):
-    result = runner.invoke(app, [str(a) for a in args])
+    argv = [str(a) for a in args]
+    if argv[0] == "fewshot":  # these tests are not about the fast path: skip its distillation
+        argv.insert(1, "--no-fast")
+    result = runner.invoke(app, argv)
     assert result.exit_code == code, result.output
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise AssertionError(f"escaped exception {result.exception!r}\n{result.output}")
@@ -221,7 +224,7 @@ def test_broken_maps_to_evaluate(files, tmp_path, name, words):
 ])
 def test_broken_label_files(files, tmp_path, name, code, words):
     out = tmp_path / "model.pt"
-    r = invoke("fewshot", "--no-fast", files.hsi, files.lidar, "--labels", files.broken / name, "--shots", 2,
+    r = invoke("fewshot", files.hsi, files.lidar, "--labels", files.broken / name, "--shots", 2,
                "--pretrained", files.pretrained, "-o", out, code=code)
     line = error_line(r)
     assert str(files.broken / name) in line and words in line
@@ -273,7 +276,7 @@ def label_raster(files) -> Path:
     ("empty.csv", "no rows"),
 ])
 def test_broken_classes_tables(files, label_raster, tmp_path, name, words):
-    r = invoke("fewshot", "--no-fast", files.hsi, files.lidar, "--labels", label_raster, "--classes",
+    r = invoke("fewshot", files.hsi, files.lidar, "--labels", label_raster, "--classes",
                files.broken / name, "--shots", 2, "--pretrained", files.pretrained,
                "-o", tmp_path / "m.pt", code=InputError.exit_code)
     line = error_line(r)
@@ -293,7 +296,7 @@ def test_broken_descriptions_fail_before_any_training(files, tmp_path, name, wor
         raise AssertionError("training started before the descriptions were checked")
 
     monkeypatch.setattr("diffclip_cli.pipeline.pretrain_scene", no_training)
-    r = invoke("fewshot", "--no-fast", files.hsi, files.lidar, "--labels", files.labels, "--shots", 2,
+    r = invoke("fewshot", files.hsi, files.lidar, "--labels", files.labels, "--shots", 2,
                "--preset", "tiny", "--descriptions", files.broken / name,
                "-o", tmp_path / "m.pt", code=InputError.exit_code)
     line = error_line(r)
@@ -306,7 +309,7 @@ def test_descriptions_naming_unknown_classes_fail_before_training(files, tmp_pat
                         lambda *a, **k: pytest.fail("training started"))
     desc = tmp_path / "desc.csv"
     desc.write_text("class,description\nlava,hot rock\n")
-    r = invoke("fewshot", "--no-fast", files.hsi, files.lidar, "--labels", files.labels, "--shots", 2,
+    r = invoke("fewshot", files.hsi, files.lidar, "--labels", files.labels, "--shots", 2,
                "--preset", "tiny", "--descriptions", desc, "-o", tmp_path / "m.pt",
                code=LabelError.exit_code)
     assert "lava" in error_line(r)
@@ -380,7 +383,7 @@ def test_a_pretrained_model_cannot_classify(files, tmp_path):
 def test_labels_without_features(files, tmp_path):
     path = tmp_path / "none.geojson"
     path.write_text('{"type": "FeatureCollection", "features": []}')
-    line = error_line(invoke("fewshot", "--no-fast", files.hsi, files.lidar, "--labels", path, "--shots", 2,
+    line = error_line(invoke("fewshot", files.hsi, files.lidar, "--labels", path, "--shots", 2,
                              "--pretrained", files.pretrained, "-o", tmp_path / "m.pt",
                              code=LabelError.exit_code))
     assert "no features" in line
@@ -395,7 +398,7 @@ def test_unknown_class_field_lists_the_fields(files, tmp_path, extra, words):
     gpd.GeoDataFrame({"kind": ["a", "b"], "note": ["x", "y"]},
                      geometry=[pixel_point(1, 1), pixel_point(3, 3)],
                      crs="EPSG:32615").to_file(path)
-    line = error_line(invoke("fewshot", "--no-fast", files.hsi, files.lidar, "--labels", path, "--shots", 2,
+    line = error_line(invoke("fewshot", files.hsi, files.lidar, "--labels", path, "--shots", 2,
                              "--pretrained", files.pretrained, "-o", tmp_path / "m.pt",
                              *extra, code=LabelError.exit_code))
     assert words in line
@@ -405,7 +408,7 @@ def test_no_label_inside_the_raster(files, tmp_path):
     path = tmp_path / "far.gpkg"
     gpd.GeoDataFrame({"landcover": ["grass"]}, geometry=[Point(0, 0)],
                      crs="EPSG:32615").to_file(path)
-    line = error_line(invoke("fewshot", "--no-fast", files.hsi, files.lidar, "--labels", path, "--shots", 2,
+    line = error_line(invoke("fewshot", files.hsi, files.lidar, "--labels", path, "--shots", 2,
                              "--pretrained", files.pretrained, "-o", tmp_path / "m.pt",
                              code=LabelError.exit_code))
     assert "no label falls inside the raster" in line
@@ -445,7 +448,7 @@ def test_small_classes_zero_pixels_and_one_pixel(files, tmp_path):
     table = tmp_path / "classes.csv"
     table.write_text("id,name\n1,grass\n2,trees\n3,roof\n4,water\n5,road\n")
     model = tmp_path / "m.pt"
-    r = invoke("fewshot", "--no-fast", files.hsi, files.lidar, "--labels", labels, "--classes", table,
+    r = invoke("fewshot", files.hsi, files.lidar, "--labels", labels, "--classes", table,
                "--shots", 5, "--pretrained", files.pretrained, "--finetune-epochs", 1,
                "-o", model, code=0)
     text = " ".join(r.output.split())
@@ -464,7 +467,7 @@ def test_more_shots_than_pixels_warns_and_keeps_test_pixels(files, tmp_path):
     data[:3, :3] = 1  # 9 pixels
     data[20:, 20:] = 2  # 32 pixels
     labels = write_tif(tmp_path / "labels.tif", data, transform=TRANSFORM)
-    r = invoke("fewshot", "--no-fast", files.hsi, files.lidar, "--labels", labels, "--shots", 10,
+    r = invoke("fewshot", files.hsi, files.lidar, "--labels", labels, "--shots", 10,
                "--pretrained", files.pretrained, "--finetune-epochs", 1, "-o",
                tmp_path / "m.pt", code=0)
     text = " ".join(r.output.split())
@@ -483,7 +486,7 @@ def test_too_few_pixels_for_a_map(files, tmp_path, cells, words):
     for k, r, c in cells:
         data[r, c] = k
     labels = write_tif(tmp_path / "labels.tif", data, transform=TRANSFORM)
-    line = error_line(invoke("fewshot", "--no-fast", files.hsi, files.lidar, "--labels", labels, "--shots",
+    line = error_line(invoke("fewshot", files.hsi, files.lidar, "--labels", labels, "--shots",
                              5, "--pretrained", files.pretrained, "-o", tmp_path / "m.pt",
                              code=LabelError.exit_code))
     assert words in line and "at least 2 labelled pixels" in line
@@ -634,7 +637,7 @@ def test_disk_full_while_saving_a_model(files, tmp_path, monkeypatch):
 
     monkeypatch.setattr("diffclip_cli.model.modelfile.torch.save", full)
     out = tmp_path / "m.pt"
-    line = error_line(invoke("fewshot", "--no-fast", files.hsi, files.lidar, "--labels", files.labels,
+    line = error_line(invoke("fewshot", files.hsi, files.lidar, "--labels", files.labels,
                              "--shots", 2, "--pretrained", files.pretrained,
                              "--finetune-epochs", 1, "-o", out, "-q",
                              code=OutputError.exit_code))
