@@ -244,3 +244,25 @@ def test_bf16_is_close_to_fp32(tiny, onednn):
     np.testing.assert_allclose(bf16.sum(axis=0), 1, atol=1e-5)
     np.testing.assert_allclose(bf16, fp32, rtol=0, atol=2e-2)
     assert (bf16.argmax(0) == fp32.argmax(0)).mean() > 0.95
+
+
+@pytest.mark.parametrize(("precision", "onednn", "attention", "chunk", "atol"), [
+    ("fp32", None, "explicit", 16, 1e-5),
+    ("fp32", False, "fused", None, 1e-5),   # the CUDA arrangement, in float32
+    ("bf16", False, "fused", None, 2e-2),   # the CUDA arrangement (bfloat16 default there)
+    ("bf16", False, "explicit", 3, 2e-2),
+])
+def test_inference_model_arrangements_equal_reference(tiny, precision, onednn, attention, chunk,
+                                                      atol):
+    model = InferenceModel(tiny, precision=precision, onednn=onednn, attention=attention)
+    model.attention_chunk = chunk
+    hsi, lidar = scene_arrays(12, 2, (9, 9), 12)
+    rows, cols = np.nonzero(np.ones((9, 9), bool))
+    w = tiny.config.window
+    with torch.inference_mode():
+        got = model.predict_windows({"hsi": torch.from_numpy(extract(hsi, rows, cols, w)),
+                                     "lidar": torch.from_numpy(extract(lidar, rows, cols, w))})
+    np.testing.assert_allclose(got.numpy(), reference(tiny, hsi, lidar, rows, cols), rtol=0,
+                               atol=atol)
+    with pytest.raises(ValueError, match="attention"):
+        InferenceModel(tiny, attention="flash")

@@ -157,7 +157,9 @@ class TileEngine:
     # -- moving data --------------------------------------------------------------------
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+        """A float32 (or, for indices, int64) copy on the device; asynchronous on CUDA."""
+        dtype = np.int64 if np.issubdtype(array.dtype, np.integer) else np.float32
+        t = torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
         if self.device.type == "cuda":
             return t.pin_memory().to(self.device, non_blocking=True)
         return t.to(self.device)
@@ -211,8 +213,8 @@ class TileEngine:
             views = {}
             for m in model.modalities:
                 views[m] = self._embedded_windows(model, m, arrays[m], (h, wd))  # type: ignore[arg-type]
-            r = torch.from_numpy(rows).to(self.device)
-            c = torch.from_numpy(cols).to(self.device)
+            r = self._to_device(rows)
+            c = self._to_device(cols)
             flat = r * wd + c
             out = torch.zeros(k, h * wd, device=self.device)
             for start in range(0, rows.size, self.batch_size):
@@ -244,7 +246,9 @@ class TileEngine:
         d, w = model.dim, self.window
         pixels = self._to_device(array).view(bands, hp * wp)
         emb = torch.empty(hp * wp, d, device=self.device)
-        for start in range(0, hp * wp, _EMBED_CHUNK):
-            sl = slice(start, start + _EMBED_CHUNK)
+        # In cache-sized chunks on CPUs; at once on GPUs.
+        step = _EMBED_CHUNK if self.device.type == "cpu" else hp * wp
+        for start in range(0, hp * wp, step):
+            sl = slice(start, start + step)
             emb[sl] = model.embed(modality, pixels[:, sl].t())
         return emb.as_strided((core[0], core[1], w, w, d), (wp * d, d, wp * d, d, 1))

@@ -143,15 +143,26 @@ class InferenceModel:
         precision: ``"fp32"`` (default) or ``"bf16"`` (products and attention in bfloat16).
         onednn: use oneDNN's fused linear kernels on CPUs: ``None`` (default) when available
             (see :func:`onednn_available`), ``False`` never, ``True`` required.
+        attention: ``"fused"`` (``scaled_dot_product_attention``) or ``"explicit"`` (``QK^T``
+            product, float32 softmax, ``AV`` product: faster for bfloat16 on CPUs, whose
+            bfloat16 softmax is slow); default ``"explicit"`` for bfloat16 on a CPU, else
+            ``"fused"``.
+
+    Attributes:
+        attention_chunk: sequences per attention call (CPUs: 16, so the scores stay in cache;
+            elsewhere ``None``, the whole batch).
 
     Raises:
-        ValueError: an unknown precision, or ``onednn=True`` where it is unavailable.
+        ValueError: an unknown precision or attention, or ``onednn=True`` where it is
+            unavailable.
     """
 
     def __init__(self, classifier: DiffCLIPClassifier, *, precision: str = "fp32",
-                 onednn: bool | None = None) -> None:
+                 onednn: bool | None = None, attention: str | None = None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if attention not in (None, "fused", "explicit"):
+            raise ValueError(f"attention must be 'fused' or 'explicit', got {attention!r}")
         net = classifier.net
         c = net.config
         self.device = classifier.logit_scale.device
@@ -163,15 +174,16 @@ class InferenceModel:
             raise ValueError("oneDNN linear kernels are not usable with this torch/device")
         self.onednn = usable if onednn is None else bool(onednn)
         self._op = _onednn_op() if self.onednn else None
-        self._manual_attention = self.device.type == "cpu" and self.dtype == torch.bfloat16
-        #: Sequences per attention call on CPUs.
-        self.attention_chunk = 16
+        cpu = self.device.type == "cpu"
+        if attention is None:
+            attention = "explicit" if cpu and self.dtype == torch.bfloat16 else "fused"
+        self.attention = attention
+        self.attention_chunk: int | None = 16 if cpu else None
         self.window = c.window
         self.tokens = c.window * c.window
         self.dim = c.dim
         self.heads = c.heads
         self.modalities = net.modalities
-        self.bands = {"hsi": net.hsi_bands, "lidar": net.lidar_bands}
 
         was_training = classifier.training
         classifier.eval()
@@ -194,8 +206,8 @@ class InferenceModel:
                        None if bias is None else bias.detach().to(dtype).contiguous())
 
     def _qkv(self, layer: torch.nn.Linear) -> _Linear:
-        """The qkv projection; the manual attention's query rows carry ``1/sqrt(hd)``."""
-        if not self._manual_attention:
+        """The qkv projection; for explicit attention the query rows carry ``1/sqrt(hd)``."""
+        if self.attention != "explicit":
             return self._linear(layer)
         d = self.dim
         scale = torch.ones(3 * d, dtype=torch.float64, device=self.device)
@@ -301,11 +313,10 @@ class InferenceModel:
     def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Softmax attention of ``(S, H, Lq, hd)`` queries on ``(S, H, L, hd)`` keys/values.
 
-        Returns ``(S, Lq, H * hd)``. On CPUs it runs in chunks of :attr:`attention_chunk`
-        sequences, so the scores stay in cache whatever the batch size.
+        Returns ``(S, Lq, H * hd)``, in chunks of :attr:`attention_chunk` sequences.
         """
         s, h, lq, hd = q.shape
-        step = self.attention_chunk if q.device.type == "cpu" else s
+        step = self.attention_chunk or s
         if step >= s:
             return self._attend(q, k, v).transpose(1, 2).reshape(s, lq, h * hd)
         out = torch.empty(s, lq, h, hd, dtype=q.dtype, device=q.device)
@@ -315,9 +326,9 @@ class InferenceModel:
         return out.view(s, lq, h * hd)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        if not self._manual_attention:
+        if self.attention == "fused":
             return F.scaled_dot_product_attention(q, k, v)
-        # bfloat16 on CPUs: oneDNN's bfloat16 products are fast but torch's bfloat16 softmax
+        # Explicit: on CPUs oneDNN's bfloat16 products are fast but torch's bfloat16 softmax
         # (and so its attention kernel) is slow; take the softmax in float32. The queries
         # carry the 1/sqrt(hd) factor already (folded into their weights).
         scores = torch.matmul(q, k.transpose(-1, -2))
