@@ -85,10 +85,10 @@ def _version(tensor: torch.Tensor) -> int:
 @contextmanager
 def _num_threads(threads: int | None) -> Iterator[None]:
     """Run with ``threads`` intra-op threads (``None``: leave torch's setting alone)."""
-    if threads is None:
+    old = torch.get_num_threads()
+    if threads is None or threads == old:
         yield
         return
-    old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         yield
