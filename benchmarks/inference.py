@@ -127,8 +127,22 @@ def rss_child(args: argparse.Namespace) -> None:
                               batch_size=256)
     else:
         engine.predict_tile(data)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    print(json.dumps({"setup": setup, "peak": peak}))
+    print(json.dumps({"setup": setup, "peak": peak_rss()}))
+
+
+def peak_rss() -> int:
+    """This process's peak RSS in bytes.
+
+    ``VmHWM`` on Linux: ``ru_maxrss`` would include the parent's peak (it survives fork and
+    exec); elsewhere ``ru_maxrss`` (KiB on Linux and the BSDs).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def fresh_rss(args: argparse.Namespace, path: str) -> dict[str, int] | None:
