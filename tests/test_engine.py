@@ -195,6 +195,9 @@ def test_empty_tile_and_errors(tiny, tiny_hsi):
                                   np.zeros((0, 2, 5, 5), np.float32)).shape == (0, 6)
     with pytest.raises(ValueError, match="halo"):
         engine.predict_tile(tile_of(hsi, lidar, np.ones((9, 9), bool), Tile(0, 0, 9, 9, 3)))
+    good = tile_of(hsi, lidar, np.ones((9, 9), bool), Tile(0, 0, 9, 9, 2))
+    with pytest.raises(ValueError, match="core plus the halo"):
+        engine.predict_tile(TileData(good.tile, good.hsi, good.lidar[:, 1:], good.valid))
     with pytest.raises(ModelError, match="LiDAR"):
         engine.predict_tile(tile_of(hsi, None, np.ones((9, 9), bool), Tile(0, 0, 9, 9, 2)))
     with pytest.raises(ModelError, match="without LiDAR"):

@@ -202,17 +202,21 @@ class TileEngine:
         rows, cols = np.nonzero(data.valid)
         if rows.size == 0:
             return np.zeros((k, h, wd), dtype=np.float32)
-        net = self.classifier.net
-        net._check(torch.empty((1, data.hsi.shape[0], w, w), device="meta"),
-                   None if data.lidar is None else
-                   torch.empty((1, data.lidar.shape[0], w, w), device="meta"))
-        arrays = {"hsi": data.hsi, "lidar": data.lidar}
+        arrays = {"hsi": data.hsi}
+        if data.lidar is not None:
+            arrays["lidar"] = data.lidar
+        padded = (h + 2 * data.tile.halo, wd + 2 * data.tile.halo)
+        for m, array in arrays.items():
+            if array.ndim != 3 or array.shape[1:] != padded:
+                raise ValueError(f"the tile's {m} array is {array.shape}, expected (bands, "
+                                 f"{padded[0]}, {padded[1]}): the core plus the halo")
+        meta = {m: torch.empty((1, a.shape[0], w, w), device="meta") for m, a in arrays.items()}
+        self.classifier.net._check(meta["hsi"], meta.get("lidar"))
         with _num_threads(self.threads), torch.inference_mode():
             model = self.model()
             d = model.dim
-            views = {}
-            for m in model.modalities:
-                views[m] = self._embedded_windows(model, m, arrays[m], (h, wd))  # type: ignore[arg-type]
+            views = {m: self._embedded_windows(model, m, arrays[m], (h, wd))
+                     for m in model.modalities}
             r = self._to_device(rows)
             c = self._to_device(cols)
             flat = r * wd + c
