@@ -113,3 +113,65 @@ def test_distributed_run_equals_local_run(setup, tmp_path):
     np.testing.assert_array_equal(_read(tmp_path / "local.tif"), _read(tmp_path / "dist.tif"))
     np.testing.assert_allclose(_read(tmp_path / "pl.tif"), _read(tmp_path / "pd.tif"),
                                atol=1e-6)
+
+
+@pytest.mark.parametrize("prefetch", [1, 2])
+def test_memory_reads_exactly_prefetch_tiles_ahead_with_a_bounded_gdal_cache(
+        setup, tmp_path, monkeypatch, prefetch):
+    """Memory stays bounded: ``prefetch`` tiles read ahead (not one more), and GDAL's block
+    cache (5 % of the RAM by default, kept full of blocks read) at most GDAL_CACHE_MAX."""
+    import threading
+    import time
+
+    from rasterio.env import get_gdal_config
+
+    import diffclip_cli.infer.classify as mod
+
+    if not isinstance(get_gdal_config("GDAL_CACHEMAX"), int):
+        pytest.skip("this rasterio cannot set GDAL's block cache size")
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
+    files, bundle = setup
+    lock = threading.Lock()
+    reads, leads, caches = [0], [], []
+    real_read, real_finish = mod.read_tile, mod._finish_tile
+
+    def read(*args, **kwargs):
+        with lock:
+            reads[0] += 1
+            caches.append(get_gdal_config("GDAL_CACHEMAX"))
+        return real_read(*args, **kwargs)
+
+    def finish(engine, data, *args, **kwargs):
+        time.sleep(0.02)  # the reader gets as far ahead as it is allowed to
+        with lock:
+            leads.append(reads[0] - len(leads) - 1)  # tiles read beyond this one
+        return real_finish(engine, data, *args, **kwargs)
+
+    monkeypatch.setattr(mod, "read_tile", read)
+    monkeypatch.setattr(mod, "_finish_tile", finish)
+    outer = 4 * mod.GDAL_CACHE_MAX
+    with rasterio.Env(GDAL_CACHEMAX=outer), \
+            Scene.open(files["hsi"], [files["lidar"]]) as scene:
+        result = classify_scene(scene, bundle, tmp_path / "m.tif", tile_size=16,
+                                prefetch=prefetch)
+        assert get_gdal_config("GDAL_CACHEMAX") == outer  # restored
+    assert result.tiles == len(leads) == reads[0] == 9
+    assert max(leads) == prefetch  # reading overlaps computing, prefetch tiles ahead ...
+    assert all(lead <= prefetch for lead in leads)  # ... and never more
+    assert set(caches) == {mod.GDAL_CACHE_MAX}
+
+
+def test_memory_gdal_cache_left_alone_when_set_in_the_environment(monkeypatch):
+    from rasterio.env import get_gdal_config
+
+    import diffclip_cli.infer.classify as mod
+
+    if not isinstance(get_gdal_config("GDAL_CACHEMAX"), int):
+        pytest.skip("this rasterio cannot set GDAL's block cache size")
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
+    with rasterio.Env(GDAL_CACHEMAX=4 * mod.GDAL_CACHE_MAX):
+        with mod._bounded_gdal_cache(mod.GDAL_CACHE_MAX):
+            assert get_gdal_config("GDAL_CACHEMAX") == mod.GDAL_CACHE_MAX
+        monkeypatch.setenv("GDAL_CACHEMAX", "256")
+        with mod._bounded_gdal_cache(mod.GDAL_CACHE_MAX):
+            assert get_gdal_config("GDAL_CACHEMAX") == 4 * mod.GDAL_CACHE_MAX

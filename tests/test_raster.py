@@ -253,3 +253,23 @@ def test_salinas_sample_scene(salinas_dir):  # noqa: F811
             raw = src.read(window=Window(30, 10, 12, 10))
         np.testing.assert_array_equal(block.hsi, raw.astype(np.float32))
         assert block.valid.all()
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int16", "uint16", "int32", "float32", "float64"])
+def test_values_and_nodata_of_every_dtype(tmp_path, dtype):
+    """Types float32 holds exactly are read straight into float32; others are converted
+    after reading: the values and the nodata pixels come out the same either way."""
+    big = np.iinfo(np.int32).max if dtype == "int32" else 200  # nodata float32 cannot hold
+    raw = (np.arange(2 * 4 * 5).reshape(2, 4, 5) % 50).astype(dtype)
+    raw[0, 1, 2] = raw[1, 3, 4] = big
+    if dtype == "int32":
+        raw[0, 0, 0] = big - 1  # equal to the nodata in float32, not in int32
+    path = write_tif(tmp_path / "h.tif", raw, nodata=big, scales=[0.5, 2.0],
+                     offsets=[1.0, 0.0])
+    with Scene.open(path) as scene:
+        block = scene.read(scene.grid.full_window())
+    expected = raw.astype(np.float64) * np.array([0.5, 2.0])[:, None, None]
+    expected[0] += 1.0
+    expected[raw == big] = np.nan
+    np.testing.assert_allclose(block.hsi, expected.astype(np.float32), rtol=1e-6)
+    assert (~block.valid).sum() == 2

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import itertools
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,6 +24,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import rasterio
+from rasterio.env import get_gdal_config
 
 from diffclip_cli import __version__
 from diffclip_cli.errors import ModelError, OutputError
@@ -48,6 +52,13 @@ log = logging.getLogger("diffclip")
 CONFIDENCE_NODATA = -1.0
 #: Default tile edge in pixels.
 DEFAULT_TILE_SIZE = 256
+#: GDAL's raster block cache while a scene is classified, at most (bytes). GDAL's default is
+#: 5 % of the RAM, and it keeps the blocks it reads until it is full, so without a bound the
+#: peak memory grows with the scene up to that (by 1.1 GiB for a 3000 x 1000 x 144 GeoTIFF on
+#: a 24 GiB machine). Tiles are read whole; the cache only spares re-reading the blocks that
+#: neighbouring tiles' halos share (which costs time on compressed many-band inputs).
+#: ``GDAL_CACHEMAX`` set in the environment is left alone.
+GDAL_CACHE_MAX = 64 * 2**20
 
 
 class Engine(Protocol):
@@ -146,6 +157,21 @@ def _finish_tile(engine: Engine, data: TileData, ids: np.ndarray,
     return TileResult(data.tile, labels, confidence, planes, int(data.valid.sum()))
 
 
+@contextlib.contextmanager
+def _bounded_gdal_cache(limit: int) -> Iterator[None]:
+    """GDAL's block cache at most ``limit`` bytes inside the block, restored afterwards.
+
+    Left alone when ``GDAL_CACHEMAX`` is set in the environment (the user chose), already
+    smaller, or not settable through this rasterio (then it reports no size in bytes).
+    """
+    current = get_gdal_config("GDAL_CACHEMAX")
+    if "GDAL_CACHEMAX" in os.environ or not isinstance(current, int) or current <= limit:
+        yield
+        return
+    with rasterio.Env(GDAL_CACHEMAX=int(limit)):
+        yield
+
+
 # -- local execution: reader thread -> compute here -> writer thread -------------------------
 
 
@@ -153,12 +179,12 @@ def _local_results(scene: Scene, tiles: Sequence[Tile], engine: Engine, stats: S
                    ids: np.ndarray, keep_probabilities: bool, prefetch: int,
                    ) -> Iterator[TileResult]:
     with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffclip-read") as reader:
-        queue: deque[cf.Future[TileData]] = deque()
+        # While a tile is computed, exactly ``prefetch`` (at least 1) later tiles are read or
+        # waiting: each holds the tile's bands as float32 (40 MB for 144 bands at 256 px).
         pending = iter(tiles)
-        for tile in pending:
-            queue.append(reader.submit(read_tile, scene, tile, stats=stats))
-            if len(queue) > prefetch:
-                break
+        queue: deque[cf.Future[TileData]] = deque(
+            reader.submit(read_tile, scene, tile, stats=stats)
+            for tile in itertools.islice(pending, max(1, prefetch)))
         try:
             while queue:
                 data = queue.popleft().result()
@@ -246,7 +272,7 @@ def classify_scene(
     creation_options: Sequence[str] | Mapping[str, Any] | None = None,
     overwrite: bool = False,
     scheduler: str | Any | None = None,
-    prefetch: int = 2,
+    prefetch: int = 1,
     metadata: Mapping[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ClassifyResult:
@@ -271,7 +297,9 @@ def classify_scene(
         creation_options: GDAL creation options overriding the defaults.
         overwrite: replace existing outputs.
         scheduler: a dask.distributed scheduler address (or Client) to run the tiles on.
-        prefetch: tiles read ahead of the computation (local) / extra tiles in flight.
+        prefetch: tiles read ahead of the computation (local: one keeps the single reader
+            busy; each more holds another tile in memory and gained no speed in
+            ``benchmarks/memory.py``) / tiles in flight at least (distributed).
         metadata: extra facts for the map's sidecar JSON (e.g. the model path).
         progress: called with ``(classified pixels so far, pixels in the scene)``.
 
@@ -320,6 +348,7 @@ def classify_scene(
     names = classes.names
 
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_bounded_gdal_cache(GDAL_CACHE_MAX))
         writers: list[tuple[str, RasterWriter]] = [("labels", stack.enter_context(MapWriter(
             output, grid, classes, metadata=meta, overwrite=overwrite, cog=cog,
             creation_options=creation_options)))]

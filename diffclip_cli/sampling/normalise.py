@@ -58,15 +58,18 @@ class BandStats:
         """Number of bands."""
         return int(self.center.size)
 
-    def apply(self, x: np.ndarray, *, axis: int = 0) -> np.ndarray:
+    def apply(self, x: np.ndarray, *, axis: int = 0, inplace: bool = False) -> np.ndarray:
         """Normalise an array whose ``axis`` is the band axis; NaN becomes 0.
 
         Args:
             x: e.g. ``(C, H, W)``, ``(C, N)`` or, with ``axis=1``, ``(N, C, w, w)``.
             axis: the band axis.
+            inplace: overwrite ``x`` when it is a writable float32 array (same values as a
+                new array, without the temporaries: a tile of 144 bands is 40 MB each).
 
         Returns:
-            A new float32 array of the same shape.
+            A float32 array of the same shape: ``x`` itself when normalised in place, else a
+            new one.
 
         Raises:
             ValueError: the band axis does not have :attr:`bands` entries.
@@ -79,7 +82,11 @@ class BandStats:
         shape[axis] = self.bands
         center = self.center.astype(np.float32).reshape(shape)
         scale = self.scale.astype(np.float32).reshape(shape)
-        out = (x.astype(np.float32) - center) / scale
+        if inplace and x.dtype == np.float32 and x.flags.writeable:
+            out = np.subtract(x, center, out=x)
+            np.divide(out, scale, out=out)
+        else:
+            out = (x.astype(np.float32) - center) / scale
         return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0, copy=False)
 
     def to_dict(self) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from rasterio.windows import Window
 
 from diffclip_cli.io.grid import Grid
 from diffclip_cli.io.raster import Scene
-from diffclip_cli.sampling.normalise import SceneStats
+from diffclip_cli.sampling.normalise import BandStats, SceneStats
 
 __all__ = ["Tile", "TileData", "iter_tiles", "read_tile"]
 
@@ -95,12 +95,19 @@ def read_tile(scene: Scene, tile: Tile, *, stats: SceneStats) -> TileData:
     block = scene.read(((r0, r1), (c0, c1)))
     pad = ((0, 0), (k - (tile.row - r0), k - (r1 - tile.row - tile.height)),
            (k - (tile.col - c0), k - (c1 - tile.col - tile.width)))
-    hsi = np.pad(stats.hsi.apply(block.hsi), pad, mode="reflect")
+
+    def normalised(array: np.ndarray, band_stats: BandStats) -> np.ndarray:
+        # The block is ours: normalise it in place, and copy it into a padded array only at
+        # the scene border (a tile of 144 bands is 40 MB; each copy counts in the peak).
+        array = band_stats.apply(array, inplace=True)
+        return np.pad(array, pad, mode="reflect") if any(map(any, pad)) else array
+
+    hsi = normalised(block.hsi, stats.hsi)
     lidar = None
     if block.lidar is not None:
         if stats.lidar is None:
             raise ValueError("the scene has LiDAR but the statistics have none")
-        lidar = np.pad(stats.lidar.apply(block.lidar), pad, mode="reflect")
+        lidar = normalised(block.lidar, stats.lidar)
     core = block.valid[tile.row - r0:tile.row - r0 + tile.height,
                        tile.col - c0:tile.col - c0 + tile.width]
     return TileData(tile, hsi, lidar, core.copy())
