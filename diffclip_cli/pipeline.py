@@ -67,9 +67,6 @@ ProgressFn = Callable[[str, int, int], None]
 #: 300, 500, 700 gave OA 91.75, 92.58, 94.80).
 DEFAULT_PRETRAIN_SAMPLES = 2000
 
-#: Pixels whose windows are read and classified at a time when scoring (bounds memory).
-_CHUNK = 4096
-
 
 @dataclass
 class PretrainResult:
@@ -429,15 +426,9 @@ def predict_pixels(
     bundle.check_inputs(scene.hsi_bands, scene.lidar_bands)
     engine = TileEngine(classifier or build_classifier(bundle), device=device,
                         batch_size=batch_size)
-    stats = SceneStats.from_dict(bundle.stats)
-    out = np.empty((rows.size, engine.num_classes), dtype=np.float32)
-    for start in range(0, rows.size, _CHUNK):
-        sl = slice(start, start + _CHUNK)
-        batch = read_windows(scene, rows[sl], cols[sl], size=engine.window, stats=stats)
-        out[sl] = engine.predict_windows(batch.hsi, batch.lidar)
-        if progress is not None:
-            progress("evaluate", min(rows.size, start + _CHUNK), rows.size)
-    return out
+    report = None if progress is None else (lambda done, total: progress("evaluate", done, total))
+    return engine.predict_pixels(scene, rows, cols, stats=SceneStats.from_dict(bundle.stats),
+                                 progress=report)
 
 
 def evaluate_pixels(

@@ -33,6 +33,7 @@ from diffclip_cli.model.layers import init_linear_layers, keeps_global_rng
 from diffclip_cli.model.network import DiffCLIPNet
 from diffclip_cli.model.rng import make_generator
 from diffclip_cli.train.data import ProgressCallback, WindowData
+from diffclip_cli.train.finetune import make_optimizer
 from diffclip_cli.train.pretrain import check_data
 
 __all__ = [
@@ -165,10 +166,7 @@ def finetune_linear_head(
     if int(data.labels.min()) < 0 or int(data.labels.max()) >= k:
         raise LabelError(f"labels must be class indices 0..{k - 1}")
     model.to(device)
-    params = [p for name, p in model.named_parameters() if not name.startswith("net.decoders.")]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
+    optimizer, scheduler = make_optimizer(model, cfg)
     gen = make_generator(seed, "finetune")
     history: list[dict[str, Any]] = []
     n = len(data)

@@ -20,17 +20,20 @@ there and the probabilities come back once per tile; products run in bfloat16 th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
+from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.classifier import DiffCLIPClassifier
 from diffclip_cli.model.device import resolve_device
 from diffclip_cli.model.inference import PRECISIONS, InferenceModel
+from diffclip_cli.sampling.normalise import SceneStats
 from diffclip_cli.sampling.tiles import TileData
+from diffclip_cli.sampling.windows import read_windows
 
 __all__ = ["TileEngine", "default_batch_size", "default_precision", "tile_windows"]
 
@@ -187,6 +190,38 @@ class TileEngine:
                     inputs["lidar"] = self._to_device(lidar[sl])
                 out[sl] = model.predict_windows(inputs)
             return out.cpu().numpy()
+
+    def predict_pixels(
+        self,
+        scene: Scene,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        *,
+        stats: SceneStats,
+        chunk: int = 4096,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
+        """``(N, K)`` float32 probabilities of scattered pixels of ``scene``.
+
+        Their windows are read and normalised ``chunk`` pixels at a time, so memory depends on
+        ``chunk``, not on ``N``.
+
+        Args:
+            scene: the scene (its band counts must be the model's).
+            rows: pixel rows.
+            cols: pixel columns.
+            stats: the model's normalisation statistics.
+            chunk: pixels read per step.
+            progress: ``(done, total)`` callback after every chunk.
+        """
+        out = np.empty((rows.size, self.num_classes), dtype=np.float32)
+        for start in range(0, rows.size, chunk):
+            sl = slice(start, start + chunk)
+            batch = read_windows(scene, rows[sl], cols[sl], size=self.window, stats=stats)
+            out[sl] = self.predict_windows(batch.hsi, batch.lidar)
+            if progress is not None:
+                progress(min(rows.size, start + chunk), rows.size)
+        return out
 
     def predict_tile(self, data: TileData) -> np.ndarray:
         """``(K, h, w)`` float32 probabilities of a tile's core; 0 on invalid pixels.

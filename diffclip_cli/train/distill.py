@@ -58,8 +58,6 @@ log = logging.getLogger("diffclip")
 #: ``"distill"`` (optimiser steps).
 ProgressFn = Callable[[str, int, int], None]
 
-#: Windows the teacher reads and classifies at a time (bounds memory).
-_TEACHER_CHUNK = 4096
 #: Patch edges tried when grouping sampled pixels (odd, so patches have a centre pixel).
 _PATCH_SIZES = (1, 3, 5, 7, 11, 15, 23, 31)
 
@@ -306,18 +304,6 @@ def _holdout(group: np.ndarray, share: float, *, seed: int) -> np.ndarray:
     return held
 
 
-def _teacher_probs(scene: Scene, engine: TileEngine, rows: np.ndarray, cols: np.ndarray, *,
-                   stats: SceneStats, progress: ProgressFn | None) -> np.ndarray:
-    out = np.empty((rows.size, engine.num_classes), np.float32)
-    for start in range(0, rows.size, _TEACHER_CHUNK):
-        sl = slice(start, start + _TEACHER_CHUNK)
-        batch = read_windows(scene, rows[sl], cols[sl], size=engine.window, stats=stats)
-        out[sl] = engine.predict_windows(batch.hsi, batch.lidar)
-        if progress is not None:
-            progress("teacher", min(rows.size, start + _TEACHER_CHUNK), rows.size)
-    return out
-
-
 def _student_probs(student: StudentNet, patches: _Patches, n: int, *,
                    device: torch.device) -> np.ndarray:
     """The student's probabilities at every sampled pixel, from the patches."""
@@ -399,7 +385,9 @@ def distill_student(
     if rows.size < 2:
         raise ValueError("the scene has fewer than two valid pixels to distil on")
     log.info("Teacher labelling %d unlabelled pixels for the fast path.", rows.size)
-    probs = _teacher_probs(scene, teacher, rows, cols, stats=stats, progress=progress)
+    probs = teacher.predict_pixels(
+        scene, rows, cols, stats=stats,
+        progress=None if progress is None else (lambda d, t: progress("teacher", d, t)))
     seconds["teacher"] = time.perf_counter() - start
 
     # 2. Held-out split (whole blocks, so held-out pixels are not next to training ones in

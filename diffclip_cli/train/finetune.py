@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from diffclip_cli.errors import LabelError
 from diffclip_cli.model.classifier import DiffCLIPClassifier
@@ -52,6 +53,20 @@ def class_contrastive_loss(logits: torch.Tensor, labels: torch.Tensor
     positives = (labels[None, :] == present[:, None]).to(log_p.dtype)
     text_to_image = -((log_p * positives).sum(1) / positives.sum(1)).mean()
     return (image_to_text + text_to_image) / 2, image_to_text, text_to_image
+
+
+def make_optimizer(model: nn.Module, cfg: FinetuneConfig
+                   ) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.MultiStepLR]:
+    """The fine-tuning optimiser and its learning-rate schedule.
+
+    Adam over every parameter but the pretraining decoders (unused after stage 1), with the
+    recipe's step decay (stepped once per epoch).
+    """
+    params = [p for name, p in model.named_parameters() if not name.startswith("net.decoders.")]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
+    return optimizer, scheduler
 
 
 def finetune(
@@ -104,11 +119,7 @@ def finetune(
                     missing)
 
     classifier.to(device)
-    params = [p for name, p in classifier.named_parameters()
-              if not name.startswith("net.decoders.")]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
+    optimizer, scheduler = make_optimizer(classifier, cfg)
     gen = make_generator(seed, "finetune")
     history: list[dict[str, Any]] = []
     n = len(data)
