@@ -150,7 +150,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         start = time.perf_counter()
         extra = {} if spec.get("prefetch") is None else {"prefetch": int(spec["prefetch"])}
         result = classify_scene(scene, bundle, spec["output"], fast=bool(spec["fast"]),
-                                tile_size=int(spec["tile_size"]), overwrite=True,
+                                tile_size=spec["tile_size"], overwrite=True,
                                 progress=progress, **extra)
         wall = time.perf_counter() - start
         end = current_rss()
@@ -401,6 +401,8 @@ def mib(n: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from diffclip_cli.infer.classify import auto_tile_size
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", default=(
         "faithful:300x100:vrt,faithful:3000x1000:vrt,faithful:300x100:gtiff,"
@@ -411,7 +413,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hsi-bands", type=int, default=144)
     parser.add_argument("--source-tile", type=int, default=512,
                         help="edge of the real tile the scenes are made of")
-    parser.add_argument("--tile-size", type=int, default=256, help="classify tile size")
+    parser.add_argument("--tile-size", type=int, default=None,
+                        help="classify tile size (default: classify's, from the band count)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in each child")
     parser.add_argument("--prefetch", type=int, default=None,
                         help="tiles read ahead (classify_scene's default if unset)")
@@ -509,7 +512,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{load_start[0]:.2f} at start, {load_end[0]:.2f} at end.",
         f"Model: `tiny` preset with a fast path (default student), {args.hsi_bands} HSI "
         f"bands (int16, scale 1e-4) + 1 LiDAR band (float32); source tile "
-        f"{args.source_tile} x {args.source_tile}; classify tiles {args.tile_size} px; map "
+        f"{args.source_tile} x {args.source_tile}; classify tiles "
+        f"{args.tile_size or auto_tile_size(args.hsi_bands + 1)} px; map "
         "only (no confidence or probability rasters).",
         "",
         "| case | engine | inputs | pixels | RSS after set-up (MiB) | RSS at 10 / 50 / 100 % "

@@ -8,7 +8,13 @@ import rasterio
 
 from diffclip_cli.bench.synthetic import make_scene, write_scene
 from diffclip_cli.errors import ModelError, OutputError
-from diffclip_cli.infer.classify import CONFIDENCE_NODATA, classify_scene
+from diffclip_cli.infer.classify import (
+    CONFIDENCE_NODATA,
+    DEFAULT_TILE_SIZE,
+    TILE_BYTES,
+    auto_tile_size,
+    classify_scene,
+)
 from diffclip_cli.io.atomic import TEMP_PREFIX
 from diffclip_cli.io.labels import read_labels
 from diffclip_cli.io.raster import Scene
@@ -175,3 +181,13 @@ def test_memory_gdal_cache_left_alone_when_set_in_the_environment(monkeypatch):
         monkeypatch.setenv("GDAL_CACHEMAX", "256")
         with mod._bounded_gdal_cache(mod.GDAL_CACHE_MAX):
             assert get_gdal_config("GDAL_CACHEMAX") == 4 * mod.GDAL_CACHE_MAX
+
+
+@pytest.mark.parametrize(("channels", "edge"), [(1, 256), (48, 256), (65, 192), (145, 128),
+                                                (204, 96), (100_000, 64)])
+def test_auto_tile_size_bounds_a_tile_by_its_bands(channels, edge):
+    assert auto_tile_size(channels) == edge
+    assert edge % 32 == 0 and 64 <= edge <= DEFAULT_TILE_SIZE
+    # Within the byte budget unless at the 64 px floor, and the next size up would not fit.
+    assert edge == 64 or 4 * channels * edge**2 <= TILE_BYTES
+    assert edge == DEFAULT_TILE_SIZE or 4 * channels * (edge + 32) ** 2 > TILE_BYTES

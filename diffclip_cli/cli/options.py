@@ -97,6 +97,12 @@ BatchSizeOpt = Annotated[
     typer.Option("--batch-size", min=1, help="Windows per forward pass (default: by device).",
                  rich_help_panel=_RUN, show_default=False),
 ]
+TileSizeOpt = Annotated[
+    int | None,
+    typer.Option("--tile-size", min=16, help="Tile edge in pixels; memory grows with its square "
+                 "(default: from the band count, 256 up to 48 bands, 128 for 145).",
+                 rich_help_panel=_RUN, show_default=False),
+]
 VerboseOpt = Annotated[
     bool,
     typer.Option("-v", "--verbose", help="More messages; tracebacks on errors.",

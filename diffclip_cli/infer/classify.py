@@ -14,6 +14,7 @@ import concurrent.futures as cf
 import contextlib
 import itertools
 import logging
+import math
 import os
 import time
 from collections import deque
@@ -42,6 +43,7 @@ __all__ = [
     "ClassifyResult",
     "Engine",
     "TileResult",
+    "auto_tile_size",
     "classify_scene",
     "make_engine",
 ]
@@ -50,8 +52,22 @@ log = logging.getLogger("diffclip")
 
 #: Nodata of the confidence and probability rasters (valid values lie in (0, 1]).
 CONFIDENCE_NODATA = -1.0
-#: Default tile edge in pixels.
+#: Largest default tile edge in pixels.
 DEFAULT_TILE_SIZE = 256
+#: The default tile edge keeps one tile's float32 input (all bands) within this many bytes, so
+#: the memory a tile holds does not depend on the band count (``benchmarks/memory.py``: with
+#: 256 px tiles a 144-band scene peaks 1.45x higher than a scene smaller than one tile).
+TILE_BYTES = 12 * 2**20
+
+
+def auto_tile_size(channels: int) -> int:
+    """The default tile edge for inputs of ``channels`` bands in all (HSI plus LiDAR).
+
+    The largest multiple of 32 between 64 and :data:`DEFAULT_TILE_SIZE` whose float32 tile
+    fits :data:`TILE_BYTES`: 256 up to 48 bands, 128 for 144 + 1, 96 for 204.
+    """
+    edge = int(math.sqrt(TILE_BYTES / (4 * max(1, channels)))) // 32 * 32
+    return max(64, min(DEFAULT_TILE_SIZE, edge))
 #: GDAL's raster block cache while a scene is classified, at most (bytes). GDAL's default is
 #: 5 % of the RAM, and it keeps the blocks it reads until it is full, so without a bound the
 #: peak memory grows with the scene up to that (by 1.1 GiB for a 3000 x 1000 x 144 GeoTIFF on
@@ -264,7 +280,7 @@ def classify_scene(
     *,
     confidence: str | Path | None = None,
     probabilities: str | Path | None = None,
-    tile_size: int = DEFAULT_TILE_SIZE,
+    tile_size: int | None = None,
     batch_size: int | None = None,
     device: str = "cpu",
     fast: bool = False,
@@ -288,7 +304,8 @@ def classify_scene(
             invalid pixels, a colour table, class names in tags and a sidecar JSON.
         confidence: optional float32 raster of the top class probability (nodata -1).
         probabilities: optional float32 raster with one band per class (nodata -1).
-        tile_size: core edge of the tiles (memory grows with its square).
+        tile_size: core edge of the tiles (memory grows with its square); default
+            :func:`auto_tile_size` of the scene's band count.
         batch_size: windows per forward pass (faithful engine).
         device: torch device name (tiles run on this machine's device; with ``scheduler`` on
             the workers' CPUs).
@@ -322,6 +339,8 @@ def classify_scene(
                           path=output)
     for p in paths:
         check_output(p, overwrite=overwrite)
+    if tile_size is None:
+        tile_size = auto_tile_size(scene.hsi_bands + scene.lidar_bands)
     if tile_size < 16:
         raise ValueError(f"tile size must be at least 16 pixels, got {tile_size}")
 

@@ -21,10 +21,10 @@ from diffclip_cli.cli.options import (
     DeviceOpt,
     OverwriteOpt,
     QuietOpt,
+    TileSizeOpt,
     VerboseOpt,
 )
 from diffclip_cli.errors import BatchError, DiffclipError
-from diffclip_cli.infer.classify import DEFAULT_TILE_SIZE
 from diffclip_cli.io.manifest import SceneJob, read_manifest
 
 log = logging.getLogger("diffclip")
@@ -63,7 +63,7 @@ def batch(
         show_default=False)],
     model: ModelOpt = DEFAULT_MODEL,
     fast: Annotated[bool, typer.Option("--fast", help="Use the fast path.")] = False,
-    tile_size: Annotated[int, typer.Option("--tile-size", min=16)] = DEFAULT_TILE_SIZE,
+    tile_size: TileSizeOpt = None,
     batch_size: BatchSizeOpt = None,
     cog: Annotated[bool, typer.Option("--cog", help="Cloud-Optimized GeoTIFF maps.")] = False,
     co: Annotated[list[str] | None, typer.Option(

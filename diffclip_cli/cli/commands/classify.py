@@ -18,10 +18,11 @@ from diffclip_cli.cli.options import (
     LidarArg,
     OverwriteOpt,
     QuietOpt,
+    TileSizeOpt,
     VerboseOpt,
 )
 from diffclip_cli.errors import ModelError
-from diffclip_cli.infer.classify import DEFAULT_TILE_SIZE, classify_scene
+from diffclip_cli.infer.classify import classify_scene
 from diffclip_cli.io.atomic import check_output
 from diffclip_cli.model.device import resolve_device
 from diffclip_cli.model.modelfile import load_model
@@ -56,7 +57,7 @@ def run_classify(
     confidence: Path | None = None,
     probabilities: Path | None = None,
     quicklook: Path | None = None,
-    tile_size: int = DEFAULT_TILE_SIZE,
+    tile_size: int | None = None,
     batch_size: int | None = None,
     cog: bool = False,
     creation_options: dict[str, str] | None = None,
@@ -135,9 +136,7 @@ def classify(
     fast: Annotated[bool, typer.Option(
         "--fast", help="Use the model's distilled fast path (much faster on CPUs, "
         "slightly less faithful).", rich_help_panel=_PERF)] = False,
-    tile_size: Annotated[int, typer.Option(
-        "--tile-size", min=16, help="Tile edge in pixels; memory grows with its square.",
-        rich_help_panel=_PERF)] = DEFAULT_TILE_SIZE,
+    tile_size: TileSizeOpt = None,
     batch_size: BatchSizeOpt = None,
     scheduler: Annotated[str | None, typer.Option(
         "--scheduler", help="Run the tiles on a dask.distributed scheduler at this address.",
