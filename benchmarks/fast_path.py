@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import statistics
 import sys
@@ -36,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffclip_cli.bench.machine import cpu_model
 from diffclip_cli.bench.synthetic import make_scene, write_scene
 from diffclip_cli.data import salinas_a_dir
 from diffclip_cli.infer.engine import TileEngine
@@ -54,17 +56,7 @@ from diffclip_cli.train.distill import attach_student, distill_student
 
 def machine() -> str:
     """CPU model, cores, torch threads and versions."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    return (f"{cpu}, {os.cpu_count()} logical CPUs visible, torch {torch.__version__} "
+    return (f"{cpu_model()}, {os.cpu_count()} logical CPUs visible, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), Python {platform.python_version()}, "
             f"{platform.system()} {platform.release()}")
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -40,6 +39,7 @@ import numpy as np
 import psutil
 import torch
 
+from diffclip_cli.bench.machine import cpu_model
 from diffclip_cli.infer.engine import TileEngine, tile_windows
 from diffclip_cli.model.classifier import DiffCLIPClassifier
 from diffclip_cli.model.config import ModelConfig, load_preset
@@ -55,17 +55,6 @@ def nominal_flops(config: ModelConfig, modalities: int) -> float:
     hidden = round(config.dim * config.mlp_ratio)
     per_token = 4 * d * d + 2 * d * hidden + 2 * tokens * d  # qkv+proj, MLP, QK^T and AV (MAC)
     return 2.0 * modalities * config.depth * tokens * per_token
-
-
-def cpu_model() -> str:
-    """The CPU's model name as the kernel reports it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 #: The clock every figure is timed with: wall time, or (``--clock cpu``) the process's CPU time,

@@ -86,17 +86,6 @@ def current_rss() -> int:
         return 0 if kib is None else kib * 1024
 
 
-def cpu_model() -> str:
-    """The CPU's model name as the kernel reports it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 # -- the child: one classification in a fresh process ------------------------------------------
 
 
@@ -401,6 +390,7 @@ def mib(n: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from diffclip_cli.bench.machine import cpu_model
     from diffclip_cli.infer.classify import auto_tile_size
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

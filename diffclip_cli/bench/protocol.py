@@ -36,7 +36,6 @@ import io
 import json
 import logging
 import os
-import platform
 import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -63,6 +62,7 @@ from diffclip_cli.bench.datasets import (
     paper_rows,
     write_geotiffs,
 )
+from diffclip_cli.bench.machine import cpu_model
 from diffclip_cli.errors import LabelError, OutputError
 from diffclip_cli.io.atomic import atomic_path
 from diffclip_cli.io.classes import ClassInfo, ClassTable
@@ -479,14 +479,8 @@ def _device_text(device: str) -> str:
     dev = resolve_device(device)
     if dev.type == "cuda":
         return f"{dev} ({torch.cuda.get_device_name(dev)})"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return f"cpu ({cpu}, {os.cpu_count()} cores visible, {torch.get_num_threads()} torch threads)"
+    return (f"cpu ({cpu_model()}, {os.cpu_count()} cores visible, "
+            f"{torch.get_num_threads()} torch threads)")
 
 
 def _score_linear_head(scene: Scene, model: LinearHeadClassifier, test: LabelSet, *,
