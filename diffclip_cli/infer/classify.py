@@ -58,6 +58,13 @@ DEFAULT_TILE_SIZE = 256
 #: the memory a tile holds does not depend on the band count (``benchmarks/memory.py``: with
 #: 256 px tiles a 144-band scene peaks 1.45x higher than a scene smaller than one tile).
 TILE_BYTES = 12 * 2**20
+#: GDAL's raster block cache while a scene is classified, at most (bytes). GDAL's default is
+#: 5 % of the RAM, and it keeps the blocks it reads until it is full, so without a bound the
+#: peak memory grows with the scene up to that (by 1.1 GiB for a 3000 x 1000 x 144 GeoTIFF on
+#: a 24 GiB machine). Tiles are read whole; the cache only spares re-reading the blocks that
+#: neighbouring tiles' halos share (which costs time on compressed many-band inputs).
+#: ``GDAL_CACHEMAX`` set in the environment is left alone.
+GDAL_CACHE_MAX = 64 * 2**20
 
 
 def auto_tile_size(channels: int) -> int:
@@ -68,13 +75,6 @@ def auto_tile_size(channels: int) -> int:
     """
     edge = int(math.sqrt(TILE_BYTES / (4 * max(1, channels)))) // 32 * 32
     return max(64, min(DEFAULT_TILE_SIZE, edge))
-#: GDAL's raster block cache while a scene is classified, at most (bytes). GDAL's default is
-#: 5 % of the RAM, and it keeps the blocks it reads until it is full, so without a bound the
-#: peak memory grows with the scene up to that (by 1.1 GiB for a 3000 x 1000 x 144 GeoTIFF on
-#: a 24 GiB machine). Tiles are read whole; the cache only spares re-reading the blocks that
-#: neighbouring tiles' halos share (which costs time on compressed many-band inputs).
-#: ``GDAL_CACHEMAX`` set in the environment is left alone.
-GDAL_CACHE_MAX = 64 * 2**20
 
 
 class Engine(Protocol):
