@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from diffclip_cli.bench.synthetic import make_scene, write_scene
-from diffclip_cli.io.labels import read_labels
+from diffclip_cli.io.labels import LabelSet, read_labels
 from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.config import load_preset
 from diffclip_cli.pipeline import fewshot_scene
@@ -69,14 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_one(scene: Scene, paths: dict[str, Path], args: argparse.Namespace,
+def run_one(scene: Scene, labels: LabelSet, args: argparse.Namespace,
             samples: int) -> dict[str, Any]:
     """Train once with ``samples`` pretraining windows; seconds per stage and accuracy."""
     preset = load_preset(args.preset)
     full_epochs = preset.pretrain.epochs
     if args.epochs is not None:
         preset = preset.with_overrides(**{"pretrain.epochs": args.epochs})
-    labels = read_labels(paths["labels"], scene.grid, classes=paths["classes"])
     start = time.perf_counter()
     result = fewshot_scene(scene, labels, shots=args.shots, preset=preset,
                            pretrain_samples=samples, seed=args.seed,
@@ -152,8 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="diffclip-training-") as tmp:
         paths = write_scene(make_scene(**TRENTO, crs="EPSG:32632"), tmp)
         scene = Scene.open(paths["hsi"], [paths["lidar"]])
+        labels = read_labels(paths["labels"], scene.grid, classes=paths["classes"])
         for samples in args.samples:
-            record = run_one(scene, paths, args, samples)
+            record = run_one(scene, labels, args, samples)
             print(json.dumps(record), flush=True)
             records.append(record)
     text = markdown(records, args, (load_start, f"{os.getloadavg()[0]:.2f}"))

@@ -100,7 +100,7 @@ BatchSizeOpt = Annotated[
 TileSizeOpt = Annotated[
     int | None,
     typer.Option("--tile-size", min=16, help="Tile edge in pixels; memory grows with its square "
-                 "(default: from the band count, 256 up to 48 bands, 128 for 145).",
+                 "(default: from the band count, 256 up to 48 bands, 128 for 144 + 1).",
                  rich_help_panel=_RUN, show_default=False),
 ]
 VerboseOpt = Annotated[
