@@ -32,13 +32,14 @@ def report_stem(output: Path) -> Path:
 
 def run_evaluate(map_path: Path, labels: Path, output: Path, *, classes: Path | None = None,
                  class_field: str | None = None, layer: str | None = None,
-                 overwrite: bool = False) -> tuple[Evaluation, dict[str, Path]]:
+                 match_ids: bool = False, overwrite: bool = False
+                 ) -> tuple[Evaluation, dict[str, Path]]:
     """Evaluate a map and write its report trio; what the command and ``batch`` call."""
     if not map_path.exists():
         raise InputError("map not found", path=map_path, hint="check the path")
     with interruptible():
         evaluation = evaluate_map(map_path, labels, classes=classes, class_field=class_field,
-                                  layer=layer)
+                                  layer=layer, match_ids=match_ids)
         title = f"Accuracy of {map_path.name} against {labels.name}"
         paths = write_report(evaluation.report, report_stem(output), overwrite=overwrite,
                              title=title, metadata={"map": str(map_path),
@@ -58,6 +59,10 @@ def evaluate(
     classes: ClassesOpt = None,
     class_field: ClassFieldOpt = None,
     layer: LayerOpt = None,
+    match_ids: Annotated[bool, typer.Option(
+        "--match-ids", help="Match classes by id: the reference ids are the map's ids (needed "
+        "when the map names its classes and the labels carry ids only, unless --classes "
+        "names them).")] = False,
     overwrite: OverwriteOpt = False,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
@@ -65,14 +70,16 @@ def evaluate(
     """Score a class map against reference labels: OA, AA, kappa, per-class accuracies.
 
     Classes are matched by name whenever both sides have names (the map's class table; the
-    vector's class names or the --classes table of a label raster), by id otherwise. The
-    confusion matrix has reference classes as rows and predicted classes as columns (as in
-    OTB); reference pixels where the map is nodata count as unclassified errors.
+    vector's class names or the --classes table of a label raster). Labels with ids only
+    against a map with names need --classes (or --match-ids); a map without class table is
+    matched by id, with a warning. The report uses the map's class names. The confusion
+    matrix has reference classes as rows and predicted classes as columns (as in OTB);
+    reference pixels where the map is nodata count as unclassified errors.
     """
     level = start(verbose, quiet)
     evaluation, paths = run_evaluate(map_path, labels, output, classes=classes,
                                      class_field=class_field, layer=layer,
-                                     overwrite=overwrite)
+                                     match_ids=match_ids, overwrite=overwrite)
     for note in evaluation.match.describe():
         err_console.print(note)
     if level >= 0:

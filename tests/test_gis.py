@@ -1,0 +1,102 @@
+"""GIS conventions through the commands: class matching in evaluate, names and colours GIS
+software reads, GDAL dataset names as inputs, wavelengths, creation options and extensions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from rasterdata import write_tif
+from rasterio.windows import Window
+from typer.testing import CliRunner
+
+from diffclip_cli.cli import app
+from diffclip_cli.errors import LabelError
+from diffclip_cli.io.classes import ClassTable
+from diffclip_cli.io.maps import MapWriter
+from diffclip_cli.io.grid import Grid
+
+runner = CliRunner()
+
+
+def invoke(*args: object, code: int = 0):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == code, result.output
+    return result
+
+
+# ----------------------------------------------------------------- evaluate: class matching
+#: What fewshot makes of vector labels with names: ids 1..K in sorted name order.
+MAP_CLASSES = ClassTable([{"id": 1, "name": "asphalt"}, {"id": 2, "name": "meadow"},
+                          {"id": 3, "name": "water"}])
+#: The user's own numbering of the same classes in a label raster.
+USER_IDS = {"water": 1, "asphalt": 2, "meadow": 3}
+
+
+@pytest.fixture
+def named_map_and_id_labels(tmp_path):
+    """A perfect diffclip map (ids by name order) and a label raster numbered otherwise."""
+    h, w = 12, 15
+    truth = np.zeros((h, w), np.int64)
+    truth[:, 5:10] = 1
+    truth[:, 10:] = 2  # 0: asphalt, 1: meadow, 2: water
+    names = ["asphalt", "meadow", "water"]
+    map_ids = np.asarray([MAP_CLASSES.by_id(k + 1).id for k in range(3)])[truth]
+    user_ids = np.asarray([USER_IDS[n] for n in names])[truth]
+    labels = write_tif(tmp_path / "labels.tif", user_ids.astype(np.uint8), nodata=0)
+    with rasterio.open(labels) as ds:
+        grid = Grid(ds.width, ds.height, ds.transform, ds.crs)
+    map_path = tmp_path / "map.tif"
+    with MapWriter(map_path, grid, MAP_CLASSES) as writer:
+        writer.write(Window(0, 0, w, h), map_ids.astype(np.uint8))
+    classes_csv = tmp_path / "classes.csv"
+    classes_csv.write_text("id,name\n" + "".join(f"{i},{n}\n" for n, i in USER_IDS.items()))
+    return map_path, labels, classes_csv
+
+
+def test_evaluate_refuses_to_match_a_named_map_to_id_labels_silently(named_map_and_id_labels,
+                                                                      tmp_path):
+    map_path, labels, _ = named_map_and_id_labels
+    r = invoke("evaluate", map_path, "--labels", labels, "-o", tmp_path / "e.json",
+               code=LabelError.exit_code)
+    assert "--classes" in r.output and "--match-ids" in r.output
+    assert "asphalt" in r.output
+    assert not (tmp_path / "e.json").exists()
+
+
+def test_evaluate_with_a_classes_table_matches_by_name(named_map_and_id_labels, tmp_path):
+    map_path, labels, classes_csv = named_map_and_id_labels
+    invoke("evaluate", map_path, "--labels", labels, "--classes", classes_csv, "-o",
+           tmp_path / "e.json", "-q")
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert report["overall_accuracy"] == 1.0
+    assert report["metadata"]["matched_by"] == "name"
+    assert dict(zip(report["class_ids"], report["class_names"], strict=True)) == {
+        i: n for n, i in USER_IDS.items()}
+
+
+def test_evaluate_match_ids_is_explicit_and_uses_the_map_names(named_map_and_id_labels,
+                                                               tmp_path):
+    map_path, labels, _ = named_map_and_id_labels
+    invoke("evaluate", map_path, "--labels", labels, "--match-ids", "-o",
+           tmp_path / "e.json", "-q")
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert report["metadata"]["matched_by"] == "id"
+    assert report["overall_accuracy"] == 0.0  # the ids really differ
+    # reference ids named by the map's class table, not "class 1"
+    assert report["class_names"] == ["asphalt", "meadow", "water"]
+
+
+def test_evaluate_a_map_without_class_table_warns_that_ids_are_matched(
+        named_map_and_id_labels, tmp_path, caplog):
+    _, labels, _ = named_map_and_id_labels
+    with rasterio.open(labels) as ds:
+        data = ds.read(1)
+    plain = write_tif(tmp_path / "other_tool.tif", data, nodata=0)
+    caplog.set_level("WARNING", logger="diffclip")
+    r = invoke("evaluate", plain, "--labels", labels, "-o", tmp_path / "e.json")
+    assert "no class table" in r.output + caplog.text
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert report["overall_accuracy"] == 1.0
