@@ -4,12 +4,15 @@ software reads, GDAL dataset names as inputs, wavelengths, creation options and 
 from __future__ import annotations
 
 import json
+from xml.etree import ElementTree
 
 import numpy as np
 import pytest
 import rasterio
+from gdalread import band_info
 from rasterdata import write_tif
 from rasterio.windows import Window
+from scenes import write_messy_scene
 from typer.testing import CliRunner
 
 from diffclip_cli.cli import app
@@ -100,3 +103,51 @@ def test_evaluate_a_map_without_class_table_warns_that_ids_are_matched(
     assert "no class table" in r.output + caplog.text
     report = json.loads((tmp_path / "e.json").read_text())
     assert report["overall_accuracy"] == 1.0
+
+
+# ------------------------------------------------------------- a trained model for the rest
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    return write_messy_scene(tmp_path_factory.mktemp("gis"))
+
+
+@pytest.fixture(scope="module")
+def model(scene, tmp_path_factory):
+    path = tmp_path_factory.mktemp("gis_model") / "model.pt"
+    invoke("fewshot", scene.hsi, scene.lidar, "--labels", scene.labels, "--shots", 5,
+           "--preset", "tiny", "--pretrain-samples", 200, "--no-fast", "-o", path, "-q")
+    return path
+
+
+# ------------------------------------------------------- class names and colours in GIS files
+@pytest.mark.parametrize("cog", [False, True])
+def test_map_carries_gdal_categories_rat_and_a_qgis_style(scene, model, tmp_path, cog):
+    out = tmp_path / "map.tif"
+    invoke("classify", scene.hsi, scene.lidar, "-o", out, "--model", model, "-q",
+           *(["--cog"] if cog else []))
+    classes = json.loads((tmp_path / "map.tif.json").read_text())["classes"]
+    assert (tmp_path / "map.tif.aux.xml").is_file()
+    info = band_info(out)
+    # Categories: indexed by pixel value, 0 (nodata) unnamed
+    assert info.categories[0] == ""
+    for c in classes:
+        assert info.categories[c["id"]] == c["name"]
+    assert len(info.categories) == max(c["id"] for c in classes) + 1
+    # RAT: one row per class, with the usages GIS software looks for
+    names = [col[0] for col in info.rat_columns]
+    usages = {col[0]: col[2] for col in info.rat_columns}
+    assert usages["Value"] == 5 and usages["Class"] == 2  # GFU_MinMax, GFU_Name
+    assert (usages["Red"], usages["Green"], usages["Blue"]) == (6, 7, 8)
+    rows = [dict(zip(names, row, strict=True)) for row in info.rat_rows]
+    assert [(int(r["Value"]), r["Class"]) for r in rows] == [(c["id"], c["name"])
+                                                             for c in classes]
+    assert [tuple(int(r[k]) for k in ("Red", "Green", "Blue")) for r in rows] == [
+        tuple(c["color"]) for c in classes]
+    # QGIS style beside the map: paletted renderer with names and colours
+    root = ElementTree.parse(tmp_path / "map.qml").getroot()
+    renderer = root.find("pipe/rasterrenderer")
+    assert renderer is not None and renderer.get("type") == "paletted"
+    entries = [(int(e.get("value")), e.get("label"), e.get("color"))
+               for e in renderer.iter("paletteEntry")]
+    assert entries == [(c["id"], c["name"], "#{:02x}{:02x}{:02x}".format(*c["color"]))
+                       for c in classes]

@@ -2,8 +2,9 @@
 
 :class:`RasterWriter` writes any raster tile by tile to a temporary file and only gives it its
 final name once the ``with`` block succeeds (see :mod:`diffclip_cli.io.atomic`).
-:class:`MapWriter` is the class-map flavour: class ids, nodata 0, a colour table and the class
-names in the file's tags and in a sidecar JSON. :func:`read_map` recovers all of it.
+:class:`MapWriter` is the class-map flavour: class ids, nodata 0, a colour table, the class names in
+the file's tags and in a sidecar JSON, GDAL category names and a raster attribute table (a PAM
+``.aux.xml``) and a QGIS style (``.qml``). :func:`read_map` recovers the class table.
 The products are described in ``docs/maps.md``.
 """
 
@@ -21,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 import rasterio
@@ -40,8 +42,12 @@ __all__ = [
     "MapInfo",
     "MapWriter",
     "RasterWriter",
+    "aux_xml_path",
+    "class_aux_xml",
     "class_colormap",
     "map_dtype",
+    "qgis_style",
+    "qml_path",
     "read_map",
     "sidecar_path",
 ]
@@ -112,6 +118,96 @@ def class_colormap(classes: ClassTable) -> dict[int, tuple[int, int, int, int]]:
 def sidecar_path(path: str | os.PathLike[str]) -> Path:
     """The sidecar JSON of a map: the map's file name plus ``.json`` (``map.tif.json``)."""
     return Path(os.fspath(path) + ".json")
+
+
+def aux_xml_path(path: str | os.PathLike[str]) -> Path:
+    """GDAL's PAM side file of a raster: its file name plus ``.aux.xml`` (``map.tif.aux.xml``)."""
+    return Path(os.fspath(path) + ".aux.xml")
+
+
+def qml_path(path: str | os.PathLike[str]) -> Path:
+    """The QGIS style QGIS loads with a raster: its name with ``.qml`` (``map.qml``)."""
+    return Path(path).with_suffix(".qml")
+
+
+def _hex(color: Sequence[int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*color[:3])
+
+
+# GDAL raster attribute table codes (gdal.h): field types and usages.
+_GFT_INTEGER, _GFT_STRING = 0, 2
+_GFU_GENERIC, _GFU_NAME, _GFU_MINMAX, _GFU_RED, _GFU_GREEN, _GFU_BLUE, _GFU_ALPHA = (
+    0, 2, 5, 6, 7, 8, 9)
+
+
+def class_aux_xml(classes: ClassTable) -> str:
+    """A GDAL PAM document giving band 1 the class names and a raster attribute table.
+
+    GDAL reads it with the map (``gdalinfo`` prints the ``Categories`` and the RAT; QGIS and
+    ArcGIS show the names): category names indexed by pixel value (0, nodata, and values that
+    are no class are empty), and a thematic RAT with one row per class and the columns
+    ``Value``, ``Class``, ``Description``, ``Red``, ``Green``, ``Blue``, ``Alpha``.
+
+    Args:
+        classes: the map's class table.
+
+    Returns:
+        The XML text of ``<map>.aux.xml``.
+    """
+    names = {c.id: c.name for c in classes}
+    categories = "".join(
+        f"      <Category>{escape(names.get(v, ''))}</Category>\n"
+        for v in range(max(classes.ids) + 1))
+    fields = [("Value", _GFT_INTEGER, _GFU_MINMAX), ("Class", _GFT_STRING, _GFU_NAME),
+              ("Description", _GFT_STRING, _GFU_GENERIC), ("Red", _GFT_INTEGER, _GFU_RED),
+              ("Green", _GFT_INTEGER, _GFU_GREEN), ("Blue", _GFT_INTEGER, _GFU_BLUE),
+              ("Alpha", _GFT_INTEGER, _GFU_ALPHA)]
+    defs = "".join(
+        f'      <FieldDefn index="{i}">\n        <Name>{name}</Name>\n'
+        f"        <Type>{kind}</Type>\n        <Usage>{usage}</Usage>\n      </FieldDefn>\n"
+        for i, (name, kind, usage) in enumerate(fields))
+    rows = "".join(
+        f'      <Row index="{k}">\n'
+        + "".join(f"        <F>{escape(str(v))}</F>\n"
+                  for v in (c.id, c.name, c.description, *c.color, 255))
+        + "      </Row>\n"
+        for k, c in enumerate(classes))
+    return ('<PAMDataset>\n  <PAMRasterBand band="1">\n    <CategoryNames>\n'
+            f"{categories}    </CategoryNames>\n"
+            '    <GDALRasterAttributeTable tableType="thematic">\n'
+            f"{defs}{rows}    </GDALRasterAttributeTable>\n"
+            "  </PAMRasterBand>\n</PAMDataset>\n")
+
+
+def qgis_style(classes: ClassTable) -> str:
+    """A QGIS layer style (``.qml``): a paletted renderer with each class's colour and name.
+
+    QGIS applies ``map.qml`` when it opens ``map.tif``, so the legend shows the class names
+    (not the ids) in the map's colours; nodata (0) stays transparent.
+
+    Args:
+        classes: the map's class table.
+
+    Returns:
+        The XML text of the style.
+    """
+    entries = "".join(
+        f"        <paletteEntry value=\"{c.id}\" color=\"{_hex(c.color)}\" alpha=\"255\" "
+        f"label={quoteattr(c.name)}/>\n" for c in classes)
+    return ("<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
+            '<qgis version="3.28" styleCategories="Symbology">\n'
+            "  <pipe>\n"
+            '    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" '
+            'nodataColor="">\n'
+            "      <rasterTransparency/>\n"
+            "      <colorPalette>\n"
+            f"{entries}"
+            "      </colorPalette>\n"
+            "    </rasterrenderer>\n"
+            '    <rasterresampler maxOversampling="2"/>\n'
+            "  </pipe>\n"
+            "  <blendMode>0</blendMode>\n"
+            "</qgis>\n")
 
 
 class RasterWriter:
@@ -365,9 +461,11 @@ class MapWriter(RasterWriter):
     The map is ``uint8`` (``uint16`` when a class id exceeds 255), single band, nodata 0, with
     a colour table from the class colours (0 transparent), the band description
     ``"land cover class"``, the class table as JSON in the tag ``DIFFCLIP_CLASSES``, one tag
-    ``CLASS_<id>=<name>`` per class, and a sidecar JSON ``<map>.json`` (see
+    ``CLASS_<id>=<name>`` per class, a sidecar JSON ``<map>.json`` (see
     :func:`sidecar_path`) with the classes, the grid, the software version, the creation time
-    and the caller's ``metadata``. Both files appear only when the block succeeds.
+    and the caller's ``metadata``, GDAL category names and a raster attribute table in
+    ``<map>.aux.xml`` (:func:`class_aux_xml`) and a QGIS style ``<map stem>.qml``
+    (:func:`qgis_style`). Every file appears only when the block succeeds.
 
     Args:
         path: the output GeoTIFF.
@@ -375,6 +473,7 @@ class MapWriter(RasterWriter):
         classes: the class table (ids, names, colours).
         metadata: JSON-serialisable provenance for the sidecar (source files, model, ...).
         sidecar: also write the sidecar JSON.
+        styles: also write the ``.aux.xml`` (categories, RAT) and the QGIS ``.qml``.
         tags: further dataset tags.
         overwrite: replace an existing map (and sidecar).
         cog: write a Cloud-Optimized GeoTIFF.
@@ -383,7 +482,7 @@ class MapWriter(RasterWriter):
             averaged.
 
     Raises:
-        OutputError: when the map or its sidecar exists (without ``overwrite``).
+        OutputError: when the map or one of its side files exists (without ``overwrite``).
         ValueError: for an averaging overview resampling.
     """
 
@@ -395,6 +494,7 @@ class MapWriter(RasterWriter):
         *,
         metadata: Mapping[str, Any] | None = None,
         sidecar: bool = True,
+        styles: bool = True,
         tags: Mapping[str, Any] | None = None,
         overwrite: bool = False,
         cog: bool = False,
@@ -411,6 +511,12 @@ class MapWriter(RasterWriter):
         self.sidecar = sidecar_path(path) if sidecar else None
         if self.sidecar is not None:
             check_output(self.sidecar, overwrite=overwrite)
+        self._side_texts: dict[Path, str] = {}
+        if styles:
+            self._side_texts = {aux_xml_path(path): class_aux_xml(classes),
+                                qml_path(path): qgis_style(classes)}
+        for side in self._side_texts:
+            check_output(side, overwrite=overwrite)
         all_tags = {
             CLASSES_TAG: json.dumps(classes.to_records(), ensure_ascii=False),
             **{f"CLASS_{c.id}": c.name for c in classes},
@@ -425,11 +531,15 @@ class MapWriter(RasterWriter):
         )
         self._ids = np.asarray([0, *classes.ids])
         self._sidecar_tmp: Path | None = None
+        self._side_tmps: dict[Path, Path] = {}
 
     def _enter_extra(self, stack: contextlib.ExitStack) -> None:
         if self.sidecar is not None:
             self._sidecar_tmp = stack.enter_context(
                 atomic_path(self.sidecar, overwrite=self.overwrite))
+        for side in self._side_texts:
+            self._side_tmps[side] = stack.enter_context(
+                atomic_path(side, overwrite=self.overwrite))
 
     def _check_block(self, data: np.ndarray) -> None:
         bad = ~np.isin(data, self._ids)
@@ -438,6 +548,8 @@ class MapWriter(RasterWriter):
                              f"{np.unique(data[bad])[:10].tolist()}")
 
     def _finish_extra(self) -> None:
+        for side, tmp in self._side_tmps.items():
+            tmp.write_text(self._side_texts[side], encoding="utf-8")
         if self._sidecar_tmp is None:
             return
         from diffclip_cli import __version__
