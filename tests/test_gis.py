@@ -4,11 +4,13 @@ software reads, GDAL dataset names as inputs, wavelengths, creation options and 
 from __future__ import annotations
 
 import json
+import zipfile
 from xml.etree import ElementTree
 
 import numpy as np
 import pytest
 import rasterio
+import rasterio.shutil
 from gdalread import band_info
 from rasterdata import write_tif
 from rasterio.windows import Window
@@ -16,10 +18,11 @@ from scenes import write_messy_scene
 from typer.testing import CliRunner
 
 from diffclip_cli.cli import app
-from diffclip_cli.errors import LabelError
+from diffclip_cli.errors import InputError, LabelError
 from diffclip_cli.io.classes import ClassTable
 from diffclip_cli.io.maps import MapWriter
 from diffclip_cli.io.grid import Grid
+from diffclip_cli.io.raster import is_gdal_name
 
 runner = CliRunner()
 
@@ -151,3 +154,83 @@ def test_map_carries_gdal_categories_rat_and_a_qgis_style(scene, model, tmp_path
                for e in renderer.iter("paletteEntry")]
     assert entries == [(c["id"], c["name"], "#{:02x}{:02x}{:02x}".format(*c["color"]))
                        for c in classes]
+
+
+# ------------------------------------------------------------------ GDAL dataset names as inputs
+@pytest.fixture(scope="module")
+def reference_map(scene, model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gis_ref") / "map.tif"
+    invoke("classify", scene.hsi, scene.lidar, "-o", out, "--model", model, "-q")
+    with rasterio.open(out) as ds:
+        return ds.read(1)
+
+
+def _read(path):
+    with rasterio.open(path) as ds:
+        return ds.read(1)
+
+
+def test_classify_reads_an_hsi_inside_a_zip_by_its_vsizip_name(scene, model, reference_map,
+                                                               tmp_path, monkeypatch):
+    archive = tmp_path / "hsi.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(scene.hsi, "hsi.tif")
+    # absolute: /vsizip/ + /abs/path (a double slash GDAL needs and a Path would fold)
+    name = f"/vsizip/{archive}/hsi.tif"
+    assert "//" in name
+    invoke("classify", name, scene.lidar, "-o", tmp_path / "abs.tif", "--model", model, "-q")
+    assert np.array_equal(_read(tmp_path / "abs.tif"), reference_map)
+    # relative, as in the issue: /vsizip/hsi.zip/hsi.tif
+    monkeypatch.chdir(tmp_path)
+    invoke("classify", "/vsizip/hsi.zip/hsi.tif", scene.lidar, "-o", "rel.tif", "--model",
+           model, "-q")
+    assert np.array_equal(_read(tmp_path / "rel.tif"), reference_map)
+    sidecar = json.loads((tmp_path / "rel.tif.json").read_text())
+    assert sidecar["metadata"]["inputs"]["hsi"] == "/vsizip/hsi.zip/hsi.tif"
+    r = invoke("classify", "/vsizip/hsi.zip/missing.tif", scene.lidar, "-o", "x.tif",
+               "--model", model, code=InputError.exit_code)
+    assert "/vsizip/hsi.zip/missing.tif" in r.output and "not found" not in r.output
+
+
+def test_netcdf_variables_by_name_and_a_multi_variable_file_lists_them(scene, model,
+                                                                       reference_map, tmp_path):
+    # a LiDAR NetCDF with two variables (GDAL writes one per band): Band1 (DSM), Band2
+    with rasterio.open(scene.lidar) as ds:
+        profile = ds.profile | {"count": 2}
+        dsm = ds.read(1)
+    two = tmp_path / "two.tif"
+    with rasterio.open(two, "w", **profile) as ds:
+        ds.write(np.stack([dsm, dsm * 0 + 1]))
+    nc = tmp_path / "lidar.nc"
+    rasterio.shutil.copy(two, nc, driver="netCDF")
+    r = invoke("classify", scene.hsi, nc, "-o", tmp_path / "m.tif", "--model", model,
+               code=InputError.exit_code)
+    line = " ".join(r.output.split())
+    assert "2 subdatasets" in line and "Band1" in line and "Band2" in line
+    assert "has no bands" not in line
+    invoke("classify", scene.hsi, f"NETCDF:{nc}:Band1", "-o", tmp_path / "m.tif", "--model",
+           model, "-q")
+    assert np.array_equal(_read(tmp_path / "m.tif"), reference_map)
+
+
+def test_an_envi_header_stands_for_its_data_file(scene, model, reference_map, tmp_path):
+    rasterio.shutil.copy(scene.hsi, tmp_path / "hsi.img", driver="ENVI")
+    assert (tmp_path / "hsi.hdr").is_file()
+    invoke("classify", tmp_path / "hsi.hdr", scene.lidar, "-o", tmp_path / "m.tif", "--model",
+           model, "-q")
+    assert np.array_equal(_read(tmp_path / "m.tif"), reference_map)
+    (tmp_path / "hsi.img").unlink()
+    r = invoke("classify", tmp_path / "hsi.hdr", scene.lidar, "-o", tmp_path / "n.tif",
+               "--model", model, code=InputError.exit_code)
+    assert "ENVI header" in r.output and "hsi.img" in r.output
+
+
+def test_gdal_names_are_told_from_paths(tmp_path, monkeypatch):
+    for name in ("/vsizip/a.zip/b.tif", "/vsis3/bucket/key.tif", "NETCDF:x.nc:var",
+                 'HDF5:"x.h5"://cube', "https://example.com/x.tif"):
+        assert is_gdal_name(name)
+    for name in ("hsi.tif", "/data/hsi.tif", "C:/data/hsi.tif", "./a:b.tif"):
+        assert not is_gdal_name(name)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ab:c.tif").write_bytes(b"")  # an existing file is a path, whatever its name
+    assert not is_gdal_name("ab:c.tif")

@@ -26,7 +26,7 @@ from diffclip_cli.cli.options import verbosity
 from diffclip_cli.errors import InputError
 from diffclip_cli.io.classes import ClassTable
 from diffclip_cli.io.labels import LabelSet, read_labels
-from diffclip_cli.io.raster import Scene
+from diffclip_cli.io.raster import Scene, is_gdal_name
 
 __all__ = ["StageProgress", "interruptible", "open_scene", "read_label_file", "start"]
 
@@ -146,19 +146,19 @@ def interruptible() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def open_scene(hsi: Path, lidar: Sequence[Path] | None, *, resampling: str = "bilinear"
-               ) -> Scene:
+def open_scene(hsi: str | Path, lidar: Sequence[str | Path] | None, *,
+               resampling: str = "bilinear") -> Scene:
     """Open the HSI and LiDAR inputs as one scene on the HSI grid."""
     return Scene.open(hsi, list(lidar or []), resampling=resampling)
 
 
-def read_label_file(path: Path, scene_or_grid: Any, *, classes: Path | None,
+def read_label_file(path: str | Path, scene_or_grid: Any, *, classes: Path | None,
                     class_field: str | None, layer: str | None) -> LabelSet:
     """Read labels (vector or raster) onto a scene's grid, with an optional classes table."""
     grid = getattr(scene_or_grid, "grid", scene_or_grid)
     table = None
     if classes is not None:
         table = ClassTable.from_csv(classes)
-    if not Path(path).exists():
+    if not is_gdal_name(path) and not Path(path).exists():
         raise InputError("label file not found", path=path, hint="check the --labels path")
     return read_labels(path, grid, class_field=class_field, layer=layer, classes=table)

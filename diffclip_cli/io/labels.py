@@ -33,7 +33,7 @@ from diffclip_cli.errors import GridError, InputError, LabelError
 from diffclip_cli.io.classes import ClassTable
 from diffclip_cli.io.grid import Grid
 from diffclip_cli.io.pixels import apply_transform
-from diffclip_cli.io.raster import Scene, open_raster
+from diffclip_cli.io.raster import Scene, is_gdal_name, open_raster
 
 __all__ = ["RASTER_SUFFIXES", "LabelReport", "LabelSet", "detect_class_fields", "read_labels"]
 
@@ -284,6 +284,18 @@ def read_labels(
         LabelError: empty file, unknown field, classes not in the table, no label inside the
             raster.
     """
+    table = None
+    if is_gdal_name(path):  # /vsizip/..., NETCDF:...: GDAL's business, no file checks
+        text = os.fspath(path)
+        if classes is not None:
+            table = classes if isinstance(classes, ClassTable) else ClassTable.from_csv(classes)
+        raster = (Path(text).suffix.lower() in RASTER_SUFFIXES
+                  or not (text.startswith("/vsi") or "://" in text))
+        labels = (_read_raster(text, grid, table) if raster else
+                  _read_vector(text, grid, class_field=class_field, layer=layer, table=table))
+        for sentence in labels.report.problems():
+            log.warning("%s: %s", text, sentence)
+        return labels
     p = Path(path)
     if not p.exists():
         raise InputError("label file not found", path=p, hint="check the path")
@@ -293,7 +305,6 @@ def read_labels(
     if p.is_file() and p.stat().st_size == 0:
         raise LabelError("the label file is empty (0 bytes)", path=p,
                          hint="give the file holding your labelled points or polygons")
-    table = None
     if classes is not None:
         table = classes if isinstance(classes, ClassTable) else ClassTable.from_csv(classes)
     if p.suffix.lower() in RASTER_SUFFIXES:
@@ -351,7 +362,7 @@ def _value_kind(series: pd.Series) -> str | None:
 
 
 def _read_vector(
-    path: Path,
+    path: Path | str,
     grid: Grid,
     *,
     class_field: str | None,
@@ -660,7 +671,7 @@ def _finish(
 # -- raster --------------------------------------------------------------------------------
 
 
-def _read_raster(path: Path, grid: Grid, table: ClassTable | None) -> LabelSet:
+def _read_raster(path: Path | str, grid: Grid, table: ClassTable | None) -> LabelSet:
     ds = open_raster(path, what="label")
     try:
         report = LabelReport(source=str(path), kind="raster")

@@ -33,7 +33,7 @@ from diffclip_cli.errors import InputError, LabelError
 from diffclip_cli.io.atomic import TEMP_PREFIX, atomic_path, check_output
 from diffclip_cli.io.classes import ClassTable
 from diffclip_cli.io.grid import Grid
-from diffclip_cli.io.raster import open_raster
+from diffclip_cli.io.raster import RasterSource, open_raster, raster_source
 
 __all__ = [
     "BAND_DESCRIPTION",
@@ -575,7 +575,7 @@ class MapInfo:
     """What :func:`read_map` learns about a map GeoTIFF.
 
     Attributes:
-        path: the map file.
+        path: the map file (or the GDAL dataset name it was read from).
         grid: its pixel grid.
         classes: the class table from the tags or the sidecar; ``None`` when the map has none
             (classes are then matched by id).
@@ -590,7 +590,7 @@ class MapInfo:
         source_of_classes: ``"tags"``, ``"sidecar"`` or ``None``.
     """
 
-    path: Path
+    path: RasterSource
     grid: Grid
     classes: ClassTable | None
     nodata: float | None
@@ -618,7 +618,7 @@ def read_map(path: str | os.PathLike[str]) -> MapInfo:
     Raises:
         InputError: when the file is missing, not a raster, or its class table is malformed.
     """
-    path = Path(path)
+    path = raster_source(path)  # a GDAL dataset name stays as it is (no sidecar then)
     with open_raster(path, what="map") as ds:  # clear errors: missing, empty, not a raster
         crs = ds.crs if ds.crs else None
         grid = Grid(ds.width, ds.height, ds.transform, crs)
@@ -639,7 +639,7 @@ def read_map(path: str | os.PathLike[str]) -> MapInfo:
         source = "tags"
     sidecar = None
     side = sidecar_path(path)
-    if side.exists():
+    if isinstance(path, Path) and side.exists():
         try:
             sidecar = json.loads(side.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -658,7 +658,7 @@ def read_map(path: str | os.PathLike[str]) -> MapInfo:
                    overviews=overviews, source_of_classes=source)
 
 
-def _classes_from(value: Any, path: Path, what: str) -> ClassTable:
+def _classes_from(value: Any, path: RasterSource, what: str) -> ClassTable:
     try:
         records = json.loads(value) if isinstance(value, str) else value
         return ClassTable.from_records(records)

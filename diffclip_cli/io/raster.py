@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +32,8 @@ from diffclip_cli.errors import GridError, InputError
 from diffclip_cli.io.grid import Grid
 from diffclip_cli.io.pixels import apply_transform, as_pixel_arrays, group_by_tile
 
-__all__ = ["RESAMPLING", "Block", "PixelValues", "Scene", "as_window", "open_raster"]
+__all__ = ["RESAMPLING", "Block", "PixelValues", "RasterSource", "Scene", "as_window",
+           "display_name", "is_gdal_name", "open_raster", "raster_source"]
 
 log = logging.getLogger("diffclip")
 
@@ -43,6 +45,8 @@ RESAMPLING: dict[str, Resampling] = {
 }
 
 PathLike = str | os.PathLike[str]
+#: A raster input: a plain file path, or a GDAL dataset name kept as its exact text.
+RasterSource = Path | str
 WindowLike = Window | tuple[tuple[int, int], tuple[int, int]]
 
 
@@ -98,6 +102,59 @@ def as_window(window: WindowLike, grid: Grid) -> Window:
     return w
 
 
+# A GDAL dataset name that is not a plain path: a virtual file system (/vsizip/, /vsis3/, ...),
+# a driver prefix (NETCDF:, HDF5:, GPKG:, ...; two letters at least, so C: stays a drive) or
+# a URL.
+_GDAL_NAME = re.compile(r"^(/vsi[a-z0-9_]+/|[A-Za-z][A-Za-z0-9_]+:|[a-z][a-z0-9+.-]*://)")
+# ENVI data files beside a header ``x.hdr``: ``x`` or ``x`` with one of these suffixes.
+_ENVI_DATA_SUFFIXES = ("", ".img", ".dat", ".bsq", ".bil", ".bip", ".raw", ".bin", ".envi")
+
+
+def is_gdal_name(name: PathLike) -> bool:
+    """Whether ``name`` is a GDAL dataset name rather than a plain file path.
+
+    ``/vsizip/scene.zip/hsi.tif``, ``NETCDF:hsi.nc:reflectance``, ``HDF5:"f.h5"://cube`` and
+    URLs are; an existing file is always a plain path, whatever its name.
+    """
+    text = os.fspath(name)
+    return bool(_GDAL_NAME.match(text)) and not os.path.exists(text)
+
+
+def raster_source(name: PathLike) -> RasterSource:
+    """A raster input as diffclip keeps it: a :class:`Path`, or a GDAL dataset name verbatim.
+
+    GDAL names are not turned into paths (that would fold ``/vsizip//abs/x.zip`` into another
+    name). An ENVI header ``x.hdr`` becomes its data file (``x``, ``x.img``, ``x.dat``, ...),
+    which is what GDAL opens.
+
+    Raises:
+        InputError: an ENVI header whose data file is not beside it.
+    """
+    text = os.fspath(name)
+    if is_gdal_name(text):
+        return text
+    path = Path(text)
+    if path.suffix.lower() == ".hdr" and path.is_file():
+        stem = path.with_suffix("")
+        for suffix in _ENVI_DATA_SUFFIXES:
+            for candidate in (stem.with_name(stem.name + suffix),
+                              stem.with_name(stem.name + suffix.upper())):
+                if candidate.is_file():
+                    log.debug("%s: reading the ENVI data file %s", path, candidate)
+                    return candidate
+        raise InputError(
+            "is an ENVI header, and its data file was not found beside it (looked for "
+            + ", ".join(stem.name + s for s in _ENVI_DATA_SUFFIXES if s) + f", {stem.name})",
+            path=path, hint="give the data file, or put it beside its header")
+    return path
+
+
+def display_name(source: PathLike) -> str:
+    """A short name of an input for messages: the file name, or a GDAL name's last part."""
+    text = os.fspath(source)
+    return text.rstrip("/").rsplit("/", 1)[-1] or text
+
+
 def _article(what: str) -> str:
     """``"an HSI"``, ``"a LiDAR"``: the indefinite article for a kind of file."""
     return ("an " if what == "HSI" or what[:1].lower() in "aeiou" else "a ") + what
@@ -110,33 +167,44 @@ def open_raster(path: PathLike, *, what: str = "raster") -> rasterio.DatasetRead
     the middle of a long run.
 
     Args:
-        path: the file.
+        path: the file, or a GDAL dataset name (see :func:`raster_source`); only plain paths
+            are checked for existence before GDAL sees them.
         what: what the file is meant to be, for messages ("HSI", "LiDAR", "label").
 
     Raises:
-        InputError: the file is missing, a directory, empty, not a raster, or
-            truncated/corrupt.
+        InputError: the file is missing, a directory, empty, not a raster, truncated/corrupt,
+            or a container of subdatasets (a NetCDF with several variables: they are listed).
     """
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{what} file not found", path=p, hint="check the path")
-    if p.is_dir():
-        raise InputError(f"is a directory, not {_article(what)} file", path=p,
-                         hint="give the path of a GeoTIFF inside it")
-    try:
-        empty = p.stat().st_size == 0
-    except OSError:
-        empty = False
-    if empty:
-        raise InputError(f"is an empty file (0 bytes), not {_article(what)} raster", path=p,
-                         hint="copy or export the GeoTIFF again")
+    p = raster_source(path)
+    if isinstance(p, Path):
+        if not p.exists():
+            raise InputError(f"{what} file not found", path=p, hint="check the path")
+        if p.is_dir():
+            raise InputError(f"is a directory, not {_article(what)} file", path=p,
+                             hint="give the path of a GeoTIFF inside it")
+        try:
+            empty = p.stat().st_size == 0
+        except OSError:
+            empty = False
+        if empty:
+            raise InputError(f"is an empty file (0 bytes), not {_article(what)} raster",
+                             path=p, hint="copy or export the GeoTIFF again")
     try:
         ds = rasterio.open(p)
     except (RasterioError, OSError) as exc:
+        hint = ("give a GeoTIFF (or another raster format GDAL reads)" if isinstance(p, Path)
+                else "check the dataset name: e.g. /vsizip/scene.zip/hsi.tif, "
+                     "NETCDF:file.nc:variable, HDF5:\"file.h5\"://dataset")
         raise InputError(f"is not a readable {what} raster ({_gdal_reason(exc, p)})", path=p,
-                         hint="give a GeoTIFF (or another raster format GDAL reads)") from None
+                         hint=hint) from None
     try:
         if ds.count < 1:
+            subdatasets = list(ds.subdatasets)
+            if subdatasets:
+                shown = ", ".join(subdatasets[:12]) + (", ..." if len(subdatasets) > 12 else "")
+                raise InputError(
+                    f"holds {len(subdatasets)} subdatasets (variables) and no bands of its own: "
+                    f"{shown}", path=p, hint=f"give one of them, e.g. {subdatasets[0]}")
             raise InputError(f"the {what} raster has no bands", path=p)
         ds.read(window=Window(ds.width - 1, ds.height - 1, 1, 1))
     except (RasterioError, OSError) as exc:
@@ -159,12 +227,13 @@ def _short(exc: BaseException) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__).rstrip(".")
 
 
-def _gdal_reason(exc: BaseException, path: Path) -> str:
+def _gdal_reason(exc: BaseException, path: RasterSource) -> str:
     """GDAL's reason for a failure in plain words, without repeating the file's path."""
     text = _short(exc)
     if "not recognized as being in a supported file format" in text:
         return "GDAL does not recognise its format"
-    for form in (f"'{path}'", str(path), f"{path.name}, ", f"{path.name}: ", path.name):
+    name = display_name(path)
+    for form in (f"'{path}'", str(path), f"{name}, ", f"{name}: ", name):
         text = text.replace(form, "").strip(" ,:")
     return text or type(exc).__name__
 
@@ -189,7 +258,7 @@ _EXACT_IN_FLOAT32 = frozenset(np.dtype(t) for t in ("uint8", "int8", "uint16", "
 class _Source:
     """One raster file of a scene, with what is needed to turn its pixels into float32 values."""
 
-    def __init__(self, path: Path, ds: Any, reader: Any, *, warped: bool) -> None:
+    def __init__(self, path: RasterSource, ds: Any, reader: Any, *, warped: bool) -> None:
         self.path = path
         self.ds = ds
         self.reader = reader
@@ -263,8 +332,8 @@ class Scene:
             raise ValueError(f"resampling must be one of {sorted(RESAMPLING)}, got {resampling!r}")
         if isinstance(lidar, str | os.PathLike):
             lidar = (lidar,)
-        self.hsi_path = Path(hsi)
-        self.lidar_paths: tuple[Path, ...] = tuple(Path(p) for p in lidar)
+        self.hsi_path: RasterSource = raster_source(hsi)
+        self.lidar_paths: tuple[RasterSource, ...] = tuple(raster_source(p) for p in lidar)
         self.resampling = resampling
         self._lock = threading.RLock()
         self._valid_count: int | None = None
@@ -288,9 +357,11 @@ class Scene:
         """Open a scene.
 
         Args:
-            hsi: the HSI GeoTIFF (any number of bands, any dtype).
+            hsi: the HSI GeoTIFF (any number of bands, any dtype), or any raster GDAL opens:
+                a GDAL dataset name (``/vsizip/x.zip/hsi.tif``, ``NETCDF:x.nc:var``, ...) is
+                passed to GDAL as it is, an ENVI header ``.hdr`` stands for its data file.
             lidar: no LiDAR, one LiDAR raster (any number of bands) or several, stacked as
-                channels in the given order.
+                channels in the given order (the same names as ``hsi``).
             resampling: how LiDAR on another grid is brought onto the HSI grid.
 
         Returns:
@@ -322,7 +393,7 @@ class Scene:
                     log.warning("%s covers only about %.1f %% of the HSI extent; HSI pixels "
                                 "outside it are invalid", path, 100 * coverage)
 
-    def _open_lidar(self, path: Path) -> tuple[_Source, float]:
+    def _open_lidar(self, path: RasterSource) -> tuple[_Source, float]:
         ds = open_raster(path, what="LiDAR")
         g = self.grid
         try:
@@ -332,7 +403,8 @@ class Scene:
                                   else (path, self.hsi_path))
                     crs = g.crs if g.crs is not None else ds.crs
                     raise GridError(
-                        f"has no CRS while {has.name} is in {crs.to_string()}", path=lacks,
+                        f"has no CRS while {display_name(has)} is in {crs.to_string()}",
+                        path=lacks,
                         hint="give every input a CRS (e.g. gdal_edit.py -a_srs EPSG:xxxx) or "
                              "none of them")
                 if (ds.height, ds.width) != g.shape:
@@ -356,7 +428,7 @@ class Scene:
             ds.close()
             raise
 
-    def _coverage(self, ds: Any, path: Path) -> float:
+    def _coverage(self, ds: Any, path: RasterSource) -> float:
         """Fraction of the HSI extent covered by the LiDAR; GridError when nothing overlaps."""
         hsi_poly = _footprint(self._hsi.ds)
         lid = _footprint(ds)
@@ -537,6 +609,6 @@ class Scene:
                       resampling=state["resampling"], _quiet=True)
 
     def __repr__(self) -> str:
-        lidar = ", ".join(p.name for p in self.lidar_paths) or "no LiDAR"
-        return (f"Scene({self.hsi_path.name}: {self.hsi_bands} HSI bands, {lidar} "
+        lidar = ", ".join(display_name(p) for p in self.lidar_paths) or "no LiDAR"
+        return (f"Scene({display_name(self.hsi_path)}: {self.hsi_bands} HSI bands, {lidar} "
                 f"[{self.lidar_bands} channels], {self.grid.describe()})")

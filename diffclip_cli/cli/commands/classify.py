@@ -49,8 +49,8 @@ def parse_creation_options(values: list[str] | None) -> dict[str, str]:
 
 
 def run_classify(
-    hsi: Path,
-    lidar: list[Path] | None,
+    hsi: str | Path,
+    lidar: list[str] | list[Path] | None,
     output: Path,
     *,
     model: Path,

@@ -20,6 +20,7 @@ from diffclip_cli.cli.options import (
     VerboseOpt,
 )
 from diffclip_cli.errors import InputError
+from diffclip_cli.io.raster import display_name, is_gdal_name
 from diffclip_cli.report.evaluate import Evaluation, evaluate_map
 from diffclip_cli.report.render import rich_table, write_report
 
@@ -30,17 +31,17 @@ def report_stem(output: Path) -> Path:
         else output
 
 
-def run_evaluate(map_path: Path, labels: Path, output: Path, *, classes: Path | None = None,
+def run_evaluate(map_path: str | Path, labels: str | Path, output: Path, *, classes: Path | None = None,
                  class_field: str | None = None, layer: str | None = None,
                  match_ids: bool = False, overwrite: bool = False
                  ) -> tuple[Evaluation, dict[str, Path]]:
     """Evaluate a map and write its report trio; what the command and ``batch`` call."""
-    if not map_path.exists():
+    if not is_gdal_name(map_path) and not Path(map_path).exists():
         raise InputError("map not found", path=map_path, hint="check the path")
     with interruptible():
         evaluation = evaluate_map(map_path, labels, classes=classes, class_field=class_field,
                                   layer=layer, match_ids=match_ids)
-        title = f"Accuracy of {map_path.name} against {labels.name}"
+        title = f"Accuracy of {display_name(map_path)} against {display_name(labels)}"
         paths = write_report(evaluation.report, report_stem(output), overwrite=overwrite,
                              title=title, metadata={"map": str(map_path),
                                                     "labels": str(labels),
@@ -50,8 +51,8 @@ def run_evaluate(map_path: Path, labels: Path, output: Path, *, classes: Path | 
 
 @app.command(rich_help_panel="Map")
 def evaluate(
-    map_path: Annotated[Path, typer.Argument(metavar="MAP", help="A class map GeoTIFF.",
-                                             show_default=False)],
+    map_path: Annotated[str, typer.Argument(metavar="MAP", help="A class map GeoTIFF (or a "
+                                            "GDAL dataset name).", show_default=False)],
     labels: LabelsOpt = ...,  # type: ignore[assignment]
     output: Annotated[Path, typer.Option(
         "-o", "--output", help="The report: REPORT.json, with REPORT.md and REPORT.png "
@@ -83,5 +84,6 @@ def evaluate(
     for note in evaluation.match.describe():
         err_console.print(note)
     if level >= 0:
-        console.print(rich_table(evaluation.report, title=f"Accuracy of {map_path.name}"))
+        console.print(rich_table(evaluation.report,
+                                 title=f"Accuracy of {display_name(map_path)}"))
     console.print("Report: " + ", ".join(str(p) for p in paths.values()))
