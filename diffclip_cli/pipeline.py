@@ -171,7 +171,7 @@ def pretrain_scene(
     seconds = time.perf_counter() - start
     bundle = bundle_from_network(
         net.cpu(), preset=preset, stats=stats.to_dict(), band_names=scene.band_names,
-        provenance={"inputs": _inputs(scene), "seed": seed, "pretrain_samples": int(rows.size),
+        wavelengths=scene.wavelengths, provenance={"inputs": _inputs(scene), "seed": seed, "pretrain_samples": int(rows.size),
                     "pretrain_seconds": round(seconds, 1), "version": __version__})
     return PretrainResult(bundle, net, stats, history, seconds)
 
@@ -346,7 +346,9 @@ def fewshot_scene(
 
     pre_history: list[dict[str, Any]] = []
     if pretrained is not None:
-        pretrained.check_inputs(scene.hsi_bands, scene.lidar_bands)
+        pretrained.check_inputs(scene.hsi_bands, scene.lidar_bands,
+                                wavelengths=scene.wavelengths,
+                                band_names=scene.band_names["hsi"])
         preset = Preset(name=pretrained.preset, model=pretrained.config,
                         pretrain=pretrained.preset_config.pretrain, finetune=preset.finetune)
     # The prompts first: a bad descriptions file fails before any training.
@@ -388,7 +390,8 @@ def fewshot_scene(
     }
     bundle = bundle_from_classifier(classifier.cpu(), preset=preset, stats=stats.to_dict(),
                                     classes=labels.classes, template=template,
-                                    band_names=scene.band_names, provenance=record)
+                                    band_names=scene.band_names,
+                                    wavelengths=scene.wavelengths, provenance=record)
     report = None
     if evaluate and chosen.test.size:
         start = time.perf_counter()

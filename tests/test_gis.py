@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import rasterio
 import rasterio.shutil
+import torch
 from gdalread import band_info
 from rasterdata import write_tif
 from rasterio.windows import Window
@@ -18,11 +19,12 @@ from scenes import write_messy_scene
 from typer.testing import CliRunner
 
 from diffclip_cli.cli import app
-from diffclip_cli.errors import InputError, LabelError
+from diffclip_cli.errors import InputError, LabelError, ModelError
 from diffclip_cli.io.classes import ClassTable
 from diffclip_cli.io.maps import MapWriter
 from diffclip_cli.io.grid import Grid
-from diffclip_cli.io.raster import is_gdal_name
+from diffclip_cli.io.raster import band_wavelengths, is_gdal_name
+from diffclip_cli.model.modelfile import load_model
 
 runner = CliRunner()
 
@@ -234,3 +236,110 @@ def test_gdal_names_are_told_from_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "ab:c.tif").write_bytes(b"")  # an existing file is a path, whatever its name
     assert not is_gdal_name("ab:c.tif")
+
+
+# ------------------------------------------------------------------------------- wavelengths
+WAVELENGTHS = [400.0 + 10 * i for i in range(12)]  # the messy scene has 12 HSI bands
+
+
+def _envi_copy(src, dst_img, wavelengths, units):
+    """An ENVI copy of a raster with a wavelength list in its header, as sensors deliver."""
+    rasterio.shutil.copy(src, dst_img, driver="ENVI")
+    header = dst_img.with_suffix(".hdr")
+    with open(header, "a") as f:
+        f.write(f"wavelength units = {units}\n")
+        f.write("wavelength = {" + ", ".join(f"{w:g}" for w in wavelengths) + "}\n")
+    return header
+
+
+@pytest.fixture(scope="module")
+def spectral(scene, tmp_path_factory):
+    """An HSI GeoTIFF whose band descriptions carry wavelengths, and a model trained on it."""
+    folder = tmp_path_factory.mktemp("spectral")
+    with rasterio.open(scene.hsi) as ds:
+        profile, data = ds.profile, ds.read()
+    hsi = folder / "hsi_nm.tif"
+    with rasterio.open(hsi, "w", **profile) as ds:
+        ds.write(data)
+        ds.descriptions = tuple(f"{w:g} nm" for w in WAVELENGTHS)
+    path = folder / "model.pt"
+    invoke("fewshot", hsi, scene.lidar, "--labels", scene.labels, "--shots", 5, "--preset",
+           "tiny", "--pretrain-samples", 200, "--no-fast", "-o", path, "-q")
+    return hsi, path
+
+
+def test_wavelengths_are_read_stored_and_compared_at_classify_time(scene, spectral, tmp_path):
+    hsi, model = spectral
+    info = json.loads(invoke("info", model, "--json").output)
+    assert info["wavelengths_nm"] == WAVELENGTHS
+    # the same bands in micrometres from an ENVI header: accepted, the same map
+    same = _envi_copy(hsi, tmp_path / "same.img", [w / 1000 for w in WAVELENGTHS],
+                      "Micrometers")
+    invoke("classify", same, scene.lidar, "-o", tmp_path / "same.tif", "--model", model, "-q")
+    invoke("classify", hsi, scene.lidar, "-o", tmp_path / "ref.tif", "--model", model, "-q")
+    assert np.array_equal(_read(tmp_path / "same.tif"), _read(tmp_path / "ref.tif"))
+    # another band subset of the same count: refused, naming the wavelengths
+    shifted = _envi_copy(hsi, tmp_path / "other.img", [w + 50 for w in WAVELENGTHS],
+                         "Nanometers")
+    r = invoke("classify", shifted, scene.lidar, "-o", tmp_path / "other.tif", "--model",
+               model, code=ModelError.exit_code)
+    line = " ".join(r.output.split())
+    assert "400-510 nm" in line and "450-560 nm" in line and "band 1 is at 450 nm" in line
+    assert not (tmp_path / "other.tif").exists()
+
+
+def test_band_names_that_differ_without_wavelengths_only_warn(scene, model, reference_map,
+                                                              tmp_path, caplog):
+    # the module's model was trained on band_1..band_12 (no wavelengths); an ENVI scene with
+    # wavelengths has the same count: mapped, with a warning that names the difference
+    header = _envi_copy(scene.hsi, tmp_path / "hsi.img", WAVELENGTHS, "Nanometers")
+    caplog.set_level("WARNING", logger="diffclip")
+    r = invoke("classify", header, scene.lidar, "-o", tmp_path / "m.tif", "--model", model)
+    text = " ".join((r.output + caplog.text).split())
+    assert "wavelengths are unknown" in text and "400-510 nm" in text
+    assert np.array_equal(_read(tmp_path / "m.tif"), reference_map)
+    # no wavelengths on either side, other band names: a warning naming the first difference
+    with rasterio.open(scene.hsi) as ds:
+        profile, data = ds.profile, ds.read()
+    renamed = tmp_path / "renamed.tif"
+    with rasterio.open(renamed, "w", **profile) as ds:
+        ds.write(data)
+        ds.descriptions = tuple(f"channel {i}" for i in range(1, 13))
+    caplog.clear()
+    r = invoke("classify", renamed, scene.lidar, "-o", tmp_path / "n.tif", "--model", model)
+    text = " ".join((r.output + caplog.text).split())
+    assert "band names differ from the model's (12 of 12; band 1 is 'channel 1'" in text
+    assert "wavelengths are unknown" not in text
+
+
+def test_model_files_without_wavelengths_still_load(spectral, tmp_path):
+    _, model = spectral
+    payload = torch.load(model, weights_only=True)
+    meta = json.loads(payload["metadata"])
+    assert meta["wavelengths"] == WAVELENGTHS
+    del meta["wavelengths"]  # as written before diffclip stored them
+    payload["metadata"] = json.dumps(meta)
+    old = tmp_path / "old.pt"
+    torch.save(payload, old)
+    bundle = load_model(old)
+    assert bundle.wavelengths is None
+    bundle.check_inputs(12, 1, wavelengths=WAVELENGTHS, band_names=bundle.band_names["hsi"])
+
+
+@pytest.mark.parametrize(("tags", "descriptions", "expected"), [
+    ({"IMAGERY": {"CENTRAL_WAVELENGTH_UM": "0.45"}}, None, 450.0),
+    ({"": {"wavelength": "1.2", "wavelength_units": "micrometers"}}, None, 1200.0),
+    ({"": {"wavelength": "700"}}, None, 700.0),
+    ({}, "Band 3 (0.55 Micrometers)", 550.0),
+    ({}, "reflectance at 865.5nm", 865.5),
+    ({}, "band_1", None),
+])
+def test_wavelength_sources(tmp_path, tags, descriptions, expected):
+    path = write_tif(tmp_path / "one.tif", np.ones((1, 2, 2), np.float32),
+                     descriptions=[descriptions])
+    with rasterio.open(path, "r+") as ds:
+        for ns, items in tags.items():
+            ds.update_tags(1, ns=ns or None, **items)
+    with rasterio.open(path) as ds:
+        found = band_wavelengths(ds)
+    assert found == (None if expected is None else [expected])

@@ -328,7 +328,8 @@ def classify_scene(
         OutputError: an output exists (without ``overwrite``) or cannot be written.
     """
     start = time.perf_counter()
-    bundle.check_inputs(scene.hsi_bands, scene.lidar_bands)
+    bundle.check_inputs(scene.hsi_bands, scene.lidar_bands, wavelengths=scene.wavelengths,
+                        band_names=scene.band_names["hsi"])
     classes = bundle.class_table
     if classes is None:
         raise ModelError("this is a pretrained model without classes",

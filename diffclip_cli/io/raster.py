@@ -33,7 +33,7 @@ from diffclip_cli.io.grid import Grid
 from diffclip_cli.io.pixels import apply_transform, as_pixel_arrays, group_by_tile
 
 __all__ = ["RESAMPLING", "Block", "PixelValues", "RasterSource", "Scene", "as_window",
-           "display_name", "is_gdal_name", "open_raster", "raster_source"]
+           "band_wavelengths", "display_name", "is_gdal_name", "open_raster", "raster_source"]
 
 log = logging.getLogger("diffclip")
 
@@ -153,6 +153,76 @@ def display_name(source: PathLike) -> str:
     """A short name of an input for messages: the file name, or a GDAL name's last part."""
     text = os.fspath(source)
     return text.rstrip("/").rsplit("/", 1)[-1] or text
+
+
+_NM_UNITS = {"nm": 1.0, "nanometer": 1.0, "nanometers": 1.0, "nanometre": 1.0,
+             "nanometres": 1.0, "um": 1000.0, "µm": 1000.0, "μm": 1000.0, "micrometer": 1000.0,
+             "micrometers": 1000.0, "micrometre": 1000.0, "micrometres": 1000.0,
+             "micron": 1000.0, "microns": 1000.0, "mm": 1e6, "millimeters": 1e6}
+_NUMBER = r"([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)"
+_WAVELENGTH_TEXT = re.compile(
+    _NUMBER + r"\s*(" + "|".join(sorted((re.escape(u) for u in _NM_UNITS), key=len,
+                                        reverse=True)) + r")\b", re.IGNORECASE)
+
+
+def _to_nm(value: float, units: str | None) -> float:
+    """A wavelength in nanometres; without known units, values below 30 are micrometres."""
+    if units:
+        factor = _NM_UNITS.get(units.strip().casefold())
+        if factor is not None:
+            return value * factor
+    return value * 1000.0 if value < 30 else value
+
+
+def _float(text: Any) -> float | None:
+    try:
+        value = float(str(text).strip())
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def band_wavelengths(ds: Any) -> list[float] | None:
+    """The centre wavelength of every band in nanometres, where GDAL exposes them.
+
+    Looked for, in order: the band's ``IMAGERY`` metadata (``CENTRAL_WAVELENGTH_UM``, GDAL
+    3.10's standard item), the band's ``wavelength`` item with ``wavelength_units`` (ENVI and
+    other drivers), the dataset's ENVI ``wavelength = {...}`` list, and band descriptions
+    carrying a number with a unit (``"450 nm"``, ``"Band 1 (0.45 Micrometers)"``).
+
+    Args:
+        ds: an open rasterio dataset.
+
+    Returns:
+        One wavelength per band, or ``None`` unless every band has one.
+    """
+    count = ds.count
+    dataset_units = ds.tags().get("wavelength_units")
+    found: list[float | None] = []
+    for band in range(1, count + 1):
+        value = _float(ds.tags(band, ns="IMAGERY").get("CENTRAL_WAVELENGTH_UM"))
+        if value is not None:
+            found.append(value * 1000.0)
+            continue
+        tags = {k.lower(): v for k, v in ds.tags(band).items()}
+        value = _float(tags.get("wavelength"))
+        found.append(None if value is None
+                     else _to_nm(value, tags.get("wavelength_units") or dataset_units))
+    if all(v is not None for v in found):
+        return [round(float(v), 6) for v in found if v is not None]
+    envi = {k.lower(): v for k, v in ds.tags(ns="ENVI").items()}
+    if "wavelength" in envi:
+        values = [_float(v) for v in envi["wavelength"].strip("{} ").split(",")]
+        if len(values) == count and all(v is not None for v in values):
+            units = envi.get("wavelength_units") or dataset_units
+            return [round(_to_nm(v, units), 6) for v in values if v is not None]
+    parsed = []
+    for text in ds.descriptions:
+        match = _WAVELENGTH_TEXT.search(text or "")
+        if match is None:
+            return None
+        parsed.append(round(_to_nm(float(match.group(1)), match.group(2)), 6))
+    return parsed
 
 
 def _article(what: str) -> str:
@@ -496,6 +566,12 @@ class Scene:
         lidar_desc = [d for s in self._lidar for d in s.descriptions]
         lidar = [d or f"band_{i + 1}" for i, d in enumerate(lidar_desc)]
         return {"hsi": hsi, "lidar": lidar}
+
+    @property
+    def wavelengths(self) -> list[float] | None:
+        """Centre wavelengths of the HSI bands in nanometres (see :func:`band_wavelengths`),
+        or ``None`` when the file does not give one for every band."""
+        return band_wavelengths(self._hsi.ds)
 
     @property
     def closed(self) -> bool:

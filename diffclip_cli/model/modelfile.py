@@ -15,6 +15,7 @@ import os
 import pickle
 import pickletools
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,6 +36,7 @@ __all__ = [
     "FORMAT_TAG",
     "FORMAT_VERSION",
     "KINDS",
+    "WAVELENGTH_TOLERANCE_NM",
     "ModelBundle",
     "build_classifier",
     "build_network",
@@ -54,6 +56,8 @@ FORMAT_VERSION = 1
 KINDS = ("pretrained", "classifier")
 
 _PRIMITIVES = (str, int, float, bool, type(None))
+#: HSI band centres of a model and a scene may differ by this much (nanometres).
+WAVELENGTH_TOLERANCE_NM = 1.0
 
 
 def _check_plain(value: Any, where: str) -> None:
@@ -96,6 +100,9 @@ class ModelBundle:
         state_dict: the weights.
         extras: further tensors and plain values (e.g. a distilled student).
         format_version: the file format.
+        wavelengths: the HSI band centres in nanometres the model was trained on, or
+            ``None`` when the training scene did not give them (and in files written before
+            diffclip stored them; such files still load).
     """
 
     kind: str
@@ -115,6 +122,7 @@ class ModelBundle:
     provenance: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    wavelengths: list[float] | None = None
 
     # -- typed views --------------------------------------------------------------------------
 
@@ -138,16 +146,27 @@ class ModelBundle:
     # -- checks -------------------------------------------------------------------------------
 
     def check_inputs(self, hsi_bands: int, lidar_bands: int, *,
-                     path: str | os.PathLike[str] | None = None) -> None:
+                     path: str | os.PathLike[str] | None = None,
+                     wavelengths: Sequence[float] | None = None,
+                     band_names: Sequence[str] | None = None) -> None:
         """Refuse a scene whose bands differ from the model's.
+
+        Band counts must match. When ``wavelengths`` or ``band_names`` (of the scene's HSI)
+        are given, the bands are compared too: wavelengths known on both sides must agree
+        within :data:`WAVELENGTH_TOLERANCE_NM` (else a :class:`ModelError`); otherwise band
+        names that differ from the model's, or wavelengths known on one side only, are a
+        warning (the counts match, and names alone do not prove other bands).
 
         Args:
             hsi_bands: the scene's HSI bands.
             lidar_bands: the scene's LiDAR channels (0 when no LiDAR is given).
             path: the model file, named in the message.
+            wavelengths: the scene's HSI band centres in nanometres, if known.
+            band_names: the scene's HSI band names.
 
         Raises:
-            ModelError: naming both counts, or saying LiDAR is missing or unexpected.
+            ModelError: naming both counts, saying LiDAR is missing or unexpected, or naming
+                the first band whose wavelength differs.
         """
         if hsi_bands != self.hsi_bands:
             raise ModelError(
@@ -171,6 +190,49 @@ class ModelBundle:
                 f"{'s' if self.lidar_bands > 1 else ''} but the scene has {lidar_bands}",
                 path=path,
                 hint="pass the same LiDAR rasters as for training")
+        if wavelengths is not None or band_names is not None:
+            self._check_spectrum(wavelengths, band_names, path=path)
+
+    def _check_spectrum(self, wavelengths: Sequence[float] | None,
+                        band_names: Sequence[str] | None, *,
+                        path: str | os.PathLike[str] | None) -> None:
+        """Compare the scene's HSI band wavelengths (or names) with the model's."""
+        if wavelengths is not None and self.wavelengths is not None:
+            diffs = [abs(float(a) - float(b)) for a, b in zip(self.wavelengths, wavelengths,
+                                                               strict=True)]
+            worst = max(range(len(diffs)), key=diffs.__getitem__)
+            if diffs[worst] > WAVELENGTH_TOLERANCE_NM:
+                first = next(i for i, d in enumerate(diffs) if d > WAVELENGTH_TOLERANCE_NM)
+                raise ModelError(
+                    f"the model was trained on HSI bands at {_span(self.wavelengths)} but the "
+                    f"scene's bands are at {_span(wavelengths)}: band {first + 1} is at "
+                    f"{float(wavelengths[first]):g} nm, not {self.wavelengths[first]:g} nm "
+                    f"({sum(d > WAVELENGTH_TOLERANCE_NM for d in diffs)} of {len(diffs)} "
+                    f"bands differ by more than {WAVELENGTH_TOLERANCE_NM:g} nm)", path=path,
+                    hint="classify scenes of the training sensor and band subset, or train a "
+                         "model on this one")
+            return
+        model_names = list(self.band_names.get("hsi", []))
+        pairs = [] if band_names is None else [
+            (i, a, str(b)) for i, (a, b) in enumerate(zip(model_names, band_names, strict=True))
+            if a != str(b)]
+        one_side = (wavelengths is None) != (self.wavelengths is None)
+        if not pairs and not one_side:
+            return
+        parts = []
+        if pairs:
+            i, a, b = pairs[0]
+            parts.append(f"the scene's HSI band names differ from the model's ({len(pairs)} of "
+                         f"{len(model_names)}; band {i + 1} is {b!r}, the model's {a!r})")
+        if one_side:
+            parts.append("the model's wavelengths are unknown (its training scene gave none)"
+                         f" while the scene's bands are at {_span(wavelengths)}"
+                         if wavelengths is not None else
+                         f"the scene's wavelengths are unknown while the model was trained on "
+                         f"bands at {_span(self.wavelengths or [])}")
+        log.warning("%s: %s, so the bands could not be checked; the counts match, so the map "
+                    "is made: make sure the scene has the training sensor's bands, in the same "
+                    "order", path or "model", "; ".join(parts))
 
     # -- (de)serialisation ----------------------------------------------------------------------
 
@@ -190,6 +252,7 @@ class ModelBundle:
             "prompts": self.prompts,
             "vocabulary": self.vocabulary,
             "provenance": self.provenance,
+            "wavelengths": self.wavelengths,
         }
 
 
@@ -301,6 +364,7 @@ def load_model(path: str | os.PathLike[str]) -> ModelBundle:
             provenance=meta["provenance"],
             extras=dict(payload.get("extras") or {}),
             format_version=version,
+            wavelengths=_wavelengths(meta.get("wavelengths"), int(meta["hsi_bands"])),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"the model file is damaged (metadata: {exc})", path=path,
@@ -313,6 +377,22 @@ def load_model(path: str | os.PathLike[str]) -> ModelBundle:
         raise ModelError("the classifier file lacks its classes, prompts or vocabulary",
                          path=path, hint="re-train the model")
     return bundle
+
+
+def _span(wavelengths: Sequence[float]) -> str:
+    """``400-2500 nm (204 bands)``: a band set's wavelengths in a few words."""
+    return (f"{min(wavelengths):g}-{max(wavelengths):g} nm ({len(wavelengths)} band"
+            f"{'s' if len(wavelengths) != 1 else ''})")
+
+
+def _wavelengths(value: Any, bands: int) -> list[float] | None:
+    """The stored wavelengths (absent in older files), checked: one number per HSI band."""
+    if value is None:
+        return None
+    values = [float(v) for v in value]
+    if len(values) != bands:
+        raise ValueError(f"{len(values)} wavelengths for {bands} HSI bands")
+    return values
 
 
 def _is_zip(path: Path) -> bool:
@@ -374,6 +454,7 @@ def bundle_from_network(
     band_names: dict[str, list[str]] | None = None,
     provenance: dict[str, Any] | None = None,
     extras: dict[str, Any] | None = None,
+    wavelengths: Sequence[float] | None = None,
 ) -> ModelBundle:
     """A ``pretrained`` bundle of a stage-1 network.
 
@@ -386,7 +467,10 @@ def bundle_from_network(
         provenance: what to record about how the model was made (merged over the package
             name, version and creation date).
         extras: further tensors and plain values.
+        wavelengths: the HSI band centres in nanometres (``Scene.wavelengths``), if known.
     """
+    if wavelengths is not None and len(wavelengths) != net.hsi_bands:
+        raise ValueError(f"{len(wavelengths)} wavelengths for {net.hsi_bands} HSI bands")
     return ModelBundle(
         kind="pretrained",
         preset=preset.name,
@@ -400,6 +484,7 @@ def bundle_from_network(
         state_dict={k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
         provenance=_provenance(provenance),
         extras=dict(extras or {}),
+        wavelengths=None if wavelengths is None else [float(v) for v in wavelengths],
     )
 
 
@@ -413,6 +498,7 @@ def bundle_from_classifier(
     band_names: dict[str, list[str]] | None = None,
     provenance: dict[str, Any] | None = None,
     extras: dict[str, Any] | None = None,
+    wavelengths: Sequence[float] | None = None,
 ) -> ModelBundle:
     """A ``classifier`` bundle of a fine-tuned classifier.
 
@@ -425,6 +511,7 @@ def bundle_from_classifier(
         band_names: ``{"hsi": [...], "lidar": [...]}``; defaults to numbered names.
         provenance: how the model was made (seed, shots, inputs, training times, ...).
         extras: further tensors and plain values.
+        wavelengths: the HSI band centres in nanometres (``Scene.wavelengths``), if known.
 
     Raises:
         ModelError: the class table and the prompts differ in length.
@@ -434,7 +521,8 @@ def bundle_from_classifier(
         raise ModelError(f"{len(classes)} classes but the classifier has "
                          f"{classifier.num_classes} prompts")
     bundle = bundle_from_network(net, preset=preset, stats=stats, band_names=band_names,
-                                 provenance=provenance, extras=extras)
+                                 provenance=provenance, extras=extras,
+                                 wavelengths=wavelengths)
     bundle.kind = "classifier"
     bundle.classes = classes.to_records()
     bundle.template = template

@@ -29,6 +29,7 @@ def describe_model(bundle: ModelBundle) -> dict[str, Any]:
         "hsi_bands": bundle.hsi_bands,
         "lidar_bands": bundle.lidar_bands,
         "band_names": bundle.band_names,
+        "wavelengths_nm": bundle.wavelengths,
         "normalisation": bundle.stats.get("hsi", {}).get("method") if bundle.stats else None,
         "template": bundle.template,
         "classes": None if classes is None else [
@@ -69,6 +70,9 @@ def info(
                   f"{arch.get('dim')}, depth {arch.get('depth')}, {data['parameters']:,} "
                   "parameters")
     table.add_row("HSI bands", f"{bundle.hsi_bands} ({_bands(bundle.band_names.get('hsi', []))})")
+    if bundle.wavelengths:
+        table.add_row("HSI wavelengths", f"{min(bundle.wavelengths):g}-"
+                      f"{max(bundle.wavelengths):g} nm")
     lidar = bundle.band_names.get("lidar", [])
     table.add_row("LiDAR channels",
                   f"{bundle.lidar_bands} ({_bands(lidar)})" if bundle.lidar_bands else "none")
