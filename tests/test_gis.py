@@ -19,7 +19,7 @@ from scenes import write_messy_scene
 from typer.testing import CliRunner
 
 from diffclip_cli.cli import app
-from diffclip_cli.errors import InputError, LabelError, ModelError
+from diffclip_cli.errors import InputError, LabelError, ModelError, OutputError
 from diffclip_cli.io.classes import ClassTable
 from diffclip_cli.io.maps import MapWriter
 from diffclip_cli.io.grid import Grid
@@ -343,3 +343,31 @@ def test_wavelength_sources(tmp_path, tags, descriptions, expected):
     with rasterio.open(path) as ds:
         found = band_wavelengths(ds)
     assert found == (None if expected is None else [expected])
+
+
+# ------------------------------------------------- creation options and output extensions
+@pytest.mark.parametrize(("options", "words"), [
+    (["BOGUS=1"], "does not support creation option BOGUS"),
+    (["COMPRESS=FOO"], "'FOO' is an unexpected value for COMPRESS"),
+    (["BLOCKXSIZE=abc"], "'abc' is an unexpected value for BLOCKXSIZE"),
+])
+@pytest.mark.parametrize("cog", [False, True])
+def test_unknown_creation_options_are_errors_that_name_valid_ones(scene, model, tmp_path,
+                                                                   options, words, cog):
+    args = [a for o in options for a in ("--co", o)]
+    r = invoke("classify", scene.hsi, scene.lidar, "-o", tmp_path / "m.tif", "--model", model,
+               *args, *(["--cog"] if cog else []), code=2)
+    text = " ".join(r.output.replace("│", " ").split())
+    assert words in text and "COMPRESS, PREDICTOR" in text
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["map.img", "map.jp2", "map.vrt"])
+def test_an_output_named_like_another_format_is_refused(scene, model, tmp_path, name):
+    r = invoke("classify", scene.hsi, scene.lidar, "-o", tmp_path / name, "--model", model,
+               code=OutputError.exit_code)
+    line = " ".join(r.output.split())
+    assert f"ends in {name[3:]}" in line and ".tif, .tiff" in line
+    invoke("classify", scene.hsi, scene.lidar, "-o", tmp_path / "m.tif", "--confidence",
+           tmp_path / name, "--model", model, code=OutputError.exit_code)
+    assert list(tmp_path.iterdir()) == []

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -26,10 +27,12 @@ from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 import rasterio
+import rasterio.drivers
+import rasterio.errors
 import rasterio.shutil
 from rasterio.windows import Window
 
-from diffclip_cli.errors import InputError, LabelError
+from diffclip_cli.errors import InputError, LabelError, OutputError
 from diffclip_cli.io.atomic import TEMP_PREFIX, atomic_path, check_output
 from diffclip_cli.io.classes import ClassTable
 from diffclip_cli.io.grid import Grid
@@ -43,6 +46,8 @@ __all__ = [
     "MapWriter",
     "RasterWriter",
     "aux_xml_path",
+    "check_creation_options",
+    "check_geotiff_name",
     "class_aux_xml",
     "class_colormap",
     "map_dtype",
@@ -100,6 +105,119 @@ def _options(creation_options: Sequence[str] | Mapping[str, Any] | None) -> dict
                 raise ValueError(f"creation options are KEY=VALUE, got {text!r}")
             items.append((key, value))
     return {k.strip().upper(): str(v).strip() for k, v in items}
+
+
+#: GTiff creation options people set most; named when an option is refused (GDAL's own
+#: list: https://gdal.org/drivers/raster/gtiff.html#creation-options).
+COMMON_GTIFF_OPTIONS = ("COMPRESS", "PREDICTOR", "ZLEVEL", "ZSTD_LEVEL", "JPEG_QUALITY",
+                        "MAX_Z_ERROR", "NUM_THREADS", "TILED", "BLOCKXSIZE", "BLOCKYSIZE",
+                        "BIGTIFF", "INTERLEAVE", "SPARSE_OK")
+#: File name suffixes of GeoTIFF outputs (GTiff and COG drivers).
+GEOTIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def _gdal_complaints(action: Any) -> list[str]:
+    """Run ``action`` and return the warnings GDAL raised meanwhile (creation options)."""
+    logger = logging.getLogger("rasterio._env")
+    records: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    handler = _Collect(level=logging.WARNING)
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+    try:
+        action()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+    out = []
+    for text in records:
+        text = re.sub(r"^CPLE_\w+ in ", "", text).strip().rstrip(".")
+        if "creation option" in text or "value not recognised" in text:
+            out.append(text)
+    return out
+
+
+def check_creation_options(creation_options: Sequence[str] | Mapping[str, Any] | None, *,
+                           cog: bool = False, dtype: str = "uint8") -> dict[str, str]:
+    """Validate GTiff creation options with GDAL itself, before any work.
+
+    GDAL only warns about an unknown option or value and then ignores it (``--co BOGUS=1``
+    would pass silently; a malformed ``BLOCKSIZE`` even crashes the COG driver). Here a 1 x 1
+    GeoTIFF is created in memory (``/vsimem/``) with the options, and with ``cog`` the COG
+    driver copies it with their COG equivalents; every GDAL complaint becomes an error.
+
+    Args:
+        creation_options: ``["KEY=VALUE", ...]`` or a mapping.
+        cog: also check the options the COG driver gets.
+        dtype: the data type of the raster (some options depend on it).
+
+    Returns:
+        The options, keys upper-cased.
+
+    Raises:
+        ValueError: naming what GDAL refused and the common valid options.
+    """
+    options = _options(creation_options)
+    if not options:
+        return options
+    name = f"/vsimem/diffclip-check-{os.getpid()}-{id(options)}.tif"
+    full = {**_GTIFF_DEFAULTS, **options}
+
+    def create() -> None:
+        with rasterio.open(name, "w", driver="GTiff", width=1, height=1, count=1,
+                           dtype=dtype, **{k.lower(): v for k, v in full.items()}):
+            pass
+
+    complaints: list[str] = []
+    try:
+        complaints = _gdal_complaints(create)
+        if cog and not complaints:
+            copy = name.replace(".tif", ".cog.tif")
+            complaints = _gdal_complaints(lambda: rasterio.shutil.copy(
+                name, copy, driver="COG", **_cog_options(full, "nearest")))
+            with contextlib.suppress(Exception):
+                rasterio.shutil.delete(copy)
+    except (rasterio.errors.RasterioError, OSError) as exc:
+        complaints = complaints or [str(exc).strip().splitlines()[0]]
+    finally:
+        with contextlib.suppress(Exception):
+            rasterio.shutil.delete(name)
+    if complaints:
+        raise ValueError(
+            "; ".join(dict.fromkeys(complaints)) + " (GDAL ignores such options, so they are "
+            f"refused here). Common GTiff options: {', '.join(COMMON_GTIFF_OPTIONS)}; all of "
+            "them: https://gdal.org/drivers/raster/gtiff.html#creation-options")
+    return options
+
+
+def check_geotiff_name(path: str | os.PathLike[str]) -> None:
+    """Refuse an output name whose extension belongs to another GDAL format.
+
+    diffclip writes GeoTIFFs: ``map.img`` would be a GeoTIFF named like an Erdas Imagine file,
+    which other software then fails to read. Names without a known raster extension are
+    accepted.
+
+    Raises:
+        OutputError: the extension is another format's (e.g. ``.img``, ``.jp2``, ``.vrt``).
+    """
+    suffix = Path(path).suffix.lower()
+    if not suffix or suffix in GEOTIFF_SUFFIXES:
+        return
+    driver = rasterio.drivers.raster_driver_extensions().get(suffix[1:])
+    if driver is not None and driver not in ("GTiff", "COG"):
+        raise OutputError(
+            f"ends in {suffix}, the extension of GDAL's {driver} format, but diffclip writes "
+            "GeoTIFF", path=path,
+            hint=f"name it {Path(path).with_suffix('.tif').name} (valid: "
+                 f"{', '.join(GEOTIFF_SUFFIXES)}; use --cog for a Cloud-Optimized GeoTIFF and "
+                 "gdal_translate to convert to other formats)")
 
 
 def map_dtype(classes: ClassTable) -> str:
@@ -262,6 +380,7 @@ class RasterWriter:
         overview_resampling: str = "nearest",
         colormap: Mapping[int, Sequence[int]] | None = None,
     ) -> None:
+        check_geotiff_name(path)
         self.path = check_output(path, overwrite=overwrite)
         self.grid = grid
         self.count = int(count)
@@ -271,7 +390,9 @@ class RasterWriter:
         self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
         self.overwrite = overwrite
         self.cog = cog
-        self.options = {**_GTIFF_DEFAULTS, **_options(creation_options)}
+        self.options = {**_GTIFF_DEFAULTS,
+                        **check_creation_options(creation_options, cog=cog,
+                                                 dtype=np.dtype(dtype).name)}
         self.overview_resampling = overview_resampling.lower()
         self.colormap = dict(colormap) if colormap else None
         if self.count < 1:
@@ -418,12 +539,17 @@ class RasterWriter:
         self._finish_extra()
 
     def _cog_options(self) -> dict[str, str]:
-        out = {"BLOCKSIZE": self.options.get("BLOCKXSIZE", "256"),
-               "OVERVIEW_RESAMPLING": self.overview_resampling.upper()}
-        for key, value in self.options.items():
-            if key in _COG_OPTIONS:
-                out[_COG_OPTIONS[key]] = value
-        return out
+        return _cog_options(self.options, self.overview_resampling)
+
+
+def _cog_options(options: Mapping[str, str], overview_resampling: str) -> dict[str, str]:
+    """The COG driver's options for GTiff ``options`` (see ``_COG_OPTIONS``)."""
+    out = {"BLOCKSIZE": options.get("BLOCKXSIZE", "256"),
+           "OVERVIEW_RESAMPLING": overview_resampling.upper()}
+    for key, value in options.items():
+        if key in _COG_OPTIONS:
+            out[_COG_OPTIONS[key]] = value
+    return out
 
 
 @contextlib.contextmanager

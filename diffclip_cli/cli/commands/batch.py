@@ -82,7 +82,7 @@ def batch(
     level = start(verbose, quiet)
     jobs = read_manifest(manifest)
     options = {"tile_size": tile_size, "batch_size": batch_size, "cog": cog,
-               "creation_options": parse_creation_options(co), "fast": fast,
+               "creation_options": parse_creation_options(co, cog=cog), "fast": fast,
                "device": device, "overwrite": overwrite, "show_progress": level >= 0}
     table = Table(title=f"Batch {manifest.name}: {len(jobs)} scenes")
     for col in ("scene", "status", "pixels", "seconds", "OA", "kappa", "message"):

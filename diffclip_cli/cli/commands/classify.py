@@ -24,6 +24,7 @@ from diffclip_cli.cli.options import (
 from diffclip_cli.errors import ModelError
 from diffclip_cli.infer.classify import classify_scene
 from diffclip_cli.io.atomic import check_output
+from diffclip_cli.io.maps import check_creation_options, check_geotiff_name
 from diffclip_cli.model.device import resolve_device
 from diffclip_cli.model.modelfile import load_model
 from diffclip_cli.report.quicklook import quicklook as draw_quicklook
@@ -37,14 +38,19 @@ ModelOpt = Annotated[
 ]
 
 
-def parse_creation_options(values: list[str] | None) -> dict[str, str]:
-    """``["COMPRESS=ZSTD", ...]`` -> ``{"COMPRESS": "ZSTD"}``; rejects malformed items."""
+def parse_creation_options(values: list[str] | None, *, cog: bool = False) -> dict[str, str]:
+    """``["COMPRESS=ZSTD", ...]`` -> ``{"COMPRESS": "ZSTD"}``; rejects malformed items and
+    options or values GDAL does not know (it would ignore them silently)."""
     options: dict[str, str] = {}
     for item in values or []:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
             raise typer.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--co")
         options[name.strip().upper()] = value.strip()
+    try:
+        check_creation_options(options, cog=cog)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--co") from None
     return options
 
 
@@ -73,6 +79,8 @@ def run_classify(
         A summary: output paths, pixels, per-class counts, seconds, pixels per second.
     """
     with interruptible():
+        for raster in (p for p in (output, confidence, probabilities) if p is not None):
+            check_geotiff_name(raster)
         for path in (p for p in (quicklook,) if p is not None):
             check_output(path, overwrite=overwrite)
         if not model.exists():
@@ -157,7 +165,7 @@ def classify(
     summary = run_classify(
         hsi, lidar, output, model=model, confidence=confidence, probabilities=probabilities,
         quicklook=quicklook, tile_size=tile_size, batch_size=batch_size, cog=cog,
-        creation_options=parse_creation_options(co), fast=fast, scheduler=scheduler,
+        creation_options=parse_creation_options(co, cog=cog), fast=fast, scheduler=scheduler,
         device=device, overwrite=overwrite, show_progress=level >= 0)
     console.print(f"Map: {summary['output']}  ({summary['valid_pixels']:,} of "
                   f"{summary['pixels']:,} pixels classified, {summary['seconds']} s, "
