@@ -171,7 +171,8 @@ def pretrain_scene(
     seconds = time.perf_counter() - start
     bundle = bundle_from_network(
         net.cpu(), preset=preset, stats=stats.to_dict(), band_names=scene.band_names,
-        wavelengths=scene.wavelengths, provenance={"inputs": _inputs(scene), "seed": seed, "pretrain_samples": int(rows.size),
+        wavelengths=scene.wavelengths,
+        provenance={"inputs": _inputs(scene), "seed": seed, "pretrain_samples": int(rows.size),
                     "pretrain_seconds": round(seconds, 1), "version": __version__})
     return PretrainResult(bundle, net, stats, history, seconds)
 

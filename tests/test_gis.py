@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 from diffclip_cli.cli import app
 from diffclip_cli.errors import InputError, LabelError, ModelError, OutputError
 from diffclip_cli.io.classes import ClassTable
-from diffclip_cli.io.maps import MapWriter
 from diffclip_cli.io.grid import Grid
+from diffclip_cli.io.maps import MapWriter
 from diffclip_cli.io.raster import band_wavelengths, is_gdal_name
 from diffclip_cli.model.modelfile import load_model
 

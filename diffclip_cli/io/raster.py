@@ -569,8 +569,10 @@ class Scene:
 
     @property
     def wavelengths(self) -> list[float] | None:
-        """Centre wavelengths of the HSI bands in nanometres (see :func:`band_wavelengths`),
-        or ``None`` when the file does not give one for every band."""
+        """Centre wavelengths of the HSI bands in nanometres, or ``None``.
+
+        See :func:`band_wavelengths`; ``None`` when the file does not give one for every band.
+        """
         return band_wavelengths(self._hsi.ds)
 
     @property

@@ -39,8 +39,11 @@ ModelOpt = Annotated[
 
 
 def parse_creation_options(values: list[str] | None, *, cog: bool = False) -> dict[str, str]:
-    """``["COMPRESS=ZSTD", ...]`` -> ``{"COMPRESS": "ZSTD"}``; rejects malformed items and
-    options or values GDAL does not know (it would ignore them silently)."""
+    """``["COMPRESS=ZSTD", ...]`` -> ``{"COMPRESS": "ZSTD"}``, checked.
+
+    Malformed items, and options or values GDAL does not know (it would ignore them
+    silently), are usage errors.
+    """
     options: dict[str, str] = {}
     for item in values or []:
         name, sep, value = item.partition("=")

@@ -31,9 +31,9 @@ def report_stem(output: Path) -> Path:
         else output
 
 
-def run_evaluate(map_path: str | Path, labels: str | Path, output: Path, *, classes: Path | None = None,
-                 class_field: str | None = None, layer: str | None = None,
-                 match_ids: bool = False, overwrite: bool = False
+def run_evaluate(map_path: str | Path, labels: str | Path, output: Path, *,
+                 classes: Path | None = None, class_field: str | None = None,
+                 layer: str | None = None, match_ids: bool = False, overwrite: bool = False
                  ) -> tuple[Evaluation, dict[str, Path]]:
     """Evaluate a map and write its report trio; what the command and ``batch`` call."""
     if not is_gdal_name(map_path) and not Path(map_path).exists():
