@@ -38,6 +38,7 @@ from diffclip_cli.model.network import DiffCLIPNet
 from diffclip_cli.model.prompts import build_prompts, class_words, read_descriptions
 from diffclip_cli.model.text import Vocabulary
 from diffclip_cli.report.metrics import AccuracyReport
+from diffclip_cli.sampling.defaults import DEFAULT_PRETRAIN_SAMPLES
 from diffclip_cli.sampling.normalise import SceneStats, compute_stats
 from diffclip_cli.sampling.shots import Split, sample_shots, spatial_split
 from diffclip_cli.sampling.unlabelled import sample_unlabelled
@@ -62,10 +63,6 @@ log = logging.getLogger("diffclip")
 #: Progress callback: ``(stage, done, total)``; stages are ``"pretrain"`` and ``"finetune"``
 #: (epochs), ``"evaluate"`` (pixels).
 ProgressFn = Callable[[str, int, int], None]
-
-#: Unlabelled windows for pretraining when not given (the paper's ablation: more is better;
-#: 300, 500, 700 gave OA 91.75, 92.58, 94.80).
-DEFAULT_PRETRAIN_SAMPLES = 2000
 
 
 @dataclass

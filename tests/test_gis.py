@@ -4,6 +4,8 @@ software reads, GDAL dataset names as inputs, wavelengths, creation options and 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import zipfile
 from xml.etree import ElementTree
 
@@ -371,3 +373,23 @@ def test_an_output_named_like_another_format_is_refused(scene, model, tmp_path, 
     invoke("classify", scene.hsi, scene.lidar, "-o", tmp_path / "m.tif", "--confidence",
            tmp_path / name, "--model", model, code=OutputError.exit_code)
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------ a fast command line
+def test_the_cli_imports_no_heavy_library_until_a_command_runs():
+    code = ("import sys\n"
+            "from diffclip_cli.cli import app, main\n"
+            "import typer.main\n"
+            "typer.main.get_command(app)\n"  # builds every command and its options
+            "heavy = [m for m in ('torch', 'rasterio', 'geopandas', 'matplotlib', 'pandas')\n"
+            "         if m in sys.modules]\n"
+            "print(','.join(heavy))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == ""
+    # and --version / --help really run without them
+    for args in (["--version"], ["--help"], ["classify", "--help"]):
+        code = ("import sys\nfrom diffclip_cli.cli import main\n"
+                f"try:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
+                "assert 'torch' not in sys.modules and 'rasterio' not in sys.modules\n")
+        subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)

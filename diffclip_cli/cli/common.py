@@ -1,4 +1,8 @@
-"""Plumbing the commands share: logging, progress bars, interruption, inputs."""
+"""Plumbing the commands share: logging, progress bars, interruption, inputs.
+
+The library (torch, rasterio, geopandas, matplotlib) is imported inside the functions that
+need it, never at module level: ``diffclip --help`` and ``--version`` import none of it.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import time
 import types
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.progress import (
     BarColumn,
@@ -24,9 +28,10 @@ from rich.progress import (
 from diffclip_cli.cli.console import err_console, setup_logging
 from diffclip_cli.cli.options import verbosity
 from diffclip_cli.errors import InputError
-from diffclip_cli.io.classes import ClassTable
-from diffclip_cli.io.labels import LabelSet, read_labels
-from diffclip_cli.io.raster import Scene, is_gdal_name
+
+if TYPE_CHECKING:
+    from diffclip_cli.io.labels import LabelSet
+    from diffclip_cli.io.raster import Scene
 
 __all__ = ["StageProgress", "interruptible", "open_scene", "read_label_file", "start"]
 
@@ -149,12 +154,18 @@ def interruptible() -> Iterator[None]:
 def open_scene(hsi: str | Path, lidar: Sequence[str | Path] | None, *,
                resampling: str = "bilinear") -> Scene:
     """Open the HSI and LiDAR inputs as one scene on the HSI grid."""
+    from diffclip_cli.io.raster import Scene
+
     return Scene.open(hsi, list(lidar or []), resampling=resampling)
 
 
 def read_label_file(path: str | Path, scene_or_grid: Any, *, classes: Path | None,
                     class_field: str | None, layer: str | None) -> LabelSet:
     """Read labels (vector or raster) onto a scene's grid, with an optional classes table."""
+    from diffclip_cli.io.classes import ClassTable
+    from diffclip_cli.io.labels import read_labels
+    from diffclip_cli.io.raster import is_gdal_name
+
     grid = getattr(scene_or_grid, "grid", scene_or_grid)
     table = None
     if classes is not None:

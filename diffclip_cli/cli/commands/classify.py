@@ -22,12 +22,7 @@ from diffclip_cli.cli.options import (
     VerboseOpt,
 )
 from diffclip_cli.errors import ModelError
-from diffclip_cli.infer.classify import classify_scene
 from diffclip_cli.io.atomic import check_output
-from diffclip_cli.io.maps import check_creation_options, check_geotiff_name
-from diffclip_cli.model.device import resolve_device
-from diffclip_cli.model.modelfile import load_model
-from diffclip_cli.report.quicklook import quicklook as draw_quicklook
 
 _OUT = "Outputs"
 _PERF = "Performance"
@@ -44,6 +39,8 @@ def parse_creation_options(values: list[str] | None, *, cog: bool = False) -> di
     Malformed items, and options or values GDAL does not know (it would ignore them
     silently), are usage errors.
     """
+    from diffclip_cli.io.maps import check_creation_options
+
     options: dict[str, str] = {}
     for item in values or []:
         name, sep, value = item.partition("=")
@@ -81,6 +78,12 @@ def run_classify(
     Returns:
         A summary: output paths, pixels, per-class counts, seconds, pixels per second.
     """
+    from diffclip_cli.infer.classify import classify_scene
+    from diffclip_cli.io.maps import check_geotiff_name
+    from diffclip_cli.model.device import resolve_device
+    from diffclip_cli.model.modelfile import load_model
+    from diffclip_cli.report.quicklook import quicklook as draw_quicklook
+
     with interruptible():
         for raster in (p for p in (output, confidence, probabilities) if p is not None):
             check_geotiff_name(raster)

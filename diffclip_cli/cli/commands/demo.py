@@ -14,15 +14,6 @@ from diffclip_cli.cli.console import console, err_console
 from diffclip_cli.cli.options import DeviceOpt, OverwriteOpt, QuietOpt, SeedOpt, VerboseOpt
 from diffclip_cli.data import salinas_a_dir
 from diffclip_cli.errors import OutputError
-from diffclip_cli.infer.classify import classify_scene
-from diffclip_cli.io.labels import read_labels
-from diffclip_cli.io.raster import Scene
-from diffclip_cli.model.config import load_preset
-from diffclip_cli.model.device import resolve_device
-from diffclip_cli.model.modelfile import save_model
-from diffclip_cli.pipeline import fewshot_scene
-from diffclip_cli.report.quicklook import quicklook
-from diffclip_cli.report.render import rich_table, write_report
 
 #: The demo's recipe: chosen so the whole run takes well under 3 minutes on 2 CPU cores
 #: (docs/benchmarks.md has the measurements).
@@ -50,6 +41,16 @@ def demo(
     on every labelled pixel not used for training, and a quicklook PNG, all in OUTPUT/.
     Salinas-A has no LiDAR, so the model is HSI-only.
     """
+    from diffclip_cli.infer.classify import classify_scene
+    from diffclip_cli.io.labels import read_labels
+    from diffclip_cli.io.raster import Scene
+    from diffclip_cli.model.config import load_preset
+    from diffclip_cli.model.device import resolve_device
+    from diffclip_cli.model.modelfile import save_model
+    from diffclip_cli.pipeline import fewshot_scene
+    from diffclip_cli.report.quicklook import quicklook
+    from diffclip_cli.report.render import rich_table, write_report
+
     level = start(verbose, quiet)
     began = time.perf_counter()
     data = salinas_a_dir()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -20,9 +20,10 @@ from diffclip_cli.cli.options import (
     VerboseOpt,
 )
 from diffclip_cli.errors import InputError
-from diffclip_cli.io.raster import display_name, is_gdal_name
-from diffclip_cli.report.evaluate import Evaluation, evaluate_map
-from diffclip_cli.report.render import rich_table, write_report
+from diffclip_cli.io.names import display_name, is_gdal_name
+
+if TYPE_CHECKING:
+    from diffclip_cli.report.evaluate import Evaluation
 
 
 def report_stem(output: Path) -> Path:
@@ -36,6 +37,9 @@ def run_evaluate(map_path: str | Path, labels: str | Path, output: Path, *,
                  layer: str | None = None, match_ids: bool = False, overwrite: bool = False
                  ) -> tuple[Evaluation, dict[str, Path]]:
     """Evaluate a map and write its report trio; what the command and ``batch`` call."""
+    from diffclip_cli.report.evaluate import evaluate_map
+    from diffclip_cli.report.render import write_report
+
     if not is_gdal_name(map_path) and not Path(map_path).exists():
         raise InputError("map not found", path=map_path, hint="check the path")
     with interruptible():
@@ -77,6 +81,8 @@ def evaluate(
     matrix has reference classes as rows and predicted classes as columns (as in OTB);
     reference pixels where the map is nodata count as unclassified errors.
     """
+    from diffclip_cli.report.render import rich_table
+
     level = start(verbose, quiet)
     evaluation, paths = run_evaluate(map_path, labels, output, classes=classes,
                                      class_field=class_field, layer=layer,

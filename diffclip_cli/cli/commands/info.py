@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -13,12 +13,15 @@ from diffclip_cli.cli.app import app
 from diffclip_cli.cli.common import start
 from diffclip_cli.cli.console import console
 from diffclip_cli.cli.options import QuietOpt, VerboseOpt
-from diffclip_cli.infer.fast import has_fast_path
-from diffclip_cli.model.modelfile import ModelBundle, load_model
+
+if TYPE_CHECKING:
+    from diffclip_cli.model.modelfile import ModelBundle
 
 
 def describe_model(bundle: ModelBundle) -> dict[str, Any]:
     """A JSON-friendly description of a model file (no weights)."""
+    from diffclip_cli.infer.fast import has_fast_path
+
     classes = bundle.class_table
     prompts = bundle.prompts or []
     return {
@@ -57,6 +60,8 @@ def info(
     quiet: QuietOpt = False,
 ) -> None:
     """Show what a model expects (bands, classes, prompts, preset) and how it was made."""
+    from diffclip_cli.model.modelfile import load_model
+
     start(verbose, quiet)
     bundle = load_model(model)
     data = describe_model(bundle)

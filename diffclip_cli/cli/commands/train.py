@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -33,12 +33,10 @@ from diffclip_cli.cli.options import (
     VerboseOpt,
 )
 from diffclip_cli.io.atomic import check_output
-from diffclip_cli.model.config import Preset, load_preset
-from diffclip_cli.model.device import resolve_device
-from diffclip_cli.model.modelfile import load_model, save_model
-from diffclip_cli.model.prompts import read_descriptions
-from diffclip_cli.pipeline import DEFAULT_PRETRAIN_SAMPLES, fewshot_scene, pretrain_scene
-from diffclip_cli.report.render import report_paths, rich_table, write_report
+from diffclip_cli.sampling.defaults import DEFAULT_PRETRAIN_SAMPLES
+
+if TYPE_CHECKING:
+    from diffclip_cli.model.config import Preset
 
 _MODEL = "Model"
 
@@ -89,6 +87,8 @@ def _preset(name: str, *, window: int | None = None, mask_ratio: float | None = 
         overrides["pretrain.epochs"] = pretrain_epochs
     if finetune_epochs is not None:
         overrides["finetune.epochs"] = finetune_epochs
+    from diffclip_cli.model.config import load_preset
+
     preset = load_preset(name)
     return preset.with_overrides(**overrides) if overrides else preset
 
@@ -120,6 +120,10 @@ def pretrain(
     stopped, the same command with --resume continues it. The model file holds the network,
     the normalisation statistics and the band names; give it to `fewshot --pretrained`.
     """
+    from diffclip_cli.model.device import resolve_device
+    from diffclip_cli.model.modelfile import save_model
+    from diffclip_cli.pipeline import pretrain_scene
+
     level = start(verbose, quiet)
     check_output(output, overwrite=overwrite)
     config = _preset(preset, window=window, mask_ratio=mask_ratio, pretrain_epochs=epochs)
@@ -190,6 +194,12 @@ def fewshot(
     pixel is held out and only used for the accuracy report, which is printed and saved next
     to the model (MODEL.report.json/.md/.png). `diffclip classify` then uses the model.
     """
+    from diffclip_cli.model.device import resolve_device
+    from diffclip_cli.model.modelfile import load_model, save_model
+    from diffclip_cli.model.prompts import read_descriptions
+    from diffclip_cli.pipeline import fewshot_scene
+    from diffclip_cli.report.render import report_paths, rich_table, write_report
+
     level = start(verbose, quiet)
     if split not in ("random", "spatial"):
         raise typer.BadParameter("use random or spatial", param_hint="--split")
