@@ -48,10 +48,12 @@ from diffclip_cli.train.finetune import finetune
 from diffclip_cli.train.pretrain import pretrain
 
 __all__ = [
+    "BASELINE_METHOD",
     "DEFAULT_PRETRAIN_SAMPLES",
     "FewshotResult",
     "PretrainResult",
     "ProgressFn",
+    "baseline_pixels",
     "evaluate_pixels",
     "fewshot_scene",
     "predict_pixels",
@@ -63,6 +65,10 @@ log = logging.getLogger("diffclip")
 #: Progress callback: ``(stage, done, total)``; stages are ``"pretrain"`` and ``"finetune"``
 #: (epochs), ``"evaluate"`` (pixels).
 ProgressFn = Callable[[str, int, int], None]
+
+#: What :func:`baseline_pixels` is, in the reports' words.
+BASELINE_METHOD = ("random forest (200 trees) on each pixel's own HSI and LiDAR values, no "
+                   "spatial context, trained on the same shots")
 
 
 @dataclass
@@ -95,6 +101,8 @@ class FewshotResult:
         split: training (shots) and test indices into ``labels``.
         report: accuracy on the test pixels (every labelled pixel not trained on), or ``None``
             when there are none or evaluation was not asked for.
+        baseline: the per-pixel baseline's accuracy on the same test pixels
+            (:func:`baseline_pixels`), or ``None`` (no report, or not asked for).
         pretrain_history: stage-1 records (empty with a given pretrained model).
         finetune_history: stage-2 records.
         timings: seconds per stage.
@@ -108,6 +116,36 @@ class FewshotResult:
     pretrain_history: list[dict[str, Any]] = field(default_factory=list)
     finetune_history: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    baseline: AccuracyReport | None = None
+
+
+def baseline_pixels(scene: Scene, labels: LabelSet, split: Split, *, seed: int = 0
+                    ) -> AccuracyReport:
+    """A per-pixel random forest trained on the shots and scored on the test pixels.
+
+    The classical alternative DiffCLIP has to beat: each pixel is classified from its own
+    band values (HSI then LiDAR, as read, no normalisation needed by a forest), with no
+    spatial context and no text; the same training and test pixels as the model's.
+
+    Args:
+        scene: the scene.
+        labels: the labelled pixels (valid ones).
+        split: training and test indices into ``labels``.
+        seed: the forest's seed.
+
+    Returns:
+        The baseline's accuracy on the test pixels, with the labels' classes.
+    """
+    from diffclip_cli.bench.baselines import random_forest
+
+    def features(index: np.ndarray) -> np.ndarray:
+        values = scene.read_pixels(labels.rows[index], labels.cols[index])
+        parts = [values.hsi] if values.lidar is None else [values.hsi, values.lidar]
+        return np.nan_to_num(np.concatenate(parts, axis=1))
+
+    predicted = random_forest(features(split.train), labels.class_ids[split.train],
+                              features(split.test), seed=seed)
+    return AccuracyReport.from_labels(labels.class_ids[split.test], predicted, labels.classes)
 
 
 def _epochs(progress: ProgressFn | None, stage: str) -> Callable[..., None] | None:
@@ -296,6 +334,7 @@ def fewshot_scene(
     batch_size: int | None = None,
     provenance: Mapping[str, Any] | None = None,
     progress: ProgressFn | None = None,
+    baseline: bool = True,
 ) -> FewshotResult:
     """Stage 2 (and stage 1 unless ``pretrained`` is given): a few-shot classifier of a scene.
 
@@ -324,9 +363,12 @@ def fewshot_scene(
         batch_size: windows per forward pass when scoring.
         provenance: extra facts to record in the model file (input paths, ...).
         progress: ``(stage, done, total)`` callback.
+        baseline: with the report, also score the per-pixel baseline
+            (:func:`baseline_pixels`) on the same test pixels.
 
     Returns:
-        The classifier, its model file contents, the split and the held-out report.
+        The classifier, its model file contents, the split, the held-out report and the
+        baseline's.
     """
     timings: dict[str, float] = {}
     given = split if isinstance(split, Split) else None
@@ -397,8 +439,13 @@ def fewshot_scene(
                                  batch_size=batch_size, progress=progress,
                                  classifier=classifier)
         timings["evaluate"] = time.perf_counter() - start
+    base = None
+    if report is not None and baseline:
+        start = time.perf_counter()
+        base = baseline_pixels(scene, labels, chosen, seed=seed)
+        timings["baseline"] = time.perf_counter() - start
     return FewshotResult(bundle, classifier, labels, chosen, report, pre_history, history,
-                         timings)
+                         timings, base)
 
 
 def predict_pixels(

@@ -27,6 +27,8 @@ from diffclip_cli.io.grid import Grid
 from diffclip_cli.io.maps import MapWriter
 from diffclip_cli.io.raster import band_wavelengths, is_gdal_name
 from diffclip_cli.model.modelfile import load_model
+from diffclip_cli.report.metrics import AccuracyReport
+from diffclip_cli.report.render import baseline_verdict
 
 runner = CliRunner()
 
@@ -393,3 +395,38 @@ def test_the_cli_imports_no_heavy_library_until_a_command_runs():
                 f"try:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
                 "assert 'torch' not in sys.modules and 'rasterio' not in sys.modules\n")
         subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
+
+
+# ------------------------------------------------------------------ the per-pixel baseline
+def test_every_fewshot_report_scores_the_per_pixel_baseline(model):
+    report = json.loads(model.with_name("model.report.json").read_text())
+    base = report["baseline"]
+    assert "random forest" in base["method"]
+    # the same held-out pixels as the model's report
+    assert base["n_pixels"] == report["n_pixels"]
+    assert np.asarray(base["confusion_matrix"]).sum() == report["n_pixels"]
+    assert base["better_than_model"] == (base["overall_accuracy"] > report["overall_accuracy"])
+    markdown = model.with_name("model.report.md").read_text()
+    assert "## Per-pixel baseline" in markdown and base["verdict"] in markdown
+
+
+def test_fewshot_says_plainly_when_the_baseline_is_better(scene, tmp_path):
+    # one epoch of each stage: DiffCLIP barely trained; the scene's spectra separate the
+    # classes, so a random forest on pixel values wins
+    r = invoke("fewshot", scene.hsi, scene.lidar, "--labels", scene.labels, "--shots", 5,
+               "--preset", "tiny", "--pretrain-samples", 50, "--pretrain-epochs", 1,
+               "--finetune-epochs", 1, "--no-fast", "-o", tmp_path / "weak.pt", "-q")
+    report = json.loads((tmp_path / "weak.report.json").read_text())
+    assert report["baseline"]["better_than_model"] is True
+    assert "The per-pixel baseline is better than DiffCLIP" in " ".join(r.output.split())
+    assert "better than DiffCLIP" in (tmp_path / "weak.report.md").read_text()
+
+
+def test_baseline_verdict_names_the_better_one():
+    classes = ClassTable([{"id": 1, "name": "a"}, {"id": 2, "name": "b"}])
+    truth = np.array([1, 1, 2, 2])
+    good = AccuracyReport.from_labels(truth, truth, classes)
+    poor = AccuracyReport.from_labels(truth, np.array([1, 2, 2, 1]), classes)
+    assert baseline_verdict(good, poor).startswith("DiffCLIP is better than the per-pixel")
+    assert baseline_verdict(poor, good).startswith("The per-pixel baseline is better")
+    assert "as accurate as" in baseline_verdict(good, good)

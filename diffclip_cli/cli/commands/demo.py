@@ -47,9 +47,9 @@ def demo(
     from diffclip_cli.model.config import load_preset
     from diffclip_cli.model.device import resolve_device
     from diffclip_cli.model.modelfile import save_model
-    from diffclip_cli.pipeline import fewshot_scene
+    from diffclip_cli.pipeline import BASELINE_METHOD, fewshot_scene
     from diffclip_cli.report.quicklook import quicklook
-    from diffclip_cli.report.render import rich_table, write_report
+    from diffclip_cli.report.render import baseline_verdict, rich_table, write_report
 
     level = start(verbose, quiet)
     began = time.perf_counter()
@@ -81,11 +81,15 @@ def demo(
              f"for training ({shots} per class, seed {seed})")
     reports = write_report(result.report, report_stem, overwrite=overwrite, title=title,
                            metadata={"scene": "Salinas-A", "shots": shots, "seed": seed,
-                                     "preset": preset})
+                                     "preset": preset},
+                           baseline=result.baseline, baseline_method=BASELINE_METHOD)
     quicklook(map_path, result.bundle.class_table, png_path, overwrite=overwrite,
               title="Salinas-A land cover (diffclip demo)")
     if level >= 0:
         console.print(rich_table(result.report, title=title))
+    if result.baseline is not None:
+        console.print(baseline_verdict(result.report, result.baseline), highlight=False,
+                      soft_wrap=True)
     seconds = time.perf_counter() - began
     console.print(f"Done in {seconds:.0f} s. Model: {model_path}  Map: {map_path} "
                   f"({mapped.valid_pixels:,} pixels)  Quicklook: {png_path}")

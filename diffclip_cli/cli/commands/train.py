@@ -197,8 +197,13 @@ def fewshot(
     from diffclip_cli.model.device import resolve_device
     from diffclip_cli.model.modelfile import load_model, save_model
     from diffclip_cli.model.prompts import read_descriptions
-    from diffclip_cli.pipeline import fewshot_scene
-    from diffclip_cli.report.render import report_paths, rich_table, write_report
+    from diffclip_cli.pipeline import BASELINE_METHOD, fewshot_scene
+    from diffclip_cli.report.render import (
+        baseline_verdict,
+        report_paths,
+        rich_table,
+        write_report,
+    )
 
     level = start(verbose, quiet)
     if split not in ("random", "spatial"):
@@ -242,7 +247,11 @@ def fewshot(
              f"training ({shots} shots per class, seed {seed})")
     paths = write_report(result.report, report_stem, overwrite=overwrite, title=title,
                          metadata={"model": str(output), "shots": shots, "seed": seed,
-                                   "split": split, "labels": str(labels)})
+                                   "split": split, "labels": str(labels)},
+                         baseline=result.baseline, baseline_method=BASELINE_METHOD)
     if level >= 0:
         console.print(rich_table(result.report, title=title))
+    if result.baseline is not None:
+        console.print(baseline_verdict(result.report, result.baseline), highlight=False,
+                      soft_wrap=True)
     console.print("Report: " + ", ".join(str(p) for p in paths.values()))
