@@ -3,6 +3,7 @@ software reads, GDAL dataset names as inputs, wavelengths, creation options and 
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -22,13 +23,14 @@ from typer.testing import CliRunner
 
 from diffclip_cli.cli import app
 from diffclip_cli.errors import InputError, LabelError, ModelError, OutputError
-from diffclip_cli.io.classes import ClassTable
+from diffclip_cli.io.classes import DEFAULT_PALETTE, ClassInfo, ClassTable
 from diffclip_cli.io.grid import Grid
-from diffclip_cli.io.maps import MapWriter
+from diffclip_cli.io.maps import MapWriter, class_colormap
 from diffclip_cli.io.raster import band_wavelengths, is_gdal_name
 from diffclip_cli.model.modelfile import load_model
 from diffclip_cli.report.metrics import AccuracyReport
-from diffclip_cli.report.render import baseline_verdict
+from diffclip_cli.report.quicklook import nice_length, quicklook_figure
+from diffclip_cli.report.render import baseline_verdict, confusion_figure
 
 runner = CliRunner()
 
@@ -430,3 +432,69 @@ def test_baseline_verdict_names_the_better_one():
     assert baseline_verdict(good, poor).startswith("DiffCLIP is better than the per-pixel")
     assert baseline_verdict(poor, good).startswith("The per-pixel baseline is better")
     assert "as accurate as" in baseline_verdict(good, good)
+
+
+# ----------------------------------------------------------------------------- report polish
+def test_report_png_title_fits_above_the_heatmap_and_colour_bar():
+    classes = ClassTable([{"id": 1, "name": "a"}, {"id": 2, "name": "b"}])
+    report = AccuracyReport.from_labels(np.array([1, 1, 2, 2]), np.array([1, 2, 2, 2]), classes)
+    title = ("Held-out accuracy: 123456 labelled pixels not used for training "
+             "(5 shots per class, seed 0)")
+    fig = confusion_figure(report, title=title, baseline=report)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = fig._suptitle.get_window_extent(renderer)
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height
+    for ax in fig.axes:  # the heatmap and the colour bar
+        assert box.y0 >= ax.get_window_extent(renderer).y1
+    text = fig._suptitle.get_text()
+    assert "seed 0)" in text and "OA 75.00 %" in text and "baseline" in text
+
+
+def test_reports_have_a_csv_confusion_matrix(model, named_map_and_id_labels, tmp_path):
+    map_path, labels, classes_csv = named_map_and_id_labels
+    invoke("evaluate", map_path, "--labels", labels, "--classes", classes_csv, "-o",
+           tmp_path / "e.json", "-q")
+    for stem in (tmp_path / "e", model.with_name("model.report")):
+        report = json.loads(stem.with_name(stem.name + ".json").read_text())
+        with open(stem.with_name(stem.name + ".csv"), newline="") as f:
+            rows = list(csv.reader(f))
+        ids = [str(i) for i in report["class_ids"]]
+        assert rows[0] == ["reference_id", "reference_name", *ids, "unclassified"]
+        assert [r[:2] for r in rows[1:]] == [[i, n] for i, n in zip(
+            ids, report["class_names"], strict=True)]
+        assert [[int(v) for v in r[2:-1]] for r in rows[1:]] == report["confusion_matrix"]
+        assert [int(r[-1]) for r in rows[1:]] == report["unclassified"]
+
+
+def test_quicklook_has_coordinates_crs_and_a_scale_bar(scene, model, tmp_path):
+    out = tmp_path / "map.tif"
+    invoke("classify", scene.hsi, scene.lidar, "-o", out, "--model", model, "--quicklook",
+           tmp_path / "map.png", "-q")
+    assert (tmp_path / "map.png").stat().st_size > 1000
+    fig = quicklook_figure(out, None, max_size=560)
+    fig.canvas.draw()
+    with rasterio.open(out) as ds:
+        bounds = ds.bounds
+    (ax,) = fig.axes
+    xs = [float(t.get_text().replace("\u2212", "-")) for t in ax.get_xticklabels()]
+    ys = [float(t.get_text().replace("\u2212", "-")) for t in ax.get_yticklabels()]
+    assert len(xs) >= 2 and all(bounds.left < x < bounds.right for x in xs)
+    assert len(ys) >= 2 and all(bounds.bottom < y < bounds.top for y in ys)
+    assert ax.get_xlim() == (bounds.left, bounds.right)
+    texts = [t.get_text() for t in fig.texts]
+    assert "EPSG:32615" in texts
+    # the scale bar: 56 px x 2 m = 112 m wide map, a quarter of it is 28 m -> a 20 m bar
+    assert "20 m" in texts
+
+
+def test_scale_bar_lengths_are_round():
+    assert [nice_length(v) for v in (0.7, 1, 3, 7.5, 28, 140, 2600)] == [
+        0.5, 1, 2, 5, 20, 100, 2000]
+
+
+def test_classes_without_colours_get_the_default_palette():
+    table = ClassTable([ClassInfo(4, "grass"), ClassInfo(7, "water", color=(0, 0, 255)),
+                        {"id": 9, "name": "road"}])
+    assert [c.color for c in table] == [DEFAULT_PALETTE[0], (0, 0, 255), DEFAULT_PALETTE[2]]
+    assert class_colormap(table)[4][:3] == DEFAULT_PALETTE[0]

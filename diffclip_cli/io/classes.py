@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, overload
 
 from diffclip_cli.errors import InputError, LabelError
@@ -57,21 +58,22 @@ class ClassInfo:
         id: the class value in label and map rasters (1..65535; 0 means unlabelled/nodata).
         name: the class name, used in prompts and reports.
         description: an optional class-specific description (the paper's prompt p5).
-        color: display colour ``(r, g, b)``.
+        color: display colour ``(r, g, b)``; ``None`` (the default) until a
+            :class:`ClassTable` gives the class its colour from :data:`DEFAULT_PALETTE`.
     """
 
     id: int
     name: str
     description: str = ""
-    color: tuple[int, int, int] = field(default=(127, 127, 127))
+    color: tuple[int, int, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly dictionary."""
+        """A JSON-friendly dictionary (``color`` is ``None`` only outside a table)."""
         return {
             "id": self.id,
             "name": self.name,
             "description": self.description,
-            "color": list(self.color),
+            "color": None if self.color is None else list(self.color),
         }
 
 
@@ -98,8 +100,10 @@ class ClassTable(Sequence[ClassInfo]):
                     id=int(c["id"]),
                     name=str(c["name"]),
                     description=str(c.get("description") or ""),
-                    color=parse_color(c.get("color")) or DEFAULT_PALETTE[i % len(DEFAULT_PALETTE)],
+                    color=parse_color(c.get("color")),
                 )
+            if c.color is None:  # the default palette, in table order (dicts and ClassInfo)
+                c = dataclasses.replace(c, color=DEFAULT_PALETTE[i % len(DEFAULT_PALETTE)])
             items.append(c)
         if not items:
             raise LabelError("the class table is empty", hint="give at least one class")
@@ -186,7 +190,7 @@ class ClassTable(Sequence[ClassInfo]):
             )
         folded = {k.casefold(): v for k, v in descriptions.items()}
         return ClassTable(
-            ClassInfo(c.id, c.name, folded.get(c.name.casefold(), c.description), c.color)
+            dataclasses.replace(c, description=folded.get(c.name.casefold(), c.description))
             for c in self._items
         )
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +18,35 @@ from rich.table import Table
 from diffclip_cli.io.atomic import atomic_path, check_output
 from diffclip_cli.report.metrics import AccuracyReport
 
-__all__ = ["baseline_record", "baseline_verdict", "confusion_figure", "report_paths",
-           "rich_table", "write_report"]
+__all__ = ["baseline_record", "baseline_verdict", "confusion_csv", "confusion_figure",
+           "report_paths", "rich_table", "write_report"]
 
 
 def report_paths(stem: str | os.PathLike[str]) -> dict[str, Path]:
-    """The files :func:`write_report` writes for ``stem``: ``stem.json``, ``.md`` and ``.png``.
+    """The files :func:`write_report` writes for ``stem``.
 
-    The suffix is appended, never substituted, so ``run.seed1`` gives ``run.seed1.json``.
+    ``stem.json``, ``.md``, ``.csv`` (the confusion matrix) and ``.png``. The suffix is
+    appended, never substituted, so ``run.seed1`` gives ``run.seed1.json``.
     """
     stem = os.fspath(stem)
     return {"json": Path(stem + ".json"), "markdown": Path(stem + ".md"),
-            "png": Path(stem + ".png")}
+            "csv": Path(stem + ".csv"), "png": Path(stem + ".png")}
+
+
+def confusion_csv(report: AccuracyReport) -> str:
+    """The confusion matrix as CSV, as OTB's ComputeConfusionMatrix writes one.
+
+    One row per reference class (``reference_id``, ``reference_name``, then the pixel counts
+    predicted as each class, by id, in the same order, then ``unclassified``).
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["reference_id", "reference_name", *[str(i) for i in report.class_ids],
+                     "unclassified"])
+    for i, (cid, name) in enumerate(zip(report.class_ids, report.class_names, strict=True)):
+        writer.writerow([cid, name, *[int(v) for v in report.confusion_matrix[i]],
+                         int(report.unclassified[i])])
+    return buffer.getvalue()
 
 
 def _pct(value: float | None) -> str:
@@ -86,10 +106,10 @@ def write_report(
     baseline: AccuracyReport | None = None,
     baseline_method: str = "per-pixel baseline",
 ) -> dict[str, Path]:
-    """Write ``stem.json``, ``stem.md`` and ``stem.png`` (confusion-matrix heatmap).
+    """Write ``stem.json``, ``stem.md``, ``stem.csv`` and ``stem.png`` (confusion-matrix heatmap).
 
-    The three files appear together: each is written to a temporary name and they are renamed
-    only once all three are complete. Nothing is written if any of them exists and
+    The four files appear together: each is written to a temporary name and they are renamed
+    only once all of them are complete. Nothing is written if any of them exists and
     ``overwrite`` is false.
 
     Args:
@@ -105,7 +125,7 @@ def write_report(
         baseline_method: what the baseline is, in words.
 
     Returns:
-        ``{"json": path, "markdown": path, "png": path}``.
+        ``{"json": path, "markdown": path, "csv": path, "png": path}``.
 
     Raises:
         OutputError: when a file exists (without ``overwrite``) or cannot be written.
@@ -140,6 +160,7 @@ def write_report(
                for key, path in paths.items()}
         tmp["json"].write_text(text, encoding="utf-8")
         tmp["markdown"].write_text(markdown, encoding="utf-8")
+        tmp["csv"].write_text(confusion_csv(report), encoding="utf-8")
         fig = confusion_figure(report, title=title, baseline=baseline)
         fig.savefig(tmp["png"], format="png", dpi=100, bbox_inches="tight", pad_inches=0.15)
     return paths
@@ -211,7 +232,12 @@ def confusion_figure(report: AccuracyReport, *, title: str | None = None,
     if baseline is not None:
         summary += f"\nper-pixel baseline: OA {pct(baseline.overall_accuracy)} %"
     heading = title.replace("$", r"\$") if title else None
-    ax.set_title(f"{heading}\n{summary}" if heading else summary, fontsize=font + 1)
+    # Above the heatmap *and* its colour bar, wrapped to the figure's width: a long title
+    # (the held-out report's names pixels, shots and seed) must not run into the colour bar.
+    chars = max(20, int(fig.get_figwidth() * 72 / ((font + 1) * 0.62)))
+    lines = [line for part in [heading or "", *summary.split("\n")]
+             for line in textwrap.wrap(part, chars)]
+    fig.suptitle("\n".join(lines), fontsize=font + 1)
     return fig
 
 

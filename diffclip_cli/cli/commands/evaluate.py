@@ -27,9 +27,9 @@ if TYPE_CHECKING:
 
 
 def report_stem(output: Path) -> Path:
-    """``report.json`` -> ``report`` (the stem of the .json/.md/.png trio)."""
-    return output.with_suffix("") if output.suffix.lower() in (".json", ".md", ".png") \
-        else output
+    """``report.json`` -> ``report`` (the stem of the .json/.md/.csv/.png files)."""
+    return output.with_suffix("") if output.suffix.lower() in (".json", ".md", ".csv",
+                                                               ".png") else output
 
 
 def run_evaluate(map_path: str | Path, labels: str | Path, output: Path, *,
@@ -59,8 +59,8 @@ def evaluate(
                                             "GDAL dataset name).", show_default=False)],
     labels: LabelsOpt = ...,  # type: ignore[assignment]
     output: Annotated[Path, typer.Option(
-        "-o", "--output", help="The report: REPORT.json, with REPORT.md and REPORT.png "
-        "beside it.")] = Path("report.json"),
+        "-o", "--output", help="The report: REPORT.json, with REPORT.md, REPORT.csv and "
+        "REPORT.png beside it.")] = Path("report.json"),
     classes: ClassesOpt = None,
     class_field: ClassFieldOpt = None,
     layer: LayerOpt = None,

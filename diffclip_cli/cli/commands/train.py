@@ -192,7 +192,8 @@ def fewshot(
 
     SHOTS labelled pixels per class are drawn at random (with --seed); every other labelled
     pixel is held out and only used for the accuracy report, which is printed and saved next
-    to the model (MODEL.report.json/.md/.png). `diffclip classify` then uses the model.
+    to the model (MODEL.report.json/.md/.csv/.png) with a per-pixel baseline scored on the
+    same pixels. `diffclip classify` then uses the model.
     """
     from diffclip_cli.model.device import resolve_device
     from diffclip_cli.model.modelfile import load_model, save_model
