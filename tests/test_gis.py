@@ -233,6 +233,20 @@ def test_an_envi_header_stands_for_its_data_file(scene, model, reference_map, tm
     assert "ENVI header" in r.output and "hsi.img" in r.output
 
 
+def test_evaluate_reads_map_and_label_raster_by_gdal_names(named_map_and_id_labels,
+                                                            tmp_path):
+    map_path, labels, classes_csv = named_map_and_id_labels
+    archive = tmp_path / "refs.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(labels, "labels.tif")
+        z.write(map_path, "map.tif")  # without its side files: the class table is in its tags
+    invoke("evaluate", f"/vsizip/{archive}/map.tif", "--labels",
+           f"/vsizip/{archive}/labels.tif", "--classes", classes_csv, "-o", tmp_path / "e.json",
+           "-q")
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert report["overall_accuracy"] == 1.0 and report["metadata"]["matched_by"] == "name"
+
+
 def test_gdal_names_are_told_from_paths(tmp_path, monkeypatch):
     for name in ("/vsizip/a.zip/b.tif", "/vsis3/bucket/key.tif", "NETCDF:x.nc:var",
                  'HDF5:"x.h5"://cube', "https://example.com/x.tif"):
