@@ -103,6 +103,20 @@ def test_evaluate_match_ids_is_explicit_and_uses_the_map_names(named_map_and_id_
     assert report["class_names"] == ["asphalt", "meadow", "water"]
 
 
+def test_evaluate_a_map_of_id_classes_matches_id_labels(named_map_and_id_labels, tmp_path):
+    # a model trained on a label raster without classes table names its classes "class <id>"
+    _, labels, _ = named_map_and_id_labels
+    with rasterio.open(labels) as ds:
+        data, grid = ds.read(1), Grid(ds.width, ds.height, ds.transform, ds.crs)
+    table = ClassTable([{"id": i, "name": f"class {i}"} for i in (1, 2, 3)])
+    with MapWriter(tmp_path / "ids.tif", grid, table) as writer:
+        writer.write(Window(0, 0, grid.width, grid.height), data)
+    r = invoke("evaluate", tmp_path / "ids.tif", "--labels", labels, "-o", tmp_path / "e.json")
+    assert "classes matched by id" in r.output
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert report["overall_accuracy"] == 1.0 and report["metadata"]["matched_by"] == "id"
+
+
 def test_evaluate_a_map_without_class_table_warns_that_ids_are_matched(
         named_map_and_id_labels, tmp_path, caplog):
     _, labels, _ = named_map_and_id_labels

@@ -53,6 +53,8 @@ def evaluate_map(
     - a map with names and a reference with ids only (a label raster without ``classes``, a
       vector of integer ids): a :class:`LabelError` naming ``--classes``, unless
       ``match_ids`` says the reference ids are the map's ids;
+    - a map whose classes are ids too (``class 3``: its model was trained on a label raster
+      without a classes table): matched by id, which are the training raster's ids;
     - a map without class table (made by another tool): matched by id, with a warning.
 
     The report names the matched classes as the map does. Reference pixels where the map is
@@ -88,7 +90,9 @@ def evaluate_map(
         log.warning("%s has no class table (not made by diffclip?): its values are taken as "
                     "the reference labels' class ids", map_path)
         match = match_classes(None, reference.classes)
-    elif match_ids:
+    elif match_ids or _generic_names(info.classes):
+        # Asked for, or a map whose classes are ids too ("class 3": trained on a label
+        # raster without a classes table): its ids are the training raster's ids.
         match = _match_by_id(info.classes, reference.classes)
     elif reference_named:
         match = match_classes(info.classes, reference.classes)
