@@ -200,8 +200,7 @@ class ModelBundle:
         if wavelengths is not None and self.wavelengths is not None:
             diffs = [abs(float(a) - float(b)) for a, b in zip(self.wavelengths, wavelengths,
                                                                strict=True)]
-            worst = max(range(len(diffs)), key=diffs.__getitem__)
-            if diffs[worst] > WAVELENGTH_TOLERANCE_NM:
+            if diffs and max(diffs) > WAVELENGTH_TOLERANCE_NM:
                 first = next(i for i, d in enumerate(diffs) if d > WAVELENGTH_TOLERANCE_NM)
                 raise ModelError(
                     f"the model was trained on HSI bands at {_span(self.wavelengths)} but the "
@@ -213,7 +212,7 @@ class ModelBundle:
                          "model on this one")
             return
         model_names = list(self.band_names.get("hsi", []))
-        pairs = [] if band_names is None else [
+        pairs = [] if band_names is None or len(model_names) != len(band_names) else [
             (i, a, str(b)) for i, (a, b) in enumerate(zip(model_names, band_names, strict=True))
             if a != str(b)]
         one_side = (wavelengths is None) != (self.wavelengths is None)
