@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import time
 import types
@@ -27,8 +28,12 @@ from diffclip_cli.errors import InputError
 from diffclip_cli.io.classes import ClassTable
 from diffclip_cli.io.labels import LabelSet, read_labels
 from diffclip_cli.io.raster import Scene
+from diffclip_cli.sampling.drift import describe_shift, distribution_shift
 
-__all__ = ["StageProgress", "interruptible", "open_scene", "read_label_file", "start"]
+__all__ = ["StageProgress", "interruptible", "open_scene", "read_label_file", "start",
+           "warn_if_out_of_distribution"]
+
+log = logging.getLogger("diffclip")
 
 _STAGE_TITLES = {
     "pretrain": "Pretraining (epochs)",
@@ -162,3 +167,23 @@ def read_label_file(path: Path, scene_or_grid: Any, *, classes: Path | None,
     if not Path(path).exists():
         raise InputError("label file not found", path=path, hint="check the --labels path")
     return read_labels(path, grid, class_field=class_field, layer=layer, classes=table)
+
+
+def warn_if_out_of_distribution(scene: Scene, bundle: Any, *, model: Path) -> None:
+    """Warn when the scene's values are clearly not those the model was trained on.
+
+    E.g. reflectance 0-1 against a model trained on 0-10000: the map would be mostly wrong
+    without any error. See :func:`diffclip_cli.sampling.drift.distribution_shift`.
+    """
+    shifts = distribution_shift(scene, bundle.stats)
+    for modality, label, files, count in (
+            ("hsi", "HSI", [scene.hsi_path], bundle.hsi_bands),
+            ("lidar", "LiDAR", list(scene.lidar_paths), bundle.lidar_bands)):
+        off = [s for s in shifts if s.modality == modality]
+        if not off:
+            continue
+        log.warning("%s: the values of %d of %d %s bands are far from those the model %s was "
+                    "trained on: %s; the map is likely wrong: check the inputs' units and "
+                    "scale (e.g. reflectance 0-1 against 0-10000) or train a model on this "
+                    "scene", ", ".join(str(f) for f in files), len(off), count, label, model,
+                    describe_shift(off))

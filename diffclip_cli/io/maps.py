@@ -10,6 +10,7 @@ The products are described in ``docs/maps.md``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -40,6 +41,7 @@ __all__ = [
     "MapInfo",
     "MapWriter",
     "RasterWriter",
+    "check_creation_options",
     "class_colormap",
     "map_dtype",
     "read_map",
@@ -94,6 +96,35 @@ def _options(creation_options: Sequence[str] | Mapping[str, Any] | None) -> dict
                 raise ValueError(f"creation options are KEY=VALUE, got {text!r}")
             items.append((key, value))
     return {k.strip().upper(): str(v).strip() for k, v in items}
+
+
+def check_creation_options(creation_options: Sequence[str] | Mapping[str, Any] | None
+                           ) -> dict[str, str]:
+    """Try GTiff creation options on a tiny in-memory raster, before any work.
+
+    Returns:
+        The options, keys upper-cased.
+
+    Raises:
+        ValueError: GDAL's reason, when the driver refuses them (e.g. a block size that is
+            not a multiple of 16, an unsupported predictor).
+    """
+    options = _options(creation_options)
+    if not options:
+        return options
+    profile = {"driver": "GTiff", "width": 64, "height": 64, "count": 1, "dtype": "uint8",
+               **{k.lower(): v for k, v in {**_GTIFF_DEFAULTS, **options}.items()}}
+    name = f"/vsimem/diffclip-options-{os.getpid()}-{id(options)}.tif"
+    try:
+        with rasterio.Env(), rasterio.open(name, "w", **profile) as ds:
+            ds.write(np.zeros((1, 64, 64), np.uint8))
+    except (rasterio.errors.RasterioError, ValueError, TypeError, OSError) as exc:
+        lines = str(exc).strip().splitlines()
+        raise ValueError(lines[0] if lines else type(exc).__name__) from None
+    finally:
+        with contextlib.suppress(Exception):
+            rasterio.shutil.delete(name)
+    return options
 
 
 def map_dtype(classes: ClassTable) -> str:
@@ -312,8 +343,8 @@ class RasterWriter:
                                   for k, v in self.colormap.items()})
 
     def _finish(self) -> None:
-        self._dataset.close()
-        self._dataset = None
+        dataset, self._dataset = self._dataset, None
+        _close_checked(dataset)
         if self.cog:
             assert self._work is not None and self._final_tmp is not None
             rasterio.shutil.copy(str(self._work), str(self._final_tmp), driver="COG",
@@ -328,6 +359,57 @@ class RasterWriter:
             if key in _COG_OPTIONS:
                 out[_COG_OPTIONS[key]] = value
         return out
+
+
+class _GdalErrors(logging.Handler):
+    """Collects the errors GDAL signals through rasterio's logging while it is attached."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if "signalled an error" in text and "error" in text.split("msg=", 1)[-1].lower():
+            self.messages.append(text.split("msg=", 1)[-1].strip("'\" "))
+
+
+def _close_checked(dataset: Any) -> None:
+    """Close a dataset opened for writing and fail if GDAL could not write it.
+
+    GDAL writes cached blocks and the TIFF directory at close and only signals a failure
+    there (a full disk, an I/O error) through its error handler: rasterio's ``close()`` does
+    not raise. The errors are collected from rasterio's logging, and the file is reopened to
+    check that it is a readable raster of the expected shape.
+
+    Raises:
+        OSError: naming GDAL's first message (the disk-full check looks at the free space).
+    """
+    name, shape = dataset.name, (dataset.count, dataset.height, dataset.width)
+    handler = _GdalErrors()
+    loggers = [logging.getLogger(n) for n in ("rasterio._env", "rasterio._err", "rasterio._io")]
+    saved = [(lg.level, lg.propagate) for lg in loggers]
+    for lg in loggers:  # collected here, not shown: the error is raised below
+        lg.addHandler(handler)
+        lg.setLevel(logging.DEBUG)
+        lg.propagate = False
+    try:
+        with rasterio.Env():
+            dataset.close()
+    finally:
+        for lg, (level, propagate) in zip(loggers, saved, strict=True):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+            lg.propagate = propagate
+    if handler.messages:
+        raise OSError(errno.EIO, f"GDAL could not write it: {handler.messages[0]}")
+    try:
+        with rasterio.open(name) as ds:
+            ok = (ds.count, ds.height, ds.width) == shape
+    except rasterio.errors.RasterioIOError as exc:
+        raise OSError(errno.EIO, f"it cannot be read back ({exc})") from None
+    if not ok:
+        raise OSError(errno.EIO, "it cannot be read back whole")
 
 
 @contextlib.contextmanager

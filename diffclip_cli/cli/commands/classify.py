@@ -8,7 +8,13 @@ from typing import Annotated
 import typer
 
 from diffclip_cli.cli.app import app
-from diffclip_cli.cli.common import StageProgress, interruptible, open_scene, start
+from diffclip_cli.cli.common import (
+    StageProgress,
+    interruptible,
+    open_scene,
+    start,
+    warn_if_out_of_distribution,
+)
 from diffclip_cli.cli.console import console
 from diffclip_cli.cli.options import (
     DEFAULT_MODEL,
@@ -23,7 +29,8 @@ from diffclip_cli.cli.options import (
 )
 from diffclip_cli.errors import ModelError
 from diffclip_cli.infer.classify import classify_scene
-from diffclip_cli.io.atomic import check_output
+from diffclip_cli.io.atomic import output_set
+from diffclip_cli.io.maps import check_creation_options, sidecar_path
 from diffclip_cli.model.device import resolve_device
 from diffclip_cli.model.modelfile import load_model
 from diffclip_cli.report.quicklook import quicklook as draw_quicklook
@@ -45,7 +52,11 @@ def parse_creation_options(values: list[str] | None) -> dict[str, str]:
         if not sep or not name.strip():
             raise typer.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--co")
         options[name.strip().upper()] = value.strip()
-    return options
+    try:
+        return check_creation_options(options)
+    except ValueError as exc:
+        raise typer.BadParameter(f"GDAL refuses these creation options: {exc}",
+                                 param_hint="--co") from None
 
 
 def run_classify(
@@ -72,9 +83,10 @@ def run_classify(
     Returns:
         A summary: output paths, pixels, per-class counts, seconds, pixels per second.
     """
-    with interruptible():
-        for path in (p for p in (quicklook,) if p is not None):
-            check_output(path, overwrite=overwrite)
+    outputs = {"map": [output, sidecar_path(output)], "confidence raster": confidence,
+               "probability raster": probabilities, "quicklook": quicklook}
+    inputs = {"the HSI": hsi, "a LiDAR raster": lidar, "the model": model}
+    with interruptible(), output_set(outputs, inputs=inputs, overwrite=overwrite) as outs:
         if not model.exists():
             raise ModelError("model file not found", path=model,
                              hint="train one with `diffclip fewshot ... -o MODEL` or pass "
@@ -84,9 +96,17 @@ def run_classify(
             raise ModelError("is a pretrained model without classes", path=model,
                              hint="fine-tune it first with `diffclip fewshot --pretrained "
                                   f"{model}` and classify with that model")
+        if fast:
+            from diffclip_cli.infer.fast import load_student
+
+            try:
+                load_student(bundle)
+            except ModelError as exc:
+                raise ModelError(exc.message, path=model, hint=exc.hint) from None
         dev = str(resolve_device(device))
         with open_scene(hsi, lidar) as scene:
             bundle.check_inputs(scene.hsi_bands, scene.lidar_bands, path=model)
+            warn_if_out_of_distribution(scene, bundle, model=model)
             with StageProgress(enabled=show_progress) as progress:
                 result = classify_scene(
                     scene, bundle, output, confidence=confidence, probabilities=probabilities,
@@ -94,9 +114,9 @@ def run_classify(
                     cog=cog, creation_options=creation_options, overwrite=overwrite,
                     scheduler=scheduler, metadata={"model_file": str(model)},
                     progress=progress.pixels("classify"))
-            if quicklook is not None:
-                draw_quicklook(output, bundle.class_table, quicklook, overwrite=overwrite,
-                               title=output.name)
+            if quicklook is not None:  # drawn from the complete map before it is renamed
+                draw_quicklook(outs.pending(output), bundle.class_table, quicklook,
+                               overwrite=overwrite, title=output.name)
     return {
         "output": str(result.output),
         "confidence": None if result.confidence is None else str(result.confidence),

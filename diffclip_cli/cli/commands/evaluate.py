@@ -20,8 +20,9 @@ from diffclip_cli.cli.options import (
     VerboseOpt,
 )
 from diffclip_cli.errors import InputError
+from diffclip_cli.io.atomic import output_set
 from diffclip_cli.report.evaluate import Evaluation, evaluate_map
-from diffclip_cli.report.render import rich_table, write_report
+from diffclip_cli.report.render import report_paths, rich_table, write_report
 
 
 def report_stem(output: Path) -> Path:
@@ -34,13 +35,16 @@ def run_evaluate(map_path: Path, labels: Path, output: Path, *, classes: Path | 
                  class_field: str | None = None, layer: str | None = None,
                  overwrite: bool = False) -> tuple[Evaluation, dict[str, Path]]:
     """Evaluate a map and write its report trio; what the command and ``batch`` call."""
-    if not map_path.exists():
-        raise InputError("map not found", path=map_path, hint="check the path")
-    with interruptible():
+    stem = report_stem(output)
+    inputs = {"the map": map_path, "the labels": labels, "the classes table": classes}
+    with interruptible(), output_set({"report": list(report_paths(stem).values())},
+                                     inputs=inputs, overwrite=overwrite):
+        if not map_path.exists():
+            raise InputError("map not found", path=map_path, hint="check the path")
         evaluation = evaluate_map(map_path, labels, classes=classes, class_field=class_field,
                                   layer=layer)
         title = f"Accuracy of {map_path.name} against {labels.name}"
-        paths = write_report(evaluation.report, report_stem(output), overwrite=overwrite,
+        paths = write_report(evaluation.report, stem, overwrite=overwrite,
                              title=title, metadata={"map": str(map_path),
                                                     "labels": str(labels),
                                                     "matched_by": evaluation.match.by})
