@@ -412,6 +412,8 @@ def output_set(
     files = check_outputs(outputs, inputs=inputs, overwrite=overwrite)
     outer = _CURRENT.get()
     group = OutputSet(overwrite=overwrite)
+    if outer is not None:  # what lay there when the enclosing run checked its outputs
+        group._declared.update({_key(p): outer.before(p) for p in files if outer.holds(p)})
     group.declare(files)
     token = _CURRENT.set(group)
     try:
