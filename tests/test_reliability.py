@@ -409,6 +409,30 @@ def test_resume_continues_its_own_checkpoint(files, checkpoint_of_another_scene)
     assert "resuming pretraining" in r.output and out.exists()
 
 
+def test_resume_refuses_a_damaged_checkpoint(files, checkpoint_of_another_scene):  # noqa: F811
+    other, out = checkpoint_of_another_scene
+    ckpt = Path(f"{out}.ckpt")
+    _flip_weight_bytes(ckpt, ckpt)
+    line = error_line(invoke("pretrain", other, files.lidar, "-o", out, "--resume",
+                             "--preset", "tiny", "--epochs", 1, "--samples", 32,
+                             code=ModelError.exit_code))
+    assert str(ckpt) in line and "checkpoint is damaged" in line and "start over" in line
+
+
+def test_a_checkpoint_that_cannot_be_saved_is_an_output_error(files, tmp_path,  # noqa: F811
+                                                              monkeypatch):
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs "
+                           "534")
+
+    monkeypatch.setattr("diffclip_cli.model.modelfile.torch.save", full)
+    out = tmp_path / "p.pt"
+    line = error_line(invoke("pretrain", files.hsi, files.lidar, "-o", out, "--preset", "tiny",
+                             "--epochs", 1, "--samples", 32, code=OutputError.exit_code))
+    assert f"{out}.ckpt" in line and "torch could not write the file" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 # --------------------------------------------------------- 5. ids and names in one field
 def _mixed_labels(tmp_path: Path) -> Path:
     path = tmp_path / "mixed.gpkg"
@@ -601,6 +625,17 @@ def test_a_scene_in_other_units_than_the_models_warns(files, tmp_path):  # noqa:
     r = invoke("classify", files.hsi, files.lidar, "--model", files.model, "-o",
                tmp_path / "n.tif", code=0)
     assert "far from those the model" not in r.output
+
+
+def test_fewshot_on_a_pretrained_model_warns_about_other_units(files, tmp_path):  # noqa: F811
+    scaled = write_tif(tmp_path / "dn.tif",
+                       np.where(files.hsi_data == -9999, -9999, files.hsi_data * 1e4)
+                       .astype(np.float32), transform=TRANSFORM, nodata=-9999)
+    r = invoke("fewshot", scaled, files.lidar, "--labels", files.labels, "--shots", 2,
+               "--pretrained", files.pretrained, "--finetune-epochs", 1, "-o",
+               tmp_path / "m.pt", code=0)
+    text = " ".join(r.output.split())
+    assert f"HSI bands are far from those the model {files.pretrained} was trained on" in text
 
 
 def test_a_normal_run_writes_all_its_outputs(files, tmp_path):  # noqa: F811

@@ -48,8 +48,10 @@ __all__ = [
     "build_network",
     "bundle_from_classifier",
     "bundle_from_network",
+    "check_archive",
     "load_model",
     "save_model",
+    "torch_save",
 ]
 
 log = logging.getLogger("diffclip")
@@ -241,13 +243,23 @@ def save_model(bundle: ModelBundle, path: str | os.PathLike[str], *,
         "digest": _digest(metadata, state, extras),
     }
     with atomic_path(path, overwrite=overwrite) as tmp:
-        try:
-            torch.save(payload, tmp)
-        except RuntimeError as exc:  # torch's writer reports a full disk as RuntimeError
-            lines = str(exc).strip().splitlines()
-            raise OSError(errno.EIO, "torch could not write the file"
-                          + (f" ({lines[0]})" if lines else "")) from None
+        torch_save(payload, tmp)
     return Path(path)
+
+
+def torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save``, with its write failures raised as :class:`OSError`.
+
+    Torch reports a full disk (or any failed write) as ``RuntimeError`` from its zip writer;
+    inside :func:`~diffclip_cli.io.atomic.atomic_path` an ``OSError`` becomes the output's
+    error (exit 7) instead of an internal error.
+    """
+    try:
+        torch.save(obj, path)
+    except RuntimeError as exc:
+        lines = str(exc).strip().splitlines()
+        raise OSError(errno.EIO, "torch could not write the file"
+                      + (f" ({lines[0]})" if lines else "")) from None
 
 
 def _feed(h: Any, value: Any) -> None:
@@ -281,19 +293,23 @@ def _digest(metadata: str, state: dict[str, torch.Tensor], extras: dict[str, Any
     return out
 
 
-def _check_archive(path: Path) -> None:
-    """Check the CRC of every record of the zip archive ``torch.save`` writes."""
+def check_archive(path: Path, *, what: str = "model file",
+                  hint: str = "copy the model again or re-train it") -> None:
+    """Check the CRC of every record of the zip archive ``torch.save`` writes.
+
+    Raises:
+        ModelError: the archive cannot be read or a record does not match its CRC.
+    """
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
         log.debug("zip check of %s failed: %r", path, exc)
-        raise ModelError("the model file is truncated or damaged (its archive cannot be "
-                         "read)", path=path, hint="copy the model again or re-train it") from None
+        raise ModelError(f"the {what} is truncated or damaged (its archive cannot be read)",
+                         path=path, hint=hint) from None
     if bad is not None:
-        raise ModelError(f"the model file is damaged: its record {bad.split('/')[-1]!r} does "
-                         "not match the checksum stored with it", path=path,
-                         hint="copy the model again or re-train it")
+        raise ModelError(f"the {what} is damaged: its record {bad.split('/')[-1]!r} does "
+                         "not match the checksum stored with it", path=path, hint=hint)
 
 
 def _check_digest(payload: dict[str, Any], version: int, path: Path) -> None:
@@ -337,7 +353,7 @@ def load_model(path: str | os.PathLike[str]) -> ModelBundle:
         raise ModelError("is an empty file (0 bytes), not a model", path=path,
                          hint="copy the model again or re-train it")
     if _is_zip(path):
-        _check_archive(path)
+        check_archive(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -140,11 +140,17 @@ def _describe_inputs(inputs: Mapping[str, Any]) -> str:
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    from diffclip_cli.model.modelfile import torch_save
+
     with atomic_path(path, overwrite=True) as tmp:
-        torch.save(state, tmp)
+        torch_save(state, tmp)
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
+    from diffclip_cli.model.modelfile import check_archive
+
+    # A damaged checkpoint is not resumed from (torch.load does not check the CRCs).
+    check_archive(path, what="checkpoint", hint="delete it to start over")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unreadable checkpoint is reported the same way

@@ -15,6 +15,7 @@ from diffclip_cli.cli.common import (
     open_scene,
     read_label_file,
     start,
+    warn_if_out_of_distribution,
 )
 from diffclip_cli.cli.console import console, err_console
 from diffclip_cli.cli.options import (
@@ -242,6 +243,8 @@ def fewshot(
         base = load_model(pretrained) if pretrained is not None else None
         dev = str(resolve_device(device))
         with interruptible(), open_scene(hsi, lidar) as scene:
+            if base is not None and pretrained is not None:
+                warn_if_out_of_distribution(scene, base, model=pretrained)
             label_set = read_label_file(labels, scene, classes=classes, class_field=class_field,
                                         layer=layer)
             with StageProgress(enabled=level >= 0) as progress:
