@@ -490,6 +490,17 @@ def test_an_invalid_creation_option_is_a_usage_error(files, tmp_path, co):  # no
     assert "Internal error" not in r.output and not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("command", ["pretrain", "fewshot", "demo"])
+def test_an_unknown_preset_is_a_usage_error(files, tmp_path, command):  # noqa: F811
+    args = {"pretrain": ["pretrain", files.hsi, "-o", tmp_path / "p.pt"],
+            "fewshot": ["fewshot", files.hsi, files.lidar, "--labels", files.labels,
+                        "--shots", 2, "-o", tmp_path / "m.pt"],
+            "demo": ["demo", "-o", tmp_path / "d"]}[command]
+    r = invoke(*args, "--preset", "papr", code=USAGE)
+    assert "--preset" in r.output and "papr" in r.output and "paper" in r.output
+    assert not (tmp_path / "d").exists() or not list((tmp_path / "d").iterdir())
+
+
 def test_an_invalid_window_for_pretrain_is_a_usage_error(files, tmp_path):  # noqa: F811
     r = invoke("pretrain", files.hsi, "-o", tmp_path / "p.pt", "--window", 6, "--preset",
                "tiny", code=USAGE)

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import typer
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -28,10 +29,11 @@ from diffclip_cli.errors import InputError
 from diffclip_cli.io.classes import ClassTable
 from diffclip_cli.io.labels import LabelSet, read_labels
 from diffclip_cli.io.raster import Scene
+from diffclip_cli.model.config import Preset, list_presets, load_preset
 from diffclip_cli.sampling.drift import describe_shift, distribution_shift
 
-__all__ = ["StageProgress", "interruptible", "open_scene", "read_label_file", "start",
-           "warn_if_out_of_distribution"]
+__all__ = ["StageProgress", "interruptible", "open_scene", "preset_option", "read_label_file",
+           "start", "warn_if_out_of_distribution"]
 
 log = logging.getLogger("diffclip")
 
@@ -149,6 +151,22 @@ def interruptible() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def preset_option(name: str) -> Preset:
+    """The preset ``--preset`` names; an unknown name is a usage error naming the option.
+
+    (A preset YAML file that cannot be used stays a :class:`~diffclip_cli.errors.ModelError`
+    naming the file.)
+
+    Raises:
+        typer.BadParameter: ``name`` is neither a shipped preset nor an existing file.
+    """
+    if name not in list_presets() and not Path(name).exists():
+        raise typer.BadParameter(f"unknown preset {name!r}: use one of "
+                                 f"{', '.join(list_presets())} or a preset .yaml file",
+                                 param_hint="--preset")
+    return load_preset(name)
 
 
 def open_scene(hsi: Path, lidar: Sequence[Path] | None, *, resampling: str = "bilinear"

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from diffclip_cli.cli.app import app
-from diffclip_cli.cli.common import StageProgress, interruptible, start
+from diffclip_cli.cli.common import StageProgress, interruptible, preset_option, start
 from diffclip_cli.cli.console import console, err_console
 from diffclip_cli.cli.options import DeviceOpt, OverwriteOpt, QuietOpt, SeedOpt, VerboseOpt
 from diffclip_cli.data import salinas_a_dir
@@ -19,7 +19,6 @@ from diffclip_cli.io.atomic import output_set
 from diffclip_cli.io.labels import read_labels
 from diffclip_cli.io.maps import sidecar_path
 from diffclip_cli.io.raster import Scene
-from diffclip_cli.model.config import load_preset
 from diffclip_cli.model.device import resolve_device
 from diffclip_cli.model.modelfile import save_model
 from diffclip_cli.pipeline import fewshot_scene
@@ -54,6 +53,7 @@ def demo(
     """
     level = start(verbose, quiet)
     began = time.perf_counter()
+    recipe = preset_option(preset)  # before any work
     data = salinas_a_dir()
     if output.exists() and not output.is_dir():
         raise OutputError("exists and is not a folder", path=output,
@@ -74,7 +74,7 @@ def demo(
         with interruptible(), Scene.open(data / "hsi.tif") as scene:
             labels = read_labels(data / "labels.gpkg", scene.grid)
             with StageProgress(enabled=level >= 0) as progress:
-                result = fewshot_scene(scene, labels, shots=shots, preset=load_preset(preset),
+                result = fewshot_scene(scene, labels, shots=shots, preset=recipe,
                                        pretrain_samples=DEMO_PRETRAIN_SAMPLES, seed=seed,
                                        device=dev, progress=progress,
                                        provenance={"labels": str(data / "labels.gpkg")})

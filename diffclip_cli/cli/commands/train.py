@@ -13,6 +13,7 @@ from diffclip_cli.cli.common import (
     StageProgress,
     interruptible,
     open_scene,
+    preset_option,
     read_label_file,
     start,
     warn_if_out_of_distribution,
@@ -35,7 +36,7 @@ from diffclip_cli.cli.options import (
 )
 from diffclip_cli.errors import ModelError
 from diffclip_cli.io.atomic import check_collisions, output_set
-from diffclip_cli.model.config import Preset, load_preset
+from diffclip_cli.model.config import Preset
 from diffclip_cli.model.device import resolve_device
 from diffclip_cli.model.modelfile import load_model, save_model
 from diffclip_cli.model.prompts import TEMPLATES, read_descriptions
@@ -91,7 +92,7 @@ def _preset(name: str, *, window: int | None = None, mask_ratio: float | None = 
         overrides["pretrain.epochs"] = pretrain_epochs
     if finetune_epochs is not None:
         overrides["finetune.epochs"] = finetune_epochs
-    preset = load_preset(name)
+    preset = preset_option(name)
     for key, value in overrides.items():  # one at a time, to name the option at fault
         try:
             preset = preset.with_overrides(**{key: value})
