@@ -399,7 +399,15 @@ def test_resume_refuses_a_checkpoint_whose_input_changed(files, checkpoint_of_an
     line = error_line(invoke("pretrain", other, files.lidar, "-o", out, "--resume",
                              "--preset", "tiny", "--epochs", 1, "--samples", 32,
                              code=ModelError.exit_code))
-    assert "other input data" in line and "content" in line
+    assert "made from other input data (the input files' content differs)" in line
+
+
+def test_resume_with_other_settings_says_which(files, checkpoint_of_another_scene):  # noqa: F811
+    other, out = checkpoint_of_another_scene
+    line = error_line(invoke("pretrain", other, files.lidar, "-o", out, "--resume",
+                             "--preset", "tiny", "--epochs", 1, "--samples", 32, "--seed", 4,
+                             code=ModelError.exit_code))
+    assert "made with other settings (seed)" in line
 
 
 def test_resume_continues_its_own_checkpoint(files, checkpoint_of_another_scene):  # noqa: F811

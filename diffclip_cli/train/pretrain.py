@@ -122,15 +122,16 @@ def data_digest(data: WindowData) -> str:
 def _mismatch(saved: dict[str, Any], now: dict[str, Any], inputs: Mapping[str, Any] | None
               ) -> str:
     """What differs between a checkpoint's fingerprint and this run's, in words."""
+    if "data" not in saved:
+        return "by an older diffclip, which did not record its input data"
     then = saved.get("inputs")
     if inputs is not None and then is not None and then != json.loads(json.dumps(inputs)):
-        return (f"other input files ({_describe_inputs(then)}; now {_describe_inputs(inputs)})")
-    if saved.get("data") != now["data"]:
-        if inputs is not None and then is None:
-            return "other input data (its input files are not recorded)"
-        return "other input data (the input files' content or the pixel sample differ)"
-    differ = sorted(k for k in now if k not in ("data", "inputs") and saved.get(k) != now[k])
-    return f"another {', '.join(differ) or 'configuration'}"
+        return f"from other input files ({_describe_inputs(then)}; now {_describe_inputs(inputs)})"
+    differ = sorted(k for k in now if k not in ("data", "inputs")
+                    and saved.get(k) != json.loads(json.dumps(now[k])))
+    if differ:
+        return f"with other settings ({', '.join(differ)})"
+    return "from other input data (the input files' content differs)"
 
 
 def _describe_inputs(inputs: Mapping[str, Any]) -> str:
@@ -222,8 +223,8 @@ def pretrain(
         state = _load_checkpoint(path)
         saved = json.loads(state["fingerprint"])
         if saved != json.loads(json.dumps(fingerprint)):
-            raise ModelError(f"the checkpoint was made from {_mismatch(saved, fingerprint, inputs)}"
-                             ", so this run cannot resume it", path=path,
+            raise ModelError(f"the checkpoint was made {_mismatch(saved, fingerprint, inputs)}, "
+                             "so this run cannot resume it", path=path,
                              hint="run with the same inputs and settings, or delete the "
                                   "checkpoint (or drop --resume) to start over")
         net.load_state_dict(state["model"])
