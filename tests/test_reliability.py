@@ -263,6 +263,20 @@ def test_damaged_metadata_is_a_model_error(files, tmp_path, change, words):  # n
         assert "damaged" in line and words in line, line
 
 
+def test_weights_that_do_not_fit_the_configuration_name_the_model(files, tmp_path):  # noqa: F811
+    """Consistent metadata, digest right, but a weight of the wrong shape."""
+    def change(bundle):
+        key = next(k for k, v in bundle.state_dict.items()
+                   if v.ndim == 2 and v.is_floating_point())
+        bundle.state_dict[key] = bundle.state_dict[key][:, :1].clone()
+
+    bad = _damaged_bundle(files, tmp_path, change)
+    line = error_line(invoke("classify", files.hsi, files.lidar, "--model", bad, "-o",
+                             tmp_path / "m.tif", code=ModelError.exit_code))
+    assert line.startswith(f"Error: {bad}: ") and "do not fit the stored configuration" in line
+    assert not (tmp_path / "m.tif").exists() and no_temp_files(tmp_path)
+
+
 def test_unknown_configuration_field_says_a_newer_diffclip_made_it(files, tmp_path):  # noqa: F811
     bad = _damaged_bundle(files, tmp_path,
                           lambda b: b.model_config.update(rotary_embedding=True))
@@ -490,12 +504,17 @@ def test_fewshot_options_are_checked_before_work(files, tmp_path, monkeypatch, a
     assert not (tmp_path / "m.pt").exists()
 
 
-@pytest.mark.parametrize("co", ["BLOCKXSIZE=7", "PREDICTOR=9"])
+@pytest.mark.parametrize("co", ["BLOCKXSIZE=7", "PREDICTOR=9", "COMPRESS=NOPE", "FOO=BAR"])
 def test_an_invalid_creation_option_is_a_usage_error(files, tmp_path, co):  # noqa: F811
     r = invoke("classify", files.hsi, files.lidar, "--model", files.model, "-o",
                tmp_path / "m.tif", "--co", co, code=USAGE)
     assert "--co" in r.output and "GDAL refuses" in r.output
+    text = " ".join(r.output.replace("│", " ").split())
+    assert any(part in text for part in co.split("=")) or "multiples of 16" in text
     assert "Internal error" not in r.output and not list(tmp_path.iterdir())
+    invoke("classify", files.hsi, files.lidar, "--model", files.model, "-o", tmp_path / "m.tif",
+           "--co", "COMPRESS=ZSTD", "--co", "BLOCKXSIZE=32", "--co", "BLOCKYSIZE=32", "-q",
+           code=0)
 
 
 @pytest.mark.parametrize("command", ["pretrain", "fewshot", "demo"])

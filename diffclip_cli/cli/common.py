@@ -25,15 +25,15 @@ from rich.progress import (
 
 from diffclip_cli.cli.console import err_console, setup_logging
 from diffclip_cli.cli.options import verbosity
-from diffclip_cli.errors import InputError
+from diffclip_cli.errors import InputError, ModelError
 from diffclip_cli.io.classes import ClassTable
 from diffclip_cli.io.labels import LabelSet, read_labels
 from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.config import Preset, list_presets, load_preset
 from diffclip_cli.sampling.drift import describe_shift, distribution_shift
 
-__all__ = ["StageProgress", "interruptible", "open_scene", "preset_option", "read_label_file",
-           "start", "warn_if_out_of_distribution"]
+__all__ = ["StageProgress", "about_model", "interruptible", "open_scene", "preset_option",
+           "read_label_file", "start", "warn_if_out_of_distribution"]
 
 log = logging.getLogger("diffclip")
 
@@ -151,6 +151,21 @@ def interruptible() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def about_model(path: Path) -> Iterator[None]:
+    """Name ``path`` in model errors raised inside the block that name no file.
+
+    Building a classifier or its fast path from a damaged model raises a
+    :class:`~diffclip_cli.errors.ModelError` that cannot know the file it came from.
+    """
+    try:
+        yield
+    except ModelError as exc:
+        if exc.path is not None:
+            raise
+        raise ModelError(exc.message, path=path, hint=exc.hint) from None
 
 
 def preset_option(name: str) -> Preset:

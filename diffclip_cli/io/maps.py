@@ -115,6 +115,9 @@ def check_creation_options(creation_options: Sequence[str] | Mapping[str, Any] |
     profile = {"driver": "GTiff", "width": 64, "height": 64, "count": 1, "dtype": "uint8",
                **{k.lower(): v for k, v in {**_GTIFF_DEFAULTS, **options}.items()}}
     name = f"/vsimem/diffclip-options-{os.getpid()}-{id(options)}.tif"
+    complaints = _GdalWarnings()
+    env_log = logging.getLogger("rasterio._env")
+    env_log.addHandler(complaints)
     try:
         with rasterio.Env(), rasterio.open(name, "w", **profile) as ds:
             ds.write(np.zeros((1, 64, 64), np.uint8))
@@ -122,9 +125,25 @@ def check_creation_options(creation_options: Sequence[str] | Mapping[str, Any] |
         lines = str(exc).strip().splitlines()
         raise ValueError(lines[0] if lines else type(exc).__name__) from None
     finally:
+        env_log.removeHandler(complaints)
         with contextlib.suppress(Exception):
             rasterio.shutil.delete(name)
+    if complaints.messages:  # GDAL ignores an unknown option or value with a mere warning
+        raise ValueError("; ".join(dict.fromkeys(complaints.messages)))
     return options
+
+
+class _GdalWarnings(logging.Handler):
+    """Collects GDAL's warnings about creation options (logged by rasterio, not raised)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if text.startswith(("CPLE_NotSupported in ", "CPLE_IllegalArg in ")):
+            self.messages.append(text.split(" in ", 1)[1].strip())
 
 
 def map_dtype(classes: ClassTable) -> str:

@@ -38,7 +38,11 @@ def _scene_log(output: Path) -> logging.Handler | None:
     path = output.with_name(output.name + ".log")
     if not path.parent.is_dir():
         return None
-    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    try:
+        handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    except OSError as exc:  # a full disk or a read-only folder: the scene itself will say so
+        log.warning("%s: cannot write the scene's log (%s)", path, exc.strerror or exc)
+        return None
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     handler.setLevel(logging.DEBUG)
     return handler

@@ -10,6 +10,7 @@ import typer
 from diffclip_cli.cli.app import app
 from diffclip_cli.cli.common import (
     StageProgress,
+    about_model,
     interruptible,
     open_scene,
     start,
@@ -99,15 +100,13 @@ def run_classify(
         if fast:
             from diffclip_cli.infer.fast import load_student
 
-            try:
+            with about_model(model):
                 load_student(bundle)
-            except ModelError as exc:
-                raise ModelError(exc.message, path=model, hint=exc.hint) from None
         dev = str(resolve_device(device))
         with open_scene(hsi, lidar) as scene:
             bundle.check_inputs(scene.hsi_bands, scene.lidar_bands, path=model)
             warn_if_out_of_distribution(scene, bundle, model=model)
-            with StageProgress(enabled=show_progress) as progress:
+            with StageProgress(enabled=show_progress) as progress, about_model(model):
                 result = classify_scene(
                     scene, bundle, output, confidence=confidence, probabilities=probabilities,
                     tile_size=tile_size, batch_size=batch_size, device=dev, fast=fast,
