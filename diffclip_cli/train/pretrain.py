@@ -130,7 +130,10 @@ def _mismatch(saved: dict[str, Any], now: dict[str, Any], inputs: Mapping[str, A
     differ = sorted(k for k in now if k not in ("data", "inputs")
                     and saved.get(k) != json.loads(json.dumps(now[k])))
     if differ:
-        return f"with other settings ({', '.join(differ)})"
+        words = {"seed": "seed", "samples": "number of windows (--samples)",
+                 "model": "model configuration", "pretrain": "pretraining configuration",
+                 "hsi_bands": "HSI band count", "lidar_bands": "LiDAR channel count"}
+        return "with another " + " and another ".join(words.get(k, k) for k in differ)
     return "from other input data (the input files' content differs)"
 
 
