@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import zipfile
 from pathlib import Path
@@ -341,6 +343,88 @@ def test_the_map_failing_last_takes_the_finished_outputs_with_it(files, tmp_path
                       "--confidence", conf, "--overwrite", code=OutputError.exit_code))
     assert conf.read_bytes() == b"an older confidence raster"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["conf.tif"]
+
+
+def test_a_failing_tile_write_names_its_own_output(files, tmp_path, monkeypatch):  # noqa: F811
+    """The map's write fails while the confidence raster is open too: the map is named."""
+    from diffclip_cli.io import maps
+
+    real_open = maps.rasterio.open
+
+    class FailingWrites:
+        def __init__(self, ds):
+            self._ds = ds
+
+        def __getattr__(self, name):
+            return getattr(self._ds, name)
+
+        def write(self, *args, **kwargs):
+            raise rasterio.errors.RasterioIOError("Write error: No space left on device")
+
+    def fake_open(path, mode="r", **kwargs):
+        ds = real_open(path, mode, **kwargs)
+        return FailingWrites(ds) if mode == "w" and kwargs.get("dtype") == "uint8" else ds
+
+    monkeypatch.setattr(maps.rasterio, "open", fake_open)
+    out = tmp_path / "map.tif"
+    line = error_line(invoke("classify", files.hsi, files.lidar, "--model", files.model,
+                             "-o", out, "--confidence", tmp_path / "conf.tif",
+                             "--probabilities", tmp_path / "p.tif", code=OutputError.exit_code))
+    assert line.startswith(f"Error: {out}: the disk is full")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def _tiny_disk(size: str, folder: Path, *command: object) -> tuple[int, str, list[str]]:
+    """Run ``python -m diffclip_cli COMMAND`` with a real ``size`` tmpfs mounted on ``folder``.
+
+    The tmpfs lives in a private mount namespace (``unshare -rm``, no root needed where user
+    namespaces are allowed): returns the exit code, stderr and what the tmpfs held at the end.
+    """
+    script = ('mount -t tmpfs -o size="$1" tmpfs "$2" || exit 99; shift 2; "$@"; rc=$?; '
+              'echo "LISTING:$(ls -A "$0")"; exit $rc')
+    r = subprocess.run(["unshare", "-rm", "sh", "-c", script, str(folder), size, str(folder),
+                        sys.executable, "-m", "diffclip_cli", *map(str, command)],
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    listing = r.stdout.rsplit("LISTING:", 1)[-1].split()
+    return r.returncode, r.stderr, listing
+
+
+@pytest.fixture(scope="module")
+def tiny_disks():
+    """Skip unless a private tmpfs can be mounted here."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare")
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c",
+                            "mount -t tmpfs -o size=4k tmpfs /tmp"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("cannot mount a private tmpfs here")
+
+
+@pytest.mark.parametrize("size", ["4k", "8k"])  # map, sidecar, confidence: 3 pages at least
+def test_a_really_full_disk_while_classifying_leaves_nothing(files, tmp_path, tiny_disks,  # noqa: F811
+                                                             size):
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    code, err, listing = _tiny_disk(size, folder, "classify", files.hsi, files.lidar,
+                                    "--model", files.model, "-o", folder / "map.tif",
+                                    "--confidence", folder / "conf.tif", "--tile-size", 16,
+                                    "-q")
+    assert code == OutputError.exit_code, err
+    assert "the disk is full, so it was not written" in err and "Traceback" not in err
+    assert listing == []
+
+
+def test_a_really_full_disk_while_saving_a_model(files, tmp_path, tiny_disks):  # noqa: F811
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    code, err, listing = _tiny_disk("64k", folder, "fewshot", files.hsi, files.lidar,
+                                    "--labels", files.labels, "--shots", 2, "--pretrained",
+                                    files.pretrained, "--finetune-epochs", 1, "--no-fast",
+                                    "-o", folder / "m.pt", "-q")
+    assert code == OutputError.exit_code, err
+    assert f"{folder / 'm.pt'}: the disk is full" in err and "Internal error" not in err
+    assert listing == []
 
 
 def test_a_failing_quicklook_leaves_no_map(files, tmp_path, monkeypatch):  # noqa: F811

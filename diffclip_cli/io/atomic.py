@@ -34,6 +34,7 @@ __all__ = [
     "check_outputs",
     "companions",
     "output_set",
+    "write_error",
 ]
 
 #: Temporary outputs are hidden files with this prefix in the output's folder.
@@ -245,8 +246,9 @@ def _disk_full(exc: OSError, folder: Path | None = None) -> bool:
     return False
 
 
-def _output_error(exc: OSError, target: Path) -> OutputError:
-    """The one-sentence error of a failed write."""
+def write_error(exc: OSError, target: PathLike) -> OutputError:
+    """The one-sentence error of a failed write of ``target`` (disk full, I/O error...)."""
+    target = Path(target)
     if _disk_full(exc, target.parent if str(target.parent) else Path(".")):
         return OutputError("the disk is full, so it was not written", path=target,
                            hint="free some space or write elsewhere")
@@ -321,7 +323,7 @@ def _commit(items: Sequence[_Pending]) -> None:
             done.append(item)
     except OSError as exc:
         _undo(done)
-        raise _output_error(exc, current or items[0].target) from None
+        raise write_error(exc, current or items[0].target) from None
     except BaseException:
         _undo(done)
         raise
@@ -470,7 +472,7 @@ def atomic_path(path: PathLike, *, overwrite: bool = False) -> Iterator[Path]:
         try:
             yield tmp
         except OSError as exc:
-            raise _output_error(exc, target) from None
+            raise write_error(exc, target) from None
         if deferred and group is not None:
             if not tmp.exists():
                 raise OutputError("nothing was written", path=target)

@@ -29,7 +29,7 @@ import rasterio.shutil
 from rasterio.windows import Window
 
 from diffclip_cli.errors import InputError, LabelError
-from diffclip_cli.io.atomic import TEMP_PREFIX, atomic_path, check_output
+from diffclip_cli.io.atomic import TEMP_PREFIX, atomic_path, check_output, write_error
 from diffclip_cli.io.classes import ClassTable
 from diffclip_cli.io.grid import Grid
 from diffclip_cli.io.raster import open_raster
@@ -331,7 +331,10 @@ class RasterWriter:
             if lo < info.min or hi > info.max:
                 raise ValueError(f"values {lo}..{hi} do not fit in {self.dtype.name}")
         self._check_block(data)
-        self._dataset.write(data.astype(self.dtype, copy=False), window=window)
+        try:
+            self._dataset.write(data.astype(self.dtype, copy=False), window=window)
+        except OSError as exc:  # named here: several outputs may be open at once
+            raise write_error(exc, self.path) from None
 
     # ----------------------------------------------------------------------------- hooks
     def _enter_extra(self, stack: contextlib.ExitStack) -> None:
