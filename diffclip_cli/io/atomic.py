@@ -240,7 +240,7 @@ def _disk_full(exc: OSError, folder: Path | None = None) -> bool:
     text = str(exc).lower()
     if "no space left" in text or "disk full" in text or "quota exceeded" in text:
         return True
-    if folder is not None:  # the writer did not say why: look at the disk
+    if folder is not None and exc.errno in (None, errno.EIO):  # no reason given: look
         with contextlib.suppress(OSError):
             return shutil.disk_usage(folder).free < _FULL_DISK_BYTES
     return False
