@@ -588,6 +588,20 @@ def test_fewshot_options_are_checked_before_work(files, tmp_path, monkeypatch, a
     assert not (tmp_path / "m.pt").exists()
 
 
+def test_p5_takes_its_descriptions_from_a_classes_table(files, tmp_path):  # noqa: F811
+    """p5 without --descriptions is fine when the --classes table describes the classes."""
+    data = np.zeros((24, 28), np.uint8)
+    data[:10, :10] = 1
+    data[12:, :10] = 2
+    labels = write_tif(tmp_path / "labels.tif", data, transform=TRANSFORM)
+    table = tmp_path / "classes.csv"
+    table.write_text("id,name,description\n1,grass,low green cover\n2,trees,tall canopy\n")
+    invoke("fewshot", files.hsi, files.lidar, "--labels", labels, "--classes", table,
+           "--prompt", "p5", "--shots", 2, "--pretrained", files.pretrained,
+           "--finetune-epochs", 1, "-o", tmp_path / "m.pt", "-q", code=0)
+    assert load_model(tmp_path / "m.pt").prompts[0].startswith("grass: low green cover")
+
+
 @pytest.mark.parametrize("co", ["BLOCKXSIZE=7", "PREDICTOR=9", "COMPRESS=NOPE", "FOO=BAR"])
 def test_an_invalid_creation_option_is_a_usage_error(files, tmp_path, co):  # noqa: F811
     r = invoke("classify", files.hsi, files.lidar, "--model", files.model, "-o",

@@ -109,14 +109,16 @@ _OPTION_OF = {"model.window": "--window", "model.mask_ratio": "--mask-ratio",
               "finetune.epochs": "--finetune-epochs"}
 
 
-def _check_prompt(prompt: str | None, descriptions: Path | None) -> None:
+def _check_prompt(prompt: str | None, descriptions: Path | None, classes: Path | None
+                  ) -> None:
     """Refuse an unknown prompt template as a usage error, before any work."""
     if prompt is None or prompt in TEMPLATES:
         return
     if prompt == "p5":
-        if descriptions is None:
+        if descriptions is None and classes is None:
             raise typer.BadParameter("p5 builds prompts from class descriptions: pass "
-                                     "--descriptions FILE", param_hint="--prompt")
+                                     "--descriptions FILE or a --classes table with a "
+                                     "description column", param_hint="--prompt")
         return
     if "{class}" not in prompt:
         raise typer.BadParameter(f"unknown prompt template {prompt!r}: use p1, p2, p3, p4, p5 "
@@ -226,7 +228,7 @@ def fewshot(
     if split not in ("random", "spatial"):
         raise typer.BadParameter("use random or spatial", param_hint="--split")
     _check_prompt("p5" if descriptions is not None and prompt is None else prompt,
-                  descriptions)
+                  descriptions, classes)
     _preset(preset, window=window, pretrain_epochs=pretrain_epochs, finetune_epochs=epochs)
     report_stem = output.with_name(output.stem + ".report")
     outputs = {"model": output, "report": list(report_paths(report_stem).values())}
