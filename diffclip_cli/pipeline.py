@@ -56,6 +56,7 @@ __all__ = [
     "baseline_pixels",
     "evaluate_pixels",
     "fewshot_scene",
+    "input_identity",
     "predict_pixels",
     "pretrain_scene",
 ]
@@ -158,6 +159,22 @@ def _inputs(scene: Scene) -> dict[str, Any]:
     return {"hsi": str(scene.hsi_path), "lidar": [str(p) for p in scene.lidar_paths]}
 
 
+def input_identity(scene: Scene) -> dict[str, Any]:
+    """The scene's files as a checkpoint records them: resolved paths and sizes.
+
+    (Their content is covered by the digest of the windows drawn from them.)
+    """
+    files = []
+    for path in (scene.hsi_path, *scene.lidar_paths):
+        p = Path(path)
+        try:
+            size: int | None = p.stat().st_size
+        except OSError:
+            size = None
+        files.append({"path": str(p.resolve()), "size": size})
+    return {"files": files}
+
+
 def _windows(scene: Scene, rows: np.ndarray, cols: np.ndarray, *, window: int,
              stats: SceneStats, labels: np.ndarray | None = None) -> WindowData:
     batch = read_windows(scene, rows, cols, size=window, stats=stats)
@@ -202,7 +219,8 @@ def pretrain_scene(
     net = DiffCLIPNet(preset.model, hsi_bands=scene.hsi_bands, lidar_bands=scene.lidar_bands,
                       seed=seed)
     history = pretrain(net, data, preset.pretrain, seed=seed, checkpoint=checkpoint,
-                       resume=resume, progress=_epochs(progress, "pretrain"), device=device)
+                       resume=resume, progress=_epochs(progress, "pretrain"), device=device,
+                       inputs=input_identity(scene) if checkpoint is not None else None)
     seconds = time.perf_counter() - start
     bundle = bundle_from_network(
         net.cpu(), preset=preset, stats=stats.to_dict(), band_names=scene.band_names,

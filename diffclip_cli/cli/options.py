@@ -88,7 +88,8 @@ OverwriteOpt = Annotated[
 ]
 SeedOpt = Annotated[
     int,
-    typer.Option("--seed", help="Seed of every random choice (sampling, init, masking, noise).",
+    typer.Option("--seed", min=0, max=2**32 - 1,
+                 help="Seed of every random choice (sampling, init, masking, noise).",
                  rich_help_panel=_RUN),
 ]
 DeviceOpt = Annotated[

@@ -110,9 +110,14 @@ class ClassTable(Sequence[ClassInfo]):
         ids = [c.id for c in items]
         names = [c.name for c in items]
         if len(set(ids)) != len(ids):
-            raise LabelError(f"class ids are not unique: {ids}")
-        if len({n.casefold() for n in names}) != len(names):
-            raise LabelError(f"class names are not unique: {names}")
+            twice = sorted({i for i in ids if ids.count(i) > 1})
+            raise LabelError(f"class ids are not unique: {twice} appear more than once",
+                             hint="give each class its own id")
+        folded = [n.casefold() for n in names]
+        if len(set(folded)) != len(names):
+            twice_names = sorted({n for n in names if folded.count(n.casefold()) > 1})
+            raise LabelError(f"class names are not unique: {twice_names} appear more than once "
+                             "(case does not matter)", hint="give each class its own name")
         bad = [i for i in ids if not 1 <= i <= 65535]
         if bad:
             raise LabelError(f"class ids must be 1..65535 (0 means unlabelled), got {bad}")
@@ -242,6 +247,19 @@ class ClassTable(Sequence[ClassInfo]):
             except (TypeError, ValueError) as exc:
                 raise InputError(f"line {n} of the classes table is malformed ({exc})",
                                  path=path) from None
+        for key, fold in (("id", lambda v: v), ("name", lambda v: str(v).casefold())):
+            lines: dict[Any, list[int]] = {}
+            for n, record in enumerate(records, start=2):
+                lines.setdefault(fold(record[key]), []).append(n)
+            repeated = [(records[v[0] - 2][key], v) for v in lines.values() if len(v) > 1]
+            if repeated:
+                value, at = repeated[0]
+                more = f" (and {len(repeated) - 1} more repeated {key}s)" if len(repeated) > 1 \
+                    else ""
+                raise LabelError(
+                    f"the class {key} {value!r} appears on lines "
+                    f"{', '.join(map(str, at[:-1]))} and {at[-1]} of the classes table{more}",
+                    path=path, hint=f"give each class one line with its own {key}")
         try:
             return cls(records)
         except LabelError as exc:

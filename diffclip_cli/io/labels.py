@@ -516,6 +516,9 @@ def _class_ids(
     if missing.all():
         raise LabelError(f"field '{name_field}' holds no class name", path=path,
                          hint="check the field")
+    numeric = np.array([not m and nm.isdigit() for nm, m in zip(names, missing, strict=True)])
+    if numeric.any() and (~numeric & ~missing).any():
+        return _mixed_ids_and_names(names, missing, numeric, name_field, table, path)
     if table is not None:
         unknown = sorted({nm for nm in names[~missing] if not table.has_name(nm)})
         if unknown:
@@ -533,6 +536,49 @@ def _class_ids(
     ids = np.array([0 if m else lookup[nm.casefold()] for nm, m in zip(names, missing,
                                                                           strict=True)], np.int64)
     return ids, table, missing, np.zeros(n, bool)
+
+
+def _mixed_ids_and_names(
+    names: np.ndarray,
+    missing: np.ndarray,
+    numeric: np.ndarray,
+    field_name: str | None,
+    table: ClassTable | None,
+    path: Path,
+) -> tuple[np.ndarray, ClassTable, np.ndarray, np.ndarray]:
+    """A field holding both integer ids and class names (``1, "asphalt road", 2``).
+
+    Read as is, each class would count twice (once as ``"1"``, once by name). With a classes
+    table the ids are mapped through it (names by name); without one the field is refused.
+
+    Raises:
+        LabelError: no classes table, or values the table does not know.
+    """
+    some_ids = sorted({int(v) for v in names[numeric]})[:5]
+    some_names = sorted({str(v) for v in names[~numeric & ~missing]})[:3]
+    if table is None:
+        raise LabelError(
+            f"field '{field_name}' mixes integer class ids ({', '.join(map(str, some_ids))}"
+            f") and class names ({', '.join(repr(n) for n in some_names)}), so each class "
+            "would be counted twice", path=path,
+            hint="use names throughout or ids throughout, or pass --classes with a table of "
+                 "ids and names to map the ids to their names")
+    unknown_ids = sorted({int(v) for v in names[numeric]} - set(table.ids))
+    unknown_names = sorted({str(v) for v in names[~numeric & ~missing]
+                            if not table.has_name(str(v))})
+    if unknown_ids or unknown_names:
+        raise LabelError(
+            f"field '{field_name}' mixes ids and names, and the classes table has no "
+            f"{'ids ' + str(unknown_ids[:20]) if unknown_ids else ''}"
+            f"{' and no ' if unknown_ids and unknown_names else ''}"
+            f"{'names ' + str(unknown_names[:20]) if unknown_names else ''}", path=path,
+            hint=f"add them to the classes table ({', '.join(table.names)})")
+    lookup = {c.name.casefold(): c.id for c in table}
+    ids = np.array([0 if m else int(nm) if num else lookup[nm.casefold()]
+                    for nm, m, num in zip(names, missing, numeric, strict=True)], np.int64)
+    log.info("%s: field '%s' mixes ids and names; the ids were mapped through the classes "
+             "table", path, field_name)
+    return ids, table, missing, np.zeros(len(names), bool)
 
 
 _POINT_TYPES = {0, 4}  # Point, MultiPoint

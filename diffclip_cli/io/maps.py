@@ -11,6 +11,7 @@ The products are described in ``docs/maps.md``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -30,10 +31,11 @@ import rasterio
 import rasterio.drivers
 import rasterio.errors
 import rasterio.shutil
+from rasterio._err import CPLE_BaseError  # GDAL errors rasterio does not wrap
 from rasterio.windows import Window
 
 from diffclip_cli.errors import InputError, LabelError, OutputError
-from diffclip_cli.io.atomic import TEMP_PREFIX, atomic_path, check_output
+from diffclip_cli.io.atomic import TEMP_PREFIX, atomic_path, check_output, write_error
 from diffclip_cli.io.classes import ClassTable
 from diffclip_cli.io.grid import Grid
 from diffclip_cli.io.raster import RasterSource, open_raster, raster_source
@@ -116,8 +118,17 @@ COMMON_GTIFF_OPTIONS = ("COMPRESS", "PREDICTOR", "ZLEVEL", "ZSTD_LEVEL", "JPEG_Q
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
 
 
+def _is_option_complaint(text: str) -> bool:
+    """Whether a GDAL warning (``CPLE_... in`` stripped) is about a creation option."""
+    return "creation option" in text or "value not recognised" in text
+
+
 def _gdal_complaints(action: Any) -> list[str]:
-    """Run ``action`` and return the warnings GDAL raised meanwhile (creation options)."""
+    """Run ``action`` and return GDAL's warnings about creation options meanwhile.
+
+    GDAL logs them through rasterio (``CPLE_NotSupported``, ``CPLE_IllegalArg``) and then
+    ignores the option; they are collected here, not shown.
+    """
     logger = logging.getLogger("rasterio._env")
     records: list[str] = []
 
@@ -138,8 +149,9 @@ def _gdal_complaints(action: Any) -> list[str]:
         logger.propagate = propagate
     out = []
     for text in records:
+        option_class = text.startswith(("CPLE_NotSupported in ", "CPLE_IllegalArg in "))
         text = re.sub(r"^CPLE_\w+ in ", "", text).strip().rstrip(".")
-        if "creation option" in text or "value not recognised" in text:
+        if option_class or _is_option_complaint(text):
             out.append(text)
     return out
 
@@ -149,9 +161,11 @@ def check_creation_options(creation_options: Sequence[str] | Mapping[str, Any] |
     """Validate GTiff creation options with GDAL itself, before any work.
 
     GDAL only warns about an unknown option or value and then ignores it (``--co BOGUS=1``
-    would pass silently; a malformed ``BLOCKSIZE`` even crashes the COG driver). Here a 1 x 1
-    GeoTIFF is created in memory (``/vsimem/``) with the options, and with ``cog`` the COG
-    driver copies it with their COG equivalents; every GDAL complaint becomes an error.
+    would pass silently; a malformed ``BLOCKSIZE`` even crashes the COG driver), and refuses
+    others only when the raster is created or written (a block size that is not a multiple
+    of 16, an unsupported predictor). Here a small GeoTIFF is created and written in memory
+    (``/vsimem/``) with the options, and with ``cog`` the COG driver copies it with their
+    COG equivalents; every GDAL complaint or failure becomes an error.
 
     Args:
         creation_options: ``["KEY=VALUE", ...]`` or a mapping.
@@ -162,38 +176,43 @@ def check_creation_options(creation_options: Sequence[str] | Mapping[str, Any] |
         The options, keys upper-cased.
 
     Raises:
-        ValueError: naming what GDAL refused and the common valid options.
+        ValueError: GDAL's reason and the common valid options.
     """
     options = _options(creation_options)
     if not options:
         return options
-    name = f"/vsimem/diffclip-check-{os.getpid()}-{id(options)}.tif"
+    name = f"/vsimem/diffclip-options-{os.getpid()}-{id(options)}.tif"
+    copy = name.replace(".tif", ".cog.tif")
     full = {**_GTIFF_DEFAULTS, **options}
+    size = 64
 
     def create() -> None:
-        with rasterio.open(name, "w", driver="GTiff", width=1, height=1, count=1,
-                           dtype=dtype, **{k.lower(): v for k, v in full.items()}):
-            pass
+        with rasterio.open(name, "w", driver="GTiff", width=size, height=size, count=1,
+                           dtype=dtype, **{k.lower(): v for k, v in full.items()}) as ds:
+            ds.write(np.zeros((1, size, size), dtype))  # some failures show only on write
 
     complaints: list[str] = []
+    ignored = True  # GDAL would have gone on without the option (a warning)
     try:
         complaints = _gdal_complaints(create)
         if cog and not complaints:
-            copy = name.replace(".tif", ".cog.tif")
             complaints = _gdal_complaints(lambda: rasterio.shutil.copy(
                 name, copy, driver="COG", **_cog_options(full, "nearest")))
-            with contextlib.suppress(Exception):
-                rasterio.shutil.delete(copy)
-    except (rasterio.errors.RasterioError, OSError) as exc:
-        complaints = complaints or [str(exc).strip().splitlines()[0]]
+    except (rasterio.errors.RasterioError, CPLE_BaseError, ValueError,
+            TypeError, OSError) as exc:
+        if not complaints:
+            lines = str(exc).strip().splitlines()
+            complaints, ignored = [lines[0] if lines else type(exc).__name__], False
     finally:
-        with contextlib.suppress(Exception):
-            rasterio.shutil.delete(name)
+        for path in (name, copy):
+            with contextlib.suppress(Exception):
+                rasterio.shutil.delete(path)
     if complaints:
+        why = " (GDAL ignores such options, so they are refused here)" if ignored else ""
         raise ValueError(
-            "; ".join(dict.fromkeys(complaints)) + " (GDAL ignores such options, so they are "
-            f"refused here). Common GTiff options: {', '.join(COMMON_GTIFF_OPTIONS)}; all of "
-            "them: https://gdal.org/drivers/raster/gtiff.html#creation-options")
+            "; ".join(dict.fromkeys(complaints)) + f"{why}. Common GTiff options: "
+            f"{', '.join(COMMON_GTIFF_OPTIONS)}; all of them: "
+            "https://gdal.org/drivers/raster/gtiff.html#creation-options")
     return options
 
 
@@ -498,7 +517,10 @@ class RasterWriter:
             if lo < info.min or hi > info.max:
                 raise ValueError(f"values {lo}..{hi} do not fit in {self.dtype.name}")
         self._check_block(data)
-        self._dataset.write(data.astype(self.dtype, copy=False), window=window)
+        try:
+            self._dataset.write(data.astype(self.dtype, copy=False), window=window)
+        except OSError as exc:  # named here: several outputs may be open at once
+            raise write_error(exc, self.path) from None
 
     # ----------------------------------------------------------------------------- hooks
     def _enter_extra(self, stack: contextlib.ExitStack) -> None:
@@ -529,8 +551,8 @@ class RasterWriter:
                                   for k, v in self.colormap.items()})
 
     def _finish(self) -> None:
-        self._dataset.close()
-        self._dataset = None
+        dataset, self._dataset = self._dataset, None
+        _close_checked(dataset)
         if self.cog:
             assert self._work is not None and self._final_tmp is not None
             rasterio.shutil.copy(str(self._work), str(self._final_tmp), driver="COG",
@@ -550,6 +572,57 @@ def _cog_options(options: Mapping[str, str], overview_resampling: str) -> dict[s
         if key in _COG_OPTIONS:
             out[_COG_OPTIONS[key]] = value
     return out
+
+
+class _GdalErrors(logging.Handler):
+    """Collects the errors GDAL signals through rasterio's logging while it is attached."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if "signalled an error" in text and "error" in text.split("msg=", 1)[-1].lower():
+            self.messages.append(text.split("msg=", 1)[-1].strip("'\" "))
+
+
+def _close_checked(dataset: Any) -> None:
+    """Close a dataset opened for writing and fail if GDAL could not write it.
+
+    GDAL writes cached blocks and the TIFF directory at close and only signals a failure
+    there (a full disk, an I/O error) through its error handler: rasterio's ``close()`` does
+    not raise. The errors are collected from rasterio's logging, and the file is reopened to
+    check that it is a readable raster of the expected shape.
+
+    Raises:
+        OSError: naming GDAL's first message (the disk-full check looks at the free space).
+    """
+    name, shape = dataset.name, (dataset.count, dataset.height, dataset.width)
+    handler = _GdalErrors()
+    loggers = [logging.getLogger(n) for n in ("rasterio._env", "rasterio._err", "rasterio._io")]
+    saved = [(lg.level, lg.propagate) for lg in loggers]
+    for lg in loggers:  # collected here, not shown: the error is raised below
+        lg.addHandler(handler)
+        lg.setLevel(logging.DEBUG)
+        lg.propagate = False
+    try:
+        with rasterio.Env():
+            dataset.close()
+    finally:
+        for lg, (level, propagate) in zip(loggers, saved, strict=True):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+            lg.propagate = propagate
+    if handler.messages:
+        raise OSError(errno.EIO, f"GDAL could not write it: {handler.messages[0]}")
+    try:
+        with rasterio.open(name) as ds:
+            ok = (ds.count, ds.height, ds.width) == shape
+    except rasterio.errors.RasterioIOError as exc:
+        raise OSError(errno.EIO, f"it cannot be read back ({exc})") from None
+    if not ok:
+        raise OSError(errno.EIO, "it cannot be read back whole")
 
 
 @contextlib.contextmanager

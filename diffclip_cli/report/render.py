@@ -15,7 +15,7 @@ import numpy as np
 from rich.markup import escape
 from rich.table import Table
 
-from diffclip_cli.io.atomic import atomic_path, check_output
+from diffclip_cli.io.atomic import atomic_path, output_set
 from diffclip_cli.report.metrics import AccuracyReport
 
 __all__ = ["baseline_record", "baseline_verdict", "confusion_csv", "confusion_figure",
@@ -131,8 +131,7 @@ def write_report(
         OutputError: when a file exists (without ``overwrite``) or cannot be written.
     """
     paths = report_paths(stem)
-    for path in paths.values():
-        check_output(path, overwrite=overwrite)
+    trio = output_set({"report": list(paths.values())}, overwrite=overwrite)
     data = report.to_dict()
     if title is not None:
         data["title"] = title
@@ -155,7 +154,7 @@ def write_report(
         markdown += "\n## Run\n\n" + "\n".join(
             f"- {key}: {value}" for key, value in metadata.items()
         ) + "\n"
-    with contextlib.ExitStack() as stack:
+    with trio, contextlib.ExitStack() as stack:  # the three are renamed together
         tmp = {key: stack.enter_context(atomic_path(path, overwrite=overwrite))
                for key, path in paths.items()}
         tmp["json"].write_text(text, encoding="utf-8")

@@ -37,16 +37,20 @@ def run_evaluate(map_path: str | Path, labels: str | Path, output: Path, *,
                  layer: str | None = None, match_ids: bool = False, overwrite: bool = False
                  ) -> tuple[Evaluation, dict[str, Path]]:
     """Evaluate a map and write its report trio; what the command and ``batch`` call."""
+    from diffclip_cli.io.atomic import output_set
     from diffclip_cli.report.evaluate import evaluate_map
-    from diffclip_cli.report.render import write_report
+    from diffclip_cli.report.render import report_paths, write_report
 
-    if not is_gdal_name(map_path) and not Path(map_path).exists():
-        raise InputError("map not found", path=map_path, hint="check the path")
-    with interruptible():
+    stem = report_stem(output)
+    inputs = {"the map": map_path, "the labels": labels, "the classes table": classes}
+    with interruptible(), output_set({"report": list(report_paths(stem).values())},
+                                     inputs=inputs, overwrite=overwrite):
+        if not is_gdal_name(map_path) and not Path(map_path).exists():
+            raise InputError("map not found", path=map_path, hint="check the path")
         evaluation = evaluate_map(map_path, labels, classes=classes, class_field=class_field,
                                   layer=layer, match_ids=match_ids)
         title = f"Accuracy of {display_name(map_path)} against {display_name(labels)}"
-        paths = write_report(evaluation.report, report_stem(output), overwrite=overwrite,
+        paths = write_report(evaluation.report, stem, overwrite=overwrite,
                              title=title, metadata={"map": str(map_path),
                                                     "labels": str(labels),
                                                     "matched_by": evaluation.match.by})
