@@ -7,11 +7,12 @@ need it, never at module level: ``diffclip --help`` and ``--version`` import non
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import signal
 import time
 import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,8 +37,9 @@ if TYPE_CHECKING:
     from diffclip_cli.io.raster import Scene
     from diffclip_cli.model.config import Preset
 
-__all__ = ["StageProgress", "about_model", "interruptible", "open_scene", "preset_option",
-           "read_label_file", "start", "warn_if_out_of_distribution"]
+__all__ = ["StageProgress", "about_model", "classify_scene", "fewshot_scene", "interruptible",
+           "open_scene", "preset_option", "read_label_file", "start",
+           "warn_if_out_of_distribution"]
 
 log = logging.getLogger("diffclip")
 
@@ -188,6 +190,28 @@ def preset_option(name: str) -> Preset:
                                  f"{', '.join(list_presets())} or a preset .yaml file",
                                  param_hint="--preset")
     return load_preset(name)
+
+
+def _imported_on_call(module: str, name: str) -> Callable[..., Any]:
+    """A stand-in for the library function ``module.name`` that imports it when called.
+
+    Commands call the heavy entry points (training, classifying) through such names in their
+    own module, so building the CLI imports no torch, and a test can replace the name there
+    (``train.fewshot_scene``, ``classify.classify_scene``) to check that a refusal comes
+    before any work or to act between the work and the renaming of the outputs.
+    """
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = f":func:`{module}.{name}`, imported when first called."
+    return call
+
+
+#: :func:`diffclip_cli.pipeline.fewshot_scene`, imported when a command first trains.
+fewshot_scene = _imported_on_call("diffclip_cli.pipeline", "fewshot_scene")
+#: :func:`diffclip_cli.infer.classify.classify_scene`, imported when a command first maps.
+classify_scene = _imported_on_call("diffclip_cli.infer.classify", "classify_scene")
 
 
 def open_scene(hsi: str | Path, lidar: Sequence[str | Path] | None, *,

@@ -11,6 +11,7 @@ from diffclip_cli.cli.app import app
 from diffclip_cli.cli.common import (
     StageProgress,
     about_model,
+    classify_scene,
     interruptible,
     open_scene,
     start,
@@ -84,7 +85,6 @@ def run_classify(
     Returns:
         A summary: output paths, pixels, per-class counts, seconds, pixels per second.
     """
-    from diffclip_cli.infer.classify import classify_scene
     from diffclip_cli.io.atomic import output_set
     from diffclip_cli.io.maps import check_geotiff_name, sidecar_path
     from diffclip_cli.model.device import resolve_device

@@ -9,7 +9,13 @@ from typing import Annotated
 import typer
 
 from diffclip_cli.cli.app import app
-from diffclip_cli.cli.common import StageProgress, interruptible, preset_option, start
+from diffclip_cli.cli.common import (
+    StageProgress,
+    fewshot_scene,
+    interruptible,
+    preset_option,
+    start,
+)
 from diffclip_cli.cli.console import console, err_console
 from diffclip_cli.cli.options import DeviceOpt, OverwriteOpt, QuietOpt, SeedOpt, VerboseOpt
 from diffclip_cli.data import salinas_a_dir
@@ -48,7 +54,7 @@ def demo(
     from diffclip_cli.io.raster import Scene
     from diffclip_cli.model.device import resolve_device
     from diffclip_cli.model.modelfile import save_model
-    from diffclip_cli.pipeline import BASELINE_METHOD, fewshot_scene
+    from diffclip_cli.pipeline import BASELINE_METHOD
     from diffclip_cli.report.quicklook import quicklook
     from diffclip_cli.report.render import (
         baseline_verdict,

@@ -11,6 +11,7 @@ import typer
 from diffclip_cli.cli.app import app
 from diffclip_cli.cli.common import (
     StageProgress,
+    fewshot_scene,
     interruptible,
     open_scene,
     preset_option,
@@ -232,7 +233,7 @@ def fewshot(
     from diffclip_cli.model.device import resolve_device
     from diffclip_cli.model.modelfile import load_model, save_model
     from diffclip_cli.model.prompts import read_descriptions
-    from diffclip_cli.pipeline import BASELINE_METHOD, fewshot_scene
+    from diffclip_cli.pipeline import BASELINE_METHOD
     from diffclip_cli.report.render import (
         baseline_verdict,
         report_paths,
