@@ -775,10 +775,15 @@ def test_fewshot_on_a_pretrained_model_warns_about_other_units(files, tmp_path):
 
 
 def test_a_normal_run_writes_all_its_outputs(files, tmp_path):  # noqa: F811
-    """A normal run still writes the map and its sidecar together (nothing else)."""
+    """A normal run still writes the map and its side files together (nothing else).
+
+    The map's side files: its sidecar JSON, the GDAL categories/RAT (.aux.xml) and the QGIS
+    style (.qml) of docs/maps.md.
+    """
     out = tmp_path / "map.tif"
     invoke("classify", files.hsi, files.lidar, "--model", files.model, "-o", out,
            "--confidence", tmp_path / "c.tif", "--quicklook", tmp_path / "q.png", "-q", code=0)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.tif", "map.tif", "map.tif.json",
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.tif", "map.qml", "map.tif",
+                                                          "map.tif.aux.xml", "map.tif.json",
                                                           "q.png"]
     assert json.loads(Path(f"{out}.json").read_text())["map"] == "map.tif"

@@ -32,7 +32,7 @@ from diffclip_cli import __version__
 from diffclip_cli.errors import ModelError
 from diffclip_cli.infer.engine import TileEngine
 from diffclip_cli.io.atomic import output_set
-from diffclip_cli.io.maps import MapWriter, RasterWriter, sidecar_path
+from diffclip_cli.io.maps import MapWriter, RasterWriter, map_files
 from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.modelfile import ModelBundle, build_classifier
 from diffclip_cli.sampling.normalise import SceneStats
@@ -338,7 +338,7 @@ def classify_scene(
                          hint="fine-tune it first with diffclip fewshot --pretrained")
     # Checked against each other and the scene's files now; renamed together at the end.
     outputs = output_set(
-        {"map": [Path(output), sidecar_path(output)], "confidence raster": confidence,
+        {"map": map_files(output), "confidence raster": confidence,
          "probability raster": probabilities},
         inputs={"the HSI": scene.hsi_path, "a LiDAR raster": list(scene.lidar_paths)},
         overwrite=overwrite)

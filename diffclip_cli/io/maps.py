@@ -53,6 +53,7 @@ __all__ = [
     "class_aux_xml",
     "class_colormap",
     "map_dtype",
+    "map_files",
     "qgis_style",
     "qml_path",
     "read_map",
@@ -265,6 +266,24 @@ def aux_xml_path(path: str | os.PathLike[str]) -> Path:
 def qml_path(path: str | os.PathLike[str]) -> Path:
     """The QGIS style QGIS loads with a raster: its name with ``.qml`` (``map.qml``)."""
     return Path(path).with_suffix(".qml")
+
+
+def map_files(path: str | os.PathLike[str], *, sidecar: bool = True,
+              styles: bool = True) -> list[Path]:
+    """Every file :class:`MapWriter` writes for the map ``path``, the map first.
+
+    The sidecar JSON (:func:`sidecar_path`) with ``sidecar``, the PAM ``.aux.xml``
+    (:func:`aux_xml_path`) and the QGIS ``.qml`` (:func:`qml_path`) with ``styles``: what a
+    command declares as the map's files in its :func:`~diffclip_cli.io.atomic.output_set`,
+    so they are checked against the inputs and the other outputs before any work, and renamed
+    with the map.
+    """
+    files = [Path(path)]
+    if sidecar:
+        files.append(sidecar_path(path))
+    if styles:
+        files += [aux_xml_path(path), qml_path(path)]
+    return files
 
 
 def _hex(color: Sequence[int]) -> str:
@@ -708,13 +727,11 @@ class MapWriter(RasterWriter):
         self.classes = classes
         self.metadata = dict(metadata or {})
         self.sidecar = sidecar_path(path) if sidecar else None
-        if self.sidecar is not None:
-            check_output(self.sidecar, overwrite=overwrite)
         self._side_texts: dict[Path, str] = {}
         if styles:
             self._side_texts = {aux_xml_path(path): class_aux_xml(classes),
                                 qml_path(path): qgis_style(classes)}
-        for side in self._side_texts:
+        for side in map_files(path, sidecar=sidecar, styles=styles)[1:]:
             check_output(side, overwrite=overwrite)
         all_tags = {
             CLASSES_TAG: json.dumps(classes.to_records(), ensure_ascii=False),

@@ -52,11 +52,11 @@ def _report_path(job: SceneJob) -> Path:
 
 
 def _job_files(job: SceneJob) -> dict[str, Any]:
-    """The files one scene writes: map (and sidecar), log, and report trio with labels."""
-    from diffclip_cli.io.maps import sidecar_path
+    """The files one scene writes: map (and side files), log, and report trio with labels."""
+    from diffclip_cli.io.maps import map_files
 
     files: dict[str, Any] = {
-        f"the map of scene {job.name!r}": [job.output, sidecar_path(job.output)],
+        f"the map of scene {job.name!r}": map_files(job.output),
         f"the log of scene {job.name!r}": job.output.with_name(job.output.name + ".log")}
     if job.labels is not None:
         files[f"the report of scene {job.name!r}"] = list(

@@ -86,14 +86,14 @@ def run_classify(
         A summary: output paths, pixels, per-class counts, seconds, pixels per second.
     """
     from diffclip_cli.io.atomic import output_set
-    from diffclip_cli.io.maps import check_geotiff_name, sidecar_path
+    from diffclip_cli.io.maps import check_geotiff_name, map_files
     from diffclip_cli.model.device import resolve_device
     from diffclip_cli.model.modelfile import load_model
     from diffclip_cli.report.quicklook import quicklook as draw_quicklook
 
     for raster in (p for p in (output, confidence, probabilities) if p is not None):
         check_geotiff_name(raster)
-    outputs = {"map": [output, sidecar_path(output)], "confidence raster": confidence,
+    outputs = {"map": map_files(output), "confidence raster": confidence,
                "probability raster": probabilities, "quicklook": quicklook}
     inputs = {"the HSI": hsi, "a LiDAR raster": lidar, "the model": model}
     with interruptible(), output_set(outputs, inputs=inputs, overwrite=overwrite) as outs:

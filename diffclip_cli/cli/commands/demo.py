@@ -50,7 +50,7 @@ def demo(
     from diffclip_cli.infer.classify import classify_scene
     from diffclip_cli.io.atomic import output_set
     from diffclip_cli.io.labels import read_labels
-    from diffclip_cli.io.maps import sidecar_path
+    from diffclip_cli.io.maps import map_files
     from diffclip_cli.io.raster import Scene
     from diffclip_cli.model.device import resolve_device
     from diffclip_cli.model.modelfile import save_model
@@ -76,7 +76,7 @@ def demo(
     png_path = output / "map.png"
     report_stem = output / "report"
     dev = str(resolve_device(device))
-    outputs = {"model": model_path, "map": [map_path, sidecar_path(map_path)],
+    outputs = {"model": model_path, "map": map_files(map_path),
                "quicklook": png_path, "report": list(report_paths(report_stem).values())}
     inputs = {"the demo scene": data / "hsi.tif", "the demo labels": data / "labels.gpkg"}
     # Every output is checked before the training starts; all appear together at the end.
