@@ -91,12 +91,13 @@ def run_classify(
     from diffclip_cli.model.modelfile import load_model
     from diffclip_cli.report.quicklook import quicklook as draw_quicklook
 
-    for raster in (p for p in (output, confidence, probabilities) if p is not None):
-        check_geotiff_name(raster)
     outputs = {"map": map_files(output), "confidence raster": confidence,
                "probability raster": probabilities, "quicklook": quicklook}
     inputs = {"the HSI": hsi, "a LiDAR raster": lidar, "the model": model}
+    # An output that would destroy an input is named first, then one of another format.
     with interruptible(), output_set(outputs, inputs=inputs, overwrite=overwrite) as outs:
+        for raster in (p for p in (output, confidence, probabilities) if p is not None):
+            check_geotiff_name(raster)
         if not model.exists():
             raise ModelError("model file not found", path=model,
                              hint="train one with `diffclip fewshot ... -o MODEL` or pass "
