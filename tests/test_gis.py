@@ -27,7 +27,7 @@ from diffclip_cli.io.classes import DEFAULT_PALETTE, ClassInfo, ClassTable
 from diffclip_cli.io.grid import Grid
 from diffclip_cli.io.maps import MapWriter, class_colormap
 from diffclip_cli.io.raster import band_wavelengths, is_gdal_name
-from diffclip_cli.model.modelfile import load_model
+from diffclip_cli.model.modelfile import _digest, load_model
 from diffclip_cli.report.metrics import AccuracyReport
 from diffclip_cli.report.quicklook import nice_length, quicklook_figure
 from diffclip_cli.report.render import baseline_verdict, confusion_figure
@@ -346,18 +346,39 @@ def test_band_names_that_differ_without_wavelengths_only_warn(scene, model, refe
     assert "wavelengths are unknown" not in text
 
 
-def test_model_files_without_wavelengths_still_load(spectral, tmp_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_model_files_without_wavelengths_still_load(spectral, tmp_path, version):
+    """Format 1 (no digest) and format 2 files written before wavelengths were stored."""
     _, model = spectral
     payload = torch.load(model, weights_only=True)
     meta = json.loads(payload["metadata"])
     assert meta["wavelengths"] == WAVELENGTHS
     del meta["wavelengths"]  # as written before diffclip stored them
     payload["metadata"] = json.dumps(meta)
+    if version == 1:  # before model files carried a digest
+        payload["format_version"] = 1
+        del payload["digest"]
+    else:  # with the digest of that metadata, as such a diffclip wrote it
+        payload["digest"] = _digest(payload["metadata"], payload["state_dict"],
+                                    payload["extras"])
     old = tmp_path / "old.pt"
     torch.save(payload, old)
     bundle = load_model(old)
     assert bundle.wavelengths is None
     bundle.check_inputs(12, 1, wavelengths=WAVELENGTHS, band_names=bundle.band_names["hsi"])
+
+
+def test_the_model_digest_covers_the_wavelengths(spectral, tmp_path):
+    """Wavelengths changed after the file was written (digest kept) make it a damaged file."""
+    _, model = spectral
+    payload = torch.load(model, weights_only=True)
+    meta = json.loads(payload["metadata"])
+    meta["wavelengths"] = [w + 50 for w in meta["wavelengths"]]
+    payload["metadata"] = json.dumps(meta)
+    edited = tmp_path / "edited.pt"
+    torch.save(payload, edited)
+    with pytest.raises(ModelError, match="damaged: its metadata do not match the checksum"):
+        load_model(edited)
 
 
 @pytest.mark.parametrize(("tags", "descriptions", "expected"), [
