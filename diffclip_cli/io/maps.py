@@ -18,7 +18,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +32,7 @@ import rasterio.drivers
 import rasterio.errors
 import rasterio.shutil
 from rasterio._err import CPLE_BaseError  # GDAL errors rasterio does not wrap
+from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
 from diffclip_cli.errors import InputError, LabelError, OutputError
@@ -119,40 +120,48 @@ COMMON_GTIFF_OPTIONS = ("COMPRESS", "PREDICTOR", "ZLEVEL", "ZSTD_LEVEL", "JPEG_Q
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
 
 
-def _is_option_complaint(text: str) -> bool:
-    """Whether a GDAL warning (``CPLE_... in`` stripped) is about a creation option."""
-    return "creation option" in text or "value not recognised" in text
+@contextlib.contextmanager
+def _gdal_log(level: int, names: Sequence[str] = ("rasterio._env",)) -> Iterator[list[str]]:
+    """Collect, without showing them, the messages GDAL logs through rasterio meanwhile.
 
-
-def _gdal_complaints(action: Any) -> list[str]:
-    """Run ``action`` and return GDAL's warnings about creation options meanwhile.
-
-    GDAL logs them through rasterio (``CPLE_NotSupported``, ``CPLE_IllegalArg``) and then
-    ignores the option; they are collected here, not shown.
+    GDAL reports some failures only through its error handler, which rasterio turns into log
+    records of the loggers ``names`` (an ignored creation option, a failed write at close);
+    the block gets the list of their texts, filled as they come.
     """
-    logger = logging.getLogger("rasterio._env")
     records: list[str] = []
 
     class _Collect(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             records.append(record.getMessage())
 
-    handler = _Collect(level=logging.WARNING)
-    level, propagate = logger.level, logger.propagate
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)
-    logger.propagate = False
+    handler = _Collect(level)
+    loggers = [logging.getLogger(n) for n in names]
+    saved = [(lg.level, lg.propagate) for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(level)
+        lg.propagate = False
     try:
-        action()
+        yield records
     finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-        logger.propagate = propagate
+        for lg, (old, propagate) in zip(loggers, saved, strict=True):
+            lg.removeHandler(handler)
+            lg.setLevel(old)
+            lg.propagate = propagate
+
+
+def _gdal_complaints(action: Any) -> list[str]:
+    """Run ``action`` and return GDAL's warnings about creation options meanwhile.
+
+    GDAL logs them (``CPLE_NotSupported``, ``CPLE_IllegalArg``) and then ignores the option.
+    """
+    with _gdal_log(logging.WARNING) as records:
+        action()
     out = []
     for text in records:
         option_class = text.startswith(("CPLE_NotSupported in ", "CPLE_IllegalArg in "))
         text = re.sub(r"^CPLE_\w+ in ", "", text).strip().rstrip(".")
-        if option_class or _is_option_complaint(text):
+        if option_class or "creation option" in text or "value not recognised" in text:
             out.append(text)
     return out
 
@@ -182,32 +191,32 @@ def check_creation_options(creation_options: Sequence[str] | Mapping[str, Any] |
     options = _options(creation_options)
     if not options:
         return options
-    name = f"/vsimem/diffclip-options-{os.getpid()}-{id(options)}.tif"
-    copy = name.replace(".tif", ".cog.tif")
     full = {**_GTIFF_DEFAULTS, **options}
     size = 64
+    # Memory files: unique names, removed on close even when GDAL left a broken file there.
+    with MemoryFile(ext=".tif") as source, MemoryFile(ext=".tif") as copy:
 
-    def create() -> None:
-        with rasterio.open(name, "w", driver="GTiff", width=size, height=size, count=1,
-                           dtype=dtype, **{k.lower(): v for k, v in full.items()}) as ds:
-            ds.write(np.zeros((1, size, size), dtype))  # some failures show only on write
+        def create() -> None:
+            with rasterio.open(source.name, "w", driver="GTiff", width=size, height=size,
+                               count=1, dtype=dtype,
+                               **{k.lower(): v for k, v in full.items()}) as ds:
+                ds.write(np.zeros((1, size, size), dtype))  # some refusals come on write
 
-    complaints: list[str] = []
-    ignored = True  # GDAL would have gone on without the option (a warning)
-    try:
-        complaints = _gdal_complaints(create)
-        if cog and not complaints:
-            complaints = _gdal_complaints(lambda: rasterio.shutil.copy(
-                name, copy, driver="COG", **_cog_options(full, "nearest")))
-    except (rasterio.errors.RasterioError, CPLE_BaseError, ValueError,
-            TypeError, OSError) as exc:
-        if not complaints:
-            lines = str(exc).strip().splitlines()
-            complaints, ignored = [lines[0] if lines else type(exc).__name__], False
-    finally:
-        for path in (name, copy):
-            with contextlib.suppress(Exception):
-                rasterio.shutil.delete(path)
+        complaints: list[str] = []
+        ignored = True  # GDAL would have gone on without the option (a warning)
+        try:
+            complaints = _gdal_complaints(create)
+            if cog and not complaints:
+                complaints = _gdal_complaints(lambda: rasterio.shutil.copy(
+                    source.name, copy.name, driver="COG", **_cog_options(full, "nearest")))
+        except (rasterio.errors.RasterioError, CPLE_BaseError, ValueError, TypeError,
+                OSError) as exc:
+            if not complaints:
+                lines = str(exc).strip().splitlines()
+                text = lines[0] if lines else type(exc).__name__
+                for temp in (source.name, copy.name):  # GDAL names the file: not the user's
+                    text = text.replace(f"{Path(temp).name}: ", "")
+                complaints, ignored = [text.rstrip(".")], False
     if complaints:
         why = " (GDAL ignores such options, so they are refused here)" if ignored else ""
         raise ValueError(
@@ -593,19 +602,6 @@ def _cog_options(options: Mapping[str, str], overview_resampling: str) -> dict[s
     return out
 
 
-class _GdalErrors(logging.Handler):
-    """Collects the errors GDAL signals through rasterio's logging while it is attached."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if "signalled an error" in text and "error" in text.split("msg=", 1)[-1].lower():
-            self.messages.append(text.split("msg=", 1)[-1].strip("'\" "))
-
-
 def _close_checked(dataset: Any) -> None:
     """Close a dataset opened for writing and fail if GDAL could not write it.
 
@@ -618,23 +614,13 @@ def _close_checked(dataset: Any) -> None:
         OSError: naming GDAL's first message (the disk-full check looks at the free space).
     """
     name, shape = dataset.name, (dataset.count, dataset.height, dataset.width)
-    handler = _GdalErrors()
-    loggers = [logging.getLogger(n) for n in ("rasterio._env", "rasterio._err", "rasterio._io")]
-    saved = [(lg.level, lg.propagate) for lg in loggers]
-    for lg in loggers:  # collected here, not shown: the error is raised below
-        lg.addHandler(handler)
-        lg.setLevel(logging.DEBUG)
-        lg.propagate = False
-    try:
-        with rasterio.Env():
-            dataset.close()
-    finally:
-        for lg, (level, propagate) in zip(loggers, saved, strict=True):
-            lg.removeHandler(handler)
-            lg.setLevel(level)
-            lg.propagate = propagate
-    if handler.messages:
-        raise OSError(errno.EIO, f"GDAL could not write it: {handler.messages[0]}")
+    names = ("rasterio._env", "rasterio._err", "rasterio._io")
+    with _gdal_log(logging.DEBUG, names) as records, rasterio.Env():
+        dataset.close()
+    errors = [text.split("msg=", 1)[-1].strip("'\" ") for text in records
+              if "signalled an error" in text and "error" in text.split("msg=", 1)[-1].lower()]
+    if errors:
+        raise OSError(errno.EIO, f"GDAL could not write it: {errors[0]}")
     try:
         with rasterio.open(name) as ds:
             ok = (ds.count, ds.height, ds.width) == shape
