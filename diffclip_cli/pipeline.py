@@ -23,6 +23,7 @@ from diffclip_cli.errors import LabelError
 from diffclip_cli.infer.engine import TileEngine
 from diffclip_cli.io.classes import ClassTable
 from diffclip_cli.io.labels import LabelSet
+from diffclip_cli.io.names import is_gdal_name
 from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.classifier import DiffCLIPClassifier
 from diffclip_cli.model.config import Preset
@@ -162,10 +163,15 @@ def _inputs(scene: Scene) -> dict[str, Any]:
 def input_identity(scene: Scene) -> dict[str, Any]:
     """The scene's files as a checkpoint records them: resolved paths and sizes.
 
-    (Their content is covered by the digest of the windows drawn from them.)
+    A GDAL dataset name (``/vsizip/...``, ``NETCDF:...``) is recorded verbatim, without a
+    size: it is no local path to resolve. (The content is covered by the digest of the windows
+    drawn from the files.)
     """
     files = []
     for path in (scene.hsi_path, *scene.lidar_paths):
+        if is_gdal_name(path):
+            files.append({"path": str(path), "size": None})
+            continue
         p = Path(path)
         try:
             size: int | None = p.stat().st_size

@@ -272,6 +272,22 @@ def test_gdal_names_are_told_from_paths(tmp_path, monkeypatch):
     assert not is_gdal_name("ab:c.tif")
 
 
+def test_a_pretrain_checkpoint_records_gdal_names_verbatim(tmp_path):
+    """The resume fingerprint keeps a GDAL name as given; a plain path is resolved, sized."""
+    from types import SimpleNamespace
+
+    from diffclip_cli.pipeline import input_identity
+
+    plain = tmp_path / "lidar.tif"
+    plain.write_bytes(b"12345")
+    scene = SimpleNamespace(hsi_path="/vsizip//data/scene.zip/hsi.tif",
+                            lidar_paths=["NETCDF:l.nc:z", plain])
+    assert input_identity(scene)["files"] == [
+        {"path": "/vsizip//data/scene.zip/hsi.tif", "size": None},
+        {"path": "NETCDF:l.nc:z", "size": None},
+        {"path": str(plain.resolve()), "size": 5}]
+
+
 # ------------------------------------------------------------------------------- wavelengths
 WAVELENGTHS = [400.0 + 10 * i for i in range(12)]  # the messy scene has 12 HSI bands
 
