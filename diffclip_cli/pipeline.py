@@ -23,6 +23,7 @@ from diffclip_cli.errors import LabelError
 from diffclip_cli.infer.engine import TileEngine
 from diffclip_cli.io.classes import ClassTable
 from diffclip_cli.io.labels import LabelSet
+from diffclip_cli.io.names import is_gdal_name
 from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.classifier import DiffCLIPClassifier
 from diffclip_cli.model.config import Preset
@@ -38,6 +39,7 @@ from diffclip_cli.model.network import DiffCLIPNet
 from diffclip_cli.model.prompts import build_prompts, class_words, read_descriptions
 from diffclip_cli.model.text import Vocabulary
 from diffclip_cli.report.metrics import AccuracyReport
+from diffclip_cli.sampling.defaults import DEFAULT_PRETRAIN_SAMPLES
 from diffclip_cli.sampling.normalise import SceneStats, compute_stats
 from diffclip_cli.sampling.shots import Split, sample_shots, spatial_split
 from diffclip_cli.sampling.unlabelled import sample_unlabelled
@@ -47,12 +49,15 @@ from diffclip_cli.train.finetune import finetune
 from diffclip_cli.train.pretrain import pretrain
 
 __all__ = [
+    "BASELINE_METHOD",
     "DEFAULT_PRETRAIN_SAMPLES",
     "FewshotResult",
     "PretrainResult",
     "ProgressFn",
+    "baseline_pixels",
     "evaluate_pixels",
     "fewshot_scene",
+    "input_identity",
     "predict_pixels",
     "pretrain_scene",
 ]
@@ -63,9 +68,9 @@ log = logging.getLogger("diffclip")
 #: (epochs), ``"evaluate"`` (pixels).
 ProgressFn = Callable[[str, int, int], None]
 
-#: Unlabelled windows for pretraining when not given (the paper's ablation: more is better;
-#: 300, 500, 700 gave OA 91.75, 92.58, 94.80).
-DEFAULT_PRETRAIN_SAMPLES = 2000
+#: What :func:`baseline_pixels` is, in the reports' words.
+BASELINE_METHOD = ("random forest (200 trees) on each pixel's own HSI and LiDAR values, no "
+                   "spatial context, trained on the same shots")
 
 
 @dataclass
@@ -98,6 +103,8 @@ class FewshotResult:
         split: training (shots) and test indices into ``labels``.
         report: accuracy on the test pixels (every labelled pixel not trained on), or ``None``
             when there are none or evaluation was not asked for.
+        baseline: the per-pixel baseline's accuracy on the same test pixels
+            (:func:`baseline_pixels`), or ``None`` (no report, or not asked for).
         pretrain_history: stage-1 records (empty with a given pretrained model).
         finetune_history: stage-2 records.
         timings: seconds per stage.
@@ -111,6 +118,36 @@ class FewshotResult:
     pretrain_history: list[dict[str, Any]] = field(default_factory=list)
     finetune_history: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    baseline: AccuracyReport | None = None
+
+
+def baseline_pixels(scene: Scene, labels: LabelSet, split: Split, *, seed: int = 0
+                    ) -> AccuracyReport:
+    """A per-pixel random forest trained on the shots and scored on the test pixels.
+
+    The classical alternative DiffCLIP has to beat: each pixel is classified from its own
+    band values (HSI then LiDAR, as read, no normalisation needed by a forest), with no
+    spatial context and no text; the same training and test pixels as the model's.
+
+    Args:
+        scene: the scene.
+        labels: the labelled pixels (valid ones).
+        split: training and test indices into ``labels``.
+        seed: the forest's seed.
+
+    Returns:
+        The baseline's accuracy on the test pixels, with the labels' classes.
+    """
+    from diffclip_cli.bench.baselines import random_forest
+
+    def features(index: np.ndarray) -> np.ndarray:
+        values = scene.read_pixels(labels.rows[index], labels.cols[index])
+        parts = [values.hsi] if values.lidar is None else [values.hsi, values.lidar]
+        return np.nan_to_num(np.concatenate(parts, axis=1))
+
+    predicted = random_forest(features(split.train), labels.class_ids[split.train],
+                              features(split.test), seed=seed)
+    return AccuracyReport.from_labels(labels.class_ids[split.test], predicted, labels.classes)
 
 
 def _epochs(progress: ProgressFn | None, stage: str) -> Callable[..., None] | None:
@@ -121,6 +158,27 @@ def _epochs(progress: ProgressFn | None, stage: str) -> Callable[..., None] | No
 
 def _inputs(scene: Scene) -> dict[str, Any]:
     return {"hsi": str(scene.hsi_path), "lidar": [str(p) for p in scene.lidar_paths]}
+
+
+def input_identity(scene: Scene) -> dict[str, Any]:
+    """The scene's files as a checkpoint records them: resolved paths and sizes.
+
+    A GDAL dataset name (``/vsizip/...``, ``NETCDF:...``) is recorded verbatim, without a
+    size: it is no local path to resolve. (The content is covered by the digest of the windows
+    drawn from the files.)
+    """
+    files = []
+    for path in (scene.hsi_path, *scene.lidar_paths):
+        if is_gdal_name(path):
+            files.append({"path": str(path), "size": None})
+            continue
+        p = Path(path)
+        try:
+            size: int | None = p.stat().st_size
+        except OSError:
+            size = None
+        files.append({"path": str(p.resolve()), "size": size})
+    return {"files": files}
 
 
 def _windows(scene: Scene, rows: np.ndarray, cols: np.ndarray, *, window: int,
@@ -167,10 +225,12 @@ def pretrain_scene(
     net = DiffCLIPNet(preset.model, hsi_bands=scene.hsi_bands, lidar_bands=scene.lidar_bands,
                       seed=seed)
     history = pretrain(net, data, preset.pretrain, seed=seed, checkpoint=checkpoint,
-                       resume=resume, progress=_epochs(progress, "pretrain"), device=device)
+                       resume=resume, progress=_epochs(progress, "pretrain"), device=device,
+                       inputs=input_identity(scene) if checkpoint is not None else None)
     seconds = time.perf_counter() - start
     bundle = bundle_from_network(
         net.cpu(), preset=preset, stats=stats.to_dict(), band_names=scene.band_names,
+        wavelengths=scene.wavelengths,
         provenance={"inputs": _inputs(scene), "seed": seed, "pretrain_samples": int(rows.size),
                     "pretrain_seconds": round(seconds, 1), "version": __version__})
     return PretrainResult(bundle, net, stats, history, seconds)
@@ -298,6 +358,7 @@ def fewshot_scene(
     batch_size: int | None = None,
     provenance: Mapping[str, Any] | None = None,
     progress: ProgressFn | None = None,
+    baseline: bool = True,
 ) -> FewshotResult:
     """Stage 2 (and stage 1 unless ``pretrained`` is given): a few-shot classifier of a scene.
 
@@ -326,9 +387,12 @@ def fewshot_scene(
         batch_size: windows per forward pass when scoring.
         provenance: extra facts to record in the model file (input paths, ...).
         progress: ``(stage, done, total)`` callback.
+        baseline: with the report, also score the per-pixel baseline
+            (:func:`baseline_pixels`) on the same test pixels.
 
     Returns:
-        The classifier, its model file contents, the split and the held-out report.
+        The classifier, its model file contents, the split, the held-out report and the
+        baseline's.
     """
     timings: dict[str, float] = {}
     given = split if isinstance(split, Split) else None
@@ -346,7 +410,9 @@ def fewshot_scene(
 
     pre_history: list[dict[str, Any]] = []
     if pretrained is not None:
-        pretrained.check_inputs(scene.hsi_bands, scene.lidar_bands)
+        pretrained.check_inputs(scene.hsi_bands, scene.lidar_bands,
+                                wavelengths=scene.wavelengths,
+                                band_names=scene.band_names["hsi"])
         preset = Preset(name=pretrained.preset, model=pretrained.config,
                         pretrain=pretrained.preset_config.pretrain, finetune=preset.finetune)
     # The prompts first: a bad descriptions file fails before any training.
@@ -388,7 +454,8 @@ def fewshot_scene(
     }
     bundle = bundle_from_classifier(classifier.cpu(), preset=preset, stats=stats.to_dict(),
                                     classes=labels.classes, template=template,
-                                    band_names=scene.band_names, provenance=record)
+                                    band_names=scene.band_names,
+                                    wavelengths=scene.wavelengths, provenance=record)
     report = None
     if evaluate and chosen.test.size:
         start = time.perf_counter()
@@ -396,8 +463,13 @@ def fewshot_scene(
                                  batch_size=batch_size, progress=progress,
                                  classifier=classifier)
         timings["evaluate"] = time.perf_counter() - start
+    base = None
+    if report is not None and baseline:
+        start = time.perf_counter()
+        base = baseline_pixels(scene, labels, chosen, seed=seed)
+        timings["baseline"] = time.perf_counter() - start
     return FewshotResult(bundle, classifier, labels, chosen, report, pre_history, history,
-                         timings)
+                         timings, base)
 
 
 def predict_pixels(

@@ -746,7 +746,7 @@ def test_internal_errors_print_one_line(files, monkeypatch):
     def broken(path):
         raise RuntimeError("something broke\nwith a second line of detail")
 
-    monkeypatch.setattr("diffclip_cli.cli.commands.info.load_model", broken)
+    monkeypatch.setattr("diffclip_cli.model.modelfile.load_model", broken)
     r = invoke("info", files.model, code=1)
     line = error_line(r, prefix="Internal error:")
     assert line == ("Internal error: RuntimeError: something broke; run again with -v for the "

@@ -84,7 +84,7 @@ def test_failure_midway_leaves_no_output(setup, tmp_path, monkeypatch):
 def test_outputs_must_differ_and_pretrained_models_are_refused(setup, tmp_path):
     files, bundle = setup
     with Scene.open(files["hsi"], [files["lidar"]]) as scene:
-        with pytest.raises(OutputError, match="must differ"):
+        with pytest.raises(OutputError, match="are the same file"):
             classify_scene(scene, bundle, tmp_path / "m.tif", confidence=tmp_path / "m.tif")
         pretrained = type(bundle)(**{**bundle.__dict__, "kind": "pretrained", "classes": None})
         with pytest.raises(ModelError, match="pretrained"):

@@ -52,7 +52,8 @@ def test_map_writer_geotiff(tmp_path):
     image = class_image(UTM.shape)
     with MapWriter(out, UTM, CLASSES, metadata={"model": "m.pt", "sources": ["hsi.tif"]}) as w:
         write_tiles(w, image)
-    assert sorted(os.listdir(tmp_path)) == ["map.tif", "map.tif.json"]
+    assert sorted(os.listdir(tmp_path)) == ["map.qml", "map.tif", "map.tif.aux.xml",
+                                            "map.tif.json"]
     with rasterio.open(out) as ds:
         assert ds.crs == UTM.crs and ds.transform == UTM.transform
         assert (ds.height, ds.width) == UTM.shape
@@ -112,7 +113,8 @@ def test_cog_is_tiled_with_overviews_and_keeps_the_colour_table(tmp_path):
     out = tmp_path / "map.tif"
     with MapWriter(out, grid, CLASSES, cog=True, creation_options=["COMPRESS=ZSTD"]) as w:
         write_tiles(w, image, tile=256)
-    assert sorted(os.listdir(tmp_path)) == ["map.tif", "map.tif.json"]
+    assert sorted(os.listdir(tmp_path)) == ["map.qml", "map.tif", "map.tif.aux.xml",
+                                            "map.tif.json"]
     with rasterio.open(out) as ds:
         assert ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
         assert ds.block_shapes[0] == (256, 256)
@@ -147,7 +149,7 @@ def test_generic_raster_writer(tmp_path):
 
 def test_unwritten_area_is_nodata(tmp_path):
     out = tmp_path / "map.tif"
-    with MapWriter(out, UTM, CLASSES, sidecar=False) as w:
+    with MapWriter(out, UTM, CLASSES, sidecar=False, styles=False) as w:
         w.write(Window(0, 0, 10, 10), np.full((10, 10), 2))
     assert os.listdir(tmp_path) == ["map.tif"]
     with rasterio.open(out) as ds:
@@ -174,7 +176,8 @@ def test_interrupt_keeps_the_previous_map(tmp_path):
         w.write(Window(0, 0, 70, 50), np.full((50, 70), 2))
         raise KeyboardInterrupt
     assert out.read_bytes() == before
-    assert sorted(os.listdir(tmp_path)) == ["map.tif", "map.tif.json"]
+    assert sorted(os.listdir(tmp_path)) == ["map.qml", "map.tif", "map.tif.aux.xml",
+                                            "map.tif.json"]
 
 
 def test_bad_blocks_are_refused_and_leave_nothing(tmp_path):
@@ -200,6 +203,11 @@ def test_existing_outputs_are_refused(tmp_path):
     sidecar_path(out).write_text("{}")
     with pytest.raises(OutputError, match=r"map\.tif\.json: already exists"):
         MapWriter(out, UTM, CLASSES)
+    sidecar_path(out).unlink()
+    (tmp_path / "map.qml").write_text("<qgis/>")
+    with pytest.raises(OutputError, match=r"map\.qml: already exists"):
+        MapWriter(out, UTM, CLASSES)
+    assert (tmp_path / "map.qml").read_text() == "<qgis/>"
     out.write_text("old")
     with pytest.raises(OutputError, match=r"map\.tif: already exists"):
         RasterWriter(out, UTM, count=1, dtype="uint8", nodata=0)

@@ -32,7 +32,8 @@ from diffclip_cli.train.finetune import finetune
 from diffclip_cli.train.pretrain import pretrain
 
 PRESET = load_preset("tiny").with_overrides(**{"pretrain.epochs": 1, "finetune.epochs": 3})
-STATS = {"hsi": {"mean": [0.1, 0.2], "std": [1.0, 2.0]}, "lidar": None}
+STATS = {"hsi": {"center": [0.1] * 6, "scale": [1.0] * 6, "method": "percentile"},
+         "lidar": {"center": [0.0], "scale": [2.0], "method": "percentile"}}
 
 
 def _classifier(lidar: bool) -> tuple[DiffCLIPClassifier, ClassTable, torch.Tensor, torch.Tensor]:

@@ -28,7 +28,7 @@ def test_writes_three_files(tmp_path, report):
     paths = write_report(report, tmp_path / "run.seed1", title="Seed 1",
                          metadata={"map": tmp_path / "map.tif", "seed": 1})
     assert paths == {"json": tmp_path / "run.seed1.json", "markdown": tmp_path / "run.seed1.md",
-                     "png": tmp_path / "run.seed1.png"}
+                     "csv": tmp_path / "run.seed1.csv", "png": tmp_path / "run.seed1.png"}
     data = json.loads(paths["json"].read_text())
     assert data["overall_accuracy"] == pytest.approx(128 / 150)
     assert data["title"] == "Seed 1" and data["metadata"]["seed"] == 1
@@ -42,7 +42,8 @@ def test_writes_three_files(tmp_path, report):
         assert im.format == "PNG" and im.width > 300 and im.height > 200
         pixels = np.asarray(im.convert("RGB"))
     assert pixels.std() > 10  # something was drawn
-    assert sorted(os.listdir(tmp_path)) == ["run.seed1.json", "run.seed1.md", "run.seed1.png"]
+    assert sorted(os.listdir(tmp_path)) == ["run.seed1.csv", "run.seed1.json", "run.seed1.md",
+                                            "run.seed1.png"]
 
 
 def test_refuses_to_overwrite_any_of_the_three(tmp_path, report):

@@ -1,4 +1,4 @@
-"""Lazy imports of the optional ``bench`` dependencies (scipy, h5py, scikit-learn)."""
+"""Lazy imports of the optional ``bench`` dependencies (scipy, h5py) and of scikit-learn."""
 
 from __future__ import annotations
 

@@ -626,7 +626,8 @@ class _Runner:
         res = fewshot_scene(self.scene, labels, shots=k, preset=cfg.preset, pretrained=start,
                             template=cfg.template, split=split, seed=seed, device=cfg.device,
                             batch_size=cfg.batch_size, progress=report,
-                            provenance={"protocol": {"method": method, "mode": cfg.mode}})
+                            provenance={"protocol": {"method": method, "mode": cfg.mode}},
+                            baseline=False)  # the protocol scores its own baselines
         if not (np.array_equal(res.split.train, split.train)
                 and np.array_equal(res.split.test, split.test)):
             raise RuntimeError("the fine-tuning used another split than the protocol drew")

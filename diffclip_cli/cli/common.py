@@ -1,15 +1,22 @@
-"""Plumbing the commands share: logging, progress bars, interruption, inputs."""
+"""Plumbing the commands share: logging, progress bars, interruption, inputs.
+
+The library (torch, rasterio, geopandas, matplotlib) is imported inside the functions that
+need it, never at module level: ``diffclip --help`` and ``--version`` import none of it.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import importlib
+import logging
 import signal
 import time
 import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import typer
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -23,12 +30,18 @@ from rich.progress import (
 
 from diffclip_cli.cli.console import err_console, setup_logging
 from diffclip_cli.cli.options import verbosity
-from diffclip_cli.errors import InputError
-from diffclip_cli.io.classes import ClassTable
-from diffclip_cli.io.labels import LabelSet, read_labels
-from diffclip_cli.io.raster import Scene
+from diffclip_cli.errors import InputError, ModelError
 
-__all__ = ["StageProgress", "interruptible", "open_scene", "read_label_file", "start"]
+if TYPE_CHECKING:
+    from diffclip_cli.io.labels import LabelSet
+    from diffclip_cli.io.raster import Scene
+    from diffclip_cli.model.config import Preset
+
+__all__ = ["StageProgress", "about_model", "classify_scene", "fewshot_scene", "interruptible",
+           "open_scene", "preset_option", "read_label_file", "start",
+           "warn_if_out_of_distribution"]
+
+log = logging.getLogger("diffclip")
 
 _STAGE_TITLES = {
     "pretrain": "Pretraining (epochs)",
@@ -146,19 +159,102 @@ def interruptible() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def open_scene(hsi: Path, lidar: Sequence[Path] | None, *, resampling: str = "bilinear"
-               ) -> Scene:
+@contextlib.contextmanager
+def about_model(path: Path) -> Iterator[None]:
+    """Name ``path`` in model errors raised inside the block that name no file.
+
+    Building a classifier or its fast path from a damaged model raises a
+    :class:`~diffclip_cli.errors.ModelError` that cannot know the file it came from.
+    """
+    try:
+        yield
+    except ModelError as exc:
+        if exc.path is not None:
+            raise
+        raise ModelError(exc.message, path=path, hint=exc.hint) from None
+
+
+def preset_option(name: str) -> Preset:
+    """The preset ``--preset`` names; an unknown name is a usage error naming the option.
+
+    (A preset YAML file that cannot be used stays a :class:`~diffclip_cli.errors.ModelError`
+    naming the file.)
+
+    Raises:
+        typer.BadParameter: ``name`` is neither a shipped preset nor an existing file.
+    """
+    from diffclip_cli.model.config import list_presets, load_preset
+
+    if name not in list_presets() and not Path(name).exists():
+        raise typer.BadParameter(f"unknown preset {name!r}: use one of "
+                                 f"{', '.join(list_presets())} or a preset .yaml file",
+                                 param_hint="--preset")
+    return load_preset(name)
+
+
+def _imported_on_call(module: str, name: str) -> Callable[..., Any]:
+    """A stand-in for the library function ``module.name`` that imports it when called.
+
+    Commands call the heavy entry points (training, classifying) through such names in their
+    own module, so building the CLI imports no torch, and a test can replace the name there
+    (``train.fewshot_scene``, ``classify.classify_scene``) to check that a refusal comes
+    before any work or to act between the work and the renaming of the outputs.
+    """
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = f":func:`{module}.{name}`, imported when first called."
+    return call
+
+
+#: :func:`diffclip_cli.pipeline.fewshot_scene`, imported when a command first trains.
+fewshot_scene = _imported_on_call("diffclip_cli.pipeline", "fewshot_scene")
+#: :func:`diffclip_cli.infer.classify.classify_scene`, imported when a command first maps.
+classify_scene = _imported_on_call("diffclip_cli.infer.classify", "classify_scene")
+
+
+def open_scene(hsi: str | Path, lidar: Sequence[str | Path] | None, *,
+               resampling: str = "bilinear") -> Scene:
     """Open the HSI and LiDAR inputs as one scene on the HSI grid."""
+    from diffclip_cli.io.raster import Scene
+
     return Scene.open(hsi, list(lidar or []), resampling=resampling)
 
 
-def read_label_file(path: Path, scene_or_grid: Any, *, classes: Path | None,
+def read_label_file(path: str | Path, scene_or_grid: Any, *, classes: Path | None,
                     class_field: str | None, layer: str | None) -> LabelSet:
     """Read labels (vector or raster) onto a scene's grid, with an optional classes table."""
+    from diffclip_cli.io.classes import ClassTable
+    from diffclip_cli.io.labels import read_labels
+    from diffclip_cli.io.raster import is_gdal_name
+
     grid = getattr(scene_or_grid, "grid", scene_or_grid)
     table = None
     if classes is not None:
         table = ClassTable.from_csv(classes)
-    if not Path(path).exists():
+    if not is_gdal_name(path) and not Path(path).exists():
         raise InputError("label file not found", path=path, hint="check the --labels path")
     return read_labels(path, grid, class_field=class_field, layer=layer, classes=table)
+
+
+def warn_if_out_of_distribution(scene: Scene, bundle: Any, *, model: Path) -> None:
+    """Warn when the scene's values are clearly not those the model was trained on.
+
+    E.g. reflectance 0-1 against a model trained on 0-10000: the map would be mostly wrong
+    without any error. See :func:`diffclip_cli.sampling.drift.distribution_shift`.
+    """
+    from diffclip_cli.sampling.drift import describe_shift, distribution_shift
+
+    shifts = distribution_shift(scene, bundle.stats)
+    for modality, label, files, count in (
+            ("hsi", "HSI", [scene.hsi_path], bundle.hsi_bands),
+            ("lidar", "LiDAR", list(scene.lidar_paths), bundle.lidar_bands)):
+        off = [s for s in shifts if s.modality == modality]
+        if not off:
+            continue
+        log.warning("%s: the values of %d of %d %s bands are far from those the model %s was "
+                    "trained on: %s; the map is likely wrong: check the inputs' units and "
+                    "scale (e.g. reflectance 0-1 against 0-10000) or train a model on this "
+                    "scene", ", ".join(str(f) for f in files), len(off), count, label, model,
+                    describe_shift(off))

@@ -31,13 +31,16 @@ _IO = "Inputs and outputs"
 _LAB = "Labels"
 _RUN = "Run"
 
+# Raster inputs are kept as text: GDAL dataset names (/vsizip//abs/x.zip/hsi.tif,
+# NETCDF:x.nc:var, HDF5:"x.h5"://cube) must reach GDAL verbatim, which Path would not keep.
 HsiArg = Annotated[
-    Path,
-    typer.Argument(metavar="HSI", help="Hyperspectral GeoTIFF; its grid is the output grid.",
+    str,
+    typer.Argument(metavar="HSI", help="Hyperspectral GeoTIFF, or any raster GDAL reads "
+                   "(/vsizip/..., NETCDF:file.nc:var, an ENVI .hdr); its grid is the output grid.",
                    show_default=False),
 ]
 LidarArg = Annotated[
-    list[Path] | None,
+    list[str] | None,
     typer.Argument(
         metavar="LIDAR",
         help="LiDAR GeoTIFF(s) (DSM, intensity...), stacked as channels in this order; "
@@ -46,7 +49,7 @@ LidarArg = Annotated[
     ),
 ]
 LabelsOpt = Annotated[
-    Path,
+    str,
     typer.Option(
         "--labels",
         help="Labelled pixels: a vector file (GeoPackage, GeoJSON, Shapefile; points or "
@@ -85,7 +88,8 @@ OverwriteOpt = Annotated[
 ]
 SeedOpt = Annotated[
     int,
-    typer.Option("--seed", help="Seed of every random choice (sampling, init, masking, noise).",
+    typer.Option("--seed", min=0, max=2**32 - 1,
+                 help="Seed of every random choice (sampling, init, masking, noise).",
                  rich_help_panel=_RUN),
 ]
 DeviceOpt = Annotated[

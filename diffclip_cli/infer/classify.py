@@ -29,10 +29,10 @@ import rasterio
 from rasterio.env import get_gdal_config
 
 from diffclip_cli import __version__
-from diffclip_cli.errors import ModelError, OutputError
+from diffclip_cli.errors import ModelError
 from diffclip_cli.infer.engine import TileEngine
-from diffclip_cli.io.atomic import check_output
-from diffclip_cli.io.maps import MapWriter, RasterWriter
+from diffclip_cli.io.atomic import output_set
+from diffclip_cli.io.maps import MapWriter, RasterWriter, map_files
 from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.modelfile import ModelBundle, build_classifier
 from diffclip_cli.sampling.normalise import SceneStats
@@ -325,20 +325,55 @@ def classify_scene(
 
     Raises:
         ModelError: the model does not fit the scene or has no classes / fast path.
-        OutputError: an output exists (without ``overwrite``) or cannot be written.
+        OutputError: an output exists (without ``overwrite``), is one of the scene's files
+            or collides with another output, or cannot be written. The outputs appear
+            together, only when all are complete.
     """
     start = time.perf_counter()
-    bundle.check_inputs(scene.hsi_bands, scene.lidar_bands)
+    bundle.check_inputs(scene.hsi_bands, scene.lidar_bands, wavelengths=scene.wavelengths,
+                        band_names=scene.band_names["hsi"])
     classes = bundle.class_table
     if classes is None:
         raise ModelError("this is a pretrained model without classes",
                          hint="fine-tune it first with diffclip fewshot --pretrained")
-    paths = [Path(p) for p in (output, confidence, probabilities) if p is not None]
-    if len({p.resolve() for p in paths}) != len(paths):
-        raise OutputError("the map, confidence and probability outputs must differ",
-                          path=output)
-    for p in paths:
-        check_output(p, overwrite=overwrite)
+    # Checked against each other and the scene's files now; renamed together at the end.
+    outputs = output_set(
+        {"map": map_files(output), "confidence raster": confidence,
+         "probability raster": probabilities},
+        inputs={"the HSI": scene.hsi_path, "a LiDAR raster": list(scene.lidar_paths)},
+        overwrite=overwrite)
+    with outputs:
+        return _classify(scene, bundle, output, start=start, confidence=confidence,
+                         probabilities=probabilities, tile_size=tile_size,
+                         batch_size=batch_size, device=device, fast=fast, cog=cog,
+                         creation_options=creation_options, overwrite=overwrite,
+                         scheduler=scheduler, prefetch=prefetch, metadata=metadata,
+                         progress=progress)
+
+
+def _classify(
+    scene: Scene,
+    bundle: ModelBundle,
+    output: str | Path,
+    *,
+    start: float,
+    confidence: str | Path | None,
+    probabilities: str | Path | None,
+    tile_size: int | None,
+    batch_size: int | None,
+    device: str,
+    fast: bool,
+    cog: bool,
+    creation_options: Sequence[str] | Mapping[str, Any] | None,
+    overwrite: bool,
+    scheduler: str | Any | None,
+    prefetch: int,
+    metadata: Mapping[str, Any] | None,
+    progress: Callable[[int, int], None] | None,
+) -> ClassifyResult:
+    """:func:`classify_scene` once its outputs are checked (same arguments)."""
+    classes = bundle.class_table
+    assert classes is not None
     if tile_size is None:
         tile_size = auto_tile_size(scene.hsi_bands + scene.lidar_bands)
     if tile_size < 16:

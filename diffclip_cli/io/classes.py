@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, overload
 
 from diffclip_cli.errors import InputError, LabelError
@@ -57,21 +58,22 @@ class ClassInfo:
         id: the class value in label and map rasters (1..65535; 0 means unlabelled/nodata).
         name: the class name, used in prompts and reports.
         description: an optional class-specific description (the paper's prompt p5).
-        color: display colour ``(r, g, b)``.
+        color: display colour ``(r, g, b)``; ``None`` (the default) until a
+            :class:`ClassTable` gives the class its colour from :data:`DEFAULT_PALETTE`.
     """
 
     id: int
     name: str
     description: str = ""
-    color: tuple[int, int, int] = field(default=(127, 127, 127))
+    color: tuple[int, int, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly dictionary."""
+        """A JSON-friendly dictionary (``color`` is ``None`` only outside a table)."""
         return {
             "id": self.id,
             "name": self.name,
             "description": self.description,
-            "color": list(self.color),
+            "color": None if self.color is None else list(self.color),
         }
 
 
@@ -98,17 +100,24 @@ class ClassTable(Sequence[ClassInfo]):
                     id=int(c["id"]),
                     name=str(c["name"]),
                     description=str(c.get("description") or ""),
-                    color=parse_color(c.get("color")) or DEFAULT_PALETTE[i % len(DEFAULT_PALETTE)],
+                    color=parse_color(c.get("color")),
                 )
+            if c.color is None:  # the default palette, in table order (dicts and ClassInfo)
+                c = dataclasses.replace(c, color=DEFAULT_PALETTE[i % len(DEFAULT_PALETTE)])
             items.append(c)
         if not items:
             raise LabelError("the class table is empty", hint="give at least one class")
         ids = [c.id for c in items]
         names = [c.name for c in items]
         if len(set(ids)) != len(ids):
-            raise LabelError(f"class ids are not unique: {ids}")
-        if len({n.casefold() for n in names}) != len(names):
-            raise LabelError(f"class names are not unique: {names}")
+            twice = sorted({i for i in ids if ids.count(i) > 1})
+            raise LabelError(f"class ids are not unique: {twice} appear more than once",
+                             hint="give each class its own id")
+        folded = [n.casefold() for n in names]
+        if len(set(folded)) != len(names):
+            twice_names = sorted({n for n in names if folded.count(n.casefold()) > 1})
+            raise LabelError(f"class names are not unique: {twice_names} appear more than once "
+                             "(case does not matter)", hint="give each class its own name")
         bad = [i for i in ids if not 1 <= i <= 65535]
         if bad:
             raise LabelError(f"class ids must be 1..65535 (0 means unlabelled), got {bad}")
@@ -186,7 +195,7 @@ class ClassTable(Sequence[ClassInfo]):
             )
         folded = {k.casefold(): v for k, v in descriptions.items()}
         return ClassTable(
-            ClassInfo(c.id, c.name, folded.get(c.name.casefold(), c.description), c.color)
+            dataclasses.replace(c, description=folded.get(c.name.casefold(), c.description))
             for c in self._items
         )
 
@@ -238,6 +247,19 @@ class ClassTable(Sequence[ClassInfo]):
             except (TypeError, ValueError) as exc:
                 raise InputError(f"line {n} of the classes table is malformed ({exc})",
                                  path=path) from None
+        for key, fold in (("id", lambda v: v), ("name", lambda v: str(v).casefold())):
+            lines: dict[Any, list[int]] = {}
+            for n, record in enumerate(records, start=2):
+                lines.setdefault(fold(record[key]), []).append(n)
+            repeated = [(records[v[0] - 2][key], v) for v in lines.values() if len(v) > 1]
+            if repeated:
+                value, at = repeated[0]
+                more = f" (and {len(repeated) - 1} more repeated {key}s)" if len(repeated) > 1 \
+                    else ""
+                raise LabelError(
+                    f"the class {key} {value!r} appears on lines "
+                    f"{', '.join(map(str, at[:-1]))} and {at[-1]} of the classes table{more}",
+                    path=path, hint=f"give each class one line with its own {key}")
         try:
             return cls(records)
         except LabelError as exc:

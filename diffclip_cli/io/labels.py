@@ -33,7 +33,7 @@ from diffclip_cli.errors import GridError, InputError, LabelError
 from diffclip_cli.io.classes import ClassTable
 from diffclip_cli.io.grid import Grid
 from diffclip_cli.io.pixels import apply_transform
-from diffclip_cli.io.raster import Scene, open_raster
+from diffclip_cli.io.raster import Scene, is_gdal_name, open_raster
 
 __all__ = ["RASTER_SUFFIXES", "LabelReport", "LabelSet", "detect_class_fields", "read_labels"]
 
@@ -284,6 +284,18 @@ def read_labels(
         LabelError: empty file, unknown field, classes not in the table, no label inside the
             raster.
     """
+    table = None
+    if is_gdal_name(path):  # /vsizip/..., NETCDF:...: GDAL's business, no file checks
+        text = os.fspath(path)
+        if classes is not None:
+            table = classes if isinstance(classes, ClassTable) else ClassTable.from_csv(classes)
+        raster = (Path(text).suffix.lower() in RASTER_SUFFIXES
+                  or not (text.startswith("/vsi") or "://" in text))
+        labels = (_read_raster(text, grid, table) if raster else
+                  _read_vector(text, grid, class_field=class_field, layer=layer, table=table))
+        for sentence in labels.report.problems():
+            log.warning("%s: %s", text, sentence)
+        return labels
     p = Path(path)
     if not p.exists():
         raise InputError("label file not found", path=p, hint="check the path")
@@ -293,7 +305,6 @@ def read_labels(
     if p.is_file() and p.stat().st_size == 0:
         raise LabelError("the label file is empty (0 bytes)", path=p,
                          hint="give the file holding your labelled points or polygons")
-    table = None
     if classes is not None:
         table = classes if isinstance(classes, ClassTable) else ClassTable.from_csv(classes)
     if p.suffix.lower() in RASTER_SUFFIXES:
@@ -351,7 +362,7 @@ def _value_kind(series: pd.Series) -> str | None:
 
 
 def _read_vector(
-    path: Path,
+    path: Path | str,
     grid: Grid,
     *,
     class_field: str | None,
@@ -505,6 +516,9 @@ def _class_ids(
     if missing.all():
         raise LabelError(f"field '{name_field}' holds no class name", path=path,
                          hint="check the field")
+    numeric = np.array([not m and nm.isdigit() for nm, m in zip(names, missing, strict=True)])
+    if numeric.any() and (~numeric & ~missing).any():
+        return _mixed_ids_and_names(names, missing, numeric, name_field, table, path)
     if table is not None:
         unknown = sorted({nm for nm in names[~missing] if not table.has_name(nm)})
         if unknown:
@@ -522,6 +536,49 @@ def _class_ids(
     ids = np.array([0 if m else lookup[nm.casefold()] for nm, m in zip(names, missing,
                                                                           strict=True)], np.int64)
     return ids, table, missing, np.zeros(n, bool)
+
+
+def _mixed_ids_and_names(
+    names: np.ndarray,
+    missing: np.ndarray,
+    numeric: np.ndarray,
+    field_name: str | None,
+    table: ClassTable | None,
+    path: Path,
+) -> tuple[np.ndarray, ClassTable, np.ndarray, np.ndarray]:
+    """A field holding both integer ids and class names (``1, "asphalt road", 2``).
+
+    Read as is, each class would count twice (once as ``"1"``, once by name). With a classes
+    table the ids are mapped through it (names by name); without one the field is refused.
+
+    Raises:
+        LabelError: no classes table, or values the table does not know.
+    """
+    some_ids = sorted({int(v) for v in names[numeric]})[:5]
+    some_names = sorted({str(v) for v in names[~numeric & ~missing]})[:3]
+    if table is None:
+        raise LabelError(
+            f"field '{field_name}' mixes integer class ids ({', '.join(map(str, some_ids))}"
+            f") and class names ({', '.join(repr(n) for n in some_names)}), so each class "
+            "would be counted twice", path=path,
+            hint="use names throughout or ids throughout, or pass --classes with a table of "
+                 "ids and names to map the ids to their names")
+    unknown_ids = sorted({int(v) for v in names[numeric]} - set(table.ids))
+    unknown_names = sorted({str(v) for v in names[~numeric & ~missing]
+                            if not table.has_name(str(v))})
+    if unknown_ids or unknown_names:
+        raise LabelError(
+            f"field '{field_name}' mixes ids and names, and the classes table has no "
+            f"{'ids ' + str(unknown_ids[:20]) if unknown_ids else ''}"
+            f"{' and no ' if unknown_ids and unknown_names else ''}"
+            f"{'names ' + str(unknown_names[:20]) if unknown_names else ''}", path=path,
+            hint=f"add them to the classes table ({', '.join(table.names)})")
+    lookup = {c.name.casefold(): c.id for c in table}
+    ids = np.array([0 if m else int(nm) if num else lookup[nm.casefold()]
+                    for nm, m, num in zip(names, missing, numeric, strict=True)], np.int64)
+    log.info("%s: field '%s' mixes ids and names; the ids were mapped through the classes "
+             "table", path, field_name)
+    return ids, table, missing, np.zeros(len(names), bool)
 
 
 _POINT_TYPES = {0, 4}  # Point, MultiPoint
@@ -660,7 +717,7 @@ def _finish(
 # -- raster --------------------------------------------------------------------------------
 
 
-def _read_raster(path: Path, grid: Grid, table: ClassTable | None) -> LabelSet:
+def _read_raster(path: Path | str, grid: Grid, table: ClassTable | None) -> LabelSet:
     ds = open_raster(path, what="label")
     try:
         report = LabelReport(source=str(path), kind="raster")

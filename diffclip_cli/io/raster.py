@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,9 +30,11 @@ from rasterio.windows import Window
 
 from diffclip_cli.errors import GridError, InputError
 from diffclip_cli.io.grid import Grid
+from diffclip_cli.io.names import RasterSource, display_name, is_gdal_name, raster_source
 from diffclip_cli.io.pixels import apply_transform, as_pixel_arrays, group_by_tile
 
-__all__ = ["RESAMPLING", "Block", "PixelValues", "Scene", "as_window", "open_raster"]
+__all__ = ["RESAMPLING", "Block", "PixelValues", "RasterSource", "Scene", "as_window",
+           "band_wavelengths", "display_name", "is_gdal_name", "open_raster", "raster_source"]
 
 log = logging.getLogger("diffclip")
 
@@ -98,6 +101,76 @@ def as_window(window: WindowLike, grid: Grid) -> Window:
     return w
 
 
+_NM_UNITS = {"nm": 1.0, "nanometer": 1.0, "nanometers": 1.0, "nanometre": 1.0,
+             "nanometres": 1.0, "um": 1000.0, "µm": 1000.0, "μm": 1000.0, "micrometer": 1000.0,
+             "micrometers": 1000.0, "micrometre": 1000.0, "micrometres": 1000.0,
+             "micron": 1000.0, "microns": 1000.0, "mm": 1e6, "millimeters": 1e6}
+_NUMBER = r"([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)"
+_WAVELENGTH_TEXT = re.compile(
+    _NUMBER + r"\s*(" + "|".join(sorted((re.escape(u) for u in _NM_UNITS), key=len,
+                                        reverse=True)) + r")\b", re.IGNORECASE)
+
+
+def _to_nm(value: float, units: str | None) -> float:
+    """A wavelength in nanometres; without known units, values below 30 are micrometres."""
+    if units:
+        factor = _NM_UNITS.get(units.strip().casefold())
+        if factor is not None:
+            return value * factor
+    return value * 1000.0 if value < 30 else value
+
+
+def _float(text: Any) -> float | None:
+    try:
+        value = float(str(text).strip())
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def band_wavelengths(ds: Any) -> list[float] | None:
+    """The centre wavelength of every band in nanometres, where GDAL exposes them.
+
+    Looked for, in order: the band's ``IMAGERY`` metadata (``CENTRAL_WAVELENGTH_UM``, GDAL
+    3.10's standard item), the band's ``wavelength`` item with ``wavelength_units`` (ENVI and
+    other drivers), the dataset's ENVI ``wavelength = {...}`` list, and band descriptions
+    carrying a number with a unit (``"450 nm"``, ``"Band 1 (0.45 Micrometers)"``).
+
+    Args:
+        ds: an open rasterio dataset.
+
+    Returns:
+        One wavelength per band, or ``None`` unless every band has one.
+    """
+    count = ds.count
+    dataset_units = ds.tags().get("wavelength_units")
+    found: list[float | None] = []
+    for band in range(1, count + 1):
+        value = _float(ds.tags(band, ns="IMAGERY").get("CENTRAL_WAVELENGTH_UM"))
+        if value is not None:
+            found.append(value * 1000.0)
+            continue
+        tags = {k.lower(): v for k, v in ds.tags(band).items()}
+        value = _float(tags.get("wavelength"))
+        found.append(None if value is None
+                     else _to_nm(value, tags.get("wavelength_units") or dataset_units))
+    if all(v is not None for v in found):
+        return [round(float(v), 6) for v in found if v is not None]
+    envi = {k.lower(): v for k, v in ds.tags(ns="ENVI").items()}
+    if "wavelength" in envi:
+        values = [_float(v) for v in envi["wavelength"].strip("{} ").split(",")]
+        if len(values) == count and all(v is not None for v in values):
+            units = envi.get("wavelength_units") or dataset_units
+            return [round(_to_nm(v, units), 6) for v in values if v is not None]
+    parsed = []
+    for text in ds.descriptions:
+        match = _WAVELENGTH_TEXT.search(text or "")
+        if match is None:
+            return None
+        parsed.append(round(_to_nm(float(match.group(1)), match.group(2)), 6))
+    return parsed
+
+
 def _article(what: str) -> str:
     """``"an HSI"``, ``"a LiDAR"``: the indefinite article for a kind of file."""
     return ("an " if what == "HSI" or what[:1].lower() in "aeiou" else "a ") + what
@@ -110,33 +183,44 @@ def open_raster(path: PathLike, *, what: str = "raster") -> rasterio.DatasetRead
     the middle of a long run.
 
     Args:
-        path: the file.
+        path: the file, or a GDAL dataset name (see :func:`raster_source`); only plain paths
+            are checked for existence before GDAL sees them.
         what: what the file is meant to be, for messages ("HSI", "LiDAR", "label").
 
     Raises:
-        InputError: the file is missing, a directory, empty, not a raster, or
-            truncated/corrupt.
+        InputError: the file is missing, a directory, empty, not a raster, truncated/corrupt,
+            or a container of subdatasets (a NetCDF with several variables: they are listed).
     """
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{what} file not found", path=p, hint="check the path")
-    if p.is_dir():
-        raise InputError(f"is a directory, not {_article(what)} file", path=p,
-                         hint="give the path of a GeoTIFF inside it")
-    try:
-        empty = p.stat().st_size == 0
-    except OSError:
-        empty = False
-    if empty:
-        raise InputError(f"is an empty file (0 bytes), not {_article(what)} raster", path=p,
-                         hint="copy or export the GeoTIFF again")
+    p = raster_source(path)
+    if isinstance(p, Path):
+        if not p.exists():
+            raise InputError(f"{what} file not found", path=p, hint="check the path")
+        if p.is_dir():
+            raise InputError(f"is a directory, not {_article(what)} file", path=p,
+                             hint="give the path of a GeoTIFF inside it")
+        try:
+            empty = p.stat().st_size == 0
+        except OSError:
+            empty = False
+        if empty:
+            raise InputError(f"is an empty file (0 bytes), not {_article(what)} raster",
+                             path=p, hint="copy or export the GeoTIFF again")
     try:
         ds = rasterio.open(p)
     except (RasterioError, OSError) as exc:
+        hint = ("give a GeoTIFF (or another raster format GDAL reads)" if isinstance(p, Path)
+                else "check the dataset name: e.g. /vsizip/scene.zip/hsi.tif, "
+                     "NETCDF:file.nc:variable, HDF5:\"file.h5\"://dataset")
         raise InputError(f"is not a readable {what} raster ({_gdal_reason(exc, p)})", path=p,
-                         hint="give a GeoTIFF (or another raster format GDAL reads)") from None
+                         hint=hint) from None
     try:
         if ds.count < 1:
+            subdatasets = list(ds.subdatasets)
+            if subdatasets:
+                shown = ", ".join(subdatasets[:12]) + (", ..." if len(subdatasets) > 12 else "")
+                raise InputError(
+                    f"holds {len(subdatasets)} subdatasets (variables) and no bands of its own: "
+                    f"{shown}", path=p, hint=f"give one of them, e.g. {subdatasets[0]}")
             raise InputError(f"the {what} raster has no bands", path=p)
         ds.read(window=Window(ds.width - 1, ds.height - 1, 1, 1))
     except (RasterioError, OSError) as exc:
@@ -159,12 +243,13 @@ def _short(exc: BaseException) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__).rstrip(".")
 
 
-def _gdal_reason(exc: BaseException, path: Path) -> str:
+def _gdal_reason(exc: BaseException, path: RasterSource) -> str:
     """GDAL's reason for a failure in plain words, without repeating the file's path."""
     text = _short(exc)
     if "not recognized as being in a supported file format" in text:
         return "GDAL does not recognise its format"
-    for form in (f"'{path}'", str(path), f"{path.name}, ", f"{path.name}: ", path.name):
+    name = display_name(path)
+    for form in (f"'{path}'", str(path), f"{name}, ", f"{name}: ", name):
         text = text.replace(form, "").strip(" ,:")
     return text or type(exc).__name__
 
@@ -189,7 +274,7 @@ _EXACT_IN_FLOAT32 = frozenset(np.dtype(t) for t in ("uint8", "int8", "uint16", "
 class _Source:
     """One raster file of a scene, with what is needed to turn its pixels into float32 values."""
 
-    def __init__(self, path: Path, ds: Any, reader: Any, *, warped: bool) -> None:
+    def __init__(self, path: RasterSource, ds: Any, reader: Any, *, warped: bool) -> None:
         self.path = path
         self.ds = ds
         self.reader = reader
@@ -263,8 +348,8 @@ class Scene:
             raise ValueError(f"resampling must be one of {sorted(RESAMPLING)}, got {resampling!r}")
         if isinstance(lidar, str | os.PathLike):
             lidar = (lidar,)
-        self.hsi_path = Path(hsi)
-        self.lidar_paths: tuple[Path, ...] = tuple(Path(p) for p in lidar)
+        self.hsi_path: RasterSource = raster_source(hsi)
+        self.lidar_paths: tuple[RasterSource, ...] = tuple(raster_source(p) for p in lidar)
         self.resampling = resampling
         self._lock = threading.RLock()
         self._valid_count: int | None = None
@@ -288,9 +373,11 @@ class Scene:
         """Open a scene.
 
         Args:
-            hsi: the HSI GeoTIFF (any number of bands, any dtype).
+            hsi: the HSI GeoTIFF (any number of bands, any dtype), or any raster GDAL opens:
+                a GDAL dataset name (``/vsizip/x.zip/hsi.tif``, ``NETCDF:x.nc:var``, ...) is
+                passed to GDAL as it is, an ENVI header ``.hdr`` stands for its data file.
             lidar: no LiDAR, one LiDAR raster (any number of bands) or several, stacked as
-                channels in the given order.
+                channels in the given order (the same names as ``hsi``).
             resampling: how LiDAR on another grid is brought onto the HSI grid.
 
         Returns:
@@ -322,7 +409,7 @@ class Scene:
                     log.warning("%s covers only about %.1f %% of the HSI extent; HSI pixels "
                                 "outside it are invalid", path, 100 * coverage)
 
-    def _open_lidar(self, path: Path) -> tuple[_Source, float]:
+    def _open_lidar(self, path: RasterSource) -> tuple[_Source, float]:
         ds = open_raster(path, what="LiDAR")
         g = self.grid
         try:
@@ -332,7 +419,8 @@ class Scene:
                                   else (path, self.hsi_path))
                     crs = g.crs if g.crs is not None else ds.crs
                     raise GridError(
-                        f"has no CRS while {has.name} is in {crs.to_string()}", path=lacks,
+                        f"has no CRS while {display_name(has)} is in {crs.to_string()}",
+                        path=lacks,
                         hint="give every input a CRS (e.g. gdal_edit.py -a_srs EPSG:xxxx) or "
                              "none of them")
                 if (ds.height, ds.width) != g.shape:
@@ -356,7 +444,7 @@ class Scene:
             ds.close()
             raise
 
-    def _coverage(self, ds: Any, path: Path) -> float:
+    def _coverage(self, ds: Any, path: RasterSource) -> float:
         """Fraction of the HSI extent covered by the LiDAR; GridError when nothing overlaps."""
         hsi_poly = _footprint(self._hsi.ds)
         lid = _footprint(ds)
@@ -424,6 +512,14 @@ class Scene:
         lidar_desc = [d for s in self._lidar for d in s.descriptions]
         lidar = [d or f"band_{i + 1}" for i, d in enumerate(lidar_desc)]
         return {"hsi": hsi, "lidar": lidar}
+
+    @property
+    def wavelengths(self) -> list[float] | None:
+        """Centre wavelengths of the HSI bands in nanometres, or ``None``.
+
+        See :func:`band_wavelengths`; ``None`` when the file does not give one for every band.
+        """
+        return band_wavelengths(self._hsi.ds)
 
     @property
     def closed(self) -> bool:
@@ -537,6 +633,6 @@ class Scene:
                       resampling=state["resampling"], _quiet=True)
 
     def __repr__(self) -> str:
-        lidar = ", ".join(p.name for p in self.lidar_paths) or "no LiDAR"
-        return (f"Scene({self.hsi_path.name}: {self.hsi_bands} HSI bands, {lidar} "
+        lidar = ", ".join(display_name(p) for p in self.lidar_paths) or "no LiDAR"
+        return (f"Scene({display_name(self.hsi_path)}: {self.hsi_bands} HSI bands, {lidar} "
                 f"[{self.lidar_bands} channels], {self.grid.describe()})")

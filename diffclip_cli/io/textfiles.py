@@ -33,5 +33,13 @@ def read_text_file(path: str | os.PathLike[str], *, what: str, hint: str) -> str
                          hint=hint) from None
     try:
         return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise InputError(f"is not a text file, so not a {what}", path=p, hint=hint) from None
+    except UnicodeDecodeError as exc:
+        if b"\x00" in data[:65536]:  # binary: an image, a spreadsheet, ...
+            raise InputError(f"is not a text file, so not a {what}", path=p,
+                             hint=hint) from None
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InputError(
+            f"is text but not UTF-8 (byte 0x{data[exc.start]:02x} on line {line} is not UTF-8; "
+            f"Latin-1 or Windows-1252?), so it cannot be read as a {what}", path=p,
+            hint="save it as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet, or iconv -f latin1 "
+                 "-t utf-8)") from None

@@ -3,23 +3,32 @@
 A model file is a ``torch.save`` archive of plain types only: a format tag and version, the
 metadata as one JSON string (configuration, band counts and names, normalisation statistics,
 classes, prompts, vocabulary, provenance), the weights as a flat dict of tensors, and a free
-``extras`` dict of tensors and primitives. It is read with ``torch.load(weights_only=True)``,
-so a file whose pickle would run code is refused without running it.
+``extras`` dict of tensors and primitives, and (from format 2) a SHA-256 digest of the
+metadata, every weight record and the extras. It is read with
+``torch.load(weights_only=True)``, so a file whose pickle would run code is refused without
+running it; the archive's own CRCs and the digest are checked, and the metadata is validated
+(statistics, classes, prompts and configuration against the band counts and the weights),
+so a damaged file is refused instead of giving a wrong map.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import hashlib
 import json
 import logging
 import os
 import pickle
 import pickletools
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from diffclip_cli import __version__
@@ -35,25 +44,33 @@ __all__ = [
     "FORMAT_TAG",
     "FORMAT_VERSION",
     "KINDS",
+    "WAVELENGTH_TOLERANCE_NM",
     "ModelBundle",
     "build_classifier",
     "build_network",
     "bundle_from_classifier",
     "bundle_from_network",
+    "check_archive",
     "load_model",
     "save_model",
+    "torch_save",
 ]
 
 log = logging.getLogger("diffclip")
 
 #: Identifies diffclip model files.
 FORMAT_TAG = "diffclip-model"
-#: The newest model-file format this diffclip reads and the one it writes.
-FORMAT_VERSION = 1
+#: The newest model-file format this diffclip reads and the one it writes (2: with the
+#: integrity digest; format 1 files, which have none, are still read).
+FORMAT_VERSION = 2
+#: The first format whose files must carry the digest.
+DIGEST_VERSION = 2
 #: ``pretrained``: stage 1 only (image side); ``classifier``: a fine-tuned classifier.
 KINDS = ("pretrained", "classifier")
 
 _PRIMITIVES = (str, int, float, bool, type(None))
+#: HSI band centres of a model and a scene may differ by this much (nanometres).
+WAVELENGTH_TOLERANCE_NM = 1.0
 
 
 def _check_plain(value: Any, where: str) -> None:
@@ -96,6 +113,9 @@ class ModelBundle:
         state_dict: the weights.
         extras: further tensors and plain values (e.g. a distilled student).
         format_version: the file format.
+        wavelengths: the HSI band centres in nanometres the model was trained on, or
+            ``None`` when the training scene did not give them (and in files written before
+            diffclip stored them; such files still load).
     """
 
     kind: str
@@ -115,6 +135,7 @@ class ModelBundle:
     provenance: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    wavelengths: list[float] | None = None
 
     # -- typed views --------------------------------------------------------------------------
 
@@ -138,16 +159,27 @@ class ModelBundle:
     # -- checks -------------------------------------------------------------------------------
 
     def check_inputs(self, hsi_bands: int, lidar_bands: int, *,
-                     path: str | os.PathLike[str] | None = None) -> None:
+                     path: str | os.PathLike[str] | None = None,
+                     wavelengths: Sequence[float] | None = None,
+                     band_names: Sequence[str] | None = None) -> None:
         """Refuse a scene whose bands differ from the model's.
+
+        Band counts must match. When ``wavelengths`` or ``band_names`` (of the scene's HSI)
+        are given, the bands are compared too: wavelengths known on both sides must agree
+        within :data:`WAVELENGTH_TOLERANCE_NM` (else a :class:`ModelError`); otherwise band
+        names that differ from the model's, or wavelengths known on one side only, are a
+        warning (the counts match, and names alone do not prove other bands).
 
         Args:
             hsi_bands: the scene's HSI bands.
             lidar_bands: the scene's LiDAR channels (0 when no LiDAR is given).
             path: the model file, named in the message.
+            wavelengths: the scene's HSI band centres in nanometres, if known.
+            band_names: the scene's HSI band names.
 
         Raises:
-            ModelError: naming both counts, or saying LiDAR is missing or unexpected.
+            ModelError: naming both counts, saying LiDAR is missing or unexpected, or naming
+                the first band whose wavelength differs.
         """
         if hsi_bands != self.hsi_bands:
             raise ModelError(
@@ -171,6 +203,48 @@ class ModelBundle:
                 f"{'s' if self.lidar_bands > 1 else ''} but the scene has {lidar_bands}",
                 path=path,
                 hint="pass the same LiDAR rasters as for training")
+        if wavelengths is not None or band_names is not None:
+            self._check_spectrum(wavelengths, band_names, path=path)
+
+    def _check_spectrum(self, wavelengths: Sequence[float] | None,
+                        band_names: Sequence[str] | None, *,
+                        path: str | os.PathLike[str] | None) -> None:
+        """Compare the scene's HSI band wavelengths (or names) with the model's."""
+        if wavelengths is not None and self.wavelengths is not None:
+            diffs = [abs(float(a) - float(b)) for a, b in zip(self.wavelengths, wavelengths,
+                                                               strict=True)]
+            if diffs and max(diffs) > WAVELENGTH_TOLERANCE_NM:
+                first = next(i for i, d in enumerate(diffs) if d > WAVELENGTH_TOLERANCE_NM)
+                raise ModelError(
+                    f"the model was trained on HSI bands at {_span(self.wavelengths)} but the "
+                    f"scene's bands are at {_span(wavelengths)}: band {first + 1} is at "
+                    f"{float(wavelengths[first]):g} nm, not {self.wavelengths[first]:g} nm "
+                    f"({sum(d > WAVELENGTH_TOLERANCE_NM for d in diffs)} of {len(diffs)} "
+                    f"bands differ by more than {WAVELENGTH_TOLERANCE_NM:g} nm)", path=path,
+                    hint="classify scenes of the training sensor and band subset, or train a "
+                         "model on this one")
+            return
+        model_names = list(self.band_names.get("hsi", []))
+        pairs = [] if band_names is None or len(model_names) != len(band_names) else [
+            (i, a, str(b)) for i, (a, b) in enumerate(zip(model_names, band_names, strict=True))
+            if a != str(b)]
+        one_side = (wavelengths is None) != (self.wavelengths is None)
+        if not pairs and not one_side:
+            return
+        parts = []
+        if pairs:
+            i, a, b = pairs[0]
+            parts.append(f"the scene's HSI band names differ from the model's ({len(pairs)} of "
+                         f"{len(model_names)}; band {i + 1} is {b!r}, the model's {a!r})")
+        if one_side:
+            parts.append("the model's wavelengths are unknown (its training scene gave none)"
+                         f" while the scene's bands are at {_span(wavelengths)}"
+                         if wavelengths is not None else
+                         f"the scene's wavelengths are unknown while the model was trained on "
+                         f"bands at {_span(self.wavelengths or [])}")
+        log.warning("%s: %s, so the bands could not be checked; the counts match, so the map "
+                    "is made: make sure the scene has the training sensor's bands, in the same "
+                    "order", path or "model", "; ".join(parts))
 
     # -- (de)serialisation ----------------------------------------------------------------------
 
@@ -190,6 +264,7 @@ class ModelBundle:
             "prompts": self.prompts,
             "vocabulary": self.vocabulary,
             "provenance": self.provenance,
+            "wavelengths": self.wavelengths,
         }
 
 
@@ -223,14 +298,103 @@ def save_model(bundle: ModelBundle, path: str | os.PathLike[str], *,
         raise ValueError(str(exc)) from None
     payload = {
         "format": FORMAT_TAG,
-        "format_version": int(bundle.format_version),
+        "format_version": max(int(bundle.format_version), DIGEST_VERSION),
         "metadata": metadata,
         "state_dict": state,
         "extras": extras,
+        "digest": _digest(metadata, state, extras),
     }
     with atomic_path(path, overwrite=overwrite) as tmp:
-        torch.save(payload, tmp)
+        torch_save(payload, tmp)
     return Path(path)
+
+
+def torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save``, with its write failures raised as :class:`OSError`.
+
+    Torch reports a full disk (or any failed write) as ``RuntimeError`` from its zip writer;
+    inside :func:`~diffclip_cli.io.atomic.atomic_path` an ``OSError`` becomes the output's
+    error (exit 7) instead of an internal error.
+    """
+    try:
+        torch.save(obj, path)
+    except RuntimeError as exc:
+        lines = str(exc).strip().splitlines()
+        raise OSError(errno.EIO, "torch could not write the file"
+                      + (f" ({lines[0]})" if lines else "")) from None
+
+
+def _feed(h: Any, value: Any) -> None:
+    """Feed a plain value (tensors, primitives, lists, str-keyed dicts) to a hash, canonically."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, dict):
+        h.update(f"D{len(value)}".encode())
+        for k in sorted(value):
+            _feed(h, str(k))
+            _feed(h, value[k])
+    elif isinstance(value, (list, tuple)):
+        h.update(f"L{len(value)}".encode())
+        for v in value:
+            _feed(h, v)
+    else:
+        text = repr(value).encode("utf-8", "surrogatepass")
+        h.update(f"P{type(value).__name__}{len(text)}:".encode() + text)
+
+
+def _digest(metadata: str, state: dict[str, torch.Tensor], extras: dict[str, Any]
+            ) -> dict[str, str]:
+    """SHA-256 digests of the metadata, the weight records and the extras."""
+    out = {"algorithm": "sha256"}
+    for name, value in (("metadata", metadata), ("state_dict", state), ("extras", extras)):
+        h = hashlib.sha256()
+        _feed(h, value)
+        out[name] = h.hexdigest()
+    return out
+
+
+def check_archive(path: Path, *, what: str = "model file",
+                  hint: str = "copy the model again or re-train it") -> None:
+    """Check the CRC of every record of the zip archive ``torch.save`` writes.
+
+    Raises:
+        ModelError: the archive cannot be read or a record does not match its CRC.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+        log.debug("zip check of %s failed: %r", path, exc)
+        raise ModelError(f"the {what} is truncated or damaged (its archive cannot be read)",
+                         path=path, hint=hint) from None
+    if bad is not None:
+        raise ModelError(f"the {what} is damaged: its record {bad.split('/')[-1]!r} does "
+                         "not match the checksum stored with it", path=path, hint=hint)
+
+
+def _check_digest(payload: dict[str, Any], version: int, path: Path) -> None:
+    """Compare the stored digest with the content (format 2 files must have one)."""
+    stored = payload.get("digest")
+    if stored is None:
+        if version >= DIGEST_VERSION:
+            raise ModelError("the model file is damaged: its integrity digest is missing",
+                             path=path, hint="copy the model again or re-train it")
+        log.info("%s: a model file of format %d has no integrity digest; re-save it with "
+                 "this diffclip to add one", path, version)
+        return
+    if not isinstance(stored, dict) or stored.get("algorithm") != "sha256":
+        raise ModelError("the model file is damaged: its integrity digest is unreadable",
+                         path=path, hint="copy the model again or re-train it")
+    actual = _digest(payload["metadata"], dict(payload["state_dict"]),
+                     dict(payload.get("extras") or {}))
+    damaged = [what for what, name in (("metadata", "metadata"), ("weights", "state_dict"),
+                                       ("extras", "extras")) if stored.get(name) != actual[name]]
+    if damaged:
+        raise ModelError(f"the model file is damaged: its {' and '.join(damaged)} do not match "
+                         "the checksum stored in it, so it was not used", path=path,
+                         hint="copy the model again or re-train it")
 
 
 def load_model(path: str | os.PathLike[str]) -> ModelBundle:
@@ -250,6 +414,8 @@ def load_model(path: str | os.PathLike[str]) -> ModelBundle:
     if path.stat().st_size == 0:
         raise ModelError("is an empty file (0 bytes), not a model", path=path,
                          hint="copy the model again or re-train it")
+    if _is_zip(path):
+        check_archive(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -281,6 +447,11 @@ def load_model(path: str | os.PathLike[str]) -> ModelBundle:
             f"made by a newer diffclip (model format {version}; this diffclip {__version__} "
             f"reads up to {FORMAT_VERSION})", path=path,
             hint="upgrade diffclip to use this model")
+    if not isinstance(payload.get("metadata"), str) or not isinstance(
+            payload.get("state_dict"), dict):
+        raise ModelError("the model file is damaged (no metadata or weights)", path=path,
+                         hint="re-train or re-copy the model")
+    _check_digest(payload, version, path)
     try:
         meta = json.loads(payload["metadata"])
         bundle = ModelBundle(
@@ -301,6 +472,7 @@ def load_model(path: str | os.PathLike[str]) -> ModelBundle:
             provenance=meta["provenance"],
             extras=dict(payload.get("extras") or {}),
             format_version=version,
+            wavelengths=_wavelengths(meta.get("wavelengths"), int(meta["hsi_bands"])),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"the model file is damaged (metadata: {exc})", path=path,
@@ -312,7 +484,101 @@ def load_model(path: str | os.PathLike[str]) -> ModelBundle:
                                         or bundle.classes is None):
         raise ModelError("the classifier file lacks its classes, prompts or vocabulary",
                          path=path, hint="re-train the model")
+    _validate(bundle, path)
     return bundle
+
+
+def _span(wavelengths: Sequence[float]) -> str:
+    """``400-2500 nm (204 bands)``: a band set's wavelengths in a few words."""
+    return (f"{min(wavelengths):g}-{max(wavelengths):g} nm ({len(wavelengths)} band"
+            f"{'s' if len(wavelengths) != 1 else ''})")
+
+
+def _wavelengths(value: Any, bands: int) -> list[float] | None:
+    """The stored wavelengths (absent in older files), checked: one number per HSI band."""
+    if value is None:
+        return None
+    values = [float(v) for v in value]
+    if len(values) != bands:
+        raise ValueError(f"{len(values)} wavelengths for {bands} HSI bands")
+    return values
+
+
+def _damaged(what: str, path: Path) -> ModelError:
+    return ModelError(f"the model file is damaged: {what}", path=path,
+                      hint="copy the model again or re-train it")
+
+
+def _validate(bundle: ModelBundle, path: Path) -> None:
+    """Check that the metadata is consistent with itself and with the weights.
+
+    Raises:
+        ModelError: a configuration field this diffclip does not know (a newer diffclip made
+            the file), or any inconsistency (the file is damaged), naming what is wrong.
+    """
+    from diffclip_cli.sampling.normalise import SceneStats
+
+    for name, cls, value in (("model", ModelConfig, bundle.model_config),
+                             ("pretraining", PretrainConfig, bundle.pretrain_config),
+                             ("fine-tuning", FinetuneConfig, bundle.finetune_config)):
+        if not isinstance(value, dict):
+            raise _damaged(f"its {name} configuration is not a mapping", path)
+        unknown = sorted(set(value) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ModelError(
+                f"its {name} configuration has fields this diffclip {__version__} does not "
+                f"know ({', '.join(unknown)}), so a newer diffclip made it", path=path,
+                hint="upgrade diffclip to use this model")
+        try:
+            cls.from_dict(value)
+        except ModelError as exc:
+            raise _damaged(f"its {name} configuration is invalid ({exc.message})",
+                           path) from None
+    if bundle.hsi_bands < 1 or bundle.lidar_bands < 0:
+        raise _damaged(f"it claims {bundle.hsi_bands} HSI bands and {bundle.lidar_bands} "
+                       "LiDAR channels", path)
+    try:
+        stats = SceneStats.from_dict(bundle.stats)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise _damaged(f"its normalisation statistics are unreadable ({exc})", path) from None
+    for what, band_stats, count in (("HSI", stats.hsi, bundle.hsi_bands),
+                                    ("LiDAR", stats.lidar, bundle.lidar_bands)):
+        if not count:  # HSI-only model: LiDAR statistics, if any, are never used
+            continue
+        if band_stats is None:
+            raise _damaged(f"it has no {what} statistics for its {count} {what} bands", path)
+        n = (band_stats.center.size, band_stats.scale.size)
+        if band_stats.center.ndim != 1 or n != (count, count):
+            raise _damaged(f"its {what} statistics cover {n[0]} bands, not the model's "
+                           f"{count}", path)
+        if not (np.isfinite(band_stats.center).all() and np.isfinite(band_stats.scale).all()
+                and (band_stats.scale > 0).all()):
+            raise _damaged(f"its {what} statistics hold non-finite or non-positive values",
+                           path)
+    if not isinstance(bundle.band_names, dict) or [
+            len(bundle.band_names.get(k) or []) for k in ("hsi", "lidar")] != [
+            bundle.hsi_bands, bundle.lidar_bands]:
+        raise _damaged("its band names do not match its band counts", path)
+    if bundle.kind != "classifier":
+        return
+    try:
+        table = ClassTable.from_records(bundle.classes or [])
+        vocabulary = Vocabulary.from_dict(bundle.vocabulary or {})
+    except Exception as exc:  # any malformed record: the file is damaged
+        raise _damaged(f"its class table or vocabulary is unreadable ({exc})", path) from None
+    prompts = bundle.prompts or []
+    if len(prompts) != len(table):
+        raise _damaged(f"it has {len(table)} classes but {len(prompts)} prompts", path)
+    ids = bundle.state_dict.get("prompt_ids")
+    context = bundle.config.context_length
+    if not isinstance(ids, torch.Tensor) or tuple(ids.shape) != (len(table), context):
+        shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else None
+        raise _damaged(f"its prompt token ids have shape {shape}, not ({len(table)}, "
+                       f"{context}) for its {len(table)} classes", path)
+    if ids.is_floating_point() or (ids.numel() and (
+            int(ids.min()) < 0 or int(ids.max()) >= len(vocabulary))):
+        raise _damaged(f"its prompt token ids fall outside its vocabulary of "
+                       f"{len(vocabulary)} words", path)
 
 
 def _is_zip(path: Path) -> bool:
@@ -374,6 +640,7 @@ def bundle_from_network(
     band_names: dict[str, list[str]] | None = None,
     provenance: dict[str, Any] | None = None,
     extras: dict[str, Any] | None = None,
+    wavelengths: Sequence[float] | None = None,
 ) -> ModelBundle:
     """A ``pretrained`` bundle of a stage-1 network.
 
@@ -386,7 +653,10 @@ def bundle_from_network(
         provenance: what to record about how the model was made (merged over the package
             name, version and creation date).
         extras: further tensors and plain values.
+        wavelengths: the HSI band centres in nanometres (``Scene.wavelengths``), if known.
     """
+    if wavelengths is not None and len(wavelengths) != net.hsi_bands:
+        raise ValueError(f"{len(wavelengths)} wavelengths for {net.hsi_bands} HSI bands")
     return ModelBundle(
         kind="pretrained",
         preset=preset.name,
@@ -400,6 +670,7 @@ def bundle_from_network(
         state_dict={k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
         provenance=_provenance(provenance),
         extras=dict(extras or {}),
+        wavelengths=None if wavelengths is None else [float(v) for v in wavelengths],
     )
 
 
@@ -413,6 +684,7 @@ def bundle_from_classifier(
     band_names: dict[str, list[str]] | None = None,
     provenance: dict[str, Any] | None = None,
     extras: dict[str, Any] | None = None,
+    wavelengths: Sequence[float] | None = None,
 ) -> ModelBundle:
     """A ``classifier`` bundle of a fine-tuned classifier.
 
@@ -425,6 +697,7 @@ def bundle_from_classifier(
         band_names: ``{"hsi": [...], "lidar": [...]}``; defaults to numbered names.
         provenance: how the model was made (seed, shots, inputs, training times, ...).
         extras: further tensors and plain values.
+        wavelengths: the HSI band centres in nanometres (``Scene.wavelengths``), if known.
 
     Raises:
         ModelError: the class table and the prompts differ in length.
@@ -434,7 +707,8 @@ def bundle_from_classifier(
         raise ModelError(f"{len(classes)} classes but the classifier has "
                          f"{classifier.num_classes} prompts")
     bundle = bundle_from_network(net, preset=preset, stats=stats, band_names=band_names,
-                                 provenance=provenance, extras=extras)
+                                 provenance=provenance, extras=extras,
+                                 wavelengths=wavelengths)
     bundle.kind = "classifier"
     bundle.classes = classes.to_records()
     bundle.template = template

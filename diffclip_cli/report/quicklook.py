@@ -1,4 +1,6 @@
-"""Quicklook PNGs of class maps: class colours, nodata white, a legend with the class names.
+"""Quicklook PNGs of class maps, for people: class colours, nodata white, a legend.
+
+A georeferenced map also gets its coordinates, CRS and a scale bar.
 
 Huge maps are read decimated (``out_shape``, so GDAL uses the map's overviews when it has
 them): memory stays bounded by ``max_size`` squared whatever the map's size.
@@ -6,7 +8,9 @@ them): memory stays bounded by ``max_size`` squared whatever the map's size.
 
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +23,65 @@ from diffclip_cli.errors import InputError
 from diffclip_cli.io.atomic import atomic_path, check_output
 from diffclip_cli.io.classes import DEFAULT_PALETTE, ClassInfo, ClassTable
 
-__all__ = ["decimated_shape", "quicklook", "read_decimated"]
+__all__ = ["MapFrame", "decimated_shape", "map_frame", "nice_length", "quicklook",
+           "quicklook_figure", "read_decimated"]
 
 #: Colour of map values that are no class of the table.
 UNKNOWN_COLOR = (160, 160, 160)
 _DPI = 100
 _PAD = 10
+# Room for the coordinates (left: rotated y tick labels; below: x tick labels, scale bar).
+_COORD_LEFT = 28
+_COORD_BELOW = 62
+
+
+@dataclass(frozen=True)
+class MapFrame:
+    """Where a north-up map lies on the ground, for the quicklook's coordinates and scale.
+
+    Attributes:
+        left: x of the map's left edge, in CRS units.
+        right: x of the right edge.
+        bottom: y of the bottom edge.
+        top: y of the top edge.
+        crs: the CRS as people read it (``EPSG:32615``, or its name).
+        metres_per_unit: ground metres per CRS unit along x (at the map's centre for a
+            geographic CRS).
+    """
+
+    left: float
+    right: float
+    bottom: float
+    top: float
+    crs: str
+    metres_per_unit: float
+
+
+def map_frame(ds: Any) -> MapFrame | None:
+    """The :class:`MapFrame` of an open raster; ``None`` without CRS or when rotated."""
+    t, crs = ds.transform, ds.crs
+    if crs is None or t.b != 0 or t.d != 0 or t.a == 0 or t.e == 0:
+        return None
+    b = ds.bounds
+    if crs.is_geographic:
+        lat = math.radians((b.bottom + b.top) / 2)
+        per_unit = 111_320.0 * max(math.cos(lat), 1e-6)
+    else:
+        try:
+            per_unit = float(crs.linear_units_factor[1])
+        except Exception:  # units unknown to PROJ: no scale bar can be honest
+            return None
+    epsg = crs.to_epsg()
+    name = f"EPSG:{epsg}" if epsg else (crs.to_dict().get("proj") or crs.to_string()[:40])
+    return MapFrame(b.left, b.right, b.bottom, b.top, str(name), per_unit)
+
+
+def nice_length(target: float) -> float:
+    """The largest 1, 2 or 5 x 10^k not above ``target`` (a scale bar's length)."""
+    if target <= 0 or not math.isfinite(target):
+        raise ValueError(f"a scale bar needs a positive length, got {target}")
+    power = 10.0 ** math.floor(math.log10(target))
+    return max(m * power for m in (1.0, 2.0, 5.0) if m * power <= target)
 
 
 def decimated_shape(shape: tuple[int, int], max_size: int) -> tuple[int, int]:
@@ -90,14 +147,16 @@ def quicklook(
     title: str | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Draw a class map as a PNG with a legend.
+    """Draw a class map as a PNG with a legend (and coordinates and a scale bar).
 
     The map is drawn pixel for pixel (no smoothing): maps larger than ``max_size`` are
     decimated to ``max_size`` on their longer side, smaller ones are enlarged by the largest
     whole factor that stays within ``max_size``. The aspect ratio is kept. Nodata (0, or the
     file's nodata value) is white; values that are no class of the table are grey. The legend
     (class id, name and colour of the classes in the table) is drawn to the right of the map
-    and the title above it, so the PNG is wider than the map by the legend's width.
+    and the title above it, so the PNG is wider than the map by the legend's width. A
+    georeferenced, north-up map also gets its coordinates along the left and bottom edges,
+    its CRS and a scale bar below it.
 
     Args:
         source: a map GeoTIFF (read decimated) or a 2-D array of class ids.
@@ -116,6 +175,21 @@ def quicklook(
         OutputError: when ``output`` exists (without ``overwrite``) or cannot be written.
     """
     out = check_output(output, overwrite=overwrite)
+    fig = quicklook_figure(source, classes, max_size=max_size, title=title)
+    with atomic_path(out, overwrite=overwrite) as tmp:
+        fig.savefig(tmp, format="png", dpi=_DPI)
+    return out
+
+
+def quicklook_figure(
+    source: str | os.PathLike[str] | np.ndarray,
+    classes: ClassTable | None,
+    *,
+    max_size: int = 1024,
+    title: str | None = None,
+) -> Any:
+    """The matplotlib figure :func:`quicklook` saves (same arguments, no output)."""
+    frame = None
     if isinstance(source, np.ndarray):
         if source.ndim != 2:
             raise InputError(f"a quicklook needs a 2-D class map, got shape {source.shape}")
@@ -124,6 +198,8 @@ def quicklook(
         data, nodata = read_decimated(source, max_size=max_size)
         if nodata is not None and nodata != 0:
             data = np.where(data == nodata, 0, data)
+        with rasterio.open(source) as ds:
+            frame = map_frame(ds)
         if classes is None:
             from diffclip_cli.io.maps import read_map
 
@@ -137,11 +213,8 @@ def quicklook(
     if factor > 1:
         rgba = np.repeat(np.repeat(rgba, factor, axis=0), factor, axis=1)
     has_unknown = bool(np.isin(data, [0, *(c.id for c in legend_classes)], invert=True).any())
-    fig = _figure(rgba, legend_classes, title=title, nodata=bool((data == 0).any()),
-                  unknown=has_unknown)
-    with atomic_path(out, overwrite=overwrite) as tmp:
-        fig.savefig(tmp, format="png", dpi=_DPI)
-    return out
+    return _figure(rgba, legend_classes, title=title, nodata=bool((data == 0).any()),
+                   unknown=has_unknown, frame=frame)
 
 
 def _legend_classes(classes: ClassTable | None, data: np.ndarray) -> list[ClassInfo]:
@@ -170,7 +243,7 @@ def _colorize(data: np.ndarray, classes: list[ClassInfo]) -> np.ndarray:
 
 
 def _figure(rgba: np.ndarray, classes: list[ClassInfo], *, title: str | None, nodata: bool,
-            unknown: bool) -> Any:
+            unknown: bool, frame: MapFrame | None = None) -> Any:
     """Lay the map out pixel for pixel, with the legend measured first so nothing is cut."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -203,24 +276,72 @@ def _figure(rgba: np.ndarray, classes: list[ClassInfo], *, title: str | None, no
         text = probe.text(0, 0, title.replace("$", r"\$"), fontsize=11)
         title_h = int(np.ceil(text.get_window_extent(canvas.get_renderer()).height)) + _PAD
 
-    width = _PAD + w + (2 * _PAD + leg_w if handles else _PAD)
-    body = max(h, leg_h)
+    x0 = _PAD + (_COORD_LEFT if frame is not None else 0)
+    below = _COORD_BELOW if frame is not None else 0
+    width = x0 + w + (2 * _PAD + leg_w if handles else _PAD)
+    body = max(h + below, leg_h)
     height = _PAD + title_h + body + _PAD
     fig = Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI, facecolor="white")
     FigureCanvasAgg(fig)
     # figimage counts pixels from the bottom left; origin="upper" keeps row 0 at the top.
     y0 = height - _PAD - title_h - h
-    fig.figimage(rgba, xo=_PAD, yo=y0, origin="upper")
+    fig.figimage(rgba, xo=x0, yo=y0, origin="upper")
     # A thin frame, so that white nodata at the edges still shows where the map ends.
     # Drawn one pixel outside the map (lines are centred on their coordinates).
-    fig.add_artist(Rectangle((_PAD - 1.5, y0 - 1.5), w + 3, h + 3,
+    fig.add_artist(Rectangle((x0 - 1.5, y0 - 1.5), w + 3, h + 3,
                              transform=IdentityTransform(), fill=False, edgecolor="0.6",
                              linewidth=72 / _DPI, antialiased=False))
+    if frame is not None:
+        _coordinates(fig, frame, x0=x0, y0=y0, w=w, h=h, width=width, height=height)
     if handles:
         top = (height - _PAD - title_h) / height
-        fig.legend(**legend_kw, bbox_to_anchor=((_PAD + w + 2 * _PAD) / width, top),
+        fig.legend(**legend_kw, bbox_to_anchor=((x0 + w + 2 * _PAD) / width, top),
                    bbox_transform=fig.transFigure)
     if title:
         fig.text(_PAD / width, 1 - _PAD / height, title.replace("$", r"\$"), fontsize=11,
                  ha="left", va="top")
     return fig
+
+
+def _coordinates(fig: Any, frame: MapFrame, *, x0: int, y0: int, w: int, h: int, width: int,
+                 height: int) -> None:
+    """Ticks with map coordinates on the left and bottom edges, the CRS and a scale bar."""
+    from matplotlib.patches import Rectangle
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
+    from matplotlib.transforms import IdentityTransform
+
+    ax = fig.add_axes((x0 / width, y0 / height, w / width, h / height))
+    ax.set_xlim(frame.left, frame.right)
+    ax.set_ylim(frame.bottom, frame.top)
+    ax.patch.set_alpha(0.0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    for axis, n, (lo, hi), size in ((ax.xaxis, max(2, w // 110), (frame.left, frame.right), w),
+                                    (ax.yaxis, max(2, h // 110), (frame.bottom, frame.top), h)):
+        # Round values inside the edge (labels at the corners would run into each other).
+        margin = (hi - lo) * min(0.45, 30 / size)
+        ticks = [v for v in MaxNLocator(n, min_n_ticks=2).tick_values(lo, hi)
+                 if lo + margin <= v <= hi - margin]
+        axis.set_ticks(ticks)
+        formatter = ScalarFormatter(useOffset=False)
+        formatter.set_scientific(False)
+        axis.set_major_formatter(formatter)
+    ax.tick_params(labelsize=7, length=3, pad=1, colors="0.25")
+    for label in ax.get_yticklabels():
+        label.set_rotation(90)
+        label.set_verticalalignment("center")
+
+    # Scale bar: a round length of about a quarter of the map's width, below the x labels.
+    units_per_pixel = (frame.right - frame.left) / w
+    metres = nice_length(0.25 * w * units_per_pixel * frame.metres_per_unit)
+    bar = metres / (units_per_pixel * frame.metres_per_unit)
+    bar_y = y0 - _COORD_BELOW + 14
+    fig.add_artist(Rectangle((x0, bar_y), bar, 4, transform=IdentityTransform(),
+                             facecolor="black", edgecolor="black", linewidth=0))
+    fig.add_artist(Rectangle((x0 + bar / 2, bar_y), bar / 2, 4, transform=IdentityTransform(),
+                             facecolor="white", edgecolor="black", linewidth=0.5))
+    label = f"{metres / 1000:g} km" if metres >= 1000 else f"{metres:g} m"
+    fig.text((x0 + bar + 6) / width, (bar_y + 2) / height, label, fontsize=8, va="center",
+             ha="left")
+    fig.text((x0 + w) / width, (bar_y + 2) / height, frame.crs, fontsize=7, va="center",
+             ha="right", color="0.25")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -12,20 +15,85 @@ import numpy as np
 from rich.markup import escape
 from rich.table import Table
 
-from diffclip_cli.io.atomic import atomic_path, check_output
+from diffclip_cli.io.atomic import atomic_path, output_set
 from diffclip_cli.report.metrics import AccuracyReport
 
-__all__ = ["confusion_figure", "report_paths", "rich_table", "write_report"]
+__all__ = ["baseline_record", "baseline_verdict", "confusion_csv", "confusion_figure",
+           "report_paths", "rich_table", "write_report"]
 
 
 def report_paths(stem: str | os.PathLike[str]) -> dict[str, Path]:
-    """The files :func:`write_report` writes for ``stem``: ``stem.json``, ``.md`` and ``.png``.
+    """The files :func:`write_report` writes for ``stem``.
 
-    The suffix is appended, never substituted, so ``run.seed1`` gives ``run.seed1.json``.
+    ``stem.json``, ``.md``, ``.csv`` (the confusion matrix) and ``.png``. The suffix is
+    appended, never substituted, so ``run.seed1`` gives ``run.seed1.json``.
     """
     stem = os.fspath(stem)
     return {"json": Path(stem + ".json"), "markdown": Path(stem + ".md"),
-            "png": Path(stem + ".png")}
+            "csv": Path(stem + ".csv"), "png": Path(stem + ".png")}
+
+
+def confusion_csv(report: AccuracyReport) -> str:
+    """The confusion matrix as CSV, as OTB's ComputeConfusionMatrix writes one.
+
+    One row per reference class (``reference_id``, ``reference_name``, then the pixel counts
+    predicted as each class, by id, in the same order, then ``unclassified``).
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["reference_id", "reference_name", *[str(i) for i in report.class_ids],
+                     "unclassified"])
+    for i, (cid, name) in enumerate(zip(report.class_ids, report.class_names, strict=True)):
+        writer.writerow([cid, name, *[int(v) for v in report.confusion_matrix[i]],
+                         int(report.unclassified[i])])
+    return buffer.getvalue()
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.2f}"
+
+
+def baseline_verdict(report: AccuracyReport, baseline: AccuracyReport, *,
+                     model: str = "DiffCLIP") -> str:
+    """One plain sentence: which of the model and the per-pixel baseline is more accurate.
+
+    Args:
+        report: the model's accuracy.
+        baseline: the baseline's accuracy on the same reference pixels.
+        model: how to call the model.
+
+    Returns:
+        E.g. ``"The per-pixel baseline is better than DiffCLIP on these pixels: OA 93.10 %
+        against 88.40 %. ..."``.
+    """
+    ours, theirs = report.overall_accuracy or 0.0, baseline.overall_accuracy or 0.0
+    figures = (f"OA {_pct(theirs)} % against {_pct(ours)} %, kappa {_pct(baseline.kappa)} "
+               f"against {_pct(report.kappa)}")
+    if theirs > ours:
+        return (f"The per-pixel baseline is better than {model} on these pixels: {figures}. "
+                "Use the baseline's kind of map, or give more shots or pretraining samples.")
+    if theirs == ours:
+        return f"The per-pixel baseline is as accurate as {model} on these pixels: {figures}."
+    return (f"{model} is better than the per-pixel baseline on these pixels: OA {_pct(ours)} % "
+            f"against {_pct(theirs)} %, kappa {_pct(report.kappa)} against "
+            f"{_pct(baseline.kappa)}.")
+
+
+def baseline_record(report: AccuracyReport, baseline: AccuracyReport, method: str
+                    ) -> dict[str, Any]:
+    """The JSON entry ``"baseline"`` of a report: what it is, its figures, which is better."""
+    return {
+        "method": method,
+        "overall_accuracy": baseline.overall_accuracy,
+        "average_accuracy": baseline.average_accuracy,
+        "kappa": baseline.kappa,
+        "per_class": baseline.per_class(),
+        "confusion_matrix": [[int(v) for v in r] for r in baseline.confusion_matrix],
+        "n_pixels": baseline.n_pixels,
+        "better_than_model": (baseline.overall_accuracy or 0.0)
+        > (report.overall_accuracy or 0.0),
+        "verdict": baseline_verdict(report, baseline),
+    }
 
 
 def write_report(
@@ -35,11 +103,13 @@ def write_report(
     overwrite: bool = False,
     title: str | None = None,
     metadata: dict[str, Any] | None = None,
+    baseline: AccuracyReport | None = None,
+    baseline_method: str = "per-pixel baseline",
 ) -> dict[str, Path]:
-    """Write ``stem.json``, ``stem.md`` and ``stem.png`` (confusion-matrix heatmap).
+    """Write ``stem.json``, ``stem.md``, ``stem.csv`` and ``stem.png`` (confusion-matrix heatmap).
 
-    The three files appear together: each is written to a temporary name and they are renamed
-    only once all three are complete. Nothing is written if any of them exists and
+    The four files appear together: each is written to a temporary name and they are renamed
+    only once all of them are complete. Nothing is written if any of them exists and
     ``overwrite`` is false.
 
     Args:
@@ -49,38 +119,54 @@ def write_report(
         title: a title for the Markdown and the figure (also stored in the JSON).
         metadata: JSON-serialisable facts stored in the JSON under ``"metadata"`` (map, labels,
             model, seed...) and listed in the Markdown.
+        baseline: a baseline's accuracy on the same reference pixels: stored under
+            ``"baseline"`` (:func:`baseline_record`), a Markdown section saying plainly which
+            is better, and its OA in the figure.
+        baseline_method: what the baseline is, in words.
 
     Returns:
-        ``{"json": path, "markdown": path, "png": path}``.
+        ``{"json": path, "markdown": path, "csv": path, "png": path}``.
 
     Raises:
         OutputError: when a file exists (without ``overwrite``) or cannot be written.
     """
     paths = report_paths(stem)
-    for path in paths.values():
-        check_output(path, overwrite=overwrite)
+    trio = output_set({"report": list(paths.values())}, overwrite=overwrite)
     data = report.to_dict()
     if title is not None:
         data["title"] = title
     if metadata:
         data["metadata"] = metadata
+    if baseline is not None:
+        data["baseline"] = baseline_record(report, baseline, baseline_method)
     text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False, default=str) + "\n"
     markdown = report.to_markdown(title=title)
+    if baseline is not None:
+        markdown += (
+            "\n## Per-pixel baseline\n\n"
+            f"**{baseline_verdict(report, baseline)}**\n\n"
+            f"Baseline: {baseline_method}.\n\n"
+            "| | model | baseline |\n|---|---:|---:|\n"
+            f"| OA % | {_pct(report.overall_accuracy)} | {_pct(baseline.overall_accuracy)} |\n"
+            f"| AA % | {_pct(report.average_accuracy)} | {_pct(baseline.average_accuracy)} |\n"
+            f"| kappa × 100 | {_pct(report.kappa)} | {_pct(baseline.kappa)} |\n")
     if metadata:
         markdown += "\n## Run\n\n" + "\n".join(
             f"- {key}: {value}" for key, value in metadata.items()
         ) + "\n"
-    with contextlib.ExitStack() as stack:
+    with trio, contextlib.ExitStack() as stack:  # the three are renamed together
         tmp = {key: stack.enter_context(atomic_path(path, overwrite=overwrite))
                for key, path in paths.items()}
         tmp["json"].write_text(text, encoding="utf-8")
         tmp["markdown"].write_text(markdown, encoding="utf-8")
-        fig = confusion_figure(report, title=title)
+        tmp["csv"].write_text(confusion_csv(report), encoding="utf-8")
+        fig = confusion_figure(report, title=title, baseline=baseline)
         fig.savefig(tmp["png"], format="png", dpi=100, bbox_inches="tight", pad_inches=0.15)
     return paths
 
 
-def confusion_figure(report: AccuracyReport, *, title: str | None = None) -> Any:
+def confusion_figure(report: AccuracyReport, *, title: str | None = None,
+                     baseline: AccuracyReport | None = None) -> Any:
     """A matplotlib figure of the confusion matrix (Agg canvas, no window, no pyplot state).
 
     Colours are row-normalised (each reference class sums to 1, so the diagonal reads as the
@@ -90,6 +176,7 @@ def confusion_figure(report: AccuracyReport, *, title: str | None = None) -> Any
     Args:
         report: the accuracy report.
         title: the figure title; OA, AA and kappa are always shown under it.
+        baseline: a per-pixel baseline on the same pixels; its OA is shown too.
 
     Returns:
         A :class:`matplotlib.figure.Figure`.
@@ -141,8 +228,15 @@ def confusion_figure(report: AccuracyReport, *, title: str | None = None) -> Any
 
     summary = (f"OA {pct(report.overall_accuracy)} %   AA {pct(report.average_accuracy)} %   "
                f"kappa {pct(report.kappa)}   n = {report.n_pixels}")
+    if baseline is not None:
+        summary += f"\nper-pixel baseline: OA {pct(baseline.overall_accuracy)} %"
     heading = title.replace("$", r"\$") if title else None
-    ax.set_title(f"{heading}\n{summary}" if heading else summary, fontsize=font + 1)
+    # Above the heatmap *and* its colour bar, wrapped to the figure's width: a long title
+    # (the held-out report's names pixels, shots and seed) must not run into the colour bar.
+    chars = max(20, int(fig.get_figwidth() * 72 / ((font + 1) * 0.62)))
+    lines = [line for part in [heading or "", *summary.split("\n")]
+             for line in textwrap.wrap(part, chars)]
+    fig.suptitle("\n".join(lines), fontsize=font + 1)
     return fig
 
 

@@ -9,10 +9,12 @@ uninterrupted run with the same seed ends.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +93,8 @@ def centre_crop_resize(
     return outs[0], outs[1]
 
 
-def _fingerprint(net: DiffCLIPNet, data: WindowData, cfg: PretrainConfig, seed: int
-                 ) -> dict[str, Any]:
+def _fingerprint(net: DiffCLIPNet, data: WindowData, cfg: PretrainConfig, seed: int, *,
+                 digest: bool = True) -> dict[str, Any]:
     return {
         "seed": int(seed),
         "samples": len(data),
@@ -100,15 +102,59 @@ def _fingerprint(net: DiffCLIPNet, data: WindowData, cfg: PretrainConfig, seed: 
         "lidar_bands": net.lidar_bands,
         "model": net.config.to_dict(),
         "pretrain": cfg.to_dict(),
+        "data": data_digest(data) if digest else None,
     }
 
 
+def data_digest(data: WindowData) -> str:
+    """SHA-256 of the training windows: equal exactly when the data are (same scene, sample)."""
+    h = hashlib.sha256()
+    for x in (data.hsi, data.lidar):
+        if x is None:
+            h.update(b"none")
+            continue
+        t = x.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _mismatch(saved: dict[str, Any], now: dict[str, Any], inputs: Mapping[str, Any] | None
+              ) -> str:
+    """What differs between a checkpoint's fingerprint and this run's, in words."""
+    if "data" not in saved:
+        return "by an older diffclip, which did not record its input data"
+    then = saved.get("inputs")
+    if inputs is not None and then is not None and then != json.loads(json.dumps(inputs)):
+        return f"from other input files ({_describe_inputs(then)}; now {_describe_inputs(inputs)})"
+    differ = sorted(k for k in now if k not in ("data", "inputs")
+                    and saved.get(k) != json.loads(json.dumps(now[k])))
+    if differ:
+        words = {"seed": "seed", "samples": "number of windows (--samples)",
+                 "model": "model configuration", "pretrain": "pretraining configuration",
+                 "hsi_bands": "HSI band count", "lidar_bands": "LiDAR channel count"}
+        return "with another " + " and another ".join(words.get(k, k) for k in differ)
+    return "from other input data (the input files' content differs)"
+
+
+def _describe_inputs(inputs: Mapping[str, Any]) -> str:
+    files = inputs.get("files", []) if isinstance(inputs, Mapping) else []
+    return ", ".join(f"{f.get('path')} ({f.get('size')} bytes)" for f in files
+                     if isinstance(f, Mapping)) or "unknown"
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    from diffclip_cli.model.modelfile import torch_save
+
     with atomic_path(path, overwrite=True) as tmp:
-        torch.save(state, tmp)
+        torch_save(state, tmp)
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
+    from diffclip_cli.model.modelfile import check_archive
+
+    # A damaged checkpoint is not resumed from (torch.load does not check the CRCs).
+    check_archive(path, what="checkpoint", hint="delete it to start over")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unreadable checkpoint is reported the same way
@@ -133,6 +179,7 @@ def pretrain(
     resume: bool = False,
     progress: ProgressCallback | None = None,
     device: str | torch.device = "cpu",
+    inputs: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Pretrain the image side by masked diffusion on unlabelled windows.
 
@@ -148,6 +195,9 @@ def pretrain(
         progress: called after every epoch (and its checkpoint) with
             ``(epoch, epochs, record)``.
         device: where to train.
+        inputs: the identity of the input files (plain JSON types, e.g. their names and
+            sizes), stored in the checkpoint: a checkpoint of other inputs is not resumed.
+            The windows' content digest is stored in any case.
 
     Returns:
         One record per epoch: ``epoch``, ``loss`` (mean per window), ``loss_hsi``,
@@ -165,16 +215,21 @@ def pretrain(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
         optimizer, T_0=cfg.t0, T_mult=cfg.t_mult, eta_min=cfg.eta_min)
     gen = make_generator(seed, "pretrain")
-    fingerprint = _fingerprint(net, data, cfg, seed)
+    fingerprint = _fingerprint(net, data, cfg, seed, digest=checkpoint is not None)
+    if inputs is not None:
+        fingerprint["inputs"] = json.loads(json.dumps(dict(inputs)))
     history: list[dict[str, Any]] = []
     start = 0
     path = None if checkpoint is None else Path(checkpoint)
 
     if resume and path is not None and path.exists():
         state = _load_checkpoint(path)
-        if json.loads(state["fingerprint"]) != json.loads(json.dumps(fingerprint)):
-            raise ModelError("the checkpoint was made with another seed, data or configuration",
-                             path=path, hint="delete it or pass the same settings")
+        saved = json.loads(state["fingerprint"])
+        if saved != json.loads(json.dumps(fingerprint)):
+            raise ModelError(f"the checkpoint was made {_mismatch(saved, fingerprint, inputs)}, "
+                             "so this run cannot resume it", path=path,
+                             hint="run with the same inputs and settings, or delete the "
+                                  "checkpoint (or drop --resume) to start over")
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -8,7 +8,15 @@ from typing import Annotated
 import typer
 
 from diffclip_cli.cli.app import app
-from diffclip_cli.cli.common import StageProgress, interruptible, open_scene, start
+from diffclip_cli.cli.common import (
+    StageProgress,
+    about_model,
+    classify_scene,
+    interruptible,
+    open_scene,
+    start,
+    warn_if_out_of_distribution,
+)
 from diffclip_cli.cli.console import console
 from diffclip_cli.cli.options import (
     DEFAULT_MODEL,
@@ -22,11 +30,6 @@ from diffclip_cli.cli.options import (
     VerboseOpt,
 )
 from diffclip_cli.errors import ModelError
-from diffclip_cli.infer.classify import classify_scene
-from diffclip_cli.io.atomic import check_output
-from diffclip_cli.model.device import resolve_device
-from diffclip_cli.model.modelfile import load_model
-from diffclip_cli.report.quicklook import quicklook as draw_quicklook
 
 _OUT = "Outputs"
 _PERF = "Performance"
@@ -37,20 +40,30 @@ ModelOpt = Annotated[
 ]
 
 
-def parse_creation_options(values: list[str] | None) -> dict[str, str]:
-    """``["COMPRESS=ZSTD", ...]`` -> ``{"COMPRESS": "ZSTD"}``; rejects malformed items."""
+def parse_creation_options(values: list[str] | None, *, cog: bool = False) -> dict[str, str]:
+    """``["COMPRESS=ZSTD", ...]`` -> ``{"COMPRESS": "ZSTD"}``, checked.
+
+    Malformed items, and options or values GDAL does not know (it would ignore them
+    silently), are usage errors.
+    """
+    from diffclip_cli.io.maps import check_creation_options
+
     options: dict[str, str] = {}
     for item in values or []:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
             raise typer.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--co")
         options[name.strip().upper()] = value.strip()
-    return options
+    try:
+        return check_creation_options(options, cog=cog)
+    except ValueError as exc:
+        raise typer.BadParameter(f"GDAL refuses these creation options: {exc}",
+                                 param_hint="--co") from None
 
 
 def run_classify(
-    hsi: Path,
-    lidar: list[Path] | None,
+    hsi: str | Path,
+    lidar: list[str] | list[Path] | None,
     output: Path,
     *,
     model: Path,
@@ -72,9 +85,19 @@ def run_classify(
     Returns:
         A summary: output paths, pixels, per-class counts, seconds, pixels per second.
     """
-    with interruptible():
-        for path in (p for p in (quicklook,) if p is not None):
-            check_output(path, overwrite=overwrite)
+    from diffclip_cli.io.atomic import output_set
+    from diffclip_cli.io.maps import check_geotiff_name, map_files
+    from diffclip_cli.model.device import resolve_device
+    from diffclip_cli.model.modelfile import load_model
+    from diffclip_cli.report.quicklook import quicklook as draw_quicklook
+
+    outputs = {"map": map_files(output), "confidence raster": confidence,
+               "probability raster": probabilities, "quicklook": quicklook}
+    inputs = {"the HSI": hsi, "a LiDAR raster": lidar, "the model": model}
+    # An output that would destroy an input is named first, then one of another format.
+    with interruptible(), output_set(outputs, inputs=inputs, overwrite=overwrite) as outs:
+        for raster in (p for p in (output, confidence, probabilities) if p is not None):
+            check_geotiff_name(raster)
         if not model.exists():
             raise ModelError("model file not found", path=model,
                              hint="train one with `diffclip fewshot ... -o MODEL` or pass "
@@ -84,19 +107,25 @@ def run_classify(
             raise ModelError("is a pretrained model without classes", path=model,
                              hint="fine-tune it first with `diffclip fewshot --pretrained "
                                   f"{model}` and classify with that model")
+        if fast:
+            from diffclip_cli.infer.fast import load_student
+
+            with about_model(model):
+                load_student(bundle)
         dev = str(resolve_device(device))
         with open_scene(hsi, lidar) as scene:
             bundle.check_inputs(scene.hsi_bands, scene.lidar_bands, path=model)
-            with StageProgress(enabled=show_progress) as progress:
+            warn_if_out_of_distribution(scene, bundle, model=model)
+            with StageProgress(enabled=show_progress) as progress, about_model(model):
                 result = classify_scene(
                     scene, bundle, output, confidence=confidence, probabilities=probabilities,
                     tile_size=tile_size, batch_size=batch_size, device=dev, fast=fast,
                     cog=cog, creation_options=creation_options, overwrite=overwrite,
                     scheduler=scheduler, metadata={"model_file": str(model)},
                     progress=progress.pixels("classify"))
-            if quicklook is not None:
-                draw_quicklook(output, bundle.class_table, quicklook, overwrite=overwrite,
-                               title=output.name)
+            if quicklook is not None:  # drawn from the complete map before it is renamed
+                draw_quicklook(outs.pending(output), bundle.class_table, quicklook,
+                               overwrite=overwrite, title=output.name)
     return {
         "output": str(result.output),
         "confidence": None if result.confidence is None else str(result.confidence),
@@ -157,7 +186,7 @@ def classify(
     summary = run_classify(
         hsi, lidar, output, model=model, confidence=confidence, probabilities=probabilities,
         quicklook=quicklook, tile_size=tile_size, batch_size=batch_size, cog=cog,
-        creation_options=parse_creation_options(co), fast=fast, scheduler=scheduler,
+        creation_options=parse_creation_options(co, cog=cog), fast=fast, scheduler=scheduler,
         device=device, overwrite=overwrite, show_progress=level >= 0)
     console.print(f"Map: {summary['output']}  ({summary['valid_pixels']:,} of "
                   f"{summary['pixels']:,} pixels classified, {summary['seconds']} s, "

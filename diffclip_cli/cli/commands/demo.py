@@ -9,20 +9,17 @@ from typing import Annotated
 import typer
 
 from diffclip_cli.cli.app import app
-from diffclip_cli.cli.common import StageProgress, interruptible, start
+from diffclip_cli.cli.common import (
+    StageProgress,
+    fewshot_scene,
+    interruptible,
+    preset_option,
+    start,
+)
 from diffclip_cli.cli.console import console, err_console
 from diffclip_cli.cli.options import DeviceOpt, OverwriteOpt, QuietOpt, SeedOpt, VerboseOpt
 from diffclip_cli.data import salinas_a_dir
 from diffclip_cli.errors import OutputError
-from diffclip_cli.infer.classify import classify_scene
-from diffclip_cli.io.labels import read_labels
-from diffclip_cli.io.raster import Scene
-from diffclip_cli.model.config import load_preset
-from diffclip_cli.model.device import resolve_device
-from diffclip_cli.model.modelfile import save_model
-from diffclip_cli.pipeline import fewshot_scene
-from diffclip_cli.report.quicklook import quicklook
-from diffclip_cli.report.render import rich_table, write_report
 
 #: The demo's recipe: chosen so the whole run takes well under 3 minutes on 2 CPU cores
 #: (docs/benchmarks.md has the measurements).
@@ -50,8 +47,25 @@ def demo(
     on every labelled pixel not used for training, and a quicklook PNG, all in OUTPUT/.
     Salinas-A has no LiDAR, so the model is HSI-only.
     """
+    from diffclip_cli.infer.classify import classify_scene
+    from diffclip_cli.io.atomic import output_set
+    from diffclip_cli.io.labels import read_labels
+    from diffclip_cli.io.maps import map_files
+    from diffclip_cli.io.raster import Scene
+    from diffclip_cli.model.device import resolve_device
+    from diffclip_cli.model.modelfile import save_model
+    from diffclip_cli.pipeline import BASELINE_METHOD
+    from diffclip_cli.report.quicklook import quicklook
+    from diffclip_cli.report.render import (
+        baseline_verdict,
+        report_paths,
+        rich_table,
+        write_report,
+    )
+
     level = start(verbose, quiet)
     began = time.perf_counter()
+    recipe = preset_option(preset)  # before any work
     data = salinas_a_dir()
     if output.exists() and not output.is_dir():
         raise OutputError("exists and is not a folder", path=output,
@@ -62,29 +76,39 @@ def demo(
     png_path = output / "map.png"
     report_stem = output / "report"
     dev = str(resolve_device(device))
-    err_console.print(f"Salinas-A (AVIRIS, from {data}): {shots} labelled pixels per class, "
-                      f"preset {preset}, seed {seed}.")
-    with interruptible(), Scene.open(data / "hsi.tif") as scene:
-        labels = read_labels(data / "labels.gpkg", scene.grid)
-        with StageProgress(enabled=level >= 0) as progress:
-            result = fewshot_scene(scene, labels, shots=shots, preset=load_preset(preset),
-                                   pretrain_samples=DEMO_PRETRAIN_SAMPLES, seed=seed,
-                                   device=dev, progress=progress,
-                                   provenance={"labels": str(data / "labels.gpkg")})
-            save_model(result.bundle, model_path, overwrite=overwrite)
-            mapped = classify_scene(scene, result.bundle, map_path, device=dev,
-                                    overwrite=overwrite, progress=progress.pixels("classify"),
-                                    metadata={"model_file": str(model_path)})
-    assert result.report is not None
-    title = (f"Salinas-A: accuracy on the {result.report.n_pixels} labelled pixels not used "
-             f"for training ({shots} per class, seed {seed})")
-    reports = write_report(result.report, report_stem, overwrite=overwrite, title=title,
-                           metadata={"scene": "Salinas-A", "shots": shots, "seed": seed,
-                                     "preset": preset})
-    quicklook(map_path, result.bundle.class_table, png_path, overwrite=overwrite,
-              title="Salinas-A land cover (diffclip demo)")
+    outputs = {"model": model_path, "map": map_files(map_path),
+               "quicklook": png_path, "report": list(report_paths(report_stem).values())}
+    inputs = {"the demo scene": data / "hsi.tif", "the demo labels": data / "labels.gpkg"}
+    # Every output is checked before the training starts; all appear together at the end.
+    with output_set(outputs, inputs=inputs, overwrite=overwrite) as outs:
+        err_console.print(f"Salinas-A (AVIRIS, from {data}): {shots} labelled pixels per class, "
+                          f"preset {preset}, seed {seed}.")
+        with interruptible(), Scene.open(data / "hsi.tif") as scene:
+            labels = read_labels(data / "labels.gpkg", scene.grid)
+            with StageProgress(enabled=level >= 0) as progress:
+                result = fewshot_scene(scene, labels, shots=shots, preset=recipe,
+                                       pretrain_samples=DEMO_PRETRAIN_SAMPLES, seed=seed,
+                                       device=dev, progress=progress,
+                                       provenance={"labels": str(data / "labels.gpkg")})
+                save_model(result.bundle, model_path, overwrite=overwrite)
+                mapped = classify_scene(scene, result.bundle, map_path, device=dev,
+                                        overwrite=overwrite, progress=progress.pixels("classify"),
+                                        metadata={"model_file": str(model_path)})
+        assert result.report is not None
+        title = (f"Salinas-A: accuracy on the {result.report.n_pixels} labelled pixels not used "
+                 f"for training ({shots} per class, seed {seed})")
+        reports = write_report(result.report, report_stem, overwrite=overwrite, title=title,
+                               metadata={"scene": "Salinas-A", "shots": shots, "seed": seed,
+                                         "preset": preset},
+                               baseline=result.baseline, baseline_method=BASELINE_METHOD)
+        quicklook(outs.pending(map_path), result.bundle.class_table, png_path,
+                  overwrite=overwrite,
+                  title="Salinas-A land cover (diffclip demo)")
     if level >= 0:
         console.print(rich_table(result.report, title=title))
+    if result.baseline is not None:
+        console.print(baseline_verdict(result.report, result.baseline), highlight=False,
+                      soft_wrap=True)
     seconds = time.perf_counter() - began
     console.print(f"Done in {seconds:.0f} s. Model: {model_path}  Map: {map_path} "
                   f"({mapped.valid_pixels:,} pixels)  Quicklook: {png_path}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -13,12 +13,15 @@ from diffclip_cli.cli.app import app
 from diffclip_cli.cli.common import start
 from diffclip_cli.cli.console import console
 from diffclip_cli.cli.options import QuietOpt, VerboseOpt
-from diffclip_cli.infer.fast import has_fast_path
-from diffclip_cli.model.modelfile import ModelBundle, load_model
+
+if TYPE_CHECKING:
+    from diffclip_cli.model.modelfile import ModelBundle
 
 
 def describe_model(bundle: ModelBundle) -> dict[str, Any]:
     """A JSON-friendly description of a model file (no weights)."""
+    from diffclip_cli.infer.fast import has_fast_path
+
     classes = bundle.class_table
     prompts = bundle.prompts or []
     return {
@@ -29,6 +32,7 @@ def describe_model(bundle: ModelBundle) -> dict[str, Any]:
         "hsi_bands": bundle.hsi_bands,
         "lidar_bands": bundle.lidar_bands,
         "band_names": bundle.band_names,
+        "wavelengths_nm": bundle.wavelengths,
         "normalisation": bundle.stats.get("hsi", {}).get("method") if bundle.stats else None,
         "template": bundle.template,
         "classes": None if classes is None else [
@@ -56,6 +60,8 @@ def info(
     quiet: QuietOpt = False,
 ) -> None:
     """Show what a model expects (bands, classes, prompts, preset) and how it was made."""
+    from diffclip_cli.model.modelfile import load_model
+
     start(verbose, quiet)
     bundle = load_model(model)
     data = describe_model(bundle)
@@ -69,6 +75,9 @@ def info(
                   f"{arch.get('dim')}, depth {arch.get('depth')}, {data['parameters']:,} "
                   "parameters")
     table.add_row("HSI bands", f"{bundle.hsi_bands} ({_bands(bundle.band_names.get('hsi', []))})")
+    if bundle.wavelengths:
+        table.add_row("HSI wavelengths", f"{min(bundle.wavelengths):g}-"
+                      f"{max(bundle.wavelengths):g} nm")
     lidar = bundle.band_names.get("lidar", [])
     table.add_row("LiDAR channels",
                   f"{bundle.lidar_bands} ({_bands(lidar)})" if bundle.lidar_bands else "none")
