@@ -7,16 +7,19 @@ every labelled pixel it did not train on, :func:`evaluate_pixels` scores a model
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
+import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from diffclip_cli import __version__
 from diffclip_cli.errors import LabelError
@@ -36,23 +39,42 @@ from diffclip_cli.model.modelfile import (
 )
 from diffclip_cli.model.network import DiffCLIPNet
 from diffclip_cli.model.prompts import build_prompts, class_words, read_descriptions
+from diffclip_cli.model.rng import derive_seed
 from diffclip_cli.model.text import Vocabulary
 from diffclip_cli.report.metrics import AccuracyReport
 from diffclip_cli.sampling.normalise import SceneStats, compute_stats
 from diffclip_cli.sampling.shots import Split, sample_shots, spatial_split
 from diffclip_cli.sampling.unlabelled import sample_unlabelled
 from diffclip_cli.sampling.windows import read_windows
+from diffclip_cli.train.budget import (
+    Plan,
+    Recipe,
+    StepCosts,
+    StepTimer,
+    device_text,
+    fit_recipe,
+    format_seconds,
+    scaled_preset,
+)
 from diffclip_cli.train.data import WindowData
+from diffclip_cli.train.distill import (
+    DistillConfig,
+    DistillProbe,
+    add_fast_path,
+    probe_distillation,
+)
 from diffclip_cli.train.finetune import finetune
-from diffclip_cli.train.pretrain import pretrain
+from diffclip_cli.train.pretrain import checkpoint_fingerprint, pretrain
 
 __all__ = [
     "DEFAULT_PRETRAIN_SAMPLES",
     "FewshotResult",
+    "PlanFn",
     "PretrainResult",
     "ProgressFn",
     "evaluate_pixels",
     "fewshot_scene",
+    "plan_training",
     "predict_pixels",
     "pretrain_scene",
 ]
@@ -60,8 +82,11 @@ __all__ = [
 log = logging.getLogger("diffclip")
 
 #: Progress callback: ``(stage, done, total)``; stages are ``"pretrain"`` and ``"finetune"``
-#: (epochs), ``"evaluate"`` (pixels).
+#: (optimiser steps), ``"evaluate"`` (pixels), and with the fast path ``"teacher"`` (pixels)
+#: and ``"distill"`` (steps).
 ProgressFn = Callable[[str, int, int], None]
+#: Called once with the :class:`~diffclip_cli.train.budget.Plan`, before any training.
+PlanFn = Callable[[Plan], None]
 
 #: Unlabelled windows for pretraining when not given (the paper's ablation: more is better;
 #: 300, 500, 700 gave OA 91.75, 92.58, 94.80).
@@ -78,6 +103,7 @@ class PretrainResult:
         stats: the normalisation statistics.
         history: one record per epoch.
         seconds: wall time of the stage.
+        plan: the schedule planned before training (with a budget or ``on_plan``).
     """
 
     bundle: ModelBundle
@@ -85,6 +111,7 @@ class PretrainResult:
     stats: SceneStats
     history: list[dict[str, Any]]
     seconds: float
+    plan: Plan | None = None
 
 
 @dataclass
@@ -100,7 +127,8 @@ class FewshotResult:
             when there are none or evaluation was not asked for.
         pretrain_history: stage-1 records (empty with a given pretrained model).
         finetune_history: stage-2 records.
-        timings: seconds per stage.
+        timings: seconds per stage (``total``: the whole call).
+        plan: the schedule planned before training (with a budget or ``on_plan``).
     """
 
     bundle: ModelBundle
@@ -111,12 +139,13 @@ class FewshotResult:
     pretrain_history: list[dict[str, Any]] = field(default_factory=list)
     finetune_history: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    plan: Plan | None = None
 
 
-def _epochs(progress: ProgressFn | None, stage: str) -> Callable[..., None] | None:
+def _steps(progress: ProgressFn | None, stage: str) -> Callable[[int, int], None] | None:
     if progress is None:
         return None
-    return lambda epoch, epochs, record: progress(stage, epoch, epochs)
+    return lambda done, total: progress(stage, done, total)
 
 
 def _inputs(scene: Scene) -> dict[str, Any]:
@@ -127,6 +156,136 @@ def _windows(scene: Scene, rows: np.ndarray, cols: np.ndarray, *, window: int,
              stats: SceneStats, labels: np.ndarray | None = None) -> WindowData:
     batch = read_windows(scene, rows, cols, size=window, stats=stats)
     return WindowData(batch.hsi, batch.lidar, labels)
+
+
+#: Optimiser steps timed per training stage when calibrating (the first is a warm-up).
+_CALIBRATION_STEPS = 4
+#: Seconds of faithful inference timed when calibrating (after a short warm-up).
+_CALIBRATION_INFER_S = 1.0
+
+
+def _calibrate(scene: Scene, net: DiffCLIPNet, stats: SceneStats, preset: Preset, *,
+               pretrain_stage: bool, train: WindowData | None, prompts: Sequence[str],
+               infer: bool, seed: int, device: str, batch_size: int | None
+               ) -> StepCosts:
+    """Time a few real steps of each stage on copies of the network (the run is unchanged).
+
+    Reads unlabelled windows over the scene (the window-read cost), runs
+    :data:`_CALIBRATION_STEPS` pretraining steps on them, as many fine-tuning steps on the
+    training windows, and the faithful classifier on some of those pixels for about
+    :data:`_CALIBRATION_INFER_S` seconds.
+    """
+    window = preset.model.window
+    wanted = max(_CALIBRATION_STEPS * preset.pretrain.batch_size if pretrain_stage else 0, 256)
+    rows, cols = sample_unlabelled(scene, wanted, seed=derive_seed(seed, "calibrate"),
+                                   warn=False)
+    tic = time.perf_counter()
+    data = _windows(scene, rows, cols, window=window, stats=stats)
+    costs: dict[str, float] = {"window_read": (time.perf_counter() - tic) / max(1, len(data))}
+    gen_seed = derive_seed(seed, "calibrate/train")
+    if pretrain_stage and len(data):
+        timer = StepTimer()
+        n = min(len(data), _CALIBRATION_STEPS * preset.pretrain.batch_size)
+        pretrain(copy.deepcopy(net), data.subset(np.arange(n)),
+                 dataclasses.replace(preset.pretrain, epochs=1), seed=gen_seed, device=device,
+                 on_step=timer)
+        costs["pretrain_step"] = timer.per_step(skip=1)
+    probe: DiffCLIPClassifier | None = None
+    if train is not None and len(train) and (infer or preset.finetune.epochs > 0):
+        probe = DiffCLIPClassifier(copy.deepcopy(net), vocabulary=Vocabulary.build(prompts),
+                                   seed=seed)
+        per_epoch = math.ceil(len(train) / preset.finetune.batch_size)
+        timer = StepTimer()
+        finetune(probe, train, prompts,
+                 dataclasses.replace(preset.finetune,
+                                     epochs=math.ceil(_CALIBRATION_STEPS / per_epoch)),
+                 seed=gen_seed, device=device, on_step=timer)
+        costs["finetune_step"] = timer.per_step(skip=1)
+    if infer and probe is not None and rows.size:
+        engine = TileEngine(probe, device=device, batch_size=batch_size)
+        warm = min(rows.size, 32)
+        tic = time.perf_counter()
+        engine.predict_pixels(scene, rows[:warm], cols[:warm], stats=stats)
+        rate = warm / max(time.perf_counter() - tic, 1e-6)
+        n = int(min(rows.size, max(warm, rate * _CALIBRATION_INFER_S)))
+        tic = time.perf_counter()
+        engine.predict_pixels(scene, rows[:n], cols[:n], stats=stats)
+        costs["infer_pixel"] = (time.perf_counter() - tic) / n
+    return StepCosts(**costs)
+
+
+def plan_training(
+    scene: Scene,
+    *,
+    preset: Preset,
+    net: DiffCLIPNet,
+    stats: SceneStats,
+    pretrain_samples: int,
+    train: WindowData | None = None,
+    prompts: Sequence[str] = (),
+    score_pixels: int = 0,
+    distill: DistillConfig | None = None,
+    budget: float | None = None,
+    pinned: Collection[str] = (),
+    seed: int = 0,
+    device: str = "cpu",
+    batch_size: int | None = None,
+    started: float | None = None,
+) -> Plan:
+    """Calibrate the step costs on this scene, model and device, and size the schedule.
+
+    Args:
+        scene: the scene.
+        preset: the recipe as asked.
+        net: the network to train (only copies of it are touched).
+        stats: the normalisation statistics.
+        pretrain_samples: unlabelled windows asked for (0: no pretraining stage).
+        train: the labelled training windows (``None``: no fine-tuning stage).
+        prompts: the class prompts.
+        score_pixels: held-out pixels scored at the end.
+        distill: the fast path's options (``None``: no fast path).
+        budget: seconds for everything; ``None``: the recipe as asked, only estimated.
+        pinned: recipe fields (:data:`~diffclip_cli.train.budget.RECIPE_FIELDS`) not to change.
+        seed: the run's seed (calibration uses seeds derived from it).
+        device: torch device name.
+        batch_size: windows per inference pass.
+        started: ``time.perf_counter()`` when the run started (set-up counted in the plan).
+
+    Returns:
+        The plan (see :func:`~diffclip_cli.train.budget.fit_recipe` for what is cut first).
+    """
+    tic = time.perf_counter()
+    costs = _calibrate(scene, net, stats, preset, pretrain_stage=pretrain_samples > 0,
+                       train=train, prompts=prompts,
+                       infer=score_pixels > 0 or distill is not None, seed=seed,
+                       device=device, batch_size=batch_size)
+    probe: DistillProbe | None = None
+    if distill is not None and train is not None:
+        probe = probe_distillation(scene, window=preset.model.window,
+                                   num_classes=len(prompts), config=distill, seed=seed,
+                                   device=device)
+        read = probe.read_pixels / preset.model.window ** 2 * costs.window_read
+        costs = dataclasses.replace(costs, distill_step=probe.step_s, distill_read=read)
+    setup = time.perf_counter() - (tic if started is None else started)
+    costs = dataclasses.replace(costs, setup=setup)
+    full = Recipe(
+        pretrain_windows=max(0, pretrain_samples), pretrain_epochs=preset.pretrain.epochs,
+        pretrain_batch=preset.pretrain.batch_size,
+        finetune_windows=0 if train is None else len(train),
+        finetune_epochs=preset.finetune.epochs if train is not None else 0,
+        finetune_batch=preset.finetune.batch_size,
+        distill_steps=0 if probe is None else probe.steps,
+        distill_pixels=0 if probe is None else probe.pixels,
+        score_pixels=max(0, score_pixels))
+    if budget is None:
+        recipe, fits = full, True
+    else:
+        recipe, fits = fit_recipe(full, costs, budget, pinned=pinned)
+    dev = str(resolve_device(device))
+    plan = Plan(recipe=recipe, full=full, costs=costs, budget_s=budget, fits=fits,
+                device=device_text(dev, torch.get_num_threads()), pinned=tuple(pinned))
+    log.debug("plan %s", plan.to_dict())
+    return plan
 
 
 def pretrain_scene(
@@ -140,6 +299,9 @@ def pretrain_scene(
     resume: bool = False,
     device: str = "cpu",
     progress: ProgressFn | None = None,
+    budget: float | None = None,
+    pinned: Collection[str] = (),
+    on_plan: PlanFn | None = None,
 ) -> PretrainResult:
     """Stage 1: masked-diffusion pretraining on unlabelled windows spread over the scene.
 
@@ -153,6 +315,11 @@ def pretrain_scene(
         resume: continue from ``checkpoint``; ends where an uninterrupted run ends.
         device: torch device name.
         progress: ``(stage, done, total)`` callback.
+        budget: seconds the stage may take: windows and epochs are sized to fit from a few
+            timed steps (:func:`plan_training`); ``None``: as asked.
+        pinned: ``"pretrain_windows"`` and/or ``"pretrain_epochs"``: keep those as asked.
+        on_plan: called with the plan before training; a plan is made (and recorded in the
+            provenance) when this or ``budget`` is given.
 
     Returns:
         The pretrained model and its history.
@@ -160,20 +327,41 @@ def pretrain_scene(
     start = time.perf_counter()
     device = str(resolve_device(device))
     stats = stats or compute_stats(scene, seed=seed)
+    net = DiffCLIPNet(preset.model, hsi_bands=scene.hsi_bands, lidar_bands=scene.lidar_bands,
+                      seed=seed)
+    plan = None
+    resumed = checkpoint_fingerprint(checkpoint) if resume and checkpoint else None
+    if resumed is not None and (budget is not None or on_plan is not None):
+        # A resumed run keeps the schedule it was planned with (pinned values are checked).
+        if "pretrain_windows" not in pinned:
+            samples = int(resumed["samples"])
+        if "pretrain_epochs" not in pinned:
+            preset = preset.with_overrides(**{"pretrain.epochs": resumed["pretrain"]["epochs"]})
+    elif budget is not None or on_plan is not None:
+        plan = plan_training(scene, preset=preset, net=net, stats=stats,
+                             pretrain_samples=samples, budget=budget, pinned=pinned, seed=seed,
+                             device=device, started=start)
+        samples = plan.recipe.pretrain_windows
+        preset = scaled_preset(preset, plan.recipe)
+        if on_plan is not None:
+            on_plan(plan)
     rows, cols = sample_unlabelled(scene, samples, seed=seed)
     log.info("Pretraining on %d unlabelled windows of %d x %d px.", rows.size,
              preset.model.window, preset.model.window)
     data = _windows(scene, rows, cols, window=preset.model.window, stats=stats)
-    net = DiffCLIPNet(preset.model, hsi_bands=scene.hsi_bands, lidar_bands=scene.lidar_bands,
-                      seed=seed)
     history = pretrain(net, data, preset.pretrain, seed=seed, checkpoint=checkpoint,
-                       resume=resume, progress=_epochs(progress, "pretrain"), device=device)
+                       resume=resume, device=device, on_step=_steps(progress, "pretrain"))
     seconds = time.perf_counter() - start
-    bundle = bundle_from_network(
-        net.cpu(), preset=preset, stats=stats.to_dict(), band_names=scene.band_names,
-        provenance={"inputs": _inputs(scene), "seed": seed, "pretrain_samples": int(rows.size),
-                    "pretrain_seconds": round(seconds, 1), "version": __version__})
-    return PretrainResult(bundle, net, stats, history, seconds)
+    record: dict[str, Any] = {"inputs": _inputs(scene), "seed": seed,
+                              "pretrain_samples": int(rows.size),
+                              "pretrain_seconds": round(seconds, 1), "version": __version__}
+    if plan is not None:
+        record["plan"] = plan.to_dict()
+        record["seconds"] = {"total": round(seconds, 1)}
+    bundle = bundle_from_network(net.cpu(), preset=preset, stats=stats.to_dict(),
+                                 band_names=scene.band_names, provenance=record)
+    return PretrainResult(bundle, net, stats, history, seconds, plan)
+
 
 
 def _split(labels: LabelSet, shots: int, *, seed: int, mode: str) -> Split:
@@ -298,6 +486,10 @@ def fewshot_scene(
     batch_size: int | None = None,
     provenance: Mapping[str, Any] | None = None,
     progress: ProgressFn | None = None,
+    fast: bool | Mapping[str, Any] = False,
+    budget: float | None = None,
+    pinned: Collection[str] = (),
+    on_plan: PlanFn | None = None,
 ) -> FewshotResult:
     """Stage 2 (and stage 1 unless ``pretrained`` is given): a few-shot classifier of a scene.
 
@@ -326,10 +518,20 @@ def fewshot_scene(
         batch_size: windows per forward pass when scoring.
         provenance: extra facts to record in the model file (input paths, ...).
         progress: ``(stage, done, total)`` callback.
+        fast: also distil the fast path (``classify --fast``) into the bundle; a mapping
+            gives :class:`~diffclip_cli.train.distill.DistillConfig` options.
+        budget: seconds the whole call may take (training, fast path, scoring): the schedule
+            is sized to fit from a few timed steps of each stage (:func:`plan_training`);
+            ``None``: the recipe as asked.
+        pinned: recipe fields to keep as asked under a budget (``"pretrain_windows"``,
+            ``"pretrain_epochs"``, ``"finetune_epochs"``, ``"distill_steps"``).
+        on_plan: called with the plan before any training; a plan is made (and recorded in
+            the provenance with the time taken) when this or ``budget`` is given.
 
     Returns:
         The classifier, its model file contents, the split and the held-out report.
     """
+    begin = time.perf_counter()
     timings: dict[str, float] = {}
     given = split if isinstance(split, Split) else None
     if given is not None:
@@ -352,25 +554,51 @@ def fewshot_scene(
     # The prompts first: a bad descriptions file fails before any training.
     template = template or preset.model.template
     prompts = _prompts(labels.classes, template, descriptions, left_out=left_out)
+    device = str(resolve_device(device))
+    distill = None
+    if fast:
+        distill = DistillConfig.from_dict(dict(fast) if isinstance(fast, Mapping) else {})
     if pretrained is not None:
         net = build_network(pretrained)
         stats = SceneStats.from_dict(pretrained.stats)
     else:
+        stats = compute_stats(scene, seed=seed)
+    tic = time.perf_counter()
+    train = _windows(scene, labels.rows[chosen.train], labels.cols[chosen.train],
+                     window=preset.model.window, stats=stats,
+                     labels=labels.index[chosen.train])
+    read_train = time.perf_counter() - tic
+    plan = None
+    if budget is not None or on_plan is not None:
+        if pretrained is None:  # the network pretrain_scene will build (only copies are used)
+            net = DiffCLIPNet(preset.model, hsi_bands=scene.hsi_bands,
+                              lidar_bands=scene.lidar_bands, seed=seed)
+        plan = plan_training(
+            scene, preset=preset, net=net, stats=stats,
+            pretrain_samples=0 if pretrained is not None else pretrain_samples, train=train,
+            prompts=prompts, score_pixels=int(chosen.test.size) if evaluate else 0,
+            distill=distill, budget=budget, pinned=pinned, seed=seed, device=device,
+            batch_size=batch_size, started=begin)
+        preset = scaled_preset(preset, plan.recipe)
+        if pretrained is None:
+            pretrain_samples = plan.recipe.pretrain_windows
+        if distill is not None:
+            distill = dataclasses.replace(distill, steps=plan.recipe.distill_steps)
+        if on_plan is not None:
+            on_plan(plan)
+    if pretrained is None:
         stage1 = pretrain_scene(scene, preset=preset, samples=pretrain_samples, seed=seed,
-                                device=device, progress=progress)
-        net, stats, pre_history = stage1.network, stage1.stats, stage1.history
+                                stats=stats, device=device, progress=progress)
+        net, pre_history = stage1.network, stage1.history
         timings["pretrain"] = stage1.seconds
 
     start = time.perf_counter()
     classifier = DiffCLIPClassifier(net, vocabulary=Vocabulary.build(prompts), seed=seed)
-    train = _windows(scene, labels.rows[chosen.train], labels.cols[chosen.train],
-                     window=preset.model.window, stats=stats,
-                     labels=labels.index[chosen.train])
     log.info("Fine-tuning on %d labelled windows (%d classes).", len(train),
              len(labels.classes))
-    history = finetune(classifier, train, prompts, preset.finetune, seed=seed,
-                       progress=_epochs(progress, "finetune"), device=str(resolve_device(device)))
-    timings["finetune"] = time.perf_counter() - start
+    history = finetune(classifier, train, prompts, preset.finetune, seed=seed, device=device,
+                       on_step=_steps(progress, "finetune"))
+    timings["finetune"] = time.perf_counter() - start + read_train
 
     counts = np.bincount(labels.index[chosen.train], minlength=len(labels.classes))
     record = {
@@ -386,9 +614,17 @@ def fewshot_scene(
         "version": __version__,
         **dict(provenance or {}),
     }
+    if plan is not None:
+        record["plan"] = plan.to_dict()
     bundle = bundle_from_classifier(classifier.cpu(), preset=preset, stats=stats.to_dict(),
                                     classes=labels.classes, template=template,
                                     band_names=scene.band_names, provenance=record)
+    if distill is not None:
+        start = time.perf_counter()
+        bundle = add_fast_path(scene, bundle, classifier=classifier, seed=seed, device=device,
+                               batch_size=batch_size, progress=progress,
+                               config=distill)
+        timings["fast path"] = time.perf_counter() - start
     report = None
     if evaluate and chosen.test.size:
         start = time.perf_counter()
@@ -396,8 +632,14 @@ def fewshot_scene(
                                  batch_size=batch_size, progress=progress,
                                  classifier=classifier)
         timings["evaluate"] = time.perf_counter() - start
+    timings["total"] = time.perf_counter() - begin
+    seconds = {k: round(v, 1) for k, v in timings.items()}
+    bundle = dataclasses.replace(bundle, provenance={**bundle.provenance, "seconds": seconds})
+    if plan is not None:
+        log.info("Took %s (estimated %s).", format_seconds(timings["total"]),
+                 format_seconds(plan.total_s))
     return FewshotResult(bundle, classifier, labels, chosen, report, pre_history, history,
-                         timings)
+                         timings, plan)
 
 
 def predict_pixels(

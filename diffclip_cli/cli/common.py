@@ -31,8 +31,8 @@ from diffclip_cli.io.raster import Scene
 __all__ = ["StageProgress", "interruptible", "open_scene", "read_label_file", "start"]
 
 _STAGE_TITLES = {
-    "pretrain": "Pretraining (epochs)",
-    "finetune": "Fine-tuning (epochs)",
+    "pretrain": "Pretraining (steps)",
+    "finetune": "Fine-tuning (steps)",
     "evaluate": "Scoring held-out pixels",
     "classify": "Classifying pixels",
     "teacher": "Fast path: teacher labels",

@@ -24,9 +24,10 @@ from diffclip_cli.io.atomic import atomic_path
 from diffclip_cli.model.config import PretrainConfig
 from diffclip_cli.model.network import DiffCLIPNet
 from diffclip_cli.model.rng import make_generator
-from diffclip_cli.train.data import ProgressCallback, WindowData
+from diffclip_cli.train.data import ProgressCallback, StepCallback, WindowData
 
-__all__ = ["CHECKPOINT_KIND", "centre_crop_resize", "check_data", "pretrain"]
+__all__ = ["CHECKPOINT_KIND", "centre_crop_resize", "check_data", "checkpoint_fingerprint",
+           "pretrain"]
 
 log = logging.getLogger("diffclip")
 
@@ -123,6 +124,19 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
+def checkpoint_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """What a checkpoint was started with (seed, ``samples``, ``pretrain`` recipe, ...).
+
+    ``None`` when there is no such file.
+
+    Raises:
+        ModelError: the file is not a usable checkpoint.
+    """
+    if not Path(path).exists():
+        return None
+    return dict(json.loads(_load_checkpoint(Path(path))["fingerprint"]))
+
+
 def pretrain(
     net: DiffCLIPNet,
     data: WindowData,
@@ -133,6 +147,7 @@ def pretrain(
     resume: bool = False,
     progress: ProgressCallback | None = None,
     device: str | torch.device = "cpu",
+    on_step: StepCallback | None = None,
 ) -> list[dict[str, Any]]:
     """Pretrain the image side by masked diffusion on unlabelled windows.
 
@@ -148,6 +163,8 @@ def pretrain(
         progress: called after every epoch (and its checkpoint) with
             ``(epoch, epochs, record)``.
         device: where to train.
+        on_step: called after every optimiser step with ``(steps done, steps in all)``,
+            counted over the whole run (a resumed run starts at its checkpoint's count).
 
     Returns:
         One record per epoch: ``epoch``, ``loss`` (mean per window), ``loss_hsi``,
@@ -186,6 +203,8 @@ def pretrain(
         log.info("no checkpoint to resume from; pretraining from the start")
 
     n = len(data)
+    per_epoch = -(-n // cfg.batch_size)
+    step = start * per_epoch
     for epoch in range(start, cfg.epochs):
         tic = time.perf_counter()
         net.train()
@@ -204,6 +223,9 @@ def pretrain(
             sums["loss"] = sums.get("loss", 0.0) + float(out.loss.detach()) * k
             for m, v in out.losses.items():
                 sums[f"loss_{m}"] = sums.get(f"loss_{m}", 0.0) + v * k
+            step += 1
+            if on_step is not None:
+                on_step(step, cfg.epochs * per_epoch)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         record: dict[str, Any] = {"epoch": epoch + 1, **{k: v / n for k, v in sums.items()},

@@ -15,6 +15,7 @@ from diffclip_cli.cli.console import console
 from diffclip_cli.cli.options import QuietOpt, VerboseOpt
 from diffclip_cli.infer.fast import has_fast_path
 from diffclip_cli.model.modelfile import ModelBundle, load_model
+from diffclip_cli.train.budget import describe_timing
 
 
 def describe_model(bundle: ModelBundle) -> dict[str, Any]:
@@ -79,6 +80,13 @@ def info(
             table.add_row(key, str(prov[key]))
     if isinstance(prov.get("inputs"), dict):
         table.add_row("trained on", str(prov["inputs"].get("hsi")))
+    plan = prov.get("plan") if isinstance(prov.get("plan"), dict) else None
+    if plan and plan.get("line"):
+        table.add_row("plan", str(plan["line"]))
+    timing = describe_timing(plan, prov.get("seconds") if isinstance(prov.get("seconds"), dict)
+                             else None)
+    if timing:
+        table.add_row("training time", timing)
     console.print(table)
     if data["classes"]:
         ct = Table(title=f"Classes (prompt template {bundle.template})")
