@@ -74,6 +74,7 @@ __all__ = [
     "ProgressFn",
     "evaluate_pixels",
     "fewshot_scene",
+    "plan_fewshot",
     "plan_training",
     "predict_pixels",
     "pretrain_scene",
@@ -469,6 +470,114 @@ def _prompts(classes: ClassTable, template: str,
         raise LabelError(exc.message, path=source, hint=exc.hint) from None
 
 
+@dataclass
+class _Prepared:
+    """What fine-tuning needs, ready before any training (see :func:`_prepare`)."""
+
+    labels: LabelSet
+    chosen: Split
+    given: Split | None
+    preset: Preset
+    template: str
+    prompts: list[str]
+    stats: SceneStats
+    net: DiffCLIPNet | None
+    train: WindowData
+    read_seconds: float
+    pretrained: bool
+
+
+def _prepare(scene: Scene, labels: LabelSet, *, shots: int, preset: Preset,
+             pretrained: ModelBundle | None, template: str | None,
+             descriptions: Mapping[str, str] | str | Path | None, split: str | Split,
+             seed: int) -> _Prepared:
+    """The split, the prompts, the statistics and the training windows of :func:`fewshot_scene`.
+
+    The network is the pretrained one, or ``None`` (stage 1 builds it).
+    """
+    given = split if isinstance(split, Split) else None
+    if given is not None:
+        given = _given_split(given, labels, scene)
+    labels = labels.drop_invalid(scene)
+    for sentence in labels.report.summary():
+        log.info("%s", sentence)
+    all_classes = labels.classes.names
+    if given is not None:
+        chosen = given
+    else:
+        labels, chosen = _split(labels, shots, seed=seed, mode=str(split))
+    left_out = [n for n in all_classes if n not in labels.classes.names]
+    if pretrained is not None:
+        pretrained.check_inputs(scene.hsi_bands, scene.lidar_bands)
+        preset = Preset(name=pretrained.preset, model=pretrained.config,
+                        pretrain=pretrained.preset_config.pretrain, finetune=preset.finetune)
+    # The prompts first: a bad descriptions file fails before any training.
+    template = template or preset.model.template
+    prompts = _prompts(labels.classes, template, descriptions, left_out=left_out)
+    net = None
+    if pretrained is not None:
+        net = build_network(pretrained)
+        stats = SceneStats.from_dict(pretrained.stats)
+    else:
+        stats = compute_stats(scene, seed=seed)
+    tic = time.perf_counter()
+    train = _windows(scene, labels.rows[chosen.train], labels.cols[chosen.train],
+                     window=preset.model.window, stats=stats,
+                     labels=labels.index[chosen.train])
+    return _Prepared(labels, chosen, given, preset, template, prompts, stats, net, train,
+                     time.perf_counter() - tic, pretrained is not None)
+
+
+def _plan_prepared(scene: Scene, prep: _Prepared, *, pretrain_samples: int, evaluate: bool,
+                   distill: DistillConfig | None, budget: float | None,
+                   pinned: Collection[str], seed: int, device: str, batch_size: int | None,
+                   started: float) -> Plan:
+    """:func:`plan_training` for a prepared few-shot run."""
+    net = prep.net
+    if net is None:  # the network stage 1 will build (only copies of it are trained here)
+        net = DiffCLIPNet(prep.preset.model, hsi_bands=scene.hsi_bands,
+                          lidar_bands=scene.lidar_bands, seed=seed)
+    return plan_training(
+        scene, preset=prep.preset, net=net, stats=prep.stats,
+        pretrain_samples=0 if prep.pretrained else pretrain_samples, train=prep.train,
+        prompts=prep.prompts, score_pixels=int(prep.chosen.test.size) if evaluate else 0,
+        distill=distill, budget=budget, pinned=pinned, seed=seed, device=device,
+        batch_size=batch_size, started=started)
+
+
+def plan_fewshot(
+    scene: Scene,
+    labels: LabelSet,
+    *,
+    shots: int,
+    preset: Preset,
+    pretrain_samples: int = DEFAULT_PRETRAIN_SAMPLES,
+    split: str | Split = "random",
+    seed: int = 0,
+    device: str = "cpu",
+    evaluate: bool = True,
+    fast: bool | Mapping[str, Any] = True,
+    budget: float | None = None,
+    pinned: Collection[str] = (),
+    batch_size: int | None = None,
+) -> Plan:
+    """The plan :func:`fewshot_scene` would make with these arguments, without training.
+
+    For scripts that fix a schedule once and reuse it (e.g. a benchmark protocol); the
+    arguments mean what they mean for :func:`fewshot_scene`.
+    """
+    begin = time.perf_counter()
+    device = str(resolve_device(device))
+    prep = _prepare(scene, labels, shots=shots, preset=preset, pretrained=None, template=None,
+                    descriptions=None, split=split, seed=seed)
+    distill = None
+    if fast:
+        distill = DistillConfig.from_dict(dict(fast) if isinstance(fast, Mapping) else {})
+    return _plan_prepared(scene, prep, pretrain_samples=pretrain_samples, evaluate=evaluate,
+                          distill=distill, budget=budget, pinned=pinned, seed=seed,
+                          device=device, batch_size=batch_size, started=begin)
+
+
 def fewshot_scene(
     scene: Scene,
     labels: LabelSet,
@@ -533,52 +642,21 @@ def fewshot_scene(
     """
     begin = time.perf_counter()
     timings: dict[str, float] = {}
-    given = split if isinstance(split, Split) else None
-    if given is not None:
-        given = _given_split(given, labels, scene)
-    labels = labels.drop_invalid(scene)
-    for sentence in labels.report.summary():
-        log.info("%s", sentence)
-    all_classes = labels.classes.names
-    if given is not None:
-        chosen = given
-    else:
-        labels, chosen = _split(labels, shots, seed=seed, mode=str(split))
-    left_out = [n for n in all_classes if n not in labels.classes.names]
-
-    pre_history: list[dict[str, Any]] = []
-    if pretrained is not None:
-        pretrained.check_inputs(scene.hsi_bands, scene.lidar_bands)
-        preset = Preset(name=pretrained.preset, model=pretrained.config,
-                        pretrain=pretrained.preset_config.pretrain, finetune=preset.finetune)
-    # The prompts first: a bad descriptions file fails before any training.
-    template = template or preset.model.template
-    prompts = _prompts(labels.classes, template, descriptions, left_out=left_out)
     device = str(resolve_device(device))
+    prep = _prepare(scene, labels, shots=shots, preset=preset, pretrained=pretrained,
+                    template=template, descriptions=descriptions, split=split, seed=seed)
+    labels, chosen, given, preset, template, prompts = (
+        prep.labels, prep.chosen, prep.given, prep.preset, prep.template, prep.prompts)
+    stats, net, train = prep.stats, prep.net, prep.train
+    pre_history: list[dict[str, Any]] = []
     distill = None
     if fast:
         distill = DistillConfig.from_dict(dict(fast) if isinstance(fast, Mapping) else {})
-    if pretrained is not None:
-        net = build_network(pretrained)
-        stats = SceneStats.from_dict(pretrained.stats)
-    else:
-        stats = compute_stats(scene, seed=seed)
-    tic = time.perf_counter()
-    train = _windows(scene, labels.rows[chosen.train], labels.cols[chosen.train],
-                     window=preset.model.window, stats=stats,
-                     labels=labels.index[chosen.train])
-    read_train = time.perf_counter() - tic
     plan = None
     if budget is not None or on_plan is not None:
-        if pretrained is None:  # the network pretrain_scene will build (only copies are used)
-            net = DiffCLIPNet(preset.model, hsi_bands=scene.hsi_bands,
-                              lidar_bands=scene.lidar_bands, seed=seed)
-        plan = plan_training(
-            scene, preset=preset, net=net, stats=stats,
-            pretrain_samples=0 if pretrained is not None else pretrain_samples, train=train,
-            prompts=prompts, score_pixels=int(chosen.test.size) if evaluate else 0,
-            distill=distill, budget=budget, pinned=pinned, seed=seed, device=device,
-            batch_size=batch_size, started=begin)
+        plan = _plan_prepared(scene, prep, pretrain_samples=pretrain_samples,
+                              evaluate=evaluate, distill=distill, budget=budget, pinned=pinned,
+                              seed=seed, device=device, batch_size=batch_size, started=begin)
         preset = scaled_preset(preset, plan.recipe)
         if pretrained is None:
             pretrain_samples = plan.recipe.pretrain_windows
@@ -592,13 +670,14 @@ def fewshot_scene(
         net, pre_history = stage1.network, stage1.history
         timings["pretrain"] = stage1.seconds
 
+    assert net is not None
     start = time.perf_counter()
     classifier = DiffCLIPClassifier(net, vocabulary=Vocabulary.build(prompts), seed=seed)
     log.info("Fine-tuning on %d labelled windows (%d classes).", len(train),
              len(labels.classes))
     history = finetune(classifier, train, prompts, preset.finetune, seed=seed, device=device,
                        on_step=_steps(progress, "finetune"))
-    timings["finetune"] = time.perf_counter() - start + read_train
+    timings["finetune"] = time.perf_counter() - start + prep.read_seconds
 
     counts = np.bincount(labels.index[chosen.train], minlength=len(labels.classes))
     record = {

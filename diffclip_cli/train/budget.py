@@ -324,6 +324,10 @@ def scaled_preset(preset: Preset, recipe: Recipe) -> Preset:
     return preset.with_overrides(**overrides) if overrides else preset
 
 
+def _count(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
 def device_text(device: str, threads: int) -> str:
     """``"cpu (2 threads)"``, ``"cuda (NVIDIA H200)"``."""
     if device.startswith("cuda"):
@@ -383,13 +387,14 @@ class Plan:
         r, s = self.recipe, self.seconds
         parts = []
         if r.pretrain_windows > 0 and r.pretrain_epochs > 0:
-            parts.append(f"pretrain {r.pretrain_windows:,} windows x {r.pretrain_epochs:,} "
-                         f"epochs (~{format_seconds(s['pretrain'])})")
+            parts.append(f"pretrain {_count(r.pretrain_windows, 'window')} x "
+                         f"{_count(r.pretrain_epochs, 'epoch')} "
+                         f"(~{format_seconds(s['pretrain'])})")
         if r.finetune_windows > 0 and r.finetune_epochs > 0:
-            parts.append(f"fine-tune {r.finetune_epochs:,} epochs "
+            parts.append(f"fine-tune {_count(r.finetune_epochs, 'epoch')} "
                          f"(~{format_seconds(s['finetune'])})")
         if r.distill_steps > 0:
-            parts.append(f"fast path {r.distill_steps:,} steps "
+            parts.append(f"fast path {_count(r.distill_steps, 'step')} "
                          f"(~{format_seconds(s['fast path'])})")
         if r.score_pixels > 0:
             parts.append(f"scoring {r.score_pixels:,} held-out pixels "
