@@ -159,10 +159,14 @@ def _windows(scene: Scene, rows: np.ndarray, cols: np.ndarray, *, window: int,
     return WindowData(batch.hsi, batch.lidar, labels)
 
 
-#: Optimiser steps timed per training stage when calibrating (the first is a warm-up).
-_CALIBRATION_STEPS = 4
-#: Seconds of faithful inference timed when calibrating (after a short warm-up).
-_CALIBRATION_INFER_S = 1.0
+#: Optimiser steps run per training stage when calibrating: the first
+#: :data:`_CALIBRATION_WARMUP` are a warm-up, the others are timed.
+_CALIBRATION_STEPS = 6
+_CALIBRATION_WARMUP = 2
+#: Seconds of faithful inference timed when calibrating (after a warm-up).
+_CALIBRATION_INFER_S = 1.5
+#: Pixel positions drawn for timing inference (at most).
+_CALIBRATION_PIXELS = 4096
 
 
 def _calibrate(scene: Scene, net: DiffCLIPNet, stats: SceneStats, preset: Preset, *,
@@ -172,16 +176,20 @@ def _calibrate(scene: Scene, net: DiffCLIPNet, stats: SceneStats, preset: Preset
     """Time a few real steps of each stage on copies of the network (the run is unchanged).
 
     Reads unlabelled windows over the scene (the window-read cost), runs
-    :data:`_CALIBRATION_STEPS` pretraining steps on them, as many fine-tuning steps on the
-    training windows, and the faithful classifier on some of those pixels for about
-    :data:`_CALIBRATION_INFER_S` seconds.
+    :data:`_CALIBRATION_STEPS` pretraining steps on them and whole epochs of fine-tuning on
+    the training windows (the first :data:`_CALIBRATION_WARMUP` steps untimed), and the
+    faithful classifier on unlabelled pixels for about :data:`_CALIBRATION_INFER_S` seconds
+    (the marginal cost per pixel of two calls, so per-call overheads are not counted for
+    every pixel).
     """
     window = preset.model.window
     wanted = max(_CALIBRATION_STEPS * preset.pretrain.batch_size if pretrain_stage else 0, 256)
-    rows, cols = sample_unlabelled(scene, wanted, seed=derive_seed(seed, "calibrate"),
-                                   warn=False)
+    rows, cols = sample_unlabelled(scene, max(wanted, _CALIBRATION_PIXELS if infer else 0),
+                                   seed=derive_seed(seed, "calibrate"), warn=False)
+    pick = np.random.default_rng(derive_seed(seed, "calibrate/pick")).permutation(rows.size)
+    rows, cols = rows[pick], cols[pick]  # any prefix is spread over the scene
     tic = time.perf_counter()
-    data = _windows(scene, rows, cols, window=window, stats=stats)
+    data = _windows(scene, rows[:wanted], cols[:wanted], window=window, stats=stats)
     costs: dict[str, float] = {"window_read": (time.perf_counter() - tic) / max(1, len(data))}
     gen_seed = derive_seed(seed, "calibrate/train")
     if pretrain_stage and len(data):
@@ -190,28 +198,35 @@ def _calibrate(scene: Scene, net: DiffCLIPNet, stats: SceneStats, preset: Preset
         pretrain(copy.deepcopy(net), data.subset(np.arange(n)),
                  dataclasses.replace(preset.pretrain, epochs=1), seed=gen_seed, device=device,
                  on_step=timer)
-        costs["pretrain_step"] = timer.per_step(skip=1)
+        costs["pretrain_step"] = timer.per_step(skip=_CALIBRATION_WARMUP)
     probe: DiffCLIPClassifier | None = None
     if train is not None and len(train) and (infer or preset.finetune.epochs > 0):
         probe = DiffCLIPClassifier(copy.deepcopy(net), vocabulary=Vocabulary.build(prompts),
                                    seed=seed)
         per_epoch = math.ceil(len(train) / preset.finetune.batch_size)
+        warm = math.ceil(_CALIBRATION_WARMUP / per_epoch)  # whole epochs, so the mean is
+        timed = math.ceil((_CALIBRATION_STEPS - _CALIBRATION_WARMUP) / per_epoch)  # an epoch's
         timer = StepTimer()
-        finetune(probe, train, prompts,
-                 dataclasses.replace(preset.finetune,
-                                     epochs=math.ceil(_CALIBRATION_STEPS / per_epoch)),
+        finetune(probe, train, prompts, dataclasses.replace(preset.finetune, epochs=warm + timed),
                  seed=gen_seed, device=device, on_step=timer)
-        costs["finetune_step"] = timer.per_step(skip=1)
+        costs["finetune_step"] = timer.per_step(skip=warm * per_epoch)
     if infer and probe is not None and rows.size:
         engine = TileEngine(probe, device=device, batch_size=batch_size)
-        warm = min(rows.size, 32)
-        tic = time.perf_counter()
-        engine.predict_pixels(scene, rows[:warm], cols[:warm], stats=stats)
-        rate = warm / max(time.perf_counter() - tic, 1e-6)
-        n = int(min(rows.size, max(warm, rate * _CALIBRATION_INFER_S)))
-        tic = time.perf_counter()
-        engine.predict_pixels(scene, rows[:n], cols[:n], stats=stats)
-        costs["infer_pixel"] = (time.perf_counter() - tic) / n
+
+        def seconds(n: int) -> float:
+            tic = time.perf_counter()
+            engine.predict_pixels(scene, rows[:n], cols[:n], stats=stats)
+            return time.perf_counter() - tic
+
+        seconds(min(rows.size, 64))  # warm-up
+        small = min(rows.size, 128)
+        rate = small / max(seconds(small), 1e-6)
+        large = int(min(rows.size, max(2 * small, rate * _CALIBRATION_INFER_S)))
+        t_small, t_large = seconds(small), seconds(large)
+        if large >= 2 * small and t_large > t_small:
+            costs["infer_pixel"] = (t_large - t_small) / (large - small)
+        else:
+            costs["infer_pixel"] = t_large / large
     return StepCosts(**costs)
 
 

@@ -179,7 +179,7 @@ class StepCosts:
 
     Attributes:
         pretrain_step: one stage-1 step of a full batch (``Recipe.pretrain_batch`` windows).
-        finetune_step: one stage-2 step of ``min(finetune_windows, finetune_batch)`` windows.
+        finetune_step: one stage-2 step, on average over an epoch of the training windows.
         distill_step: one fast-path optimiser step.
         window_read: reading and normalising one window from the rasters.
         infer_pixel: the faithful classifier on one pixel, reading included (the teacher's
@@ -206,20 +206,16 @@ def stage_seconds(recipe: Recipe, costs: StepCosts) -> dict[str, float]:
 
     Keys ``setup``, ``pretrain``, ``finetune``, ``fast path``, ``evaluate`` (0 without work).
 
-    Stage 1 costs its window reads plus ``epochs x windows / batch`` full-batch steps (a short
-    last batch costs its share); stage 2 likewise; the fast path the teacher's labels, the
-    patch reads and its steps; scoring one faithful inference per pixel.
+    Each training stage costs its window reads plus its optimiser steps (a short last batch
+    counts as a step); the fast path the teacher's labels, the patch reads and its steps;
+    scoring one faithful inference per pixel.
     """
     r, c = recipe, costs
-    pre = 0.0
-    if r.pretrain_windows > 0 and r.pretrain_epochs > 0:
-        pre = (r.pretrain_windows * c.window_read
-               + r.pretrain_epochs * r.pretrain_windows / r.pretrain_batch * c.pretrain_step)
-    fine = 0.0
-    if r.finetune_windows > 0 and r.finetune_epochs > 0:
-        per_step = min(r.finetune_windows, r.finetune_batch)
-        fine = (r.finetune_windows * c.window_read
-                + r.finetune_epochs * r.finetune_windows / per_step * c.finetune_step)
+    pre = fine = 0.0
+    if r.pretrain_steps > 0:
+        pre = r.pretrain_windows * c.window_read + r.pretrain_steps * c.pretrain_step
+    if r.finetune_steps > 0:
+        fine = r.finetune_windows * c.window_read + r.finetune_steps * c.finetune_step
     fast = 0.0
     if r.distill_steps > 0:
         fast = r.distill_pixels * c.infer_pixel + c.distill_read + r.distill_steps * c.distill_step
@@ -472,13 +468,17 @@ class StepTimer:
         self.steps.append(now - self._last)
         self._last = now
 
-    def per_step(self, *, skip: int = 1) -> float:
-        """The median step time after the first ``skip`` (warm-up) steps.
+    def per_step(self, *, skip: int = 2) -> float:
+        """The mean step time after the first ``skip`` steps.
+
+        The first steps of a process pay one-off costs (kernel selection, allocations): a
+        warm-up of two steps or more. The mean, not the median, of the rest: on a shared
+        machine the slow steps are part of what a run costs.
 
         Raises:
             ValueError: no step was recorded.
         """
         if not self.steps:
             raise ValueError("no step was timed")
-        kept = self.steps[skip:] or self.steps
-        return float(statistics.median(kept))
+        kept = self.steps[skip:] or self.steps[-1:]
+        return float(statistics.fmean(kept))

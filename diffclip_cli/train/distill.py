@@ -396,7 +396,7 @@ class DistillProbe:
 
 def probe_distillation(scene: Scene, *, window: int, num_classes: int,
                        config: DistillConfig | None = None, seed: int = 0,
-                       device: str = "cpu", steps_timed: int = 5) -> DistillProbe:
+                       device: str = "cpu", steps_timed: int = 8) -> DistillProbe:
     """Plan a distillation without running the teacher: its sizes and the cost of a step.
 
     Draws the same pixels :func:`distill_student` will (same seed), and times
@@ -410,7 +410,7 @@ def probe_distillation(scene: Scene, *, window: int, num_classes: int,
         config: the distillation options.
         seed: the fewshot seed.
         device: torch device name.
-        steps_timed: steps to time (the first is a warm-up).
+        steps_timed: steps to run (the first two are a warm-up, the others timed).
     """
     cfg = config or DistillConfig()
     rows, cols, group = _sample_pixels(scene, cfg.pixels, block=cfg.block,
@@ -432,17 +432,31 @@ def probe_distillation(scene: Scene, *, window: int, num_classes: int,
         crop = min(cfg.crop, p)
         per_crop = max(train_pixels / (n_patches * p * p) * crop * crop, 1e-9)
         per_step = max(1, round(cfg.batch_pixels / per_crop))
+        # A few patches of the real geometry with random values (the cost ignores them),
+        # cropped and stepped exactly as distill_student does.
         gen = torch.Generator().manual_seed(seed)
+        m = min(n_patches, 64)
         channels = scene.hsi_bands + scene.lidar_bands
-        x = torch.randn((per_step, channels, crop + 2 * half, crop + 2 * half), generator=gen)
-        where = torch.rand((per_step, crop, crop), generator=gen) < min(1.0, per_crop / crop**2)
-        where[:, 0, 0] = True
-        target = torch.softmax(torch.randn((int(where.sum()), num_classes), generator=gen), 1)
+        fake = _Patches(torch.randn((m, channels, p + 2 * half, p + 2 * half), generator=gen),
+                        torch.zeros((m, p, p), dtype=torch.int64), p)
+        density = min(1.0, train_pixels / (n_patches * p * p))
+        train_map = torch.where(torch.rand((m, p, p), generator=gen) < density,
+                                torch.arange(m * p * p).reshape(m, p, p), -1)
+        train_map[:, 0, 0] = torch.arange(m) * p * p
+        targets = torch.softmax(torch.randn((m * p * p, num_classes), generator=gen), 1)
+        rng = np.random.default_rng(seed)
         timer = StepTimer()
         for step in range(steps_timed):
-            _step(student, opt, x, where, target, cfg.temperature, torch_device)
+            index = rng.integers(0, m, per_step)
+            top = rng.integers(0, p - crop + 1, per_step)
+            left = rng.integers(0, p - crop + 1, per_step)
+            x, tmap = _crops(fake, train_map, index, top, left, crop, half)
+            where = tmap >= 0
+            if bool(where.any()):
+                _step(student, opt, x, where, targets[tmap[where]], cfg.temperature,
+                      torch_device)
             timer(step + 1, steps_timed)
-        step_s = timer.per_step(skip=1)
+        step_s = timer.per_step(skip=2)
     return DistillProbe(pixels=int(rows.size), train_pixels=train_pixels, steps=int(steps),
                         patch=p, patches=n_patches, read_pixels=n_patches * (p + 2 * half) ** 2,
                         step_s=step_s)
