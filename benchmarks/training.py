@@ -115,6 +115,8 @@ def run_one(scene: Scene, labels: LabelSet, args: argparse.Namespace,
         record["pretrain_setup_s"] = seconds["pretrain"] - sum(epochs)
         seconds["pretrain"] = record["pretrain_setup_s"] + per_epoch * full_epochs
         record["pretrain_epochs"] = full_epochs
+    fast = result.bundle.provenance.get("fast_path") or {}
+    record["fast_agreement"] = fast.get("agreement_heldout")
     record["seconds"] = seconds
     record["train_s"] = seconds["pretrain"] + seconds["finetune"]
     record["fewshot_s"] = record["train_s"] + seconds.get("fast path", 0.0)
@@ -143,8 +145,9 @@ def markdown(records: list[dict[str, Any]], args: argparse.Namespace, load: tupl
         "",
         "| preset (budget) | pretraining windows x epochs | fine-tune epochs | fast-path steps "
         "| pretrain (min) | fine-tune (min) | fast path (min) | evaluate (min) | total (min) "
-        f"| estimated (min) | estimate off by | total <= {args.budget:g} min | held-out OA |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---:|",
+        f"| estimated (min) | estimate off by | total <= {args.budget:g} min | held-out OA "
+        "| fast path agreement (held-out) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|",
     ]
     for r in records:
         s = r["seconds"]
@@ -155,11 +158,13 @@ def markdown(records: list[dict[str, Any]], args: argparse.Namespace, load: tupl
         fast = _minutes(s["fast path"]) if "fast path" in s else "-"
         ev = _minutes(s["evaluate"]) if "evaluate" in s else "-"
         budget = "none" if r["budget_s"] is None else format_seconds(r["budget_s"])
+        agree = "-" if r.get("fast_agreement") is None else f"{100 * r['fast_agreement']:.1f} %"
         off = f"{100 * (r['estimated_s'] - total) / total:+.0f} %"
         lines.append(f"| {r['preset']} ({budget}) | {r['samples']:,} x {r['pretrain_epochs']} "
                      f"| {r['finetune_epochs']} | {r['fast_steps']:,} | {pre} "
                      f"| {_minutes(s['finetune'])} | {fast} | {ev} | {_minutes(total)} "
-                     f"| {_minutes(r['estimated_s'])} | {off} | {met} | {oa} |")
+                     f"| {_minutes(r['estimated_s'])} | {off} | {met} | {oa} "
+                     f"| {agree} |")
     lines += ["", "Plan lines printed:", ""] + [f"- `{r['plan']}`" for r in records]
     return "\n".join(lines) + "\n"
 

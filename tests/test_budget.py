@@ -23,7 +23,7 @@ from diffclip_cli.io.labels import read_labels
 from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.config import load_preset
 from diffclip_cli.model.modelfile import load_model
-from diffclip_cli.pipeline import fewshot_scene
+from diffclip_cli.pipeline import fewshot_scene, plan_fewshot
 from diffclip_cli.train.budget import (
     DEFAULT_CPU_BUDGET_S,
     DEFAULT_CPU_PRESET,
@@ -273,6 +273,19 @@ def test_fewshot_scene_plans_within_a_budget_and_records_it(tmp_path):
     assert prov["fast_path"]["config"]["steps"] == r.distill_steps
     assert prov["pretrain_samples"] == r.pretrain_windows
     assert result.bundle.preset_config.pretrain.epochs == r.pretrain_epochs
+
+
+def test_plan_fewshot_plans_without_training(tmp_path):
+    files = write_scene(make_scene(height=24, width=24, hsi_bands=6, patch_size=10, seed=1),
+                        tmp_path, hsi_dtype="int16")
+    with Scene.open(files["hsi"], [files["lidar"]]) as scene:
+        labels = read_labels(files["labels"], scene.grid, classes=files["classes"])
+        plan = plan_fewshot(scene, labels, shots=2, preset=TINY, pretrain_samples=300,
+                            budget=None, fast=False)
+    assert plan.recipe == plan.full and plan.fits and plan.budget_s is None
+    assert plan.recipe.pretrain_windows == 300 and plan.recipe.distill_steps == 0
+    assert plan.recipe.finetune_epochs == TINY.finetune.epochs
+    assert plan.total_s > 0 and "fast path" not in plan.line()
 
 
 # ---------------------------------------------------------------------------- commands
