@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -16,7 +17,7 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import torch
@@ -81,6 +82,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("diffclip")
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 #: Progress callback: ``(stage, done, total)``; stages are ``"pretrain"`` and ``"finetune"``
 #: (optimiser steps), ``"evaluate"`` (pixels), and with the fast path ``"teacher"`` (pixels)
@@ -169,6 +172,48 @@ _CALIBRATION_INFER_S = 1.5
 _CALIBRATION_PIXELS = 4096
 
 
+#: One thread is chosen when it runs a step in at most this share of the default's time.
+_ONE_THREAD_GAIN = 0.8
+
+
+def _fastest_threads(run: Callable[[], float], device: str) -> float:
+    """Seconds per step of ``run()`` with torch's threads, or with one when that is faster.
+
+    On a CPU shared with other jobs, torch's threads wait for each other at every operation
+    and one thread can be several times faster (measured: 10x on a busy 2-core machine). Runs
+    ``run`` with the current thread count, then with one thread, and leaves torch at one
+    thread when it took at most :data:`_ONE_THREAD_GAIN` of the time.
+
+    Returns:
+        The seconds per step at the thread count left set.
+    """
+    first = run()
+    threads = torch.get_num_threads()
+    if not device.startswith("cpu") or threads <= 1:
+        return first
+    torch.set_num_threads(1)
+    single = run()
+    if single <= _ONE_THREAD_GAIN * first:
+        log.info("One CPU thread ran %.1fx faster than %d here (the CPU is busy); training "
+                 "uses one.", first / max(single, 1e-9), threads)
+        return single
+    torch.set_num_threads(threads)
+    return first
+
+
+def _restores_threads(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Restore torch's thread count when ``fn`` returns (a plan may lower it for the run)."""
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        threads = torch.get_num_threads()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return wrapper
+
+
 def _calibrate(scene: Scene, net: DiffCLIPNet, stats: SceneStats, preset: Preset, *,
                pretrain_stage: bool, train: WindowData | None, prompts: Sequence[str],
                infer: bool, seed: int, device: str, batch_size: int | None
@@ -192,24 +237,36 @@ def _calibrate(scene: Scene, net: DiffCLIPNet, stats: SceneStats, preset: Preset
     data = _windows(scene, rows[:wanted], cols[:wanted], window=window, stats=stats)
     costs: dict[str, float] = {"window_read": (time.perf_counter() - tic) / max(1, len(data))}
     gen_seed = derive_seed(seed, "calibrate/train")
+    choose_threads = True
     if pretrain_stage and len(data):
-        timer = StepTimer()
-        n = min(len(data), _CALIBRATION_STEPS * preset.pretrain.batch_size)
-        pretrain(copy.deepcopy(net), data.subset(np.arange(n)),
-                 dataclasses.replace(preset.pretrain, epochs=1), seed=gen_seed, device=device,
-                 on_step=timer)
-        costs["pretrain_step"] = timer.per_step(skip=_CALIBRATION_WARMUP)
+        def pretrain_steps() -> float:
+            timer = StepTimer()
+            n = min(len(data), _CALIBRATION_STEPS * preset.pretrain.batch_size)
+            pretrain(copy.deepcopy(net), data.subset(np.arange(n)),
+                     dataclasses.replace(preset.pretrain, epochs=1), seed=gen_seed,
+                     device=device, on_step=timer)
+            return timer.per_step(skip=_CALIBRATION_WARMUP)
+
+        costs["pretrain_step"] = _fastest_threads(pretrain_steps, device)
+        choose_threads = False
     probe: DiffCLIPClassifier | None = None
     if train is not None and len(train) and (infer or preset.finetune.epochs > 0):
-        probe = DiffCLIPClassifier(copy.deepcopy(net), vocabulary=Vocabulary.build(prompts),
-                                   seed=seed)
         per_epoch = math.ceil(len(train) / preset.finetune.batch_size)
         warm = math.ceil(_CALIBRATION_WARMUP / per_epoch)  # whole epochs, so the mean is
         timed = math.ceil((_CALIBRATION_STEPS - _CALIBRATION_WARMUP) / per_epoch)  # an epoch's
-        timer = StepTimer()
-        finetune(probe, train, prompts, dataclasses.replace(preset.finetune, epochs=warm + timed),
-                 seed=gen_seed, device=device, on_step=timer)
-        costs["finetune_step"] = timer.per_step(skip=warm * per_epoch)
+
+        def finetune_steps() -> float:
+            nonlocal probe
+            probe = DiffCLIPClassifier(copy.deepcopy(net),
+                                       vocabulary=Vocabulary.build(prompts), seed=seed)
+            timer = StepTimer()
+            finetune(probe, train, prompts,
+                     dataclasses.replace(preset.finetune, epochs=warm + timed), seed=gen_seed,
+                     device=device, on_step=timer)
+            return timer.per_step(skip=warm * per_epoch)
+
+        costs["finetune_step"] = (_fastest_threads(finetune_steps, device) if choose_threads
+                                  else finetune_steps())
     if infer and probe is not None and rows.size:
         engine = TileEngine(probe, device=device, batch_size=batch_size)
 
@@ -269,6 +326,8 @@ def plan_training(
 
     Returns:
         The plan (see :func:`~diffclip_cli.train.budget.fit_recipe` for what is cut first).
+        On a CPU, torch is left at one thread when one thread ran the timed steps clearly
+        faster than torch's default (a busy machine); the plan's device says which.
     """
     tic = time.perf_counter()
     costs = _calibrate(scene, net, stats, preset, pretrain_stage=pretrain_samples > 0,
@@ -304,6 +363,7 @@ def plan_training(
     return plan
 
 
+@_restores_threads
 def pretrain_scene(
     scene: Scene,
     *,
@@ -579,7 +639,8 @@ def plan_fewshot(
     """The plan :func:`fewshot_scene` would make with these arguments, without training.
 
     For scripts that fix a schedule once and reuse it (e.g. a benchmark protocol); the
-    arguments mean what they mean for :func:`fewshot_scene`.
+    arguments mean what they mean for :func:`fewshot_scene`. On a busy CPU the calibration may
+    leave torch at one thread, where the estimate holds (see :func:`plan_training`).
     """
     begin = time.perf_counter()
     device = str(resolve_device(device))
@@ -593,6 +654,7 @@ def plan_fewshot(
                           device=device, batch_size=batch_size, started=begin)
 
 
+@_restores_threads
 def fewshot_scene(
     scene: Scene,
     labels: LabelSet,

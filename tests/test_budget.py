@@ -345,3 +345,31 @@ def test_pretrain_with_a_time_budget_prints_and_records_its_plan(messy, tmp_path
     plan = load_model(out).provenance["plan"]
     assert plan["recipe"]["pretrain_windows"] == 300
     assert plan["recipe"]["pretrain_epochs"] <= TINY.pretrain.epochs
+
+
+def test_one_thread_is_chosen_only_when_clearly_faster():
+    import torch
+
+    from diffclip_cli.pipeline import _fastest_threads, _restores_threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        busy = {2: 1.0, 1: 0.3}  # a busy machine: one thread is faster
+        assert _fastest_threads(lambda: busy[torch.get_num_threads()], "cpu") == 0.3
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        idle = {2: 1.0, 1: 0.9}  # not clearly faster: keep torch's threads
+        assert _fastest_threads(lambda: idle[torch.get_num_threads()], "cpu") == 1.0
+        assert torch.get_num_threads() == 2
+        assert _fastest_threads(lambda: busy[torch.get_num_threads()], "cuda") == 1.0
+        assert torch.get_num_threads() == 2
+
+        @_restores_threads
+        def lowers() -> int:
+            torch.set_num_threads(1)
+            return 7
+
+        assert lowers() == 7 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
