@@ -373,3 +373,23 @@ def test_one_thread_is_chosen_only_when_clearly_faster():
         assert lowers() == 7 and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_fewshot_on_a_pretrained_model_keeps_its_preset(messy, tmp_path):
+    pre = tmp_path / "pre.pt"
+    r = runner.invoke(app, [str(a) for a in [
+        "pretrain", messy.hsi, messy.lidar, "--preset", "paper", "--samples", 64, "--epochs",
+        1, "-o", pre, "-q"]])
+    assert r.exit_code == 0, r.output
+    model = tmp_path / "m.pt"
+    r = runner.invoke(app, [str(a) for a in [
+        "fewshot", messy.hsi, messy.lidar, "--labels", messy.labels, "--shots", 2,
+        "--pretrained", pre, "--finetune-epochs", 3, "--no-fast", "--device", "cpu", "-o",
+        model]])
+    assert r.exit_code == 0, r.output
+    line = next(ln for ln in r.output.splitlines() if ln.startswith("Plan: "))
+    assert line.startswith("Plan: fine-tune 3 epochs") and "pretrain " not in line
+    bundle = load_model(model)
+    assert bundle.preset == "paper"  # not the CPU default's recipe
+    assert bundle.preset_config.finetune.lr == load_preset("paper").finetune.lr
+    assert bundle.preset_config.finetune.lr != load_preset(DEFAULT_CPU_PRESET).finetune.lr

@@ -36,7 +36,7 @@ from diffclip_cli.cli.options import (
 from diffclip_cli.io.atomic import check_output
 from diffclip_cli.model.config import Preset, load_preset
 from diffclip_cli.model.device import resolve_device
-from diffclip_cli.model.modelfile import load_model, save_model
+from diffclip_cli.model.modelfile import ModelBundle, load_model, save_model
 from diffclip_cli.model.prompts import read_descriptions
 from diffclip_cli.pipeline import DEFAULT_PRETRAIN_SAMPLES, fewshot_scene, pretrain_scene
 from diffclip_cli.report.render import report_paths, rich_table, write_report
@@ -143,7 +143,9 @@ class _PlanPrinter:
 
 
 def _preset(name: str, *, window: int | None = None, mask_ratio: float | None = None,
-            pretrain_epochs: int | None = None, finetune_epochs: int | None = None) -> Preset:
+            pretrain_epochs: int | None = None, finetune_epochs: int | None = None,
+            base: ModelBundle | None = None) -> Preset:
+    """The preset ``name`` (or ``base``'s, a pretrained model's) with the options' overrides."""
     overrides: dict[str, Any] = {}
     if window is not None:
         overrides["model.window"] = window
@@ -153,7 +155,7 @@ def _preset(name: str, *, window: int | None = None, mask_ratio: float | None = 
         overrides["pretrain.epochs"] = pretrain_epochs
     if finetune_epochs is not None:
         overrides["finetune.epochs"] = finetune_epochs
-    preset = load_preset(name)
+    preset = base.preset_config if base is not None else load_preset(name)
     return preset.with_overrides(**overrides) if overrides else preset
 
 
@@ -284,10 +286,12 @@ def fewshot(
         read_descriptions(descriptions)
     prompt = "p5" if descriptions is not None and prompt is None else prompt
     dev = str(resolve_device(device))
-    name, budget = default_recipe(dev.split(":")[0], preset, budget)
-    config = _preset(name, window=window, pretrain_epochs=pretrain_epochs,
-                     finetune_epochs=epochs)
     base = load_model(pretrained) if pretrained is not None else None
+    name, budget = default_recipe(dev.split(":")[0], preset, budget)
+    if base is not None and preset is None:  # fine-tune with the pretrained model's recipe
+        name = base.preset
+    config = _preset(name, window=window, pretrain_epochs=pretrain_epochs,
+                     finetune_epochs=epochs, base=base if preset is None else None)
     pinned = _pinned(pretrain_windows=pretrain_samples, pretrain_epochs=pretrain_epochs,
                      finetune_epochs=epochs, distill_steps=fast_steps)
     printer = _PlanPrinter(level=level, budget=budget, device=dev.split(":")[0],
