@@ -27,6 +27,7 @@ from diffclip_cli.errors import InputError
 from diffclip_cli.io.classes import ClassTable
 from diffclip_cli.io.labels import LabelSet, read_labels
 from diffclip_cli.io.raster import Scene
+from diffclip_cli.train.budget import format_seconds
 
 __all__ = ["StageProgress", "interruptible", "open_scene", "read_label_file", "start"]
 
@@ -116,8 +117,11 @@ class StageProgress:
         began = now if last is None else last[1]
         self._plain[stage] = (step, began)
         share = f" ({100 * done / total:.0f} %)" if total > 0 else ""
+        left = ""
+        if 0 < done < total and now > began:  # the rate so far, from the stage's first update
+            left = f", about {format_seconds((now - began) * (total - done) / done)} left"
         err_console.print(f"{_STAGE_TITLES.get(stage, stage)}: {done:,} of {total:,}{share}, "
-                          f"{now - began:.0f} s", highlight=False, soft_wrap=True)
+                          f"{now - began:.0f} s{left}", highlight=False, soft_wrap=True)
 
     def pixels(self, stage: str = "classify") -> Any:
         """A ``(done, total)`` callback for one stage."""
