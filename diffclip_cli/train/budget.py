@@ -9,9 +9,9 @@ Three parts:
   :func:`fit_recipe` (the one place that decides what to shorten first to fit a budget);
 * :class:`Plan`: the recipe chosen, its estimate and the one line printed before training.
 
-The step costs are measured, not looked up: :mod:`diffclip_cli.pipeline` times a few real
-steps of each stage on the actual scene, model and device (see ``calibrate``
-functions there) and hands them to :func:`fit_recipe`.
+The step costs are measured, not looked up: :func:`diffclip_cli.pipeline.plan_training` times
+a few real steps of each stage on the actual scene, model and device and hands them to
+:func:`fit_recipe`.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_CPU_PRESET",
     "DEFAULT_CUDA_PRESET",
     "DISTILL_PASSES",
+    "RECIPE_FIELDS",
     "Floors",
     "Plan",
     "Recipe",
