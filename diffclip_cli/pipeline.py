@@ -217,7 +217,7 @@ def _restores_threads(fn: Callable[_P, _R]) -> Callable[_P, _R]:
 def _calibrate(scene: Scene, net: DiffCLIPNet, stats: SceneStats, preset: Preset, *,
                pretrain_stage: bool, train: WindowData | None, prompts: Sequence[str],
                infer: bool, seed: int, device: str, batch_size: int | None
-               ) -> StepCosts:
+               ) -> tuple[StepCosts, int | None]:
     """Time a few real steps of each stage on copies of the network (the run is unchanged).
 
     Reads unlabelled windows over the scene (the window-read cost), runs
@@ -226,11 +226,17 @@ def _calibrate(scene: Scene, net: DiffCLIPNet, stats: SceneStats, preset: Preset
     faithful classifier on unlabelled pixels for about :data:`_CALIBRATION_INFER_S` seconds
     (the marginal cost per pixel of two calls, so per-call overheads are not counted for
     every pixel).
+
+    Returns:
+        The step costs, and the scene's valid pixels when there are fewer than were drawn
+        (``None``: at least as many).
     """
     window = preset.model.window
     wanted = max(_CALIBRATION_STEPS * preset.pretrain.batch_size if pretrain_stage else 0, 256)
-    rows, cols = sample_unlabelled(scene, max(wanted, _CALIBRATION_PIXELS if infer else 0),
-                                   seed=derive_seed(seed, "calibrate"), warn=False)
+    drawn = max(wanted, _CALIBRATION_PIXELS if infer else 0)
+    rows, cols = sample_unlabelled(scene, drawn, seed=derive_seed(seed, "calibrate"),
+                                   warn=False)
+    valid = int(rows.size) if rows.size < drawn else None
     pick = np.random.default_rng(derive_seed(seed, "calibrate/pick")).permutation(rows.size)
     rows, cols = rows[pick], cols[pick]  # any prefix is spread over the scene
     tic = time.perf_counter()
@@ -284,7 +290,7 @@ def _calibrate(scene: Scene, net: DiffCLIPNet, stats: SceneStats, preset: Preset
             costs["infer_pixel"] = (t_large - t_small) / (large - small)
         else:
             costs["infer_pixel"] = t_large / large
-    return StepCosts(**costs)
+    return StepCosts(**costs), valid
 
 
 def plan_training(
@@ -330,10 +336,10 @@ def plan_training(
         faster than torch's default (a busy machine); the plan's device says which.
     """
     tic = time.perf_counter()
-    costs = _calibrate(scene, net, stats, preset, pretrain_stage=pretrain_samples > 0,
-                       train=train, prompts=prompts,
-                       infer=score_pixels > 0 or distill is not None, seed=seed,
-                       device=device, batch_size=batch_size)
+    costs, valid = _calibrate(scene, net, stats, preset, pretrain_stage=pretrain_samples > 0,
+                              train=train, prompts=prompts,
+                              infer=score_pixels > 0 or distill is not None, seed=seed,
+                              device=device, batch_size=batch_size)
     probe: DistillProbe | None = None
     if distill is not None and train is not None:
         probe = probe_distillation(scene, window=preset.model.window,
@@ -344,7 +350,9 @@ def plan_training(
     setup = time.perf_counter() - (tic if started is None else started)
     costs = dataclasses.replace(costs, setup=setup)
     full = Recipe(
-        pretrain_windows=max(0, pretrain_samples), pretrain_epochs=preset.pretrain.epochs,
+        pretrain_windows=max(0, pretrain_samples if valid is None
+                             else min(pretrain_samples, valid)),
+        pretrain_epochs=preset.pretrain.epochs,
         pretrain_batch=preset.pretrain.batch_size,
         finetune_windows=0 if train is None else len(train),
         finetune_epochs=preset.finetune.epochs if train is not None else 0,

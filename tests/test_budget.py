@@ -281,10 +281,11 @@ def test_plan_fewshot_plans_without_training(tmp_path):
                         tmp_path, hsi_dtype="int16")
     with Scene.open(files["hsi"], [files["lidar"]]) as scene:
         labels = read_labels(files["labels"], scene.grid, classes=files["classes"])
-        plan = plan_fewshot(scene, labels, shots=2, preset=TINY, pretrain_samples=300,
+        plan = plan_fewshot(scene, labels, shots=2, preset=TINY, pretrain_samples=2000,
                             budget=None, fast=False)
     assert plan.recipe == plan.full and plan.fits and plan.budget_s is None
-    assert plan.recipe.pretrain_windows == 300 and plan.recipe.distill_steps == 0
+    # the scene has 576 pixels: pretraining draws all of them, not 2000
+    assert plan.recipe.pretrain_windows == 24 * 24 and plan.recipe.distill_steps == 0
     assert plan.recipe.finetune_epochs == TINY.finetune.epochs
     assert plan.total_s > 0 and "fast path" not in plan.line()
 
