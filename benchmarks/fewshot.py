@@ -13,7 +13,15 @@ Examples::
     # the generated two-modality scene
     python benchmarks/fewshot.py --synthetic --preset tiny --out results/synthetic
 
-An interrupted run continues where it stopped when started again with the same --out.
+Without --preset, --time-budget and recipe options, every DiffCLIP run trains what
+``diffclip fewshot`` trains by default on the device: on a CPU the CPU preset sized to the
+default time budget, on CUDA the paper preset. The schedule is sized once, before the first
+run, as ``fewshot`` sizes it for the largest k and the first seed (fast path included), printed
+as its plan line and used by every run, so runs stay comparable.
+
+An interrupted run continues where it stopped when started again with the same --out (a
+budget-sized schedule depends on the machine's speed: pass the printed options to resume
+elsewhere).
 """
 
 from __future__ import annotations
@@ -36,7 +44,12 @@ from diffclip_cli.bench.protocol import (
     inputs_from_files,
     run_protocol,
 )
+from diffclip_cli.io.labels import read_labels
+from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.config import Preset, load_preset
+from diffclip_cli.model.device import resolve_device
+from diffclip_cli.pipeline import DEFAULT_PRETRAIN_SAMPLES, plan_fewshot
+from diffclip_cli.train.budget import default_recipe, parse_duration, scaled_preset
 
 #: The generated benchmark scene: 3 spectra x 2 heights = 6 classes; classes sharing a
 #: spectrum differ only in LiDAR height, so neither modality alone separates them all.
@@ -69,10 +82,15 @@ def _parser() -> argparse.ArgumentParser:
                    choices=list(ALL_METHODS))
     p.add_argument("--ablations", nargs="*", default=[], choices=list(ABLATIONS),
                    help="ablations to add to --methods")
-    p.add_argument("--preset", default="paper", help="preset name or .yaml file")
+    p.add_argument("--preset", default=None,
+                   help="preset name or .yaml file (default: fewshot's on the device)")
+    p.add_argument("--time-budget", default=None,
+                   help="as fewshot --time-budget: minutes or 90s, 10m, 1h30m (default: "
+                   "fewshot's: 10 min on a CPU without --preset)")
     p.add_argument("--pretrain-epochs", type=int, help="override the preset's")
-    p.add_argument("--pretrain-samples", type=int, default=2000,
-                   help="unlabelled windows per pretraining")
+    p.add_argument("--pretrain-samples", type=int, default=None,
+                   help=f"unlabelled windows per pretraining (default "
+                   f"{DEFAULT_PRETRAIN_SAMPLES}, fewer to fit a time budget)")
     p.add_argument("--finetune-epochs", type=int, help="override the preset's (milestones "
                    "are scaled with it)")
     p.add_argument("--template", help="prompt template p1..p5 (default: the preset's)")
@@ -86,8 +104,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _preset(args: argparse.Namespace) -> Preset:
-    preset = load_preset(args.preset)
+def _preset(args: argparse.Namespace, name: str) -> Preset:
+    preset = load_preset(name)
     overrides: dict[str, object] = {}
     if args.pretrain_epochs is not None:
         overrides["pretrain.epochs"] = args.pretrain_epochs
@@ -124,6 +142,28 @@ def _inputs(args: argparse.Namespace, out: Path) -> ProtocolInputs:
                              paper_key=args.paper)
 
 
+def _fit_budget(args: argparse.Namespace, inputs: ProtocolInputs, preset: Preset,
+                budget: float) -> tuple[Preset, int]:
+    """The preset and pretraining windows ``fewshot`` would plan in ``budget`` seconds."""
+    pinned = [name for name, given in (("pretrain_windows", args.pretrain_samples),
+                                       ("pretrain_epochs", args.pretrain_epochs),
+                                       ("finetune_epochs", args.finetune_epochs))
+              if given is not None]
+    positive = [k for k in args.shots if k > 0] or [20]
+    with Scene.open(inputs.hsi, list(inputs.lidar)) as scene:
+        path = inputs.labels or inputs.train
+        assert path is not None
+        labels = read_labels(path, scene.grid, classes=inputs.classes,
+                             class_field=inputs.class_field, layer=inputs.layer)
+        plan = plan_fewshot(scene, labels, shots=max(positive), preset=preset,
+                            pretrain_samples=args.pretrain_samples or DEFAULT_PRETRAIN_SAMPLES,
+                            seed=args.first_seed, device=args.device, fast=True,
+                            budget=budget, pinned=pinned)
+    print(plan.line(), flush=True)
+    print(f"(every run uses it: --preset {preset.name} {plan.options()})", flush=True)
+    return scaled_preset(preset, plan.recipe), plan.recipe.pretrain_windows
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the protocol from the command line."""
     args = _parser().parse_args(argv)
@@ -137,10 +177,16 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     inputs = _inputs(args, out)
     methods = tuple(dict.fromkeys([*args.methods, *args.ablations]))
+    budget = None if args.time_budget is None else parse_duration(args.time_budget)
+    name, budget = default_recipe(resolve_device(args.device).type, args.preset, budget)
+    preset = _preset(args, name)
+    samples = args.pretrain_samples or DEFAULT_PRETRAIN_SAMPLES
+    if budget is not None:
+        preset, samples = _fit_budget(args, inputs, preset, budget)
     config = ProtocolConfig(
-        preset=_preset(args), shots=tuple(args.shots),
+        preset=preset, shots=tuple(args.shots),
         seeds=tuple(range(args.first_seed, args.first_seed + args.seeds)), methods=methods,
-        mode=args.mode, pretrain_samples=args.pretrain_samples, template=args.template,
+        mode=args.mode, pretrain_samples=samples, template=args.template,
         device=args.device, keep_models=args.keep_models)
     start = time.perf_counter()
 
@@ -156,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{stamp} {e.done}/{e.total} {e.method} k={e.shots} seed={e.seed}: done "
                   "before, skipped", flush=True)
         elif e.kind == "pretrain" and e.done == e.total:
-            print(f"{stamp} pretraining {e.variant} seed={e.seed}: {e.total} epochs done",
+            print(f"{stamp} pretraining {e.variant} seed={e.seed}: done ({e.total} steps)",
                   flush=True)
 
     result = run_protocol(inputs, out, config=config, resume=not args.restart,

@@ -7,16 +7,20 @@ every labelled pixel it did not train on, :func:`evaluate_pixels` scores a model
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import logging
+import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
+import torch
 
 from diffclip_cli import __version__
 from diffclip_cli.errors import LabelError
@@ -37,6 +41,7 @@ from diffclip_cli.model.modelfile import (
 )
 from diffclip_cli.model.network import DiffCLIPNet
 from diffclip_cli.model.prompts import build_prompts, class_words, read_descriptions
+from diffclip_cli.model.rng import derive_seed
 from diffclip_cli.model.text import Vocabulary
 from diffclip_cli.report.metrics import AccuracyReport
 from diffclip_cli.sampling.defaults import DEFAULT_PRETRAIN_SAMPLES
@@ -44,29 +49,53 @@ from diffclip_cli.sampling.normalise import SceneStats, compute_stats
 from diffclip_cli.sampling.shots import Split, sample_shots, spatial_split
 from diffclip_cli.sampling.unlabelled import sample_unlabelled
 from diffclip_cli.sampling.windows import read_windows
+from diffclip_cli.train.budget import (
+    Plan,
+    Recipe,
+    StepCosts,
+    StepTimer,
+    device_text,
+    fit_recipe,
+    format_seconds,
+    scaled_preset,
+)
 from diffclip_cli.train.data import WindowData
+from diffclip_cli.train.distill import (
+    DistillConfig,
+    DistillProbe,
+    add_fast_path,
+    probe_distillation,
+)
 from diffclip_cli.train.finetune import finetune
-from diffclip_cli.train.pretrain import pretrain
+from diffclip_cli.train.pretrain import checkpoint_fingerprint, pretrain
 
 __all__ = [
     "BASELINE_METHOD",
     "DEFAULT_PRETRAIN_SAMPLES",
     "FewshotResult",
+    "PlanFn",
     "PretrainResult",
     "ProgressFn",
     "baseline_pixels",
     "evaluate_pixels",
     "fewshot_scene",
     "input_identity",
+    "plan_fewshot",
+    "plan_training",
     "predict_pixels",
     "pretrain_scene",
 ]
 
 log = logging.getLogger("diffclip")
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 #: Progress callback: ``(stage, done, total)``; stages are ``"pretrain"`` and ``"finetune"``
-#: (epochs), ``"evaluate"`` (pixels).
+#: (optimiser steps), ``"evaluate"`` (pixels), and with the fast path ``"teacher"`` (pixels)
+#: and ``"distill"`` (steps).
 ProgressFn = Callable[[str, int, int], None]
+#: Called once with the :class:`~diffclip_cli.train.budget.Plan`, before any training.
+PlanFn = Callable[[Plan], None]
 
 #: What :func:`baseline_pixels` is, in the reports' words.
 BASELINE_METHOD = ("random forest (200 trees) on each pixel's own HSI and LiDAR values, no "
@@ -83,6 +112,7 @@ class PretrainResult:
         stats: the normalisation statistics.
         history: one record per epoch.
         seconds: wall time of the stage.
+        plan: the schedule planned before training (with a budget or ``on_plan``).
     """
 
     bundle: ModelBundle
@@ -90,6 +120,7 @@ class PretrainResult:
     stats: SceneStats
     history: list[dict[str, Any]]
     seconds: float
+    plan: Plan | None = None
 
 
 @dataclass
@@ -107,7 +138,8 @@ class FewshotResult:
             (:func:`baseline_pixels`), or ``None`` (no report, or not asked for).
         pretrain_history: stage-1 records (empty with a given pretrained model).
         finetune_history: stage-2 records.
-        timings: seconds per stage.
+        timings: seconds per stage (``total``: the whole call).
+        plan: the schedule planned before training (with a budget or ``on_plan``).
     """
 
     bundle: ModelBundle
@@ -119,6 +151,7 @@ class FewshotResult:
     finetune_history: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     baseline: AccuracyReport | None = None
+    plan: Plan | None = None
 
 
 def baseline_pixels(scene: Scene, labels: LabelSet, split: Split, *, seed: int = 0
@@ -150,10 +183,10 @@ def baseline_pixels(scene: Scene, labels: LabelSet, split: Split, *, seed: int =
     return AccuracyReport.from_labels(labels.class_ids[split.test], predicted, labels.classes)
 
 
-def _epochs(progress: ProgressFn | None, stage: str) -> Callable[..., None] | None:
+def _steps(progress: ProgressFn | None, stage: str) -> Callable[[int, int], None] | None:
     if progress is None:
         return None
-    return lambda epoch, epochs, record: progress(stage, epoch, epochs)
+    return lambda done, total: progress(stage, done, total)
 
 
 def _inputs(scene: Scene) -> dict[str, Any]:
@@ -187,6 +220,216 @@ def _windows(scene: Scene, rows: np.ndarray, cols: np.ndarray, *, window: int,
     return WindowData(batch.hsi, batch.lidar, labels)
 
 
+#: Optimiser steps run per training stage when calibrating: the first
+#: :data:`_CALIBRATION_WARMUP` are a warm-up, the others are timed.
+_CALIBRATION_STEPS = 6
+_CALIBRATION_WARMUP = 2
+#: Seconds of faithful inference timed when calibrating (after a warm-up).
+_CALIBRATION_INFER_S = 1.5
+#: Pixel positions drawn for timing inference (at most).
+_CALIBRATION_PIXELS = 4096
+
+
+#: One thread is chosen when it runs a step in at most this share of the default's time.
+_ONE_THREAD_GAIN = 0.8
+
+
+def _fastest_threads(run: Callable[[], float], device: str) -> float:
+    """Seconds per step of ``run()`` with torch's threads, or with one when that is faster.
+
+    On a CPU shared with other jobs, torch's threads wait for each other at every operation
+    and one thread can be several times faster (measured: 10x on a busy 2-core machine). Runs
+    ``run`` with the current thread count, then with one thread, and leaves torch at one
+    thread when it took at most :data:`_ONE_THREAD_GAIN` of the time.
+
+    Returns:
+        The seconds per step at the thread count left set.
+    """
+    first = run()
+    threads = torch.get_num_threads()
+    if not device.startswith("cpu") or threads <= 1:
+        return first
+    torch.set_num_threads(1)
+    single = run()
+    if single <= _ONE_THREAD_GAIN * first:
+        log.info("One CPU thread ran %.1fx faster than %d here (the CPU is busy); training "
+                 "uses one.", first / max(single, 1e-9), threads)
+        return single
+    torch.set_num_threads(threads)
+    return first
+
+
+def _restores_threads(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Restore torch's thread count when ``fn`` returns (a plan may lower it for the run)."""
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        threads = torch.get_num_threads()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return wrapper
+
+
+def _calibrate(scene: Scene, net: DiffCLIPNet, stats: SceneStats, preset: Preset, *,
+               pretrain_stage: bool, train: WindowData | None, prompts: Sequence[str],
+               infer: bool, seed: int, device: str, batch_size: int | None
+               ) -> tuple[StepCosts, int | None]:
+    """Time a few real steps of each stage on copies of the network (the run is unchanged).
+
+    Reads unlabelled windows over the scene (the window-read cost), runs
+    :data:`_CALIBRATION_STEPS` pretraining steps on them and whole epochs of fine-tuning on
+    the training windows (the first :data:`_CALIBRATION_WARMUP` steps untimed), and the
+    faithful classifier on unlabelled pixels for about :data:`_CALIBRATION_INFER_S` seconds
+    (the marginal cost per pixel of two calls, so per-call overheads are not counted for
+    every pixel).
+
+    Returns:
+        The step costs, and the scene's valid pixels when there are fewer than were drawn
+        (``None``: at least as many).
+    """
+    window = preset.model.window
+    wanted = max(_CALIBRATION_STEPS * preset.pretrain.batch_size if pretrain_stage else 0, 256)
+    drawn = max(wanted, _CALIBRATION_PIXELS if infer else 0)
+    rows, cols = sample_unlabelled(scene, drawn, seed=derive_seed(seed, "calibrate"),
+                                   warn=False)
+    valid = int(rows.size) if rows.size < drawn else None
+    pick = np.random.default_rng(derive_seed(seed, "calibrate/pick")).permutation(rows.size)
+    rows, cols = rows[pick], cols[pick]  # any prefix is spread over the scene
+    tic = time.perf_counter()
+    data = _windows(scene, rows[:wanted], cols[:wanted], window=window, stats=stats)
+    costs: dict[str, float] = {"window_read": (time.perf_counter() - tic) / max(1, len(data))}
+    gen_seed = derive_seed(seed, "calibrate/train")
+    choose_threads = True
+    if pretrain_stage and len(data):
+        def pretrain_steps() -> float:
+            timer = StepTimer()
+            n = min(len(data), _CALIBRATION_STEPS * preset.pretrain.batch_size)
+            pretrain(copy.deepcopy(net), data.subset(np.arange(n)),
+                     dataclasses.replace(preset.pretrain, epochs=1), seed=gen_seed,
+                     device=device, on_step=timer)
+            return timer.per_step(skip=_CALIBRATION_WARMUP)
+
+        costs["pretrain_step"] = _fastest_threads(pretrain_steps, device)
+        choose_threads = False
+    probe: DiffCLIPClassifier | None = None
+    if train is not None and len(train) and (infer or preset.finetune.epochs > 0):
+        per_epoch = math.ceil(len(train) / preset.finetune.batch_size)
+        warm = math.ceil(_CALIBRATION_WARMUP / per_epoch)  # whole epochs, so the mean is
+        timed = math.ceil((_CALIBRATION_STEPS - _CALIBRATION_WARMUP) / per_epoch)  # an epoch's
+
+        def finetune_steps() -> float:
+            nonlocal probe
+            probe = DiffCLIPClassifier(copy.deepcopy(net),
+                                       vocabulary=Vocabulary.build(prompts), seed=seed)
+            timer = StepTimer()
+            finetune(probe, train, prompts,
+                     dataclasses.replace(preset.finetune, epochs=warm + timed), seed=gen_seed,
+                     device=device, on_step=timer)
+            return timer.per_step(skip=warm * per_epoch)
+
+        costs["finetune_step"] = (_fastest_threads(finetune_steps, device) if choose_threads
+                                  else finetune_steps())
+    if infer and probe is not None and rows.size:
+        engine = TileEngine(probe, device=device, batch_size=batch_size)
+
+        def seconds(n: int) -> float:
+            tic = time.perf_counter()
+            engine.predict_pixels(scene, rows[:n], cols[:n], stats=stats)
+            return time.perf_counter() - tic
+
+        seconds(min(rows.size, 64))  # warm-up
+        small = min(rows.size, 128)
+        rate = small / max(seconds(small), 1e-6)
+        large = int(min(rows.size, max(2 * small, rate * _CALIBRATION_INFER_S)))
+        t_small, t_large = seconds(small), seconds(large)
+        if large >= 2 * small and t_large > t_small:
+            costs["infer_pixel"] = (t_large - t_small) / (large - small)
+        else:
+            costs["infer_pixel"] = t_large / large
+    return StepCosts(**costs), valid
+
+
+def plan_training(
+    scene: Scene,
+    *,
+    preset: Preset,
+    net: DiffCLIPNet,
+    stats: SceneStats,
+    pretrain_samples: int,
+    train: WindowData | None = None,
+    prompts: Sequence[str] = (),
+    score_pixels: int = 0,
+    distill: DistillConfig | None = None,
+    budget: float | None = None,
+    pinned: Collection[str] = (),
+    seed: int = 0,
+    device: str = "cpu",
+    batch_size: int | None = None,
+    started: float | None = None,
+) -> Plan:
+    """Calibrate the step costs on this scene, model and device, and size the schedule.
+
+    Args:
+        scene: the scene.
+        preset: the recipe as asked.
+        net: the network to train (only copies of it are touched).
+        stats: the normalisation statistics.
+        pretrain_samples: unlabelled windows asked for (0: no pretraining stage).
+        train: the labelled training windows (``None``: no fine-tuning stage).
+        prompts: the class prompts.
+        score_pixels: held-out pixels scored at the end.
+        distill: the fast path's options (``None``: no fast path).
+        budget: seconds for everything; ``None``: the recipe as asked, only estimated.
+        pinned: recipe fields (:data:`~diffclip_cli.train.budget.RECIPE_FIELDS`) not to change.
+        seed: the run's seed (calibration uses seeds derived from it).
+        device: torch device name.
+        batch_size: windows per inference pass.
+        started: ``time.perf_counter()`` when the run started (set-up counted in the plan).
+
+    Returns:
+        The plan (see :func:`~diffclip_cli.train.budget.fit_recipe` for what is cut first).
+        On a CPU, torch is left at one thread when one thread ran the timed steps clearly
+        faster than torch's default (a busy machine); the plan's device says which.
+    """
+    tic = time.perf_counter()
+    costs, valid = _calibrate(scene, net, stats, preset, pretrain_stage=pretrain_samples > 0,
+                              train=train, prompts=prompts,
+                              infer=score_pixels > 0 or distill is not None, seed=seed,
+                              device=device, batch_size=batch_size)
+    probe: DistillProbe | None = None
+    if distill is not None and train is not None:
+        probe = probe_distillation(scene, window=preset.model.window,
+                                   num_classes=len(prompts), config=distill, seed=seed,
+                                   device=device)
+        read = probe.read_pixels / preset.model.window ** 2 * costs.window_read
+        costs = dataclasses.replace(costs, distill_step=probe.step_s, distill_read=read)
+    setup = time.perf_counter() - (tic if started is None else started)
+    costs = dataclasses.replace(costs, setup=setup)
+    full = Recipe(
+        pretrain_windows=max(0, pretrain_samples if valid is None
+                             else min(pretrain_samples, valid)),
+        pretrain_epochs=preset.pretrain.epochs,
+        pretrain_batch=preset.pretrain.batch_size,
+        finetune_windows=0 if train is None else len(train),
+        finetune_epochs=preset.finetune.epochs if train is not None else 0,
+        finetune_batch=preset.finetune.batch_size,
+        distill_steps=0 if probe is None else probe.steps,
+        distill_pixels=0 if probe is None else probe.pixels,
+        score_pixels=max(0, score_pixels))
+    if budget is None:
+        recipe, fits = full, True
+    else:
+        recipe, fits = fit_recipe(full, costs, budget, pinned=pinned)
+    dev = str(resolve_device(device))
+    plan = Plan(recipe=recipe, full=full, costs=costs, budget_s=budget, fits=fits,
+                device=device_text(dev, torch.get_num_threads()), pinned=tuple(pinned))
+    log.debug("plan %s", plan.to_dict())
+    return plan
+
+
+@_restores_threads
 def pretrain_scene(
     scene: Scene,
     *,
@@ -198,6 +441,9 @@ def pretrain_scene(
     resume: bool = False,
     device: str = "cpu",
     progress: ProgressFn | None = None,
+    budget: float | None = None,
+    pinned: Collection[str] = (),
+    on_plan: PlanFn | None = None,
 ) -> PretrainResult:
     """Stage 1: masked-diffusion pretraining on unlabelled windows spread over the scene.
 
@@ -211,6 +457,11 @@ def pretrain_scene(
         resume: continue from ``checkpoint``; ends where an uninterrupted run ends.
         device: torch device name.
         progress: ``(stage, done, total)`` callback.
+        budget: seconds the stage may take: windows and epochs are sized to fit from a few
+            timed steps (:func:`plan_training`); ``None``: as asked.
+        pinned: ``"pretrain_windows"`` and/or ``"pretrain_epochs"``: keep those as asked.
+        on_plan: called with the plan before training; a plan is made (and recorded in the
+            provenance) when this or ``budget`` is given.
 
     Returns:
         The pretrained model and its history.
@@ -218,22 +469,42 @@ def pretrain_scene(
     start = time.perf_counter()
     device = str(resolve_device(device))
     stats = stats or compute_stats(scene, seed=seed)
+    net = DiffCLIPNet(preset.model, hsi_bands=scene.hsi_bands, lidar_bands=scene.lidar_bands,
+                      seed=seed)
+    plan = None
+    resumed = checkpoint_fingerprint(checkpoint) if resume and checkpoint else None
+    if resumed is not None and (budget is not None or on_plan is not None):
+        # A resumed run keeps the schedule it was planned with (pinned values are checked).
+        if "pretrain_windows" not in pinned:
+            samples = int(resumed["samples"])
+        if "pretrain_epochs" not in pinned:
+            preset = preset.with_overrides(**{"pretrain.epochs": resumed["pretrain"]["epochs"]})
+    elif budget is not None or on_plan is not None:
+        plan = plan_training(scene, preset=preset, net=net, stats=stats,
+                             pretrain_samples=samples, budget=budget, pinned=pinned, seed=seed,
+                             device=device, started=start)
+        samples = plan.recipe.pretrain_windows
+        preset = scaled_preset(preset, plan.recipe)
+        if on_plan is not None:
+            on_plan(plan)
     rows, cols = sample_unlabelled(scene, samples, seed=seed)
     log.info("Pretraining on %d unlabelled windows of %d x %d px.", rows.size,
              preset.model.window, preset.model.window)
     data = _windows(scene, rows, cols, window=preset.model.window, stats=stats)
-    net = DiffCLIPNet(preset.model, hsi_bands=scene.hsi_bands, lidar_bands=scene.lidar_bands,
-                      seed=seed)
     history = pretrain(net, data, preset.pretrain, seed=seed, checkpoint=checkpoint,
-                       resume=resume, progress=_epochs(progress, "pretrain"), device=device,
+                       resume=resume, device=device, on_step=_steps(progress, "pretrain"),
                        inputs=input_identity(scene) if checkpoint is not None else None)
     seconds = time.perf_counter() - start
-    bundle = bundle_from_network(
-        net.cpu(), preset=preset, stats=stats.to_dict(), band_names=scene.band_names,
-        wavelengths=scene.wavelengths,
-        provenance={"inputs": _inputs(scene), "seed": seed, "pretrain_samples": int(rows.size),
-                    "pretrain_seconds": round(seconds, 1), "version": __version__})
-    return PretrainResult(bundle, net, stats, history, seconds)
+    record: dict[str, Any] = {"inputs": _inputs(scene), "seed": seed,
+                              "pretrain_samples": int(rows.size),
+                              "pretrain_seconds": round(seconds, 1), "version": __version__}
+    if plan is not None:
+        record["plan"] = plan.to_dict()
+        record["seconds"] = {"total": round(seconds, 1)}
+    bundle = bundle_from_network(net.cpu(), preset=preset, stats=stats.to_dict(),
+                                 band_names=scene.band_names, wavelengths=scene.wavelengths,
+                                 provenance=record)
+    return PretrainResult(bundle, net, stats, history, seconds, plan)
 
 
 def _split(labels: LabelSet, shots: int, *, seed: int, mode: str) -> Split:
@@ -341,6 +612,118 @@ def _prompts(classes: ClassTable, template: str,
         raise LabelError(exc.message, path=source, hint=exc.hint) from None
 
 
+@dataclass
+class _Prepared:
+    """What fine-tuning needs, ready before any training (see :func:`_prepare`)."""
+
+    labels: LabelSet
+    chosen: Split
+    given: Split | None
+    preset: Preset
+    template: str
+    prompts: list[str]
+    stats: SceneStats
+    net: DiffCLIPNet | None
+    train: WindowData
+    read_seconds: float
+    pretrained: bool
+
+
+def _prepare(scene: Scene, labels: LabelSet, *, shots: int, preset: Preset,
+             pretrained: ModelBundle | None, template: str | None,
+             descriptions: Mapping[str, str] | str | Path | None, split: str | Split,
+             seed: int) -> _Prepared:
+    """The split, the prompts, the statistics and the training windows of :func:`fewshot_scene`.
+
+    The network is the pretrained one, or ``None`` (stage 1 builds it).
+    """
+    given = split if isinstance(split, Split) else None
+    if given is not None:
+        given = _given_split(given, labels, scene)
+    labels = labels.drop_invalid(scene)
+    for sentence in labels.report.summary():
+        log.info("%s", sentence)
+    all_classes = labels.classes.names
+    if given is not None:
+        chosen = given
+    else:
+        labels, chosen = _split(labels, shots, seed=seed, mode=str(split))
+    left_out = [n for n in all_classes if n not in labels.classes.names]
+    if pretrained is not None:
+        pretrained.check_inputs(scene.hsi_bands, scene.lidar_bands,
+                                wavelengths=scene.wavelengths,
+                                band_names=scene.band_names["hsi"])
+        preset = Preset(name=pretrained.preset, model=pretrained.config,
+                        pretrain=pretrained.preset_config.pretrain, finetune=preset.finetune)
+    # The prompts first: a bad descriptions file fails before any training.
+    template = template or preset.model.template
+    prompts = _prompts(labels.classes, template, descriptions, left_out=left_out)
+    net = None
+    if pretrained is not None:
+        net = build_network(pretrained)
+        stats = SceneStats.from_dict(pretrained.stats)
+    else:
+        stats = compute_stats(scene, seed=seed)
+    tic = time.perf_counter()
+    train = _windows(scene, labels.rows[chosen.train], labels.cols[chosen.train],
+                     window=preset.model.window, stats=stats,
+                     labels=labels.index[chosen.train])
+    return _Prepared(labels, chosen, given, preset, template, prompts, stats, net, train,
+                     time.perf_counter() - tic, pretrained is not None)
+
+
+def _plan_prepared(scene: Scene, prep: _Prepared, *, pretrain_samples: int, evaluate: bool,
+                   distill: DistillConfig | None, budget: float | None,
+                   pinned: Collection[str], seed: int, device: str, batch_size: int | None,
+                   started: float) -> Plan:
+    """:func:`plan_training` for a prepared few-shot run."""
+    net = prep.net
+    if net is None:  # the network stage 1 will build (only copies of it are trained here)
+        net = DiffCLIPNet(prep.preset.model, hsi_bands=scene.hsi_bands,
+                          lidar_bands=scene.lidar_bands, seed=seed)
+    return plan_training(
+        scene, preset=prep.preset, net=net, stats=prep.stats,
+        pretrain_samples=0 if prep.pretrained else pretrain_samples, train=prep.train,
+        prompts=prep.prompts, score_pixels=int(prep.chosen.test.size) if evaluate else 0,
+        distill=distill, budget=budget, pinned=pinned, seed=seed, device=device,
+        batch_size=batch_size, started=started)
+
+
+def plan_fewshot(
+    scene: Scene,
+    labels: LabelSet,
+    *,
+    shots: int,
+    preset: Preset,
+    pretrain_samples: int = DEFAULT_PRETRAIN_SAMPLES,
+    split: str | Split = "random",
+    seed: int = 0,
+    device: str = "cpu",
+    evaluate: bool = True,
+    fast: bool | Mapping[str, Any] = True,
+    budget: float | None = None,
+    pinned: Collection[str] = (),
+    batch_size: int | None = None,
+) -> Plan:
+    """The plan :func:`fewshot_scene` would make with these arguments, without training.
+
+    For scripts that fix a schedule once and reuse it (e.g. a benchmark protocol); the
+    arguments mean what they mean for :func:`fewshot_scene`. On a busy CPU the calibration may
+    leave torch at one thread, where the estimate holds (see :func:`plan_training`).
+    """
+    begin = time.perf_counter()
+    device = str(resolve_device(device))
+    prep = _prepare(scene, labels, shots=shots, preset=preset, pretrained=None, template=None,
+                    descriptions=None, split=split, seed=seed)
+    distill = None
+    if fast:
+        distill = DistillConfig.from_dict(dict(fast) if isinstance(fast, Mapping) else {})
+    return _plan_prepared(scene, prep, pretrain_samples=pretrain_samples, evaluate=evaluate,
+                          distill=distill, budget=budget, pinned=pinned, seed=seed,
+                          device=device, batch_size=batch_size, started=begin)
+
+
+@_restores_threads
 def fewshot_scene(
     scene: Scene,
     labels: LabelSet,
@@ -359,6 +742,10 @@ def fewshot_scene(
     provenance: Mapping[str, Any] | None = None,
     progress: ProgressFn | None = None,
     baseline: bool = True,
+    fast: bool | Mapping[str, Any] = False,
+    budget: float | None = None,
+    pinned: Collection[str] = (),
+    on_plan: PlanFn | None = None,
 ) -> FewshotResult:
     """Stage 2 (and stage 1 unless ``pretrained`` is given): a few-shot classifier of a scene.
 
@@ -389,54 +776,58 @@ def fewshot_scene(
         progress: ``(stage, done, total)`` callback.
         baseline: with the report, also score the per-pixel baseline
             (:func:`baseline_pixels`) on the same test pixels.
+        fast: also distil the fast path (``classify --fast``) into the bundle; a mapping
+            gives :class:`~diffclip_cli.train.distill.DistillConfig` options.
+        budget: seconds the whole call may take (training, fast path, scoring): the schedule
+            is sized to fit from a few timed steps of each stage (:func:`plan_training`);
+            ``None``: the recipe as asked.
+        pinned: recipe fields to keep as asked under a budget (``"pretrain_windows"``,
+            ``"pretrain_epochs"``, ``"finetune_epochs"``, ``"distill_steps"``).
+        on_plan: called with the plan before any training; a plan is made (and recorded in
+            the provenance with the time taken) when this or ``budget`` is given.
 
     Returns:
         The classifier, its model file contents, the split, the held-out report and the
         baseline's.
     """
+    begin = time.perf_counter()
     timings: dict[str, float] = {}
-    given = split if isinstance(split, Split) else None
-    if given is not None:
-        given = _given_split(given, labels, scene)
-    labels = labels.drop_invalid(scene)
-    for sentence in labels.report.summary():
-        log.info("%s", sentence)
-    all_classes = labels.classes.names
-    if given is not None:
-        chosen = given
-    else:
-        labels, chosen = _split(labels, shots, seed=seed, mode=str(split))
-    left_out = [n for n in all_classes if n not in labels.classes.names]
-
+    device = str(resolve_device(device))
+    prep = _prepare(scene, labels, shots=shots, preset=preset, pretrained=pretrained,
+                    template=template, descriptions=descriptions, split=split, seed=seed)
+    labels, chosen, given, preset, template, prompts = (
+        prep.labels, prep.chosen, prep.given, prep.preset, prep.template, prep.prompts)
+    stats, net, train = prep.stats, prep.net, prep.train
     pre_history: list[dict[str, Any]] = []
-    if pretrained is not None:
-        pretrained.check_inputs(scene.hsi_bands, scene.lidar_bands,
-                                wavelengths=scene.wavelengths,
-                                band_names=scene.band_names["hsi"])
-        preset = Preset(name=pretrained.preset, model=pretrained.config,
-                        pretrain=pretrained.preset_config.pretrain, finetune=preset.finetune)
-    # The prompts first: a bad descriptions file fails before any training.
-    template = template or preset.model.template
-    prompts = _prompts(labels.classes, template, descriptions, left_out=left_out)
-    if pretrained is not None:
-        net = build_network(pretrained)
-        stats = SceneStats.from_dict(pretrained.stats)
-    else:
+    distill = None
+    if fast:
+        distill = DistillConfig.from_dict(dict(fast) if isinstance(fast, Mapping) else {})
+    plan = None
+    if budget is not None or on_plan is not None:
+        plan = _plan_prepared(scene, prep, pretrain_samples=pretrain_samples,
+                              evaluate=evaluate, distill=distill, budget=budget, pinned=pinned,
+                              seed=seed, device=device, batch_size=batch_size, started=begin)
+        preset = scaled_preset(preset, plan.recipe)
+        if pretrained is None:
+            pretrain_samples = plan.recipe.pretrain_windows
+        if distill is not None:
+            distill = dataclasses.replace(distill, steps=plan.recipe.distill_steps)
+        if on_plan is not None:
+            on_plan(plan)
+    if pretrained is None:
         stage1 = pretrain_scene(scene, preset=preset, samples=pretrain_samples, seed=seed,
-                                device=device, progress=progress)
-        net, stats, pre_history = stage1.network, stage1.stats, stage1.history
+                                stats=stats, device=device, progress=progress)
+        net, pre_history = stage1.network, stage1.history
         timings["pretrain"] = stage1.seconds
 
+    assert net is not None
     start = time.perf_counter()
     classifier = DiffCLIPClassifier(net, vocabulary=Vocabulary.build(prompts), seed=seed)
-    train = _windows(scene, labels.rows[chosen.train], labels.cols[chosen.train],
-                     window=preset.model.window, stats=stats,
-                     labels=labels.index[chosen.train])
     log.info("Fine-tuning on %d labelled windows (%d classes).", len(train),
              len(labels.classes))
-    history = finetune(classifier, train, prompts, preset.finetune, seed=seed,
-                       progress=_epochs(progress, "finetune"), device=str(resolve_device(device)))
-    timings["finetune"] = time.perf_counter() - start
+    history = finetune(classifier, train, prompts, preset.finetune, seed=seed, device=device,
+                       on_step=_steps(progress, "finetune"))
+    timings["finetune"] = time.perf_counter() - start + prep.read_seconds
 
     counts = np.bincount(labels.index[chosen.train], minlength=len(labels.classes))
     record = {
@@ -452,10 +843,18 @@ def fewshot_scene(
         "version": __version__,
         **dict(provenance or {}),
     }
+    if plan is not None:
+        record["plan"] = plan.to_dict()
     bundle = bundle_from_classifier(classifier.cpu(), preset=preset, stats=stats.to_dict(),
                                     classes=labels.classes, template=template,
                                     band_names=scene.band_names,
                                     wavelengths=scene.wavelengths, provenance=record)
+    if distill is not None:
+        start = time.perf_counter()
+        bundle = add_fast_path(scene, bundle, classifier=classifier, seed=seed, device=device,
+                               batch_size=batch_size, progress=progress,
+                               config=distill)
+        timings["fast path"] = time.perf_counter() - start
     report = None
     if evaluate and chosen.test.size:
         start = time.perf_counter()
@@ -468,8 +867,14 @@ def fewshot_scene(
         start = time.perf_counter()
         base = baseline_pixels(scene, labels, chosen, seed=seed)
         timings["baseline"] = time.perf_counter() - start
+    timings["total"] = time.perf_counter() - begin
+    seconds = {k: round(v, 1) for k, v in timings.items()}
+    bundle = dataclasses.replace(bundle, provenance={**bundle.provenance, "seconds": seconds})
+    if plan is not None:
+        log.info("Took %s (estimated %s).", format_seconds(timings["total"]),
+                 format_seconds(plan.total_s))
     return FewshotResult(bundle, classifier, labels, chosen, report, pre_history, history,
-                         timings, base)
+                         timings, baseline=base, plan=plan)
 
 
 def predict_pixels(

@@ -686,7 +686,7 @@ def test_killed_pretraining_resumes_to_the_same_model(files, tmp_path):
     invoke(*args, "-o", reference, "-q", code=0)
     out = tmp_path / "resumed.pt"
     ckpt = tmp_path / "resumed.pt.ckpt"
-    code, err = _run_until([*args, "-o", str(out)], "Pretraining (epochs): 2 of 4",
+    code, err = _run_until([*args, "-o", str(out)], "Pretraining (steps): 5 of 8",
                            signal.SIGTERM)
     assert code == Interrupted.exit_code, err
     assert not out.exists() and ckpt.is_file() and no_temp_files(tmp_path)

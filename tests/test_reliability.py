@@ -160,6 +160,20 @@ def test_pretrain_refuses_to_write_over_its_input(scene):
     assert scene["hsi"].read_bytes() == before
 
 
+def test_pretrain_with_the_default_budget_refuses_its_input_before_calibrating(scene,
+                                                                              monkeypatch):
+    """Without --preset a CPU run plans (times real steps) first: the refusal comes before."""
+    monkeypatch.setattr("diffclip_cli.pipeline.plan_training",
+                        lambda *a, **k: pytest.fail("calibration started"))
+    monkeypatch.setattr("diffclip_cli.pipeline.pretrain",
+                        lambda *a, **k: pytest.fail("training started"))
+    before = scene["hsi"].read_bytes()
+    line = error_line(invoke("pretrain", scene["hsi"], "-o", scene["hsi"], "--overwrite",
+                             "--time-budget", "1m", code=OutputError.exit_code))
+    assert "is also an input: the HSI" in line
+    assert scene["hsi"].read_bytes() == before
+
+
 def test_batch_refuses_a_scene_writing_another_scenes_input_before_any_work(scene, tmp_path):
     manifest = tmp_path / "scenes.csv"
     manifest.write_text("name,hsi,lidar,output\n"
@@ -574,6 +588,7 @@ def test_a_field_mixing_ids_and_names_maps_the_ids_through_the_classes(files, tm
     (["--prompt", "p5"], "--prompt"),
     (["--seed", "-1"], "--seed"),
     (["--window", "4"], "--window"),
+    (["--time-budget", "soon"], "--time-budget"),
     (["--window", "7", "--preset", "tiny"], None),  # valid: passes on to the work
 ])
 def test_fewshot_options_are_checked_before_work(files, tmp_path, monkeypatch, args,  # noqa: F811

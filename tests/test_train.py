@@ -191,3 +191,23 @@ def test_training_refuses_bad_inputs(scene):
     bad = WindowData(data.hsi, data.lidar, torch.full((8,), 7))
     with pytest.raises(LabelError, match=r"0\.\.3"):
         finetune(clf, bad, prompts, TINY.finetune, seed=0)
+
+
+def test_progress_is_reported_after_every_optimiser_step(scene):
+    """Progress bars move within an epoch: one call per step, counted over the whole run."""
+    net = DiffCLIPNet(TINY.model, hsi_bands=scene.hsi.shape[0], seed=SEED)
+    data = scene.data(scene.unlabelled(150, seed=SEED), lidar=False)
+    steps: list[tuple[int, int]] = []
+    cfg = TINY.pretrain.with_overrides(epochs=2, batch_size=64)
+    pretrain(net, data, cfg, seed=SEED, on_step=lambda d, t: steps.append((d, t)))
+    assert steps == [(i, 6) for i in range(1, 7)]  # 3 steps (64 + 64 + 22) x 2 epochs
+    prompts = build_prompts(scene.scene.class_names, template=TINY.model.template)
+    clf = DiffCLIPClassifier(net, vocabulary=Vocabulary.build(prompts), seed=SEED)
+    train, _ = scene.few_shot(5, seed=SEED)
+    steps.clear()
+    finetune(clf, scene.data(train, labels=True, lidar=False), prompts,
+             TINY.finetune.with_overrides(epochs=3, batch_size=8, milestones=[2]), seed=SEED,
+             on_step=lambda d, t: steps.append((d, t)))
+    per_epoch = -(-len(train) // 8)
+    assert per_epoch > 1
+    assert steps == [(i, 3 * per_epoch) for i in range(1, 3 * per_epoch + 1)]

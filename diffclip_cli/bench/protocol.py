@@ -302,7 +302,7 @@ class ProtocolEvent:
     """A progress report of :func:`run_protocol`.
 
     Attributes:
-        kind: ``pretrain`` (a pretraining epoch), ``stage`` (a run's epoch or scored pixels),
+        kind: ``pretrain`` (a pretraining step), ``stage`` (a run's step or scored pixels),
             ``run`` (a run finished; ``record`` holds its CSV row) or ``skip`` (a run found in
             ``runs.csv``).
         seed: the seed.
@@ -310,7 +310,7 @@ class ProtocolEvent:
         shots: k (``None`` for a pretraining).
         stage: ``pretrain``, ``finetune`` or ``evaluate`` for ``pretrain``/``stage`` events;
             the pretraining variant for ``pretrain`` events is in ``variant``.
-        done: epochs or pixels done (for ``run``/``skip``: runs done so far).
+        done: optimiser steps or pixels done (for ``run``/``skip``: runs done so far).
         total: of how many (for ``run``/``skip``: all runs of the protocol).
         variant: the pretraining variant (``method``, ``no-diffusion``, ``no-mask``).
         record: the CSV row of a finished or skipped run.

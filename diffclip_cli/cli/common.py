@@ -44,8 +44,8 @@ __all__ = ["StageProgress", "about_model", "classify_scene", "fewshot_scene", "i
 log = logging.getLogger("diffclip")
 
 _STAGE_TITLES = {
-    "pretrain": "Pretraining (epochs)",
-    "finetune": "Fine-tuning (epochs)",
+    "pretrain": "Pretraining (steps)",
+    "finetune": "Fine-tuning (steps)",
     "evaluate": "Scoring held-out pixels",
     "classify": "Classifying pixels",
     "teacher": "Fast path: teacher labels",
@@ -129,8 +129,13 @@ class StageProgress:
         began = now if last is None else last[1]
         self._plain[stage] = (step, began)
         share = f" ({100 * done / total:.0f} %)" if total > 0 else ""
+        left = ""
+        if 0 < done < total and now > began:  # the rate so far, from the stage's first update
+            from diffclip_cli.train.budget import format_seconds
+
+            left = f", about {format_seconds((now - began) * (total - done) / done)} left"
         err_console.print(f"{_STAGE_TITLES.get(stage, stage)}: {done:,} of {total:,}{share}, "
-                          f"{now - began:.0f} s", highlight=False, soft_wrap=True)
+                          f"{now - began:.0f} s{left}", highlight=False, soft_wrap=True)
 
     def pixels(self, stage: str = "classify") -> Any:
         """A ``(done, total)`` callback for one stage."""

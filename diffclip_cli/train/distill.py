@@ -48,9 +48,10 @@ from diffclip_cli.model.student import (
 from diffclip_cli.sampling.normalise import SceneStats
 from diffclip_cli.sampling.unlabelled import sample_unlabelled, valid_mask
 from diffclip_cli.sampling.windows import read_windows
+from diffclip_cli.train.budget import StepTimer, distill_steps_for
 
-__all__ = ["DistillConfig", "DistillReport", "add_fast_path", "attach_student",
-           "distill_student"]
+__all__ = ["DistillConfig", "DistillProbe", "DistillReport", "add_fast_path", "attach_student",
+           "distill_student", "probe_distillation"]
 
 log = logging.getLogger("diffclip")
 
@@ -76,7 +77,10 @@ class DistillConfig:
         holdout: share of those pixels (whole blocks) kept out of training to measure
             agreement.
         steps: optimiser steps (each training pixel is seen about
-            ``steps * batch_pixels / training pixels`` times).
+            ``steps * batch_pixels / training pixels`` times); ``None``: from the scene,
+            :data:`~diffclip_cli.train.budget.DISTILL_PASSES` visits per training pixel
+            (:func:`~diffclip_cli.train.budget.distill_steps_for`), 6,019 steps when 8,192
+            pixels are sampled, fewer on scenes with fewer valid pixels.
         batch_pixels: training pixels per optimiser step, on average.
         crop: edge of the random crops of the patches that make up a batch (pixels).
         lr: peak Adam learning rate (linear warm-up over the first 5 % of the steps, then
@@ -98,7 +102,7 @@ class DistillConfig:
     pixels: int = 8192
     block: int = 1
     holdout: float = 0.1
-    steps: int = 6000
+    steps: int | None = None
     batch_pixels: int = 256
     crop: int = 8
     lr: float = 3e-3
@@ -117,7 +121,8 @@ class DistillConfig:
             raise ValueError(f"pixels must be at least 2, got {self.pixels}")
         if not 0.0 <= self.holdout < 1.0:
             raise ValueError(f"holdout must lie in [0, 1), got {self.holdout}")
-        if self.steps < 0 or min(self.batch_pixels, self.crop, self.hidden, self.block) < 1:
+        if (self.steps is not None and self.steps < 0) or min(
+                self.batch_pixels, self.crop, self.hidden, self.block) < 1:
             raise ValueError("steps must not be negative, batch_pixels, crop, hidden and "
                              "block positive")
         if self.lr <= 0 or self.weight_decay < 0 or self.temperature <= 0:
@@ -336,6 +341,127 @@ def _crops(patches: _Patches, train_map: torch.Tensor, index: np.ndarray, top: n
     return x, train_map[idx, t_rows, t_cols]
 
 
+def _student_config(scene: Scene, window: int, num_classes: int, cfg: DistillConfig
+                    ) -> StudentConfig:
+    """The student of a teacher with ``window`` x ``window`` windows and ``num_classes``."""
+    dilations, pool = default_layout(window)
+    if cfg.dilations is not None:
+        dilations = cfg.dilations
+        pool = max(1, window - 2 * sum(dilations))
+    return StudentConfig(hsi_bands=scene.hsi_bands, lidar_bands=scene.lidar_bands,
+                         num_classes=num_classes, hidden=cfg.hidden, dilations=dilations,
+                         pool=cfg.pool or pool, heads=cfg.heads, spectral=cfg.spectral)
+
+
+def _step(student: StudentNet, opt: torch.optim.Optimizer, x: torch.Tensor,
+          where: torch.Tensor, target: torch.Tensor, temperature: float,
+          device: torch.device) -> tuple[float, int]:
+    """One optimiser step: soft cross-entropy of the student at ``where`` to ``target``.
+
+    Returns:
+        ``(loss, pixels)``.
+    """
+    logits = student(x.to(device))
+    z = logits.permute(0, 2, 3, 1)[where.to(device)]
+    t = target.to(device)
+    loss = -(t * F.log_softmax(z / temperature, dim=1)).sum(1).mean() * temperature ** 2
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.item()), int(z.shape[0])
+
+
+@dataclass(frozen=True)
+class DistillProbe:
+    """What a distillation on a scene will do and what one of its steps costs.
+
+    Attributes:
+        pixels: pixels the teacher will label.
+        train_pixels: of which the student trains on.
+        steps: the steps :class:`DistillConfig` asks for (resolved from the scene if ``None``).
+        patch: edge of the training patches.
+        patches: how many patches are read.
+        read_pixels: pixels read for them (halo included).
+        step_s: seconds of one optimiser step, measured (0 when ``steps_timed`` is 0).
+    """
+
+    pixels: int
+    train_pixels: int
+    steps: int
+    patch: int
+    patches: int
+    read_pixels: int
+    step_s: float
+
+
+def probe_distillation(scene: Scene, *, window: int, num_classes: int,
+                       config: DistillConfig | None = None, seed: int = 0,
+                       device: str = "cpu", steps_timed: int = 8) -> DistillProbe:
+    """Plan a distillation without running the teacher: its sizes and the cost of a step.
+
+    Draws the same pixels :func:`distill_student` will (same seed), and times
+    ``steps_timed`` optimiser steps of a student of the right shape on batches of the right
+    geometry (random values: the cost does not depend on them).
+
+    Args:
+        scene: the scene.
+        window: the teacher's window.
+        num_classes: the teacher's classes.
+        config: the distillation options.
+        seed: the fewshot seed.
+        device: torch device name.
+        steps_timed: steps to run (the first two are a warm-up, the others timed).
+    """
+    cfg = config or DistillConfig()
+    rows, cols, group = _sample_pixels(scene, cfg.pixels, block=cfg.block,
+                                       seed=derive_seed(seed, "distill/pixels"))
+    held = _holdout(group, cfg.holdout, seed=derive_seed(seed, "distill/holdout"))
+    train_pixels = int((~held).sum())
+    steps = cfg.steps if cfg.steps is not None else distill_steps_for(train_pixels,
+                                                                      cfg.batch_pixels)
+    student_cfg = _student_config(scene, window, num_classes, cfg)
+    half = student_cfg.window // 2
+    h, w = scene.grid.shape
+    p = _patch_size(rows, cols, (h, w), half)
+    n_patches = int(np.unique((rows // p) * (w // p + 1) + cols // p).size) if rows.size else 0
+    step_s = 0.0
+    if steps_timed > 0 and n_patches:
+        torch_device = resolve_device(device)
+        student = StudentNet(student_cfg, seed=seed).to(torch_device)
+        opt = torch.optim.Adam(student.parameters(), lr=cfg.lr)
+        crop = min(cfg.crop, p)
+        per_crop = max(train_pixels / (n_patches * p * p) * crop * crop, 1e-9)
+        per_step = max(1, round(cfg.batch_pixels / per_crop))
+        # A few patches of the real geometry with random values (the cost ignores them),
+        # cropped and stepped exactly as distill_student does.
+        gen = torch.Generator().manual_seed(seed)
+        m = min(n_patches, 64)
+        channels = scene.hsi_bands + scene.lidar_bands
+        fake = _Patches(torch.randn((m, channels, p + 2 * half, p + 2 * half), generator=gen),
+                        torch.zeros((m, p, p), dtype=torch.int64), p)
+        density = min(1.0, train_pixels / (n_patches * p * p))
+        train_map = torch.where(torch.rand((m, p, p), generator=gen) < density,
+                                torch.arange(m * p * p).reshape(m, p, p), -1)
+        train_map[:, 0, 0] = torch.arange(m) * p * p
+        targets = torch.softmax(torch.randn((m * p * p, num_classes), generator=gen), 1)
+        rng = np.random.default_rng(seed)
+        timer = StepTimer()
+        for step in range(steps_timed):
+            index = rng.integers(0, m, per_step)
+            top = rng.integers(0, p - crop + 1, per_step)
+            left = rng.integers(0, p - crop + 1, per_step)
+            x, tmap = _crops(fake, train_map, index, top, left, crop, half)
+            where = tmap >= 0
+            if bool(where.any()):
+                _step(student, opt, x, where, targets[tmap[where]], cfg.temperature,
+                      torch_device)
+            timer(step + 1, steps_timed)
+        step_s = timer.per_step(skip=2)
+    return DistillProbe(pixels=int(rows.size), train_pixels=train_pixels, steps=int(steps),
+                        patch=p, patches=n_patches, read_pixels=n_patches * (p + 2 * half) ** 2,
+                        step_s=step_s)
+
+
 def distill_student(
     scene: Scene,
     bundle: ModelBundle,
@@ -394,14 +520,11 @@ def distill_student(
     # the same block) and training data.
     start = time.perf_counter()
     held = _holdout(group, cfg.holdout, seed=derive_seed(seed, "distill/holdout"))
-    dilations, pool = default_layout(teacher.window)
-    if cfg.dilations is not None:
-        dilations = cfg.dilations
-        pool = max(1, teacher.window - 2 * sum(dilations))
-    student_cfg = StudentConfig(hsi_bands=scene.hsi_bands, lidar_bands=scene.lidar_bands,
-                                num_classes=teacher.num_classes, hidden=cfg.hidden,
-                                dilations=dilations, pool=cfg.pool or pool, heads=cfg.heads,
-                                spectral=cfg.spectral)
+    if cfg.steps is None:
+        cfg = dataclasses.replace(
+            cfg, steps=distill_steps_for(int((~held).sum()), cfg.batch_pixels))
+    assert cfg.steps is not None
+    student_cfg = _student_config(scene, teacher.window, teacher.num_classes, cfg)
     student = StudentNet(student_cfg, seed=seed).to(torch_device)
     patches = _read_patches(scene, rows, cols, half=student.window // 2, stats=stats)
     log_p = np.log(np.clip(probs, 1e-12, None)) / cfg.temperature
@@ -447,23 +570,16 @@ def distill_student(
         left = gen.integers(0, patches.size - crop + 1, per_step)
         x, tmap = _crops(patches, train_map, index, top, left, crop, half)
         where = tmap >= 0
-        if not bool(where.any()):
-            continue
-        logits = student(x.to(torch_device))
-        z = logits.permute(0, 2, 3, 1)[where.to(torch_device)]
-        t = targets[tmap[where]].to(torch_device)
-        loss = -(t * F.log_softmax(z / cfg.temperature, dim=1)).sum(1).mean()
-        loss = loss * cfg.temperature ** 2
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        total += loss.item() * z.shape[0]
-        seen += z.shape[0]
+        if bool(where.any()):
+            loss, count = _step(student, opt, x, where, targets[tmap[where]], cfg.temperature,
+                                torch_device)
+            total += loss * count
+            seen += count
         if (step + 1) % every == 0 or step + 1 == cfg.steps:
             history.append({"step": step + 1, "loss": total / max(1, seen), "lr": lr})
             total, seen = 0.0, 0
-            if progress is not None:
-                progress("distill", step + 1, cfg.steps)
+        if progress is not None:
+            progress("distill", step + 1, cfg.steps)
     student = student.cpu().eval()
     seconds["train"] = time.perf_counter() - start
 

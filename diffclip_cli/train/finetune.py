@@ -28,7 +28,7 @@ from diffclip_cli.errors import LabelError
 from diffclip_cli.model.classifier import DiffCLIPClassifier
 from diffclip_cli.model.config import FinetuneConfig
 from diffclip_cli.model.rng import make_generator
-from diffclip_cli.train.data import ProgressCallback, WindowData
+from diffclip_cli.train.data import ProgressCallback, StepCallback, WindowData
 from diffclip_cli.train.pretrain import check_data
 
 __all__ = ["class_contrastive_loss", "finetune"]
@@ -78,6 +78,7 @@ def finetune(
     seed: int,
     progress: ProgressCallback | None = None,
     device: str | torch.device = "cpu",
+    on_step: StepCallback | None = None,
 ) -> list[dict[str, Any]]:
     """Fine-tune the classifier on a few labelled windows per class.
 
@@ -92,6 +93,7 @@ def finetune(
         seed: drives the shuffling.
         progress: called after every epoch with ``(epoch, epochs, record)``.
         device: where to train.
+        on_step: called after every optimiser step with ``(steps done, steps in all)``.
 
     Returns:
         One record per epoch: ``epoch``, ``loss``, ``loss_i2t``, ``loss_t2i``,
@@ -123,6 +125,8 @@ def finetune(
     gen = make_generator(seed, "finetune")
     history: list[dict[str, Any]] = []
     n = len(data)
+    per_epoch = -(-n // cfg.batch_size)
+    step = 0
     for epoch in range(cfg.epochs):
         tic = time.perf_counter()
         classifier.train()
@@ -143,6 +147,9 @@ def finetune(
             sums["loss_i2t"] += float(i2t.detach()) * b
             sums["loss_t2i"] += float(t2i.detach()) * b
             sums["correct"] += float((logits.argmax(1) == labels).sum())
+            step += 1
+            if on_step is not None:
+                on_step(step, cfg.epochs * per_epoch)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         record: dict[str, Any] = {

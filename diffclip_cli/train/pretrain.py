@@ -26,9 +26,10 @@ from diffclip_cli.io.atomic import atomic_path
 from diffclip_cli.model.config import PretrainConfig
 from diffclip_cli.model.network import DiffCLIPNet
 from diffclip_cli.model.rng import make_generator
-from diffclip_cli.train.data import ProgressCallback, WindowData
+from diffclip_cli.train.data import ProgressCallback, StepCallback, WindowData
 
-__all__ = ["CHECKPOINT_KIND", "centre_crop_resize", "check_data", "pretrain"]
+__all__ = ["CHECKPOINT_KIND", "centre_crop_resize", "check_data", "checkpoint_fingerprint",
+           "pretrain"]
 
 log = logging.getLogger("diffclip")
 
@@ -169,6 +170,19 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
+def checkpoint_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """What a checkpoint was started with (seed, ``samples``, ``pretrain`` recipe, ...).
+
+    ``None`` when there is no such file.
+
+    Raises:
+        ModelError: the file is not a usable checkpoint.
+    """
+    if not Path(path).exists():
+        return None
+    return dict(json.loads(_load_checkpoint(Path(path))["fingerprint"]))
+
+
 def pretrain(
     net: DiffCLIPNet,
     data: WindowData,
@@ -180,6 +194,7 @@ def pretrain(
     progress: ProgressCallback | None = None,
     device: str | torch.device = "cpu",
     inputs: Mapping[str, Any] | None = None,
+    on_step: StepCallback | None = None,
 ) -> list[dict[str, Any]]:
     """Pretrain the image side by masked diffusion on unlabelled windows.
 
@@ -198,6 +213,8 @@ def pretrain(
         inputs: the identity of the input files (plain JSON types, e.g. their names and
             sizes), stored in the checkpoint: a checkpoint of other inputs is not resumed.
             The windows' content digest is stored in any case.
+        on_step: called after every optimiser step with ``(steps done, steps in all)``,
+            counted over the whole run (a resumed run starts at its checkpoint's count).
 
     Returns:
         One record per epoch: ``epoch``, ``loss`` (mean per window), ``loss_hsi``,
@@ -241,6 +258,8 @@ def pretrain(
         log.info("no checkpoint to resume from; pretraining from the start")
 
     n = len(data)
+    per_epoch = -(-n // cfg.batch_size)
+    step = start * per_epoch
     for epoch in range(start, cfg.epochs):
         tic = time.perf_counter()
         net.train()
@@ -259,6 +278,9 @@ def pretrain(
             sums["loss"] = sums.get("loss", 0.0) + float(out.loss.detach()) * k
             for m, v in out.losses.items():
                 sums[f"loss_{m}"] = sums.get(f"loss_{m}", 0.0) + v * k
+            step += 1
+            if on_step is not None:
+                on_step(step, cfg.epochs * per_epoch)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         record: dict[str, Any] = {"epoch": epoch + 1, **{k: v / n for k, v in sums.items()},

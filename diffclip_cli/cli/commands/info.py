@@ -88,6 +88,15 @@ def info(
             table.add_row(key, str(prov[key]))
     if isinstance(prov.get("inputs"), dict):
         table.add_row("trained on", str(prov["inputs"].get("hsi")))
+    from diffclip_cli.train.budget import describe_timing
+
+    plan = prov.get("plan") if isinstance(prov.get("plan"), dict) else None
+    if plan and plan.get("line"):
+        table.add_row("plan", str(plan["line"]))
+    timing = describe_timing(plan, prov.get("seconds") if isinstance(prov.get("seconds"), dict)
+                             else None)
+    if timing:
+        table.add_row("training time", timing)
     console.print(table)
     if data["classes"]:
         ct = Table(title=f"Classes (prompt template {bundle.template})")

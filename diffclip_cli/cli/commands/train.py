@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -38,16 +39,39 @@ from diffclip_cli.cli.options import (
 from diffclip_cli.errors import ModelError
 from diffclip_cli.io.atomic import check_collisions, output_set
 from diffclip_cli.sampling.defaults import DEFAULT_PRETRAIN_SAMPLES
+from diffclip_cli.train.budget import (
+    DEFAULT_CPU_BUDGET_S,
+    DEFAULT_CPU_PRESET,
+    DEFAULT_CUDA_PRESET,
+    default_recipe,
+    format_seconds,
+    parse_duration,
+)
 
 if TYPE_CHECKING:
     from diffclip_cli.model.config import Preset
+    from diffclip_cli.model.modelfile import ModelBundle
+    from diffclip_cli.train.budget import Plan
+
+log = logging.getLogger("diffclip")
 
 _MODEL = "Model"
+_DEFAULT_RECIPE = (f"default: {DEFAULT_CPU_PRESET} within {format_seconds(DEFAULT_CPU_BUDGET_S)}"
+                   f" on a CPU, {DEFAULT_CUDA_PRESET} on CUDA")
 
 PresetOpt = Annotated[
-    str,
-    typer.Option("--preset", help="Model preset (paper, tiny, ...) or a preset YAML file.",
-                 rich_help_panel=_MODEL),
+    str | None,
+    typer.Option("--preset", help="Model preset (paper, tiny, ...) or a preset YAML file "
+                 f"({_DEFAULT_RECIPE}).", rich_help_panel=_MODEL, show_default=False),
+]
+TimeBudgetOpt = Annotated[
+    str | None,
+    typer.Option("--time-budget", metavar="DURATION",
+                 help="Fit the training into this time on this machine: minutes (10) or a "
+                 "duration (90s, 10m, 1h30m). The schedule is sized from a few timed steps; "
+                 "options you set explicitly are kept. Default: "
+                 f"{format_seconds(DEFAULT_CPU_BUDGET_S)} on a CPU without --preset, none "
+                 "otherwise.", rich_help_panel=_MODEL, show_default=False),
 ]
 WindowOpt = Annotated[
     int | None,
@@ -62,8 +86,10 @@ MaskRatioOpt = Annotated[
 ]
 _SAMPLES_HELP = "Unlabelled windows drawn over the scene for pretraining."
 _EPOCHS_HELP = "Pretraining epochs; default the preset's."
+_SAMPLES_DEFAULT = f" Default {DEFAULT_PRETRAIN_SAMPLES:,} (fewer to fit a time budget)."
 PretrainSamplesOpt = Annotated[
-    int, typer.Option("--pretrain-samples", min=1, help=_SAMPLES_HELP, rich_help_panel=_MODEL)
+    int | None, typer.Option("--pretrain-samples", min=1, help=_SAMPLES_HELP + _SAMPLES_DEFAULT,
+                             rich_help_panel=_MODEL, show_default=False)
 ]
 PretrainEpochsOpt = Annotated[
     int | None,
@@ -71,7 +97,8 @@ PretrainEpochsOpt = Annotated[
                  show_default=False),
 ]
 SamplesOpt = Annotated[
-    int, typer.Option("--samples", min=1, help=_SAMPLES_HELP, rich_help_panel=_MODEL)
+    int | None, typer.Option("--samples", min=1, help=_SAMPLES_HELP + _SAMPLES_DEFAULT,
+                             rich_help_panel=_MODEL, show_default=False)
 ]
 EpochsOpt = Annotated[
     int | None,
@@ -80,8 +107,48 @@ EpochsOpt = Annotated[
 ]
 
 
+def _budget(text: str | None) -> float | None:
+    """``--time-budget`` in seconds (a usage error, exit 2, when it is not a duration)."""
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--time-budget") from None
+
+
+def _pinned(**given: object) -> tuple[str, ...]:
+    """The recipe fields set explicitly (a budget never changes them)."""
+    return tuple(name for name, value in given.items() if value is not None)
+
+
+class _PlanPrinter:
+    """Prints the plan line before training (unless ``-q``) and warns when it is long."""
+
+    def __init__(self, *, level: int, budget: float | None, device: str, shorten: str
+                 ) -> None:
+        self.level, self.budget, self.device, self.shorten = level, budget, device, shorten
+
+    def __call__(self, plan: Plan) -> None:
+        """Print ``plan``."""
+        if self.level >= 0:
+            err_console.print(plan.line(), highlight=False, soft_wrap=True)
+        if not plan.fits:
+            log.warning("even the shortest schedule is estimated at %s, over the %s budget; "
+                        "give a longer --time-budget or a smaller --preset",
+                        format_seconds(plan.total_s), format_seconds(plan.budget_s or 0))
+        elif (plan.budget_s is None and self.device != "cuda"
+              and plan.total_s > DEFAULT_CPU_BUDGET_S):
+            log.warning("this recipe is estimated to take %s on this %s; shorten it with "
+                        "--time-budget (e.g. --time-budget %s sizes the schedule to fit)%s",
+                        format_seconds(plan.total_s), self.device,
+                        format_seconds(DEFAULT_CPU_BUDGET_S).replace(" ", ""), self.shorten)
+
+
 def _preset(name: str, *, window: int | None = None, mask_ratio: float | None = None,
-            pretrain_epochs: int | None = None, finetune_epochs: int | None = None) -> Preset:
+            pretrain_epochs: int | None = None, finetune_epochs: int | None = None,
+            base: ModelBundle | None = None) -> Preset:
+    """The preset ``name`` (or ``base``'s, a pretrained model's) with the options' overrides."""
     overrides: dict[str, Any] = {}
     if window is not None:
         overrides["model.window"] = window
@@ -91,7 +158,7 @@ def _preset(name: str, *, window: int | None = None, mask_ratio: float | None = 
         overrides["pretrain.epochs"] = pretrain_epochs
     if finetune_epochs is not None:
         overrides["finetune.epochs"] = finetune_epochs
-    preset = preset_option(name)
+    preset = base.preset_config if base is not None else preset_option(name)
     for key, value in overrides.items():  # one at a time, to name the option at fault
         try:
             preset = preset.with_overrides(**{key: value})
@@ -133,11 +200,12 @@ def pretrain(
     output: Annotated[Path, typer.Option("-o", "--output",
                                          help="The pretrained model file to write.")] = Path(
         "diffclip-pretrained.pt"),
-    samples: SamplesOpt = DEFAULT_PRETRAIN_SAMPLES,
+    samples: SamplesOpt = None,
     epochs: EpochsOpt = None,
     mask_ratio: MaskRatioOpt = None,
     window: WindowOpt = None,
-    preset: PresetOpt = "paper",
+    preset: PresetOpt = None,
+    time_budget: TimeBudgetOpt = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue an interrupted run from its checkpoint (OUTPUT.ckpt); "
         "ends where an uninterrupted run with the same seed ends.")] = False,
@@ -149,32 +217,43 @@ def pretrain(
 ) -> None:
     """Stage 1: masked-diffusion pretraining on the scene's own unlabelled pixels.
 
-    No labels are used. A checkpoint (OUTPUT.ckpt) is written after every epoch; if the run is
-    stopped, the same command with --resume continues it. The model file holds the network,
-    the normalisation statistics and the band names; give it to `fewshot --pretrained`.
+    No labels are used. A plan (windows, epochs, estimated time) is printed first. A checkpoint
+    (OUTPUT.ckpt) is written after every epoch; if the run is stopped, the same command with
+    --resume continues it (with the schedule it started with). The model file holds the
+    network, the normalisation statistics and the band names; give it to
+    `fewshot --pretrained`.
     """
     from diffclip_cli.model.device import resolve_device
     from diffclip_cli.model.modelfile import save_model
     from diffclip_cli.pipeline import pretrain_scene
 
     level = start(verbose, quiet)
+    budget = _budget(time_budget)
     checkpoint = output.with_name(output.name + ".ckpt")
     inputs = {"the HSI": hsi, "a LiDAR raster": lidar}
     # The checkpoint is rewritten every epoch (and resumed from), so it is not in the set.
     check_collisions({"model": output, "checkpoint": checkpoint}, inputs=inputs)
-    config = _preset(preset, window=window, mask_ratio=mask_ratio, pretrain_epochs=epochs)
     dev = str(resolve_device(device))
+    name, budget = default_recipe(dev.split(":")[0], preset, budget)
+    config = _preset(name, window=window, mask_ratio=mask_ratio, pretrain_epochs=epochs)
+    printer = _PlanPrinter(level=level, budget=budget, device=dev.split(":")[0],
+                           shorten=" or fewer --samples/--epochs")
     with interruptible(), output_set({"model": output}, inputs=inputs, overwrite=overwrite), \
             open_scene(hsi, lidar) as scene, StageProgress(enabled=level >= 0) as progress:
-        result = pretrain_scene(scene, preset=config, samples=samples, seed=seed,
-                                checkpoint=checkpoint, resume=resume, device=dev,
-                                progress=progress)
+        result = pretrain_scene(
+            scene, preset=config,
+            samples=DEFAULT_PRETRAIN_SAMPLES if samples is None else samples, seed=seed,
+            checkpoint=checkpoint, resume=resume, device=dev, progress=progress,
+            budget=budget, pinned=_pinned(pretrain_windows=samples, pretrain_epochs=epochs),
+            on_plan=printer)
         save_model(result.bundle, output, overwrite=overwrite)
     with contextlib.suppress(FileNotFoundError):
         checkpoint.unlink()
     last = result.history[-1]["loss"] if result.history else float("nan")
+    estimate = "" if result.plan is None else \
+        f", estimated {format_seconds(result.plan.total_s)}"
     console.print(f"Pretrained model: {output}  ({len(result.history)} epochs, final loss "
-                  f"{last:.4f}, {result.seconds:.0f} s)")
+                  f"{last:.4f}, {format_seconds(result.seconds)}{estimate})")
 
 
 @app.command(rich_help_panel="Train")
@@ -192,7 +271,7 @@ def fewshot(
     pretrained: Annotated[Path | None, typer.Option(
         "--pretrained", help="A model from `diffclip pretrain` (skips stage 1).",
         rich_help_panel=_MODEL, show_default=False)] = None,
-    pretrain_samples: PretrainSamplesOpt = DEFAULT_PRETRAIN_SAMPLES,
+    pretrain_samples: PretrainSamplesOpt = None,
     pretrain_epochs: PretrainEpochsOpt = None,
     epochs: Annotated[int | None, typer.Option(
         "--finetune-epochs", min=1, help="Fine-tuning epochs; default the preset's.",
@@ -204,7 +283,8 @@ def fewshot(
     descriptions: Annotated[Path | None, typer.Option(
         "--descriptions", help="Class descriptions for p5: CSV class,description, YAML or "
         "JSON.", rich_help_panel=_MODEL, show_default=False)] = None,
-    preset: PresetOpt = "paper",
+    preset: PresetOpt = None,
+    time_budget: TimeBudgetOpt = None,
     window: WindowOpt = None,
     split: Annotated[str, typer.Option(
         "--split", help="random (the paper's protocol) or spatial (test pixels away from the "
@@ -215,7 +295,9 @@ def fewshot(
         rich_help_panel=_MODEL)] = True,
     fast_steps: Annotated[int | None, typer.Option(
         "--fast-steps", min=1, help="Optimiser steps of the fast-path distillation "
-        "(default 6000).", rich_help_panel=_MODEL, show_default=False)] = None,
+        "(default: about 200 visits of each of its training pixels, 6,019 steps for 8,192 "
+        "pixels; fewer to fit a time budget).", rich_help_panel=_MODEL,
+        show_default=False)] = None,
     batch_size: BatchSizeOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
@@ -229,6 +311,9 @@ def fewshot(
     pixel is held out and only used for the accuracy report, which is printed and saved next
     to the model (MODEL.report.json/.md/.csv/.png) with a per-pixel baseline scored on the
     same pixels. `diffclip classify` then uses the model.
+
+    Before training, a plan line gives the schedule and its estimated time. On a CPU without
+    --preset the tiny recipe is sized to a 10-minute budget; --time-budget sets another.
     """
     from diffclip_cli.model.device import resolve_device
     from diffclip_cli.model.modelfile import load_model, save_model
@@ -242,11 +327,15 @@ def fewshot(
     )
 
     level = start(verbose, quiet)
+    budget = _budget(time_budget)
     if split not in ("random", "spatial"):
         raise typer.BadParameter("use random or spatial", param_hint="--split")
     _check_prompt("p5" if descriptions is not None and prompt is None else prompt,
                   descriptions, classes)
-    _preset(preset, window=window, pretrain_epochs=pretrain_epochs, finetune_epochs=epochs)
+    dev = str(resolve_device(device))
+    name, budget = default_recipe(dev.split(":")[0], preset, budget)
+    if pretrained is None or preset is not None:  # (else the pretrained model's, read below)
+        _preset(name, window=window, pretrain_epochs=pretrain_epochs, finetune_epochs=epochs)
     report_stem = output.with_name(output.stem + ".report")
     outputs = {"model": output, "report": list(report_paths(report_stem).values())}
     inputs = {"the HSI": hsi, "a LiDAR raster": lidar, "the labels": labels,
@@ -258,10 +347,15 @@ def fewshot(
         if descriptions is not None:
             read_descriptions(descriptions)
         prompt = "p5" if descriptions is not None and prompt is None else prompt
-        config = _preset(preset, window=window, pretrain_epochs=pretrain_epochs,
-                         finetune_epochs=epochs)
         base = load_model(pretrained) if pretrained is not None else None
-        dev = str(resolve_device(device))
+        if base is not None and preset is None:  # fine-tune with the pretrained model's recipe
+            name = base.preset
+        config = _preset(name, window=window, pretrain_epochs=pretrain_epochs,
+                         finetune_epochs=epochs, base=base if preset is None else None)
+        pinned = _pinned(pretrain_windows=pretrain_samples, pretrain_epochs=pretrain_epochs,
+                         finetune_epochs=epochs, distill_steps=fast_steps)
+        printer = _PlanPrinter(level=level, budget=budget, device=dev.split(":")[0],
+                               shorten=" or fewer --pretrain-samples/--pretrain-epochs")
         with interruptible(), open_scene(hsi, lidar) as scene:
             if base is not None and pretrained is not None:
                 warn_if_out_of_distribution(scene, base, model=pretrained)
@@ -270,21 +364,19 @@ def fewshot(
             with StageProgress(enabled=level >= 0) as progress:
                 result = fewshot_scene(
                     scene, label_set, shots=shots, preset=config, pretrained=base,
-                    pretrain_samples=pretrain_samples, template=prompt,
-                    descriptions=descriptions, split=split, seed=seed, device=dev,
-                    batch_size=batch_size, progress=progress,
+                    pretrain_samples=(DEFAULT_PRETRAIN_SAMPLES if pretrain_samples is None
+                                      else pretrain_samples),
+                    template=prompt, descriptions=descriptions, split=split, seed=seed,
+                    device=dev, batch_size=batch_size, progress=progress,
+                    fast=fast if fast_steps is None or not fast else {"steps": fast_steps},
+                    budget=budget, pinned=pinned, on_plan=printer,
                     provenance={"labels": str(labels),
                                 "pretrained_file": None if pretrained is None else str(pretrained)})
-                bundle = result.bundle
-                if fast:
-                    from diffclip_cli.train.distill import add_fast_path
-
-                    options = {} if fast_steps is None else {"steps": fast_steps}
-                    bundle = add_fast_path(scene, bundle, classifier=result.classifier, seed=seed,
-                                           device=dev, batch_size=batch_size, progress=progress,
-                                           **options)
-            save_model(bundle, output, overwrite=overwrite)
-        console.print(f"Model: {output}")
+            save_model(result.bundle, output, overwrite=overwrite)
+        took = format_seconds(result.timings["total"])
+        estimate = "" if result.plan is None else \
+            f", estimated {format_seconds(result.plan.total_s)}"
+        console.print(f"Model: {output}  (trained in {took}{estimate})")
         if result.report is None:
             err_console.print("No labelled pixel was left for an accuracy report.")
             return
