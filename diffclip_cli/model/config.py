@@ -156,6 +156,9 @@ class ModelConfig(_Config):
     diffusion: bool = True
     masked_loss_weight: float = 0.1
     timesteps: int = 1000
+    noise_steps: int = 0
+    decoder_input: str = "tokens"
+    readout: str = "class"
     beta_start: float = 1e-4
     beta_end: float = 0.02
     init_temperature: float = 0.07
@@ -287,6 +290,10 @@ class FinetuneConfig(_Config):
     weight_decay: float = 1e-5
     milestones: tuple[int, ...] = (100, 131)
     gamma: float = 0.1
+    encoder_lr_scale: float = 1.0
+    warmup_epochs: int = 0
+    freeze_norm: bool = False
+    reconstruction_weight: float = 0.0
 
     def validate(self) -> None:
         """Raise :class:`ModelError` when a value is out of range."""

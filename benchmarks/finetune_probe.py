@@ -1,0 +1,177 @@
+"""Fine-tuning recipes on one pretrained (or random) encoder: where does stage 2 lose it?
+
+For a scene folder (hsi.tif, optional lidar.tif, labels.tif, classes.csv): per seed, one
+pretraining per pretraining variant (cached in ``--cache``), then every fine-tuning variant is
+run from a copy of it on the same k-shot split, and scored on up to ``--test-pixels`` other
+labelled pixels. ``random`` as a pretraining variant is the untrained encoder (the protocol's
+``clip`` row). Variants are preset overrides, ``name=section.field:value,...``.
+
+Example::
+
+    python benchmarks/finetune_probe.py ../shared/data/salinas_a --preset tiny --shots 2 \\
+        --seeds 3 --pre random= --pre method= --ft paper= --ft frozen-bn=finetune.freeze_norm:true
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+
+from benchmarks.pretrain_probe import parse_variant
+from diffclip_cli.io.raster import Scene
+from diffclip_cli.model.classifier import DiffCLIPClassifier
+from diffclip_cli.model.config import load_preset
+from diffclip_cli.model.network import DiffCLIPNet
+from diffclip_cli.model.prompts import build_prompts
+from diffclip_cli.model.text import Vocabulary
+from diffclip_cli.sampling.normalise import compute_stats
+from diffclip_cli.sampling.unlabelled import sample_unlabelled
+from diffclip_cli.sampling.windows import read_windows
+from diffclip_cli.train.data import WindowData
+from diffclip_cli.train.finetune import finetune
+from diffclip_cli.train.pretrain import pretrain
+
+
+@torch.no_grad()
+def logreg_oa(net: DiffCLIPNet, tw, ew, ytr: np.ndarray, yte: np.ndarray) -> float:
+    """OA of a logistic regression on the frozen, standardised class-token features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    net.eval()
+
+    def feats(b):
+        return net.features(torch.from_numpy(b.hsi),
+                            None if b.lidar is None else torch.from_numpy(b.lidar)).numpy()
+
+    ftr, fte = feats(tw), feats(ew)
+    sc = StandardScaler().fit(ftr)
+    clf = LogisticRegression(max_iter=3000).fit(sc.transform(ftr), ytr)
+    return 100 * float((clf.predict(sc.transform(fte)) == yte).mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("scene")
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--set", nargs="*", default=[], help="overrides for every variant")
+    ap.add_argument("--pre", action="append", default=[], help="pretraining variants")
+    ap.add_argument("--ft", action="append", default=[], help="fine-tuning variants")
+    ap.add_argument("--shots", type=int, nargs="+", default=[2])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--samples", type=int, default=2000)
+    ap.add_argument("--test-pixels", type=int, default=3000)
+    ap.add_argument("--cache", default="/tmp/ftprobe-cache")
+    ap.add_argument("--out", help="append CSV rows here")
+    args = ap.parse_args()
+
+    folder = Path(args.scene)
+    lidar = [folder / "lidar.tif"] if (folder / "lidar.tif").exists() else []
+    with rasterio.open(folder / "labels.tif") as src:
+        lab = src.read(1)
+    with open(folder / "classes.csv", newline="") as fh:
+        names = {int(r["id"]): r["name"] for r in csv.DictReader(fh)}
+    ids = sorted(int(i) for i in np.unique(lab) if i)
+    rows_all, cols_all = np.nonzero(lab)
+    y_all = np.searchsorted(ids, lab[rows_all, cols_all])
+    common = parse_variant("x=" + ",".join(args.set))[1]
+    base = load_preset(args.preset).with_overrides(**common)
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    table: dict[tuple[str, str, int], list[float]] = {}
+    with Scene.open(folder / "hsi.tif", lidar) as scene:
+        for seed in range(args.seeds):
+            stats = compute_stats(scene, seed=seed)
+            for pre_spec in args.pre or ["method="]:
+                pre_name, pre_over = parse_variant(pre_spec)
+                pre_preset = base.with_overrides(**pre_over)
+                w = pre_preset.model.window
+                net = DiffCLIPNet(pre_preset.model, hsi_bands=scene.hsi_bands,
+                                  lidar_bands=scene.lidar_bands, seed=seed)
+                key = json.dumps([folder.name, args.preset, common, pre_over, seed,
+                                  args.samples], sort_keys=True)
+                path = cache / f"{abs(hash(key)) % 10**12}.pt"
+                tic = time.perf_counter()
+                ur, uc = sample_unlabelled(scene, args.samples, seed=seed)
+                unl = read_windows(scene, ur, uc, size=w, stats=stats)
+                unl_data = WindowData(unl.hsi, unl.lidar, None)
+                if pre_name != "random":
+                    if path.exists():
+                        net.load_state_dict(torch.load(path, weights_only=True))
+                    else:
+                        pretrain(net, unl_data, pre_preset.pretrain, seed=seed)
+                        torch.save(net.state_dict(), path)
+                pre_s = time.perf_counter() - tic
+                for k in args.shots:
+                    rng = np.random.default_rng(seed)
+                    train = np.concatenate([
+                        rng.choice(np.flatnonzero(y_all == c),
+                                   min(k, (y_all == c).sum() // 2), replace=False)
+                        for c in range(len(ids))])
+                    test = np.setdiff1d(np.arange(y_all.size), train)
+                    if test.size > args.test_pixels:
+                        test = np.sort(rng.choice(test, args.test_pixels, replace=False))
+                    tw = read_windows(scene, rows_all[train], cols_all[train], size=w,
+                                      stats=stats)
+                    ew = read_windows(scene, rows_all[test], cols_all[test], size=w,
+                                      stats=stats)
+                    for ft_spec in args.ft or ["paper="]:
+                        ft_name, ft_over = parse_variant(ft_spec)
+                        if ft_name == "logreg":  # frozen class tokens, standardised, logreg
+                            oa = logreg_oa(net, tw, ew, y_all[train], y_all[test])
+                            table.setdefault((pre_name, ft_name, k), []).append(oa)
+                            print(f"{folder.name} seed {seed} k={k} pre={pre_name:<10} "
+                                  f"ft=logreg       OA {oa:6.2f}", flush=True)
+                            continue
+                        preset = pre_preset.with_overrides(**ft_over)
+                        prompts = build_prompts([names[i] for i in ids],
+                                                template=preset.model.template)
+                        net_copy = copy.deepcopy(net)
+                        net_copy.config = preset.model
+                        if ft_name.startswith(("stems", "blocks")):
+                            # keep only the pretrained stems (or only the blocks): the other
+                            # part comes from a fresh network with the same seed
+                            fresh = DiffCLIPNet(pre_preset.model, hsi_bands=scene.hsi_bands,
+                                                lidar_bands=scene.lidar_bands, seed=seed)
+                            part = ("stems.", "token_embed.") if ft_name.startswith("blocks") \
+                                else ("blocks.", "norm.", "cls_token.", "time_embed.")
+                            state = net_copy.state_dict()
+                            state.update({k: v for k, v in fresh.state_dict().items()
+                                          if k.startswith(part)})
+                            net_copy.load_state_dict(state)
+                        clf = DiffCLIPClassifier(net_copy, vocabulary=Vocabulary.build(prompts),
+                                                 seed=seed)
+                        tic = time.perf_counter()
+                        hist = finetune(clf, WindowData(tw.hsi, tw.lidar, y_all[train]),
+                                        prompts, preset.finetune, seed=seed,
+                                        unlabelled=unl_data)
+                        ft_s = time.perf_counter() - tic
+                        proba = clf.predict_proba(torch.from_numpy(ew.hsi),
+                                                  None if ew.lidar is None
+                                                  else torch.from_numpy(ew.lidar))
+                        oa = 100 * float((proba.argmax(1).numpy() == y_all[test]).mean())
+                        table.setdefault((pre_name, ft_name, k), []).append(oa)
+                        print(f"{folder.name} seed {seed} k={k} pre={pre_name:<10} "
+                              f"ft={ft_name:<12} OA {oa:6.2f} (train acc "
+                              f"{hist[-1]['train_accuracy']:.2f}, pre {pre_s:.0f} s, "
+                              f"ft {ft_s:.0f} s)", flush=True)
+                        if args.out:
+                            with open(args.out, "a") as fh:
+                                fh.write(f"{folder.name},{seed},{k},{pre_name},{ft_name},"
+                                         f"{oa:.3f},{ft_s:.1f}\n")
+    print(f"\n{folder.name}: mean OA over {args.seeds} seeds")
+    for (pre_name, ft_name, k), v in sorted(table.items()):
+        print(f"  k={k} pre={pre_name:<10} ft={ft_name:<12} {np.mean(v):6.2f} "
+              f"+- {np.std(v):5.2f}")
+
+
+if __name__ == "__main__":
+    main()
