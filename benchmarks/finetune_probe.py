@@ -136,6 +136,16 @@ def main() -> None:
                                                 template=preset.model.template)
                         net_copy = copy.deepcopy(net)
                         net_copy.config = preset.model
+                        if ft_name.startswith("sp"):
+                            # shrink towards a fresh initialisation: w = lam w_pre + (1-lam) w_0
+                            lam = float(ft_name[2:])
+                            fresh = DiffCLIPNet(pre_preset.model, hsi_bands=scene.hsi_bands,
+                                                lidar_bands=scene.lidar_bands, seed=seed)
+                            f_state = fresh.state_dict()
+                            state = {k: (lam * v + (1 - lam) * f_state[k])
+                                     if v.is_floating_point() else v
+                                     for k, v in net_copy.state_dict().items()}
+                            net_copy.load_state_dict(state)
                         if ft_name.startswith(("stems", "blocks")):
                             # keep only the pretrained stems (or only the blocks): the other
                             # part comes from a fresh network with the same seed
@@ -151,8 +161,7 @@ def main() -> None:
                                                  seed=seed)
                         tic = time.perf_counter()
                         hist = finetune(clf, WindowData(tw.hsi, tw.lidar, y_all[train]),
-                                        prompts, preset.finetune, seed=seed,
-                                        unlabelled=unl_data)
+                                        prompts, preset.finetune, seed=seed)
                         ft_s = time.perf_counter() - tic
                         proba = clf.predict_proba(torch.from_numpy(ew.hsi),
                                                   None if ew.lidar is None

@@ -80,6 +80,8 @@ def test_preset_from_file_and_overrides(tmp_path):
     ("heads", 5, "divisible"),
     ("dim", 30, "multiple of 4"),
     ("template", "p9", "template"),
+    ("noise_steps", 1001, "noise_steps"),
+    ("noise_steps", -1, "noise_steps"),
 ])
 def test_invalid_values_are_refused_with_reasons(field, value, words):
     with pytest.raises(ModelError, match=words):
@@ -153,6 +155,24 @@ def test_diffusion_schedule_and_loss_weighting():
     net0 = DiffCLIPNet(dataclasses.replace(TINY, masked_loss_weight=0.0), hsi_bands=3, seed=0)
     b = net0.pretrain_loss(x, generator=make_generator(0, "x")).loss
     assert float(b.detach()) < float(a.detach())
+
+
+def test_noise_steps_limits_the_timesteps_drawn_and_keeps_the_signal():
+    # The paper draws t from all 1000 steps; noise_steps: 100 draws only 0..99, where
+    # abar_t >= 0.89 and the noised window still correlates with the clean one.
+    x = torch.randn(512, 3, 5, 5)
+    paper = DiffCLIPNet(TINY, hsi_bands=3, seed=0)
+    limited = DiffCLIPNet(dataclasses.replace(TINY, noise_steps=100), hsi_bands=3, seed=0)
+    t_paper = paper.pretrain_loss(x, generator=make_generator(0, "t")).timesteps
+    t_limited = limited.pretrain_loss(x, generator=make_generator(0, "t")).timesteps
+    assert int(t_limited.max()) < 100 <= int(t_paper.max())
+    assert int(t_paper.max()) > 900 and len(t_limited.unique()) > 50
+    assert float(limited.sqrt_abar[99] ** 2) > 0.89 > float(paper.sqrt_abar[200] ** 2)
+    # Same schedule buffers: only the range of t changes.
+    assert torch.equal(paper.sqrt_abar, limited.sqrt_abar)
+    cpu = load_preset("cpu")
+    assert cpu.model.noise_steps == 100 and load_preset("paper").model.noise_steps == 0
+    assert dataclasses.replace(cpu.model, noise_steps=0) == load_preset("tiny").model
 
 
 def test_any_channel_counts_and_hsi_only():

@@ -130,6 +130,12 @@ class ModelConfig(_Config):
             and the stage is plain masked reconstruction; only for ablation studies.
         masked_loss_weight: weight of the masked-token MSE (visible tokens weigh 1).
         timesteps: diffusion steps ``T``.
+        noise_steps: pretraining draws its timesteps uniformly from ``0 .. noise_steps - 1``;
+            0 means all ``timesteps`` (the paper). Classification encodes clean windows at
+            ``t = 0``; with the paper's ``T = 1000`` linear schedule most draws leave almost
+            no signal (``sqrt(abar_t) < 0.3`` for ``t > 500``) and the encoder learns features
+            of noise. ``100`` keeps ``abar_t >= 0.90`` (see docs/model.md, "What pretraining
+            does, measured").
         beta_start: first beta of the linear schedule.
         beta_end: last beta of the linear schedule.
         init_temperature: initial softmax temperature ``tau`` (learnable).
@@ -157,8 +163,6 @@ class ModelConfig(_Config):
     masked_loss_weight: float = 0.1
     timesteps: int = 1000
     noise_steps: int = 0
-    decoder_input: str = "tokens"
-    readout: str = "class"
     beta_start: float = 1e-4
     beta_end: float = 0.02
     init_temperature: float = 0.07
@@ -195,6 +199,9 @@ class ModelConfig(_Config):
                    f"{name} must be true or false, got {getattr(self, name)!r}")
         _check(self.masked_loss_weight >= 0,
                f"masked_loss_weight must not be negative, got {self.masked_loss_weight}")
+        _check(0 <= int(self.noise_steps) <= self.timesteps,
+               f"noise_steps must lie in 0..timesteps ({self.timesteps}), got {self.noise_steps}",
+               "use 0 for every timestep (the paper) or fewer, e.g. 100")
         _check(0.0 < self.beta_start <= self.beta_end < 1.0,
                f"need 0 < beta_start <= beta_end < 1, got {self.beta_start}, {self.beta_end}")
         _check(self.context_length >= 3,
@@ -290,10 +297,6 @@ class FinetuneConfig(_Config):
     weight_decay: float = 1e-5
     milestones: tuple[int, ...] = (100, 131)
     gamma: float = 0.1
-    encoder_lr_scale: float = 1.0
-    warmup_epochs: int = 0
-    freeze_norm: bool = False
-    reconstruction_weight: float = 0.0
 
     def validate(self) -> None:
         """Raise :class:`ModelError` when a value is out of range."""

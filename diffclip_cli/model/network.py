@@ -103,19 +103,14 @@ class _Decoder(nn.Module):
         self.norm = nn.LayerNorm(c.decoder_dim)
         self.head = nn.Linear(c.decoder_dim, bands)
 
-    def forward(self, latent: torch.Tensor, ids_keep: torch.Tensor, *,
-                class_only: bool = False) -> torch.Tensor:
-        """``latent (N, 1 + keep, d)``, ``ids_keep (N, keep)`` -> ``x_0`` ``(N, P, bands)``.
-
-        With ``class_only`` the decoder sees the encoded class token alone: every position
-        starts from the mask token, so the whole window is rebuilt from the class token.
-        """
+    def forward(self, latent: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+        """``latent (N, 1 + keep, d)``, ``ids_keep (N, keep)`` -> ``x_0`` ``(N, P, bands)``."""
         x = self.embed(latent)
         n, _, dd = x.shape
         p = self.pos_embed.shape[1]
-        full = self.mask_token.expand(n, p, dd)
-        if not class_only:
-            full = full.scatter(1, ids_keep[..., None].expand(-1, -1, dd), x[:, 1:])
+        full = self.mask_token.expand(n, p, dd).scatter(
+            1, ids_keep[..., None].expand(-1, -1, dd), x[:, 1:]
+        )
         x = torch.cat([x[:, :1], full + self.pos_embed], dim=1)
         for block in self.blocks:
             x = block(x)
@@ -256,15 +251,8 @@ class DiffCLIPNet(nn.Module):
             torch.cat([(self.cls_token[m] + t0).expand(n, -1, -1), self.tokens(x, m)], dim=1)
             for m, x in inputs.items()
         ]
-        encoded = self.encode(torch.cat(seqs, dim=0))
-        readout = self.config.readout
-        if readout == "mean":
-            feats = encoded[:, 1:].mean(dim=1)
-        elif readout == "centre":
-            feats = encoded[:, 1 + self.config.tokens // 2]
-        else:
-            feats = encoded[:, 0]
-        return torch.cat(feats.split(n, dim=0), dim=1)
+        cls = self.encode(torch.cat(seqs, dim=0))[:, 0]
+        return torch.cat(cls.split(n, dim=0), dim=1)
 
     # -- pretraining -------------------------------------------------------------------------
 
@@ -316,8 +304,7 @@ class DiffCLIPNet(nn.Module):
         preds: dict[str, torch.Tensor] = {}
         w = c.window
         for (m, x0), latent in zip(inputs.items(), latents, strict=True):
-            pred = self.decoders[m](latent, keeps[m],
-                                    class_only=c.decoder_input == "class")  # (N, P, bands)
+            pred = self.decoders[m](latent, keeps[m])  # (N, P, bands)
             target = x0.flatten(2).transpose(1, 2)
             per_token = (pred - target).pow(2).mean(dim=-1)
             masked = masks[m].float()

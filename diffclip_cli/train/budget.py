@@ -51,7 +51,7 @@ __all__ = [
 
 #: The preset ``fewshot`` uses on a CPU (or MPS) when none is given: the best recipe that fits
 #: :data:`DEFAULT_CPU_BUDGET_S` there. Switch it here when a better CPU preset ships.
-DEFAULT_CPU_PRESET = "tiny"
+DEFAULT_CPU_PRESET = "cpu"
 #: The preset ``fewshot`` uses on a CUDA GPU when none is given (without a budget).
 DEFAULT_CUDA_PRESET = "paper"
 #: The time budget of ``fewshot`` on a CPU when neither a preset nor a budget is given.

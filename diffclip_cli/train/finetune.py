@@ -62,14 +62,8 @@ def make_optimizer(model: nn.Module, cfg: FinetuneConfig
     Adam over every parameter but the pretraining decoders (unused after stage 1), with the
     recipe's step decay (stepped once per epoch).
     """
-    encoder, heads = [], []
-    for name, p in model.named_parameters():
-        if name.startswith("net.decoders.") and not cfg.reconstruction_weight:
-            continue
-        (encoder if name.startswith("net.") else heads).append(p)
-    groups = [{"params": heads}, {"params": encoder, "lr": cfg.lr * cfg.encoder_lr_scale}]
-    optimizer = torch.optim.Adam([g for g in groups if g["params"]], lr=cfg.lr,
-                                 weight_decay=cfg.weight_decay)
+    params = [p for name, p in model.named_parameters() if not name.startswith("net.decoders.")]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
         optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
     return optimizer, scheduler
@@ -85,7 +79,6 @@ def finetune(
     progress: ProgressCallback | None = None,
     device: str | torch.device = "cpu",
     on_step: StepCallback | None = None,
-    unlabelled: WindowData | None = None,
 ) -> list[dict[str, Any]]:
     """Fine-tune the classifier on a few labelled windows per class.
 
@@ -101,7 +94,6 @@ def finetune(
         progress: called after every epoch with ``(epoch, epochs, record)``.
         device: where to train.
         on_step: called after every optimiser step with ``(steps done, steps in all)``.
-        unlabelled: windows for the ``reconstruction_weight`` auxiliary loss.
 
     Returns:
         One record per epoch: ``epoch``, ``loss``, ``loss_i2t``, ``loss_t2i``,
@@ -138,11 +130,6 @@ def finetune(
     for epoch in range(cfg.epochs):
         tic = time.perf_counter()
         classifier.train()
-        if cfg.freeze_norm:
-            for module in classifier.net.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
-        frozen = epoch < cfg.warmup_epochs
         order = torch.randperm(n, generator=gen)
         sums = {"loss": 0.0, "loss_i2t": 0.0, "loss_t2i": 0.0, "correct": 0.0}
         for begin in range(0, n, cfg.batch_size):
@@ -152,16 +139,8 @@ def finetune(
             logits = classifier.scale() * classifier.encode_image(hsi, lidar) @ \
                 classifier.encode_text().T
             loss, i2t, t2i = class_contrastive_loss(logits, labels)
-            if cfg.reconstruction_weight and unlabelled is not None and len(unlabelled):
-                uidx = torch.randint(len(unlabelled), (cfg.batch_size,), generator=gen)
-                uh, ul, _ = unlabelled.batch(uidx, device)
-                loss = loss + cfg.reconstruction_weight * classifier.net.pretrain_loss(
-                    uh, ul, generator=gen).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if frozen:
-                for p in classifier.net.parameters():
-                    p.grad = None
             optimizer.step()
             b = len(idx)
             sums["loss"] += float(loss.detach()) * b
