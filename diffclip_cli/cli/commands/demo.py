@@ -20,10 +20,11 @@ from diffclip_cli.cli.console import console, err_console
 from diffclip_cli.cli.options import DeviceOpt, OverwriteOpt, QuietOpt, SeedOpt, VerboseOpt
 from diffclip_cli.data import salinas_a_dir
 from diffclip_cli.errors import OutputError
+from diffclip_cli.train.budget import DEFAULT_CPU_PRESET
 
-#: The demo's recipe: chosen so the whole run takes well under 3 minutes on 2 CPU cores
-#: (docs/benchmarks.md has the measurements).
-DEMO_PRESET = "tiny"
+#: The demo's recipe: the CPU default, which runs the whole demo well under 3 minutes on 2
+#: CPU cores (docs/benchmarks.md has the measurements).
+DEMO_PRESET = DEFAULT_CPU_PRESET
 DEMO_SHOTS = 10
 DEMO_PRETRAIN_SAMPLES = 1000
 
