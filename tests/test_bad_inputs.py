@@ -25,10 +25,10 @@ import rasterio
 import torch
 from rasterdata import write_tif
 from rasterio.transform import from_origin
+from scenes import make_scene
 from shapely.geometry import Point, box
 from typer.testing import CliRunner
 
-from diffclip_cli.bench.synthetic import make_scene
 from diffclip_cli.cli import app
 from diffclip_cli.errors import (
     GridError,

@@ -14,10 +14,9 @@ import re
 import numpy as np
 import pytest
 import yaml
-from scenes import write_messy_scene
+from scenes import make_scene, write_messy_scene, write_scene
 from typer.testing import CliRunner
 
-from diffclip_cli.bench.synthetic import make_scene, write_scene
 from diffclip_cli.cli import app
 from diffclip_cli.cli.commands.train import _PlanPrinter
 from diffclip_cli.io.labels import read_labels

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scenes import make_scene, write_scene
 
-from diffclip_cli.bench.synthetic import make_scene, write_scene
 from diffclip_cli.errors import ModelError
 from diffclip_cli.infer.fast import FastEngine, has_fast_path
 from diffclip_cli.io.labels import read_labels

@@ -190,7 +190,8 @@ def test_salinas_stats_are_deterministic(salinas_dir):  # noqa: F811
 
 
 def test_synthetic_scene_end_to_end(tmp_path):
-    from diffclip_cli.bench.synthetic import make_scene, write_scene
+    from scenes import make_scene, write_scene
+
     from diffclip_cli.io.labels import read_labels
     from diffclip_cli.sampling.windows import read_windows
 
