@@ -39,13 +39,8 @@ PIXELS = 2000
 SMALL = {"hidden": 32, "heads": 4, "steps": 600, "holdout": 0.2}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: one thread is faster and does not stall on a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Small tensors: one thread is faster and does not stall on a busy shared CPU.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
