@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from rasterdata import SALINAS
+from scenes import MessyScene, write_messy_scene
 from tinyscene import Files, write_tiny_files
 
 
@@ -34,3 +35,10 @@ def salinas_dir() -> Path:
 def tiny(tmp_path_factory) -> Files:
     """The tiny scene, its untrained models and broken inputs (``tinyscene``), per module."""
     return write_tiny_files(tmp_path_factory.mktemp("bad"))
+
+
+@pytest.fixture(scope="module")
+def messy(tmp_path_factory) -> MessyScene:
+    """The messy scene (``scenes.write_messy_scene``: UTM HSI, Web Mercator LiDAR, points in
+    EPSG:4326), written once per module."""
+    return write_messy_scene(tmp_path_factory.mktemp("messy"))
