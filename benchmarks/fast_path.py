@@ -34,11 +34,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+# Run by path (python benchmarks/fast_path.py), the script's folder is on sys.path, not the
+# repository root that holds the 'benchmarks' package; with python -m it already is.
+if not __package__:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import numpy as np
 import torch
 
-from diffclip_cli.bench.machine import cpu_model
-from diffclip_cli.bench.synthetic import make_scene, write_scene
+from benchmarks.machine import cpu_model
+from benchmarks.synthetic import make_scene, write_scene
 from diffclip_cli.data import salinas_a_dir
 from diffclip_cli.infer.engine import TileEngine
 from diffclip_cli.infer.fast import FastEngine

@@ -33,8 +33,13 @@ import sys
 import time
 from pathlib import Path
 
-from diffclip_cli.bench.ablations import ABLATIONS
-from diffclip_cli.bench.protocol import (
+# Run by path (python benchmarks/fewshot.py), the script's folder is on sys.path, not the
+# repository root that holds the 'benchmarks' package; with python -m it already is.
+if not __package__:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.ablations import ABLATIONS
+from benchmarks.protocol import (
     ALL_METHODS,
     DEFAULT_METHODS,
     ProtocolConfig,
@@ -120,7 +125,7 @@ def _preset(args: argparse.Namespace, name: str) -> Preset:
 
 def _inputs(args: argparse.Namespace, out: Path) -> ProtocolInputs:
     if args.synthetic:
-        from diffclip_cli.bench.synthetic import make_scene, write_scene
+        from benchmarks.synthetic import make_scene, write_scene
 
         paths = write_scene(make_scene(**SYNTHETIC), out / "data")
         return inputs_from_files(paths["hsi"], lidar=[paths["lidar"]], labels=paths["labels"],
@@ -129,7 +134,7 @@ def _inputs(args: argparse.Namespace, out: Path) -> ProtocolInputs:
         raise SystemExit("give a dataset folder or an HSI raster, or --synthetic")
     source = Path(args.source)
     if source.is_dir():
-        from diffclip_cli.bench.datasets import load_mat_folder
+        from benchmarks.datasets import load_mat_folder
 
         dataset = load_mat_folder(source, name=args.name)
         inputs = inputs_from_dataset(dataset, out / "data")

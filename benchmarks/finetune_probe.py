@@ -18,8 +18,14 @@ import argparse
 import copy
 import csv
 import json
+import sys
 import time
 from pathlib import Path
+
+# Run by path (python benchmarks/finetune_probe.py), the script's folder is on sys.path, not the
+# repository root that holds the 'benchmarks' package; with python -m it already is.
+if not __package__:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import rasterio

@@ -35,11 +35,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+# Run by path (python benchmarks/inference.py), the script's folder is on sys.path, not the
+# repository root that holds the 'benchmarks' package; with python -m it already is.
+if not __package__:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import numpy as np
 import psutil
 import torch
 
-from diffclip_cli.bench.machine import cpu_model
+from benchmarks.machine import cpu_model
 from diffclip_cli.infer.engine import TileEngine, tile_windows
 from diffclip_cli.model.classifier import DiffCLIPClassifier
 from diffclip_cli.model.config import ModelConfig, load_preset

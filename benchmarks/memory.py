@@ -49,6 +49,11 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
+# Run by path (python benchmarks/memory.py), the script's folder is on sys.path, not the
+# repository root that holds the 'benchmarks' package; with python -m it already is.
+if not __package__:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import numpy as np
 
 #: The issue's targets.
@@ -182,7 +187,7 @@ def build_model(folder: Path, hsi_bands: int, seed: int) -> Path:
     of the ``tiny`` preset and of the default fast-path student (only its distillation is
     shortened).
     """
-    from diffclip_cli.bench.synthetic import make_scene, write_scene
+    from benchmarks.synthetic import make_scene, write_scene
     from diffclip_cli.io.labels import read_labels
     from diffclip_cli.io.raster import Scene
     from diffclip_cli.model.config import load_preset
@@ -212,7 +217,7 @@ def make_source_tile(folder: Path, edge: int, hsi_bands: int, seed: int) -> Sour
     """
     import rasterio
 
-    from diffclip_cli.bench.synthetic import make_scene
+    from benchmarks.synthetic import make_scene
 
     syn = make_scene(height=edge, width=edge, hsi_bands=hsi_bands, n_spectra=3, n_heights=2,
                      patch_size=16, seed=seed + 1)
@@ -390,7 +395,7 @@ def mib(n: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from diffclip_cli.bench.machine import cpu_model
+    from benchmarks.machine import cpu_model
     from diffclip_cli.infer.classify import auto_tile_size
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -1,7 +1,7 @@
 """Wall time of training per stage on a generated Trento-sized scene (what `diffclip fewshot` does).
 
 Generates a 166 x 600 scene with 63 HSI bands and 1 LiDAR channel (Trento's size; classes that
-differ in spectrum, in height, or both, see ``diffclip_cli.bench.synthetic``), writes it as
+differ in spectrum, in height, or both, see ``benchmarks.synthetic``), writes it as
 GeoTIFFs, then runs, for each ``--samples`` value, the same library call as
 ``diffclip fewshot hsi.tif lidar.tif --labels labels.tif --classes classes.csv``
 (``fewshot_scene`` with the fast path, the preset and time budget ``fewshot`` uses without
@@ -36,17 +36,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+# Run by path (python benchmarks/training.py), the script's folder is on sys.path, not the
+# repository root that holds the 'benchmarks' package; with python -m it already is.
+if not __package__:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import torch
 
-from diffclip_cli.bench.synthetic import make_scene, write_scene
+from benchmarks.fast_path import machine
+from benchmarks.synthetic import make_scene, write_scene
 from diffclip_cli.io.labels import LabelSet, read_labels
 from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.config import load_preset
 from diffclip_cli.pipeline import DEFAULT_PRETRAIN_SAMPLES, fewshot_scene
 from diffclip_cli.train.budget import default_recipe, format_seconds, parse_duration
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fast_path import machine  # a sibling script
 
 #: Trento: 166 x 600 pixels, 63 HSI bands, 1 LiDAR channel, 6 classes.
 TRENTO = {"height": 166, "width": 600, "hsi_bands": 63, "lidar_bands": 1, "n_spectra": 3,

@@ -9,7 +9,7 @@ code    class                  meaning
 ======  =====================  ==========================================================
 0                              success
 1                              unexpected internal error (a bug: please report it)
-2       (DeviceError)          command-line usage error (unknown option, bad value, device)
+2       DeviceError            command-line usage error (unknown option, bad value, device)
 3       InputError             an input file is missing, unreadable or not what it should be
 4       GridError              inputs do not share a grid: CRS missing or mixed, no overlap
 5       LabelError             labels unusable: empty, unknown field, too few pixels/classes
@@ -18,6 +18,15 @@ code    class                  meaning
 8       BatchError             ``diffclip batch``: at least one scene failed
 130     Interrupted            stopped by Ctrl-C or SIGTERM; partial outputs were removed
 ======  =====================  ==========================================================
+
+As in rasterio (``RasterioIOError(RasterioError, OSError)``), each class also derives from the
+builtin exception that matches it, so code that does not know diffclip can still catch it:
+:class:`InputError` and :class:`OutputError` are :class:`OSError` (a file that cannot be read
+or written), :class:`GridError`, :class:`LabelError`, :class:`ModelError` and
+:class:`DeviceError` are :class:`ValueError` (inputs or options whose values do not fit).
+:class:`BatchError` and :class:`Interrupted` have no builtin match. Library code that catches
+``OSError`` or ``ValueError`` from third-party calls lets a :class:`DiffclipError` raised in the
+same block pass unchanged (``except DiffclipError: raise`` first).
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from typing import ClassVar
 __all__ = [
     "EXIT_CODES",
     "BatchError",
+    "DeviceError",
     "DiffclipError",
     "GridError",
     "InputError",
@@ -70,34 +80,40 @@ class DiffclipError(Exception):
         return text + "."
 
 
-class InputError(DiffclipError):
+class InputError(DiffclipError, OSError):
     """An input file is missing, unreadable, truncated or not a usable raster or vector."""
 
     exit_code = 3
 
 
-class GridError(DiffclipError):
+class GridError(DiffclipError, ValueError):
     """Inputs cannot be put on one pixel grid (CRS missing or mixed, no overlap)."""
 
     exit_code = 4
 
 
-class LabelError(DiffclipError):
+class LabelError(DiffclipError, ValueError):
     """Labels are unusable: empty, unknown class field, no pixel inside the scene, too few."""
 
     exit_code = 5
 
 
-class ModelError(DiffclipError):
+class ModelError(DiffclipError, ValueError):
     """A model file is missing, untrusted, from a newer version, or made for other inputs."""
 
     exit_code = 6
 
 
-class OutputError(DiffclipError):
+class OutputError(DiffclipError, OSError):
     """An output cannot be written: it exists, its folder is missing or read-only, disk full."""
 
     exit_code = 7
+
+
+class DeviceError(DiffclipError, ValueError):
+    """The requested device does not exist on this machine (a usage error, like a bad option)."""
+
+    exit_code = 2
 
 
 class BatchError(DiffclipError):

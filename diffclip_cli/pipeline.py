@@ -171,7 +171,7 @@ def baseline_pixels(scene: Scene, labels: LabelSet, split: Split, *, seed: int =
     Returns:
         The baseline's accuracy on the test pixels, with the labels' classes.
     """
-    from diffclip_cli.bench.baselines import random_forest
+    from diffclip_cli.report.baseline import random_forest
 
     def features(index: np.ndarray) -> np.ndarray:
         values = scene.read_pixels(labels.rows[index], labels.cols[index])

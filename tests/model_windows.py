@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scenes import SyntheticScene, make_scene
 
-from diffclip_cli.bench.synthetic import SyntheticScene, make_scene
 from diffclip_cli.train.data import WindowData
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 import rasterio
 from affine import Affine
 from pyproj import Transformer
@@ -18,10 +17,6 @@ HSI_CRS = "EPSG:32615"
 SALINAS = Path(__file__).resolve().parents[1] / "diffclip_cli" / "data" / "salinas_a"
 
 
-@pytest.fixture
-def salinas_dir() -> Path:
-    """The embedded real sample scene (no CRS, 204 int16 bands)."""
-    return SALINAS
 ORIGIN = (500000.0, 4200000.0)
 RES = 2.0
 

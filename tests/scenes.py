@@ -1,4 +1,9 @@
-"""Generated scenes on mismatched grids, as a real user would bring them (for CLI tests).
+"""Generated scenes for the tests: the one place tests get them from.
+
+``make_scene`` / ``write_scene`` (a two-modality scene with a known answer) are the benchmarks'
+generator (``benchmarks/synthetic.py``, the protocol's ``--synthetic`` scene), used as it is.
+
+The messy scene is on mismatched grids, as a real user would bring it (for CLI tests).
 
 The HSI is in UTM (EPSG:32615) with a few NaN pixels; the LiDAR is in Web Mercator
 (EPSG:3857) at a coarser resolution and does not reach the last columns of the HSI; the labels
@@ -17,7 +22,9 @@ from rasterio.crs import CRS
 from rasterio.warp import Resampling, calculate_default_transform, reproject, transform
 from shapely.geometry import Point
 
-from diffclip_cli.bench.synthetic import SyntheticScene, make_scene
+from benchmarks.synthetic import SyntheticScene, make_scene, write_scene
+
+__all__ = ["MessyScene", "SyntheticScene", "make_scene", "write_messy_scene", "write_scene"]
 
 #: HSI pixels set to NaN (row, col).
 NAN_PIXELS = ((5, 7), (20, 30))

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from diffclip_cli.errors import OutputError
+from diffclip_cli.errors import InputError, OutputError
 from diffclip_cli.io.atomic import TEMP_PREFIX, atomic_path
 
 
@@ -64,3 +64,14 @@ def test_disk_full_is_an_output_error(tmp_path):
     with pytest.raises(OutputError, match="disk is full"), atomic_path(out):
         raise OSError(errno.ENOSPC, "No space left on device")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_diffclip_error_inside_passes_unchanged(tmp_path):
+    # An InputError is an OSError too: reading an input while writing must not become a write
+    # error (exit 7) but stay what it is (exit 3), and the output must not appear.
+    out = tmp_path / "out.tif"
+    with pytest.raises(InputError, match=r"hsi\.tif: reading failed"), atomic_path(out) as tmp:
+        tmp.write_bytes(b"partial")
+        raise InputError("reading failed", path="hsi.tif")
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)]

@@ -15,7 +15,6 @@ import pickle
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import geopandas as gpd
@@ -26,9 +25,22 @@ import torch
 from rasterdata import write_tif
 from rasterio.transform import from_origin
 from shapely.geometry import Point, box
-from typer.testing import CliRunner
+from tinyscene import (
+    BANDS,
+    NAN_PIXEL,
+    NODATA_PIXEL,
+    TRANSFORM,
+    H,
+    W,
+    error_line,
+    invoke,
+    no_temp_files,
+    pixel_point,
+    runner,
+    untrained_models,
+    write_points,
+)
 
-from diffclip_cli.bench.synthetic import make_scene
 from diffclip_cli.cli import app
 from diffclip_cli.errors import (
     GridError,
@@ -38,146 +50,16 @@ from diffclip_cli.errors import (
     ModelError,
     OutputError,
 )
-from diffclip_cli.io.atomic import TEMP_PREFIX
-from diffclip_cli.io.classes import ClassTable
 from diffclip_cli.io.raster import Scene
-from diffclip_cli.model.classifier import DiffCLIPClassifier
-from diffclip_cli.model.config import load_preset
 from diffclip_cli.model.device import DeviceError
 from diffclip_cli.model.modelfile import (
     FORMAT_TAG,
     FORMAT_VERSION,
-    bundle_from_classifier,
-    bundle_from_network,
     load_model,
     save_model,
 )
-from diffclip_cli.model.network import DiffCLIPNet
-from diffclip_cli.model.prompts import build_prompts
-from diffclip_cli.model.text import Vocabulary
-from diffclip_cli.sampling.normalise import compute_stats
 
-runner = CliRunner()
-H, W, BANDS = 24, 28, 8
-TRANSFORM = from_origin(500000.0, 4200000.0, 2.0, 2.0)
-NAN_PIXEL = (5, 7)  # NaN in one HSI band
-NODATA_PIXEL = (10, 12)  # the HSI's nodata value (-9999) in one band
-CLASSES = ["grass", "trees", "roof", "water"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine more threads only fight (10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def invoke(*args: object, code: int):
-    argv = [str(a) for a in args]
-    if argv[0] == "fewshot":  # these tests are not about the fast path: skip its distillation
-        argv.insert(1, "--no-fast")
-    result = runner.invoke(app, argv)
-    assert result.exit_code == code, result.output
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"escaped exception {result.exception!r}\n{result.output}")
-    return result
-
-
-def error_line(result, prefix: str = "Error:") -> str:
-    """The one line of the error message; no traceback, no second error line."""
-    assert "Traceback" not in result.output, result.output
-    lines = [ln for ln in result.output.splitlines()
-             if ln.startswith(("Error:", "Internal error:", "Stopped:"))]
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith(prefix), result.output
-    assert lines[0].rstrip().endswith("."), lines[0]
-    return lines[0]
-
-
-def no_temp_files(folder: Path) -> bool:
-    return not [p for p in folder.iterdir() if p.name.startswith(TEMP_PREFIX)]
-
-
-def pixel_point(row: int, col: int) -> Point:
-    return Point(TRANSFORM.c + (col + 0.5) * TRANSFORM.a, TRANSFORM.f + (row + 0.5) * TRANSFORM.e)
-
-
-def write_points(path: Path, records: list[tuple[str, int, int]], field: str = "landcover"
-                 ) -> Path:
-    gpd.GeoDataFrame({field: [r[0] for r in records]},
-                     geometry=[pixel_point(r, c) for _, r, c in records],
-                     crs="EPSG:32615").to_file(path)
-    return path
-
-
-def untrained_models(scene: Scene, folder: Path, *, window: int = 5, suffix: str = ""
-                     ) -> tuple[Path, Path]:
-    """A pretrained model and a classifier of ``CLASSES`` for ``scene``, without training."""
-    preset = load_preset("tiny").with_overrides(**{"model.window": window})
-    stats = compute_stats(scene, seed=0, n_samples=500).to_dict()
-    net = DiffCLIPNet(preset.model, hsi_bands=scene.hsi_bands, lidar_bands=scene.lidar_bands,
-                      seed=0)
-    pretrained = save_model(bundle_from_network(net, preset=preset, stats=stats,
-                                                band_names=scene.band_names),
-                            folder / f"pretrained{suffix}.pt")
-    prompts = build_prompts(CLASSES, template="p4")
-    clf = DiffCLIPClassifier(net, vocabulary=Vocabulary.build(prompts), prompts=prompts, seed=0)
-    table = ClassTable({"id": k + 1, "name": n} for k, n in enumerate(CLASSES))
-    model = save_model(bundle_from_classifier(clf, preset=preset, stats=stats, classes=table,
-                                              template="p4", band_names=scene.band_names),
-                       folder / f"model{suffix}.pt")
-    return pretrained, model
-
-
-@dataclass
-class Files:
-    folder: Path
-    hsi: Path
-    lidar: Path
-    labels: Path
-    pretrained: Path
-    model: Path
-    model_hsi: Path
-    broken: Path  # a folder of broken inputs
-    hsi_data: np.ndarray
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory) -> Files:
-    d = tmp_path_factory.mktemp("bad")
-    s = make_scene(height=H, width=W, hsi_bands=BANDS, patch_size=10, seed=1,
-                   crs="EPSG:32615", pixel_size=2.0)
-    hsi = s.hsi.copy()
-    hsi[3][NAN_PIXEL] = np.nan
-    hsi[0][NODATA_PIXEL] = -9999
-    hsi_path = write_tif(d / "hsi.tif", hsi, transform=TRANSFORM, nodata=-9999)
-    lidar_path = write_tif(d / "lidar.tif", s.lidar, transform=TRANSFORM, descriptions=["DSM"])
-    rows, cols = np.mgrid[0:H:2, 0:W:2]
-    names = [CLASSES[(r // 12) * 2 + c // 14] for r, c in zip(rows.ravel(), cols.ravel(),
-                                                               strict=True)]
-    labels = write_points(d / "labels.gpkg",
-                          list(zip(names, rows.ravel(), cols.ravel(), strict=True)))
-    with Scene.open(hsi_path, lidar_path) as scene:
-        pretrained, model = untrained_models(scene, d)
-    with Scene.open(hsi_path) as scene:
-        _, model_hsi = untrained_models(scene, d, suffix="_hsi")
-
-    b = d / "broken"
-    b.mkdir()
-    for name in ("dir.tif", "dir.gpkg", "dir.pt", "dir.csv", "dir.yaml"):
-        (b / name).mkdir()
-    for name in ("empty.tif", "empty.gpkg", "empty.pt", "empty.csv"):
-        (b / name).write_bytes(b"")
-    for name in ("text.tif", "text.gpkg", "text.pt"):
-        (b / name).write_text("hello, I am not what you think\n")
-    (b / "binary.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe\x00")
-    tif = write_tif(b / "whole.tif", np.random.default_rng(0).random((BANDS, 64, 64))
-                    .astype(np.float32), block=16, compress="deflate")
-    (b / "truncated.tif").write_bytes(tif.read_bytes()[: tif.stat().st_size // 2])
-    (b / "truncated.pt").write_bytes(model.read_bytes()[: model.stat().st_size // 2])
-    return Files(d, hsi_path, lidar_path, labels, pretrained, model, model_hsi, b, hsi)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------- broken input files
@@ -186,11 +68,11 @@ BROKEN_RASTERS = ["missing.tif", "dir.tif", "text.tif", "empty.tif", "truncated.
 
 @pytest.mark.parametrize("which", ["hsi", "lidar"])
 @pytest.mark.parametrize("name", BROKEN_RASTERS)
-def test_broken_raster_inputs(files, tmp_path, which, name):
-    bad = files.broken / name
-    hsi, lidar = (bad, files.lidar) if which == "hsi" else (files.hsi, bad)
+def test_broken_raster_inputs(tiny, tmp_path, which, name):
+    bad = tiny.broken / name
+    hsi, lidar = (bad, tiny.lidar) if which == "hsi" else (tiny.hsi, bad)
     out = tmp_path / "map.tif"
-    r = invoke("classify", hsi, lidar, "--model", files.model, "-o", out,
+    r = invoke("classify", hsi, lidar, "--model", tiny.model, "-o", out,
                code=InputError.exit_code)
     line = error_line(r)
     assert str(bad) in line and ("HSI" if which == "hsi" else "LiDAR") in line
@@ -205,11 +87,11 @@ def test_broken_raster_inputs(files, tmp_path, which, name):
     ("truncated.tif", "truncated"),
     ("whole.tif", "not a class map"),  # e.g. the HSI given instead of the map
 ])
-def test_broken_maps_to_evaluate(files, tmp_path, name, words):
+def test_broken_maps_to_evaluate(tiny, tmp_path, name, words):
     out = tmp_path / "report.json"
-    line = error_line(invoke("evaluate", files.broken / name, "--labels", files.labels, "-o",
+    line = error_line(invoke("evaluate", tiny.broken / name, "--labels", tiny.labels, "-o",
                              out, code=InputError.exit_code))
-    assert str(files.broken / name) in line and words in line
+    assert str(tiny.broken / name) in line and words in line
     assert not out.exists()
 
 
@@ -222,12 +104,12 @@ def test_broken_maps_to_evaluate(files, tmp_path, name, words):
     ("empty.gpkg", LabelError.exit_code, "empty"),
     ("empty.tif", LabelError.exit_code, "empty"),
 ])
-def test_broken_label_files(files, tmp_path, name, code, words):
+def test_broken_label_files(tiny, tmp_path, name, code, words):
     out = tmp_path / "model.pt"
-    r = invoke("fewshot", files.hsi, files.lidar, "--labels", files.broken / name, "--shots", 2,
-               "--pretrained", files.pretrained, "-o", out, code=code)
+    r = invoke("fewshot", tiny.hsi, tiny.lidar, "--labels", tiny.broken / name, "--shots", 2,
+               "--pretrained", tiny.pretrained, "-o", out, code=code)
     line = error_line(r)
-    assert str(files.broken / name) in line and words in line
+    assert str(tiny.broken / name) in line and words in line
     assert not out.exists()
 
 
@@ -239,9 +121,9 @@ def test_broken_label_files(files, tmp_path, name, code, words):
     ("truncated.pt", "truncated"),
 ])
 @pytest.mark.parametrize("command", ["classify", "info"])
-def test_broken_model_files(files, tmp_path, name, words, command):
-    bad = files.broken / name
-    args = (["classify", files.hsi, files.lidar, "--model", bad, "-o", tmp_path / "m.tif"]
+def test_broken_model_files(tiny, tmp_path, name, words, command):
+    bad = tiny.broken / name
+    args = (["classify", tiny.hsi, tiny.lidar, "--model", bad, "-o", tmp_path / "m.tif"]
             if command == "classify" else ["info", bad])
     line = error_line(invoke(*args, code=ModelError.exit_code))
     assert str(bad) in line and words in line
@@ -255,18 +137,18 @@ def test_broken_model_files(files, tmp_path, name, words, command):
     ("empty.csv", "no scene"),
     ("dir.yaml", "directory"),
 ])
-def test_broken_manifests(files, name, words):
-    line = error_line(invoke("batch", files.broken / name, code=InputError.exit_code))
-    assert str(files.broken / name) in line and words in line
+def test_broken_manifests(tiny, name, words):
+    line = error_line(invoke("batch", tiny.broken / name, code=InputError.exit_code))
+    assert str(tiny.broken / name) in line and words in line
 
 
 @pytest.fixture(scope="module")
-def label_raster(files) -> Path:
+def label_raster(tiny) -> Path:
     """Class ids 1..2 on the scene's grid, as a label GeoTIFF."""
     data = np.zeros((H, W), np.uint8)
     data[:10, :10] = 1
     data[12:, :10] = 2
-    return write_tif(files.folder / "labels.tif", data, transform=TRANSFORM)
+    return write_tif(tiny.folder / "labels.tif", data, transform=TRANSFORM)
 
 
 @pytest.mark.parametrize(("name", "words"), [
@@ -275,12 +157,12 @@ def label_raster(files) -> Path:
     ("binary.csv", "not a text file"),
     ("empty.csv", "no rows"),
 ])
-def test_broken_classes_tables(files, label_raster, tmp_path, name, words):
-    r = invoke("fewshot", files.hsi, files.lidar, "--labels", label_raster, "--classes",
-               files.broken / name, "--shots", 2, "--pretrained", files.pretrained,
+def test_broken_classes_tables(tiny, label_raster, tmp_path, name, words):
+    r = invoke("fewshot", tiny.hsi, tiny.lidar, "--labels", label_raster, "--classes",
+               tiny.broken / name, "--shots", 2, "--pretrained", tiny.pretrained,
                "-o", tmp_path / "m.pt", code=InputError.exit_code)
     line = error_line(r)
-    assert str(files.broken / name) in line and words in line
+    assert str(tiny.broken / name) in line and words in line
     assert not (tmp_path / "m.pt").exists()
 
 
@@ -290,59 +172,59 @@ def test_broken_classes_tables(files, label_raster, tmp_path, name, words):
     ("binary.csv", "not a text file"),
     ("empty.csv", "needs columns"),
 ])
-def test_broken_descriptions_fail_before_any_training(files, tmp_path, name, words,
+def test_broken_descriptions_fail_before_any_training(tiny, tmp_path, name, words,
                                                       monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("training started before the descriptions were checked")
 
     monkeypatch.setattr("diffclip_cli.pipeline.pretrain_scene", no_training)
-    r = invoke("fewshot", files.hsi, files.lidar, "--labels", files.labels, "--shots", 2,
-               "--preset", "tiny", "--descriptions", files.broken / name,
+    r = invoke("fewshot", tiny.hsi, tiny.lidar, "--labels", tiny.labels, "--shots", 2,
+               "--preset", "tiny", "--descriptions", tiny.broken / name,
                "-o", tmp_path / "m.pt", code=InputError.exit_code)
     line = error_line(r)
-    assert str(files.broken / name) in line and words in line
+    assert str(tiny.broken / name) in line and words in line
 
 
-def test_descriptions_naming_unknown_classes_fail_before_training(files, tmp_path,
+def test_descriptions_naming_unknown_classes_fail_before_training(tiny, tmp_path,
                                                                   monkeypatch):
     monkeypatch.setattr("diffclip_cli.pipeline.pretrain_scene",
                         lambda *a, **k: pytest.fail("training started"))
     desc = tmp_path / "desc.csv"
     desc.write_text("class,description\nlava,hot rock\n")
-    r = invoke("fewshot", files.hsi, files.lidar, "--labels", files.labels, "--shots", 2,
+    r = invoke("fewshot", tiny.hsi, tiny.lidar, "--labels", tiny.labels, "--shots", 2,
                "--preset", "tiny", "--descriptions", desc, "-o", tmp_path / "m.pt",
                code=LabelError.exit_code)
     assert "lava" in error_line(r)
 
 
 # --------------------------------------------------------------------------- grids
-def test_hsi_without_crs_and_lidar_with_one(files, tmp_path):
-    bare = write_tif(tmp_path / "bare.tif", files.hsi_data, transform=TRANSFORM, crs=None,
+def test_hsi_without_crs_and_lidar_with_one(tiny, tmp_path):
+    bare = write_tif(tmp_path / "bare.tif", tiny.hsi_data, transform=TRANSFORM, crs=None,
                      nodata=-9999)
-    for hsi, lidar, lacking in ((bare, files.lidar, bare), (files.hsi, bare, bare)):
-        r = invoke("classify", hsi, lidar, "--model", files.model, "-o",
+    for hsi, lidar, lacking in ((bare, tiny.lidar, bare), (tiny.hsi, bare, bare)):
+        r = invoke("classify", hsi, lidar, "--model", tiny.model, "-o",
                    tmp_path / "m.tif", code=GridError.exit_code)
         line = error_line(r)
         assert str(lacking) in line and "no CRS" in line and "EPSG:32615" in line
 
 
-def test_lidar_that_does_not_overlap(files, tmp_path):
-    with rasterio.open(files.lidar) as src:
+def test_lidar_that_does_not_overlap(tiny, tmp_path):
+    with rasterio.open(tiny.lidar) as src:
         dsm = src.read()
     far = write_tif(tmp_path / "far.tif", dsm, transform=from_origin(600000, 4100000, 2, 2))
-    r = invoke("classify", files.hsi, far, "--model", files.model, "-o", tmp_path / "m.tif",
+    r = invoke("classify", tiny.hsi, far, "--model", tiny.model, "-o", tmp_path / "m.tif",
                code=GridError.exit_code)
     line = error_line(r)
     assert "does not overlap" in line and str(far) in line
     assert not (tmp_path / "m.tif").exists()
 
 
-def test_partial_overlap_classifies_the_covered_part(files, tmp_path):
-    with rasterio.open(files.lidar) as src:
+def test_partial_overlap_classifies_the_covered_part(tiny, tmp_path):
+    with rasterio.open(tiny.lidar) as src:
         dsm = src.read()
     half = write_tif(tmp_path / "half.tif", dsm[:, :, : W // 2], transform=TRANSFORM)
     out = tmp_path / "m.tif"
-    r = invoke("classify", files.hsi, half, "--model", files.model, "-o", out,
+    r = invoke("classify", tiny.hsi, half, "--model", tiny.model, "-o", out,
                "--tile-size", 16, code=0)
     assert "covers only about 50.0 %" in r.output
     with rasterio.open(out) as m:
@@ -353,38 +235,38 @@ def test_partial_overlap_classifies_the_covered_part(files, tmp_path):
 
 
 # ------------------------------------------------------------------------ model fit
-def test_band_count_differs_from_the_model(files, tmp_path):
-    fewer = write_tif(tmp_path / "five.tif", files.hsi_data[:5], transform=TRANSFORM,
+def test_band_count_differs_from_the_model(tiny, tmp_path):
+    fewer = write_tif(tmp_path / "five.tif", tiny.hsi_data[:5], transform=TRANSFORM,
                       nodata=-9999)
-    line = error_line(invoke("classify", fewer, files.lidar, "--model", files.model, "-o",
+    line = error_line(invoke("classify", fewer, tiny.lidar, "--model", tiny.model, "-o",
                              tmp_path / "m.tif", code=ModelError.exit_code))
-    assert str(files.model) in line and f"{BANDS} HSI bands" in line and "has 5" in line
+    assert str(tiny.model) in line and f"{BANDS} HSI bands" in line and "has 5" in line
 
 
-def test_lidar_missing_when_the_model_needs_it(files, tmp_path):
-    line = error_line(invoke("classify", files.hsi, "--model", files.model, "-o",
+def test_lidar_missing_when_the_model_needs_it(tiny, tmp_path):
+    line = error_line(invoke("classify", tiny.hsi, "--model", tiny.model, "-o",
                              tmp_path / "m.tif", code=ModelError.exit_code))
-    assert str(files.model) in line and "needs LiDAR" in line
+    assert str(tiny.model) in line and "needs LiDAR" in line
 
 
-def test_lidar_given_to_an_hsi_only_model(files, tmp_path):
-    line = error_line(invoke("classify", files.hsi, files.lidar, "--model", files.model_hsi,
+def test_lidar_given_to_an_hsi_only_model(tiny, tmp_path):
+    line = error_line(invoke("classify", tiny.hsi, tiny.lidar, "--model", tiny.model_hsi,
                              "-o", tmp_path / "m.tif", code=ModelError.exit_code))
-    assert str(files.model_hsi) in line and "HSI alone" in line
+    assert str(tiny.model_hsi) in line and "HSI alone" in line
 
 
-def test_a_pretrained_model_cannot_classify(files, tmp_path):
-    line = error_line(invoke("classify", files.hsi, files.lidar, "--model", files.pretrained,
+def test_a_pretrained_model_cannot_classify(tiny, tmp_path):
+    line = error_line(invoke("classify", tiny.hsi, tiny.lidar, "--model", tiny.pretrained,
                              "-o", tmp_path / "m.tif", code=ModelError.exit_code))
     assert "pretrained model without classes" in line and "fewshot --pretrained" in line
 
 
 # --------------------------------------------------------------------------- labels
-def test_labels_without_features(files, tmp_path):
+def test_labels_without_features(tiny, tmp_path):
     path = tmp_path / "none.geojson"
     path.write_text('{"type": "FeatureCollection", "features": []}')
-    line = error_line(invoke("fewshot", files.hsi, files.lidar, "--labels", path, "--shots", 2,
-                             "--pretrained", files.pretrained, "-o", tmp_path / "m.pt",
+    line = error_line(invoke("fewshot", tiny.hsi, tiny.lidar, "--labels", path, "--shots", 2,
+                             "--pretrained", tiny.pretrained, "-o", tmp_path / "m.pt",
                              code=LabelError.exit_code))
     assert "no features" in line
 
@@ -393,28 +275,28 @@ def test_labels_without_features(files, tmp_path):
     (["--class-field", "klass"], "has no field 'klass' (fields: kind, note)"),
     ([], "no class field found (fields: kind, note)"),
 ])
-def test_unknown_class_field_lists_the_fields(files, tmp_path, extra, words):
+def test_unknown_class_field_lists_the_fields(tiny, tmp_path, extra, words):
     path = tmp_path / "odd.gpkg"
     gpd.GeoDataFrame({"kind": ["a", "b"], "note": ["x", "y"]},
                      geometry=[pixel_point(1, 1), pixel_point(3, 3)],
                      crs="EPSG:32615").to_file(path)
-    line = error_line(invoke("fewshot", files.hsi, files.lidar, "--labels", path, "--shots", 2,
-                             "--pretrained", files.pretrained, "-o", tmp_path / "m.pt",
+    line = error_line(invoke("fewshot", tiny.hsi, tiny.lidar, "--labels", path, "--shots", 2,
+                             "--pretrained", tiny.pretrained, "-o", tmp_path / "m.pt",
                              *extra, code=LabelError.exit_code))
     assert words in line
 
 
-def test_no_label_inside_the_raster(files, tmp_path):
+def test_no_label_inside_the_raster(tiny, tmp_path):
     path = tmp_path / "far.gpkg"
     gpd.GeoDataFrame({"landcover": ["grass"]}, geometry=[Point(0, 0)],
                      crs="EPSG:32615").to_file(path)
-    line = error_line(invoke("fewshot", files.hsi, files.lidar, "--labels", path, "--shots", 2,
-                             "--pretrained", files.pretrained, "-o", tmp_path / "m.pt",
+    line = error_line(invoke("fewshot", tiny.hsi, tiny.lidar, "--labels", path, "--shots", 2,
+                             "--pretrained", tiny.pretrained, "-o", tmp_path / "m.pt",
                              code=LabelError.exit_code))
     assert "no label falls inside the raster" in line
 
 
-def test_conflicting_labels_are_dropped_and_reported(files, tmp_path):
+def test_conflicting_labels_are_dropped_and_reported(tiny, tmp_path):
     x0, y0 = TRANSFORM.c, TRANSFORM.f
     path = tmp_path / "overlap.gpkg"
     gpd.GeoDataFrame({"landcover": ["grass", "water"]},
@@ -422,7 +304,7 @@ def test_conflicting_labels_are_dropped_and_reported(files, tmp_path):
                                                                    y0 - 6)],
                      crs="EPSG:32615").to_file(path)
     out = tmp_path / "report.json"
-    with rasterio.open(files.hsi) as src:  # a map to evaluate: every pixel 'grass' (id 1)
+    with rasterio.open(tiny.hsi) as src:  # a map to evaluate: every pixel 'grass' (id 1)
         profile = src.profile | {"count": 1, "dtype": "uint8", "nodata": 0}
     the_map = tmp_path / "map.tif"
     with rasterio.open(the_map, "w", **profile) as dst:
@@ -437,7 +319,7 @@ def test_conflicting_labels_are_dropped_and_reported(files, tmp_path):
     assert "every labelled pixel is claimed by two different classes" in line
 
 
-def test_small_classes_zero_pixels_and_one_pixel(files, tmp_path):
+def test_small_classes_zero_pixels_and_one_pixel(tiny, tmp_path):
     """Class 3 has 1 pixel, class 4 (water) 4 pixels, class 5 (road) none, with --shots 5."""
     data = np.zeros((H, W), np.uint8)
     data[:8, :8] = 1
@@ -448,8 +330,8 @@ def test_small_classes_zero_pixels_and_one_pixel(files, tmp_path):
     table = tmp_path / "classes.csv"
     table.write_text("id,name\n1,grass\n2,trees\n3,roof\n4,water\n5,road\n")
     model = tmp_path / "m.pt"
-    r = invoke("fewshot", files.hsi, files.lidar, "--labels", labels, "--classes", table,
-               "--shots", 5, "--pretrained", files.pretrained, "--finetune-epochs", 1,
+    r = invoke("fewshot", tiny.hsi, tiny.lidar, "--labels", labels, "--classes", table,
+               "--shots", 5, "--pretrained", tiny.pretrained, "--finetune-epochs", 1,
                "-o", model, code=0)
     text = " ".join(r.output.split())
     assert "left out of the model, so never mapped: 'roof' (1 labelled pixel), 'road' " \
@@ -462,13 +344,13 @@ def test_small_classes_zero_pixels_and_one_pixel(files, tmp_path):
     assert report["class_names"] == ["grass", "trees", "water"]
 
 
-def test_more_shots_than_pixels_warns_and_keeps_test_pixels(files, tmp_path):
+def test_more_shots_than_pixels_warns_and_keeps_test_pixels(tiny, tmp_path):
     data = np.zeros((H, W), np.uint8)
     data[:3, :3] = 1  # 9 pixels
     data[20:, 20:] = 2  # 32 pixels
     labels = write_tif(tmp_path / "labels.tif", data, transform=TRANSFORM)
-    r = invoke("fewshot", files.hsi, files.lidar, "--labels", labels, "--shots", 10,
-               "--pretrained", files.pretrained, "--finetune-epochs", 1, "-o",
+    r = invoke("fewshot", tiny.hsi, tiny.lidar, "--labels", labels, "--shots", 10,
+               "--pretrained", tiny.pretrained, "--finetune-epochs", 1, "-o",
                tmp_path / "m.pt", code=0)
     text = " ".join(r.output.split())
     assert "class 'class 1' has only 9 labelled pixels; it gives 4 shots instead of 10" in text
@@ -481,13 +363,13 @@ def test_more_shots_than_pixels_warns_and_keeps_test_pixels(files, tmp_path):
     ([(1, 1, 1), (2, 5, 5)], "no class has enough labelled pixels to train on"),
     ([(1, 1, 1), (1, 2, 2), (2, 5, 5)], "only the class 'class 1' has enough"),
 ])
-def test_too_few_pixels_for_a_map(files, tmp_path, cells, words):
+def test_too_few_pixels_for_a_map(tiny, tmp_path, cells, words):
     data = np.zeros((H, W), np.uint8)
     for k, r, c in cells:
         data[r, c] = k
     labels = write_tif(tmp_path / "labels.tif", data, transform=TRANSFORM)
-    line = error_line(invoke("fewshot", files.hsi, files.lidar, "--labels", labels, "--shots",
-                             5, "--pretrained", files.pretrained, "-o", tmp_path / "m.pt",
+    line = error_line(invoke("fewshot", tiny.hsi, tiny.lidar, "--labels", labels, "--shots",
+                             5, "--pretrained", tiny.pretrained, "-o", tmp_path / "m.pt",
                              code=LabelError.exit_code))
     assert words in line and "at least 2 labelled pixels" in line
     assert not (tmp_path / "m.pt").exists()
@@ -495,9 +377,9 @@ def test_too_few_pixels_for_a_map(files, tmp_path, cells, words):
 
 # ------------------------------------------------------------------ nodata and small scenes
 @pytest.fixture(scope="module")
-def the_map(files) -> np.ndarray:
-    out = files.folder / "map.tif"
-    invoke("classify", files.hsi, files.lidar, "--model", files.model, "-o", out,
+def the_map(tiny) -> np.ndarray:
+    out = tiny.folder / "map.tif"
+    invoke("classify", tiny.hsi, tiny.lidar, "--model", tiny.model, "-o", out,
            "--tile-size", 16, "-q", code=0)
     with rasterio.open(out) as m:
         return m.read(1)
@@ -511,12 +393,12 @@ def test_nan_and_nodata_pixels_become_nodata_and_neighbours_are_classified(the_m
     assert (the_map > 0).sum() == H * W - 2
 
 
-def test_an_all_nodata_tile(files, tmp_path):
-    hsi = files.hsi_data.copy()
+def test_an_all_nodata_tile(tiny, tmp_path):
+    hsi = tiny.hsi_data.copy()
     hsi[:, :16, :16] = -9999
     path = write_tif(tmp_path / "hole.tif", hsi, transform=TRANSFORM, nodata=-9999)
     out = tmp_path / "m.tif"
-    invoke("classify", path, files.lidar, "--model", files.model, "-o", out, "--tile-size", 16,
+    invoke("classify", path, tiny.lidar, "--model", tiny.model, "-o", out, "--tile-size", 16,
            "-q", code=0)
     with rasterio.open(out) as m:
         data = m.read(1)
@@ -525,25 +407,25 @@ def test_an_all_nodata_tile(files, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def empty_scene(files) -> Path:
-    return write_tif(files.folder / "nothing.tif", np.full((BANDS, H, W), -9999, np.float32),
+def empty_scene(tiny) -> Path:
+    return write_tif(tiny.folder / "nothing.tif", np.full((BANDS, H, W), -9999, np.float32),
                      transform=TRANSFORM, nodata=-9999)
 
 
 @pytest.mark.parametrize("command", ["pretrain", "fewshot"])
-def test_a_scene_without_any_valid_pixel_fails_before_training(files, empty_scene, tmp_path,
+def test_a_scene_without_any_valid_pixel_fails_before_training(tiny, empty_scene, tmp_path,
                                                               command):
     out = tmp_path / "m.pt"
-    extra = ["--labels", files.labels, "--shots", 2] if command == "fewshot" else []
-    line = error_line(invoke(command, empty_scene, files.lidar, *extra, "--preset", "tiny",
+    extra = ["--labels", tiny.labels, "--shots", 2] if command == "fewshot" else []
+    line = error_line(invoke(command, empty_scene, tiny.lidar, *extra, "--preset", "tiny",
                              "-o", out, code=InputError.exit_code))
     assert str(empty_scene) in line and "no valid pixel" in line
     assert not out.exists()
 
 
-def test_classifying_a_scene_without_any_valid_pixel_warns(files, empty_scene, tmp_path):
+def test_classifying_a_scene_without_any_valid_pixel_warns(tiny, empty_scene, tmp_path):
     out = tmp_path / "m.tif"
-    r = invoke("classify", empty_scene, files.lidar, "--model", files.model, "-o", out,
+    r = invoke("classify", empty_scene, tiny.lidar, "--model", tiny.model, "-o", out,
                code=0)
     assert "no pixel of the scene is valid" in " ".join(r.output.split())
     with rasterio.open(out) as m:
@@ -551,9 +433,9 @@ def test_classifying_a_scene_without_any_valid_pixel_warns(files, empty_scene, t
 
 
 @pytest.mark.parametrize("size", [1, 2, 3])
-def test_scenes_smaller_than_the_window(files, tmp_path, size):
+def test_scenes_smaller_than_the_window(tiny, tmp_path, size):
     """11 x 11 windows on a 1 x 1 .. 3 x 3 scene: reflect padding repeats, every pixel mapped."""
-    hsi = write_tif(tmp_path / "hsi.tif", files.hsi_data[:, 1:1 + size, 1:1 + size],
+    hsi = write_tif(tmp_path / "hsi.tif", tiny.hsi_data[:, 1:1 + size, 1:1 + size],
                     transform=TRANSFORM, nodata=-9999)
     with Scene.open(hsi) as scene:
         _, model = untrained_models(scene, tmp_path, window=11)
@@ -563,8 +445,8 @@ def test_scenes_smaller_than_the_window(files, tmp_path, size):
         assert (m.read(1) > 0).all()
 
 
-def test_pretraining_on_a_scene_smaller_than_the_window(files, tmp_path):
-    hsi = write_tif(tmp_path / "hsi.tif", files.hsi_data[:, 1:4, 1:4], transform=TRANSFORM,
+def test_pretraining_on_a_scene_smaller_than_the_window(tiny, tmp_path):
+    hsi = write_tif(tmp_path / "hsi.tif", tiny.hsi_data[:, 1:4, 1:4], transform=TRANSFORM,
                     nodata=-9999)
     invoke("pretrain", hsi, "-o", tmp_path / "p.pt", "--preset", "tiny", "--window", 11,
            "--epochs", 1, "--samples", 9, "-q", code=0)
@@ -572,23 +454,23 @@ def test_pretraining_on_a_scene_smaller_than_the_window(files, tmp_path):
 
 
 # --------------------------------------------------------------------------- outputs
-def test_existing_output_is_left_untouched(files, tmp_path):
+def test_existing_output_is_left_untouched(tiny, tmp_path):
     out = tmp_path / "map.tif"
     out.write_bytes(b"precious")
-    line = error_line(invoke("classify", files.hsi, files.lidar, "--model", files.model,
+    line = error_line(invoke("classify", tiny.hsi, tiny.lidar, "--model", tiny.model,
                              "-o", out, code=OutputError.exit_code))
     assert "already exists" in line and "--overwrite" in line
     assert out.read_bytes() == b"precious"
 
 
-def test_output_folder_missing(files, tmp_path):
+def test_output_folder_missing(tiny, tmp_path):
     out = tmp_path / "nowhere" / "map.tif"
-    line = error_line(invoke("classify", files.hsi, files.lidar, "--model", files.model,
+    line = error_line(invoke("classify", tiny.hsi, tiny.lidar, "--model", tiny.model,
                              "-o", out, code=OutputError.exit_code))
     assert "does not exist" in line and not out.parent.exists()
 
 
-def test_output_folder_not_writable(files, tmp_path, monkeypatch):
+def test_output_folder_not_writable(tiny, tmp_path, monkeypatch):
     folder = tmp_path / "locked"
     folder.mkdir()
     if os.geteuid() != 0:  # a real read-only folder (root may write anywhere)
@@ -598,7 +480,7 @@ def test_output_folder_not_writable(files, tmp_path, monkeypatch):
         monkeypatch.setattr("diffclip_cli.io.atomic.os.access",
                             lambda p, mode: False if Path(p) == folder else real(p, mode))
     try:
-        line = error_line(invoke("classify", files.hsi, files.lidar, "--model", files.model,
+        line = error_line(invoke("classify", tiny.hsi, tiny.lidar, "--model", tiny.model,
                                  "-o", folder / "map.tif", code=OutputError.exit_code))
     finally:
         folder.chmod(0o700)
@@ -609,7 +491,7 @@ def test_output_folder_not_writable(files, tmp_path, monkeypatch):
     OSError(errno.ENOSPC, "No space left on device"),
     rasterio.errors.RasterioIOError("map.tif: Write error: No space left on device"),
 ])
-def test_disk_full_while_writing_the_map(files, tmp_path, monkeypatch, failure):
+def test_disk_full_while_writing_the_map(tiny, tmp_path, monkeypatch, failure):
     from diffclip_cli.io.maps import RasterWriter
 
     calls = []
@@ -623,22 +505,22 @@ def test_disk_full_while_writing_the_map(files, tmp_path, monkeypatch, failure):
 
     monkeypatch.setattr(RasterWriter, "write", write)
     out = tmp_path / "map.tif"
-    line = error_line(invoke("classify", files.hsi, files.lidar, "--model", files.model, "-o",
+    line = error_line(invoke("classify", tiny.hsi, tiny.lidar, "--model", tiny.model, "-o",
                              out, "--confidence", tmp_path / "conf.tif", "--tile-size", 16,
                              code=OutputError.exit_code))
     assert "disk is full" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no map, sidecar or temp file
 
 
-def test_disk_full_while_saving_a_model(files, tmp_path, monkeypatch):
+def test_disk_full_while_saving_a_model(tiny, tmp_path, monkeypatch):
     def full(*args, **kwargs):
         Path(args[1]).write_bytes(b"half a model")
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr("diffclip_cli.model.modelfile.torch.save", full)
     out = tmp_path / "m.pt"
-    line = error_line(invoke("fewshot", files.hsi, files.lidar, "--labels", files.labels,
-                             "--shots", 2, "--pretrained", files.pretrained,
+    line = error_line(invoke("fewshot", tiny.hsi, tiny.lidar, "--labels", tiny.labels,
+                             "--shots", 2, "--pretrained", tiny.pretrained,
                              "--finetune-epochs", 1, "-o", out, "-q",
                              code=OutputError.exit_code))
     assert str(out) in line and "disk is full" in line
@@ -663,14 +545,14 @@ def _run_until(args: list[str], marker: str, sig: int) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_interrupting_classify_leaves_nothing(files, tmp_path_factory, sig):
+def test_interrupting_classify_leaves_nothing(tiny, tmp_path_factory, sig):
     folder = tmp_path_factory.mktemp("interrupt")
-    big = files.folder / "big.tif"
+    big = tiny.folder / "big.tif"
     if not big.exists():  # large enough that no engine finishes before the signal arrives
         rng = np.random.default_rng(0)
         write_tif(big, rng.random((BANDS, 768, 768), dtype=np.float32), block=256)
     out = folder / "map.tif"
-    code, err = _run_until(["classify", str(big), "--model", str(files.model_hsi), "-o",
+    code, err = _run_until(["classify", str(big), "--model", str(tiny.model_hsi), "-o",
                             str(out), "--confidence", str(folder / "conf.tif"),
                             "--tile-size", "64"], "Classifying pixels:", sig)
     assert "Classifying pixels:" in err, err
@@ -679,8 +561,8 @@ def test_interrupting_classify_leaves_nothing(files, tmp_path_factory, sig):
     assert sorted(p.name for p in folder.iterdir()) == []
 
 
-def test_killed_pretraining_resumes_to_the_same_model(files, tmp_path):
-    args = ["pretrain", str(files.hsi), str(files.lidar), "--preset", "tiny", "--epochs", "4",
+def test_killed_pretraining_resumes_to_the_same_model(tiny, tmp_path):
+    args = ["pretrain", str(tiny.hsi), str(tiny.lidar), "--preset", "tiny", "--epochs", "4",
             "--samples", "128", "--seed", "3"]
     reference = tmp_path / "reference.pt"
     invoke(*args, "-o", reference, "-q", code=0)
@@ -710,7 +592,7 @@ class _Evil:
 
 @pytest.mark.parametrize("packing", ["torch", "pickle"])
 @pytest.mark.parametrize("command", ["classify", "info"])
-def test_model_carrying_code_is_refused_without_running_it(files, tmp_path, packing, command):
+def test_model_carrying_code_is_refused_without_running_it(tiny, tmp_path, packing, command):
     marker = tmp_path / "PWNED"
     evil = tmp_path / "evil.pt"
     if packing == "torch":
@@ -718,41 +600,41 @@ def test_model_carrying_code_is_refused_without_running_it(files, tmp_path, pack
     else:
         evil.write_bytes(pickle.dumps({"format": FORMAT_TAG, "x": _Evil(str(marker))},
                                       protocol=pickle.HIGHEST_PROTOCOL))
-    args = (["classify", files.hsi, files.lidar, "--model", evil, "-o", tmp_path / "m.tif"]
+    args = (["classify", tiny.hsi, tiny.lidar, "--model", evil, "-o", tmp_path / "m.tif"]
             if command == "classify" else ["info", evil])
     line = error_line(invoke(*args, code=ModelError.exit_code))
     assert str(evil) in line and "refused" in line and "holds code" in line
     assert not marker.exists()
 
 
-def test_model_from_a_newer_diffclip(files, tmp_path):
-    bundle = load_model(files.model)
+def test_model_from_a_newer_diffclip(tiny, tmp_path):
+    bundle = load_model(tiny.model)
     bundle.format_version = FORMAT_VERSION + 1
     newer = save_model(bundle, tmp_path / "newer.pt")
-    for args in (["info", newer], ["classify", files.hsi, files.lidar, "--model", newer,
+    for args in (["info", newer], ["classify", tiny.hsi, tiny.lidar, "--model", newer,
                                    "-o", tmp_path / "m.tif"]):
         line = error_line(invoke(*args, code=ModelError.exit_code))
         assert "made by a newer diffclip" in line and "upgrade" in line
 
 
 # ------------------------------------------------------------- command-line behaviour
-def test_verbose_shows_the_traceback(files, tmp_path):
-    r = invoke("classify", tmp_path / "nope.tif", "--model", files.model, "-o",
+def test_verbose_shows_the_traceback(tiny, tmp_path):
+    r = invoke("classify", tmp_path / "nope.tif", "--model", tiny.model, "-o",
                tmp_path / "m.tif", "-v", code=InputError.exit_code)
     assert "Traceback" in r.output and "Error: " in r.output
 
 
-def test_internal_errors_print_one_line(files, monkeypatch):
+def test_internal_errors_print_one_line(tiny, monkeypatch):
     def broken(path):
         raise RuntimeError("something broke\nwith a second line of detail")
 
     monkeypatch.setattr("diffclip_cli.model.modelfile.load_model", broken)
-    r = invoke("info", files.model, code=1)
+    r = invoke("info", tiny.model, code=1)
     line = error_line(r, prefix="Internal error:")
     assert line == ("Internal error: RuntimeError: something broke; run again with -v for the "
                     "traceback and please report it.")
     assert len(r.output.strip().splitlines()) == 1
-    r = invoke("info", files.model, "-v", code=1)
+    r = invoke("info", tiny.model, "-v", code=1)
     assert "Traceback" in r.output and "please report it with the traceback above" in r.output
 
 
@@ -765,8 +647,8 @@ def test_usage_errors_exit_2(args):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-def test_cuda_asked_for_without_cuda(files, tmp_path):
-    line = error_line(invoke("classify", files.hsi, files.lidar, "--model", files.model, "-o",
+def test_cuda_asked_for_without_cuda(tiny, tmp_path):
+    line = error_line(invoke("classify", tiny.hsi, tiny.lidar, "--model", tiny.model, "-o",
                              tmp_path / "m.tif", "--device", "cuda",
                              code=DeviceError.exit_code))
     assert DeviceError.exit_code == 2

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scenes import make_scene
 
-from diffclip_cli.bench.baselines import pixel_features, random_forest, rbf_svm
-from diffclip_cli.bench.synthetic import make_scene
+from benchmarks.baselines import pixel_features, random_forest, rbf_svm
 from diffclip_cli.errors import LabelError
 
 SCENE = make_scene(height=48, width=48, hsi_bands=12, n_spectra=2, n_heights=2, seed=7)

@@ -14,10 +14,9 @@ import re
 import numpy as np
 import pytest
 import yaml
-from scenes import write_messy_scene
+from scenes import make_scene, write_scene
 from typer.testing import CliRunner
 
-from diffclip_cli.bench.synthetic import make_scene, write_scene
 from diffclip_cli.cli import app
 from diffclip_cli.cli.commands.train import _PlanPrinter
 from diffclip_cli.io.labels import read_labels
@@ -291,11 +290,6 @@ def test_plan_fewshot_plans_without_training(tmp_path):
 
 
 # ---------------------------------------------------------------------------- commands
-@pytest.fixture(scope="module")
-def messy(tmp_path_factory):
-    return write_messy_scene(tmp_path_factory.mktemp("messy-budget"))
-
-
 @pytest.mark.parametrize("command", ["fewshot", "pretrain"])
 @pytest.mark.parametrize("value", ["soon", "0", "-3m", "10x"])
 def test_bad_time_budget_is_a_usage_error(messy, tmp_path, command, value):

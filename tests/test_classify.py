@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
+from scenes import make_scene, write_scene
 
-from diffclip_cli.bench.synthetic import make_scene, write_scene
 from diffclip_cli.errors import ModelError, OutputError
 from diffclip_cli.infer.classify import (
     CONFIDENCE_NODATA,

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 import rasterio
-from scenes import UNCOVERED_COLUMNS, write_messy_scene
+from scenes import UNCOVERED_COLUMNS
 from typer.testing import CliRunner
 
 from diffclip_cli.cli import app
@@ -24,15 +24,10 @@ def invoke(*args: object, code: int = 0):
 
 
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory):
-    return write_messy_scene(tmp_path_factory.mktemp("messy"))
-
-
-@pytest.fixture(scope="module")
-def trained(scene, tmp_path_factory):
+def trained(messy, tmp_path_factory):
     folder = tmp_path_factory.mktemp("run")
     model = folder / "model.pt"
-    result = invoke("fewshot", scene.hsi, scene.lidar, "--labels", scene.labels, "--shots", 5,
+    result = invoke("fewshot", messy.hsi, messy.lidar, "--labels", messy.labels, "--shots", 5,
                     "--preset", "tiny", "--pretrain-samples", 600, "--fast-steps", 300, "-o",
                     model, "-q")
     return folder, model, result
@@ -50,13 +45,13 @@ def test_fewshot_writes_model_and_held_out_report(trained):
     assert (folder / "model.report.md").is_file() and (folder / "model.report.png").is_file()
 
 
-def test_classify_map_is_on_the_hsi_grid_with_nodata_and_colours(scene, trained, tmp_path):
+def test_classify_map_is_on_the_hsi_grid_with_nodata_and_colours(messy, trained, tmp_path):
     _, model, _ = trained
     out = tmp_path / "map.tif"
     conf = tmp_path / "conf.tif"
-    invoke("classify", scene.hsi, scene.lidar, "-o", out, "--model", model, "--confidence",
+    invoke("classify", messy.hsi, messy.lidar, "-o", out, "--model", model, "--confidence",
            conf, "--quicklook", tmp_path / "map.png", "--tile-size", 20, "-q")
-    with rasterio.open(scene.hsi) as hsi, rasterio.open(out) as m:
+    with rasterio.open(messy.hsi) as hsi, rasterio.open(out) as m:
         assert m.crs == hsi.crs and m.transform == hsi.transform
         assert (m.height, m.width) == (hsi.height, hsi.width)
         assert m.dtypes[0] == "uint8" and m.nodata == 0
@@ -81,12 +76,12 @@ def test_classify_map_is_on_the_hsi_grid_with_nodata_and_colours(scene, trained,
     assert (tmp_path / "map.png").stat().st_size > 1000
 
 
-def test_evaluate_matches_by_name_and_counts(scene, trained, tmp_path):
+def test_evaluate_matches_by_name_and_counts(messy, trained, tmp_path):
     _, model, _ = trained
     out = tmp_path / "map.tif"
-    invoke("classify", scene.hsi, scene.lidar, "-o", out, "--model", model, "-q")
+    invoke("classify", messy.hsi, messy.lidar, "-o", out, "--model", model, "-q")
     report_path = tmp_path / "eval.json"
-    invoke("evaluate", out, "--labels", scene.labels, "-o", report_path, "-q")
+    invoke("evaluate", out, "--labels", messy.labels, "-o", report_path, "-q")
     report = json.loads(report_path.read_text())
     cm = np.asarray(report["confusion_matrix"])
     # every label point inside the raster is scored (rows = reference classes)
@@ -96,24 +91,24 @@ def test_evaluate_matches_by_name_and_counts(scene, trained, tmp_path):
     assert (tmp_path / "eval.md").is_file() and (tmp_path / "eval.png").is_file()
 
 
-def test_refuses_to_overwrite_and_leaves_file_untouched(scene, trained, tmp_path):
+def test_refuses_to_overwrite_and_leaves_file_untouched(messy, trained, tmp_path):
     _, model, _ = trained
     out = tmp_path / "map.tif"
     out.write_bytes(b"precious")
-    result = invoke("classify", scene.hsi, scene.lidar, "-o", out, "--model", model,
+    result = invoke("classify", messy.hsi, messy.lidar, "-o", out, "--model", model,
                     code=OutputError.exit_code)
     assert "--overwrite" in result.output
     assert out.read_bytes() == b"precious"
-    invoke("classify", scene.hsi, scene.lidar, "-o", out, "--model", model, "--overwrite",
+    invoke("classify", messy.hsi, messy.lidar, "-o", out, "--model", model, "--overwrite",
            "-q")
     with rasterio.open(out) as m:
         assert m.count == 1
 
 
-def test_cog_and_creation_options(scene, trained, tmp_path):
+def test_cog_and_creation_options(messy, trained, tmp_path):
     _, model, _ = trained
     out = tmp_path / "map_cog.tif"
-    invoke("classify", scene.hsi, scene.lidar, "-o", out, "--model", model, "--cog", "--co",
+    invoke("classify", messy.hsi, messy.lidar, "-o", out, "--model", model, "--cog", "--co",
            "COMPRESS=ZSTD", "-q")
     with rasterio.open(out) as m:
         assert m.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
@@ -121,31 +116,31 @@ def test_cog_and_creation_options(scene, trained, tmp_path):
         assert m.colormap(1)
 
 
-def test_exit_codes_for_common_mistakes(scene, trained, tmp_path):
+def test_exit_codes_for_common_mistakes(messy, trained, tmp_path):
     _, model, _ = trained
     r = invoke("classify", tmp_path / "nope.tif", "-o", tmp_path / "m.tif", "--model", model,
                code=InputError.exit_code)
     assert "nope.tif" in r.output and "Traceback" not in r.output
-    r = invoke("classify", scene.hsi, "-o", tmp_path / "m.tif", "--model", model,
+    r = invoke("classify", messy.hsi, "-o", tmp_path / "m.tif", "--model", model,
                code=ModelError.exit_code)
     assert "LiDAR" in r.output
-    r = invoke("classify", scene.hsi, scene.lidar, "-o", tmp_path / "m.tif", "--model",
+    r = invoke("classify", messy.hsi, messy.lidar, "-o", tmp_path / "m.tif", "--model",
                tmp_path / "missing.pt", code=ModelError.exit_code)
     assert "missing.pt" in r.output
-    invoke("classify", scene.hsi, "--bogus-option", code=2)
+    invoke("classify", messy.hsi, "--bogus-option", code=2)
     assert not (tmp_path / "m.tif").exists()
 
 
-def test_batch_runs_good_scenes_despite_a_broken_one(scene, trained, tmp_path):
+def test_batch_runs_good_scenes_despite_a_broken_one(messy, trained, tmp_path):
     _, model, _ = trained
     broken = tmp_path / "broken.tif"
     broken.write_text("not a raster")
     manifest = tmp_path / "jobs.csv"
     manifest.write_text(
         "name,hsi,lidar,output,labels\n"
-        f"good,{scene.hsi},{scene.lidar},good_map.tif,{scene.labels}\n"
+        f"good,{messy.hsi},{messy.lidar},good_map.tif,{messy.labels}\n"
         f"bad,{broken},,bad_map.tif,\n"
-        f"good2,{scene.hsi},{scene.lidar},good2_map.tif,\n")
+        f"good2,{messy.hsi},{messy.lidar},good2_map.tif,\n")
     result = invoke("batch", manifest, "--model", model, code=BatchError.exit_code)
     assert "1 of 3 scenes failed" in " ".join(result.output.split())
     assert (tmp_path / "good_map.tif").is_file() and (tmp_path / "good2_map.tif").is_file()
@@ -155,20 +150,20 @@ def test_batch_runs_good_scenes_despite_a_broken_one(scene, trained, tmp_path):
     assert os.path.getsize(tmp_path / "good_map.tif.log") > 0
 
 
-def test_batch_yaml_manifest(scene, trained, tmp_path):
+def test_batch_yaml_manifest(messy, trained, tmp_path):
     _, model, _ = trained
     manifest = tmp_path / "jobs.yaml"
-    manifest.write_text(f"- hsi: {scene.hsi}\n  lidar: [{scene.lidar}]\n  output: a.tif\n")
+    manifest.write_text(f"- hsi: {messy.hsi}\n  lidar: [{messy.lidar}]\n  output: a.tif\n")
     invoke("batch", manifest, "--model", model, "-q")
     assert (tmp_path / "a.tif").is_file()
 
 
-def test_fast_path_is_built_by_fewshot_and_agrees_with_the_faithful_map(scene, trained,
+def test_fast_path_is_built_by_fewshot_and_agrees_with_the_faithful_map(messy, trained,
                                                                         tmp_path):
     _, model, _ = trained
-    invoke("classify", scene.hsi, scene.lidar, "-o", tmp_path / "faithful.tif", "--model",
+    invoke("classify", messy.hsi, messy.lidar, "-o", tmp_path / "faithful.tif", "--model",
            model, "-q")
-    invoke("classify", scene.hsi, scene.lidar, "-o", tmp_path / "fast.tif", "--model", model,
+    invoke("classify", messy.hsi, messy.lidar, "-o", tmp_path / "fast.tif", "--model", model,
            "--fast", "-q")
     with rasterio.open(tmp_path / "faithful.tif") as a, rasterio.open(tmp_path / "fast.tif") as b:
         faithful, fast = a.read(1), b.read(1)

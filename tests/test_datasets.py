@@ -12,7 +12,7 @@ import pytest
 import rasterio
 import scipy.io
 
-from diffclip_cli.bench.datasets import (
+from benchmarks.datasets import (
     KNOWN_DATASETS,
     Dataset,
     identify,

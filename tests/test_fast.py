@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scenes import make_scene, write_scene
 
-from diffclip_cli.bench.synthetic import make_scene, write_scene
 from diffclip_cli.errors import ModelError
 from diffclip_cli.infer.fast import FastEngine, has_fast_path
 from diffclip_cli.io.labels import read_labels
@@ -39,13 +39,8 @@ PIXELS = 2000
 SMALL = {"hidden": 32, "heads": 4, "steps": 600, "holdout": 0.2}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: one thread is faster and does not stall on a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Small tensors: one thread is faster and does not stall on a busy shared CPU.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

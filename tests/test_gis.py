@@ -18,7 +18,6 @@ import torch
 from gdalread import band_info
 from rasterdata import write_tif
 from rasterio.windows import Window
-from scenes import write_messy_scene
 from typer.testing import CliRunner
 
 from diffclip_cli.cli import app
@@ -132,23 +131,18 @@ def test_evaluate_a_map_without_class_table_warns_that_ids_are_matched(
 
 # ------------------------------------------------------------- a trained model for the rest
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory):
-    return write_messy_scene(tmp_path_factory.mktemp("gis"))
-
-
-@pytest.fixture(scope="module")
-def model(scene, tmp_path_factory):
+def model(messy, tmp_path_factory):
     path = tmp_path_factory.mktemp("gis_model") / "model.pt"
-    invoke("fewshot", scene.hsi, scene.lidar, "--labels", scene.labels, "--shots", 5,
+    invoke("fewshot", messy.hsi, messy.lidar, "--labels", messy.labels, "--shots", 5,
            "--preset", "tiny", "--pretrain-samples", 200, "--no-fast", "-o", path, "-q")
     return path
 
 
 # ------------------------------------------------------- class names and colours in GIS files
 @pytest.mark.parametrize("cog", [False, True])
-def test_map_carries_gdal_categories_rat_and_a_qgis_style(scene, model, tmp_path, cog):
+def test_map_carries_gdal_categories_rat_and_a_qgis_style(messy, model, tmp_path, cog):
     out = tmp_path / "map.tif"
-    invoke("classify", scene.hsi, scene.lidar, "-o", out, "--model", model, "-q",
+    invoke("classify", messy.hsi, messy.lidar, "-o", out, "--model", model, "-q",
            *(["--cog"] if cog else []))
     classes = json.loads((tmp_path / "map.tif.json").read_text())["classes"]
     assert (tmp_path / "map.tif.aux.xml").is_file()
@@ -180,9 +174,9 @@ def test_map_carries_gdal_categories_rat_and_a_qgis_style(scene, model, tmp_path
 
 # ------------------------------------------------------------------ GDAL dataset names as inputs
 @pytest.fixture(scope="module")
-def reference_map(scene, model, tmp_path_factory):
+def reference_map(messy, model, tmp_path_factory):
     out = tmp_path_factory.mktemp("gis_ref") / "map.tif"
-    invoke("classify", scene.hsi, scene.lidar, "-o", out, "--model", model, "-q")
+    invoke("classify", messy.hsi, messy.lidar, "-o", out, "--model", model, "-q")
     with rasterio.open(out) as ds:
         return ds.read(1)
 
@@ -192,32 +186,32 @@ def _read(path):
         return ds.read(1)
 
 
-def test_classify_reads_an_hsi_inside_a_zip_by_its_vsizip_name(scene, model, reference_map,
+def test_classify_reads_an_hsi_inside_a_zip_by_its_vsizip_name(messy, model, reference_map,
                                                                tmp_path, monkeypatch):
     archive = tmp_path / "hsi.zip"
     with zipfile.ZipFile(archive, "w") as z:
-        z.write(scene.hsi, "hsi.tif")
+        z.write(messy.hsi, "hsi.tif")
     # absolute: /vsizip/ + /abs/path (a double slash GDAL needs and a Path would fold)
     name = f"/vsizip/{archive}/hsi.tif"
     assert "//" in name
-    invoke("classify", name, scene.lidar, "-o", tmp_path / "abs.tif", "--model", model, "-q")
+    invoke("classify", name, messy.lidar, "-o", tmp_path / "abs.tif", "--model", model, "-q")
     assert np.array_equal(_read(tmp_path / "abs.tif"), reference_map)
     # relative, as in the issue: /vsizip/hsi.zip/hsi.tif
     monkeypatch.chdir(tmp_path)
-    invoke("classify", "/vsizip/hsi.zip/hsi.tif", scene.lidar, "-o", "rel.tif", "--model",
+    invoke("classify", "/vsizip/hsi.zip/hsi.tif", messy.lidar, "-o", "rel.tif", "--model",
            model, "-q")
     assert np.array_equal(_read(tmp_path / "rel.tif"), reference_map)
     sidecar = json.loads((tmp_path / "rel.tif.json").read_text())
     assert sidecar["metadata"]["inputs"]["hsi"] == "/vsizip/hsi.zip/hsi.tif"
-    r = invoke("classify", "/vsizip/hsi.zip/missing.tif", scene.lidar, "-o", "x.tif",
+    r = invoke("classify", "/vsizip/hsi.zip/missing.tif", messy.lidar, "-o", "x.tif",
                "--model", model, code=InputError.exit_code)
     assert "/vsizip/hsi.zip/missing.tif" in r.output and "not found" not in r.output
 
 
-def test_netcdf_variables_by_name_and_a_multi_variable_file_lists_them(scene, model,
+def test_netcdf_variables_by_name_and_a_multi_variable_file_lists_them(messy, model,
                                                                        reference_map, tmp_path):
     # a LiDAR NetCDF with two variables (GDAL writes one per band): Band1 (DSM), Band2
-    with rasterio.open(scene.lidar) as ds:
+    with rasterio.open(messy.lidar) as ds:
         profile = ds.profile | {"count": 2}
         dsm = ds.read(1)
     two = tmp_path / "two.tif"
@@ -225,24 +219,24 @@ def test_netcdf_variables_by_name_and_a_multi_variable_file_lists_them(scene, mo
         ds.write(np.stack([dsm, dsm * 0 + 1]))
     nc = tmp_path / "lidar.nc"
     rasterio.shutil.copy(two, nc, driver="netCDF")
-    r = invoke("classify", scene.hsi, nc, "-o", tmp_path / "m.tif", "--model", model,
+    r = invoke("classify", messy.hsi, nc, "-o", tmp_path / "m.tif", "--model", model,
                code=InputError.exit_code)
     line = " ".join(r.output.split())
     assert "2 subdatasets" in line and "Band1" in line and "Band2" in line
     assert "has no bands" not in line
-    invoke("classify", scene.hsi, f"NETCDF:{nc}:Band1", "-o", tmp_path / "m.tif", "--model",
+    invoke("classify", messy.hsi, f"NETCDF:{nc}:Band1", "-o", tmp_path / "m.tif", "--model",
            model, "-q")
     assert np.array_equal(_read(tmp_path / "m.tif"), reference_map)
 
 
-def test_an_envi_header_stands_for_its_data_file(scene, model, reference_map, tmp_path):
-    rasterio.shutil.copy(scene.hsi, tmp_path / "hsi.img", driver="ENVI")
+def test_an_envi_header_stands_for_its_data_file(messy, model, reference_map, tmp_path):
+    rasterio.shutil.copy(messy.hsi, tmp_path / "hsi.img", driver="ENVI")
     assert (tmp_path / "hsi.hdr").is_file()
-    invoke("classify", tmp_path / "hsi.hdr", scene.lidar, "-o", tmp_path / "m.tif", "--model",
+    invoke("classify", tmp_path / "hsi.hdr", messy.lidar, "-o", tmp_path / "m.tif", "--model",
            model, "-q")
     assert np.array_equal(_read(tmp_path / "m.tif"), reference_map)
     (tmp_path / "hsi.img").unlink()
-    r = invoke("classify", tmp_path / "hsi.hdr", scene.lidar, "-o", tmp_path / "n.tif",
+    r = invoke("classify", tmp_path / "hsi.hdr", messy.lidar, "-o", tmp_path / "n.tif",
                "--model", model, code=InputError.exit_code)
     assert "ENVI header" in r.output and "hsi.img" in r.output
 
@@ -303,60 +297,60 @@ def _envi_copy(src, dst_img, wavelengths, units):
 
 
 @pytest.fixture(scope="module")
-def spectral(scene, tmp_path_factory):
+def spectral(messy, tmp_path_factory):
     """An HSI GeoTIFF whose band descriptions carry wavelengths, and a model trained on it."""
     folder = tmp_path_factory.mktemp("spectral")
-    with rasterio.open(scene.hsi) as ds:
+    with rasterio.open(messy.hsi) as ds:
         profile, data = ds.profile, ds.read()
     hsi = folder / "hsi_nm.tif"
     with rasterio.open(hsi, "w", **profile) as ds:
         ds.write(data)
         ds.descriptions = tuple(f"{w:g} nm" for w in WAVELENGTHS)
     path = folder / "model.pt"
-    invoke("fewshot", hsi, scene.lidar, "--labels", scene.labels, "--shots", 5, "--preset",
+    invoke("fewshot", hsi, messy.lidar, "--labels", messy.labels, "--shots", 5, "--preset",
            "tiny", "--pretrain-samples", 200, "--no-fast", "-o", path, "-q")
     return hsi, path
 
 
-def test_wavelengths_are_read_stored_and_compared_at_classify_time(scene, spectral, tmp_path):
+def test_wavelengths_are_read_stored_and_compared_at_classify_time(messy, spectral, tmp_path):
     hsi, model = spectral
     info = json.loads(invoke("info", model, "--json").output)
     assert info["wavelengths_nm"] == WAVELENGTHS
     # the same bands in micrometres from an ENVI header: accepted, the same map
     same = _envi_copy(hsi, tmp_path / "same.img", [w / 1000 for w in WAVELENGTHS],
                       "Micrometers")
-    invoke("classify", same, scene.lidar, "-o", tmp_path / "same.tif", "--model", model, "-q")
-    invoke("classify", hsi, scene.lidar, "-o", tmp_path / "ref.tif", "--model", model, "-q")
+    invoke("classify", same, messy.lidar, "-o", tmp_path / "same.tif", "--model", model, "-q")
+    invoke("classify", hsi, messy.lidar, "-o", tmp_path / "ref.tif", "--model", model, "-q")
     assert np.array_equal(_read(tmp_path / "same.tif"), _read(tmp_path / "ref.tif"))
     # another band subset of the same count: refused, naming the wavelengths
     shifted = _envi_copy(hsi, tmp_path / "other.img", [w + 50 for w in WAVELENGTHS],
                          "Nanometers")
-    r = invoke("classify", shifted, scene.lidar, "-o", tmp_path / "other.tif", "--model",
+    r = invoke("classify", shifted, messy.lidar, "-o", tmp_path / "other.tif", "--model",
                model, code=ModelError.exit_code)
     line = " ".join(r.output.split())
     assert "400-510 nm" in line and "450-560 nm" in line and "band 1 is at 450 nm" in line
     assert not (tmp_path / "other.tif").exists()
 
 
-def test_band_names_that_differ_without_wavelengths_only_warn(scene, model, reference_map,
+def test_band_names_that_differ_without_wavelengths_only_warn(messy, model, reference_map,
                                                               tmp_path, caplog):
     # the module's model was trained on band_1..band_12 (no wavelengths); an ENVI scene with
     # wavelengths has the same count: mapped, with a warning that names the difference
-    header = _envi_copy(scene.hsi, tmp_path / "hsi.img", WAVELENGTHS, "Nanometers")
+    header = _envi_copy(messy.hsi, tmp_path / "hsi.img", WAVELENGTHS, "Nanometers")
     caplog.set_level("WARNING", logger="diffclip")
-    r = invoke("classify", header, scene.lidar, "-o", tmp_path / "m.tif", "--model", model)
+    r = invoke("classify", header, messy.lidar, "-o", tmp_path / "m.tif", "--model", model)
     text = " ".join((r.output + caplog.text).split())
     assert "wavelengths are unknown" in text and "400-510 nm" in text
     assert np.array_equal(_read(tmp_path / "m.tif"), reference_map)
     # no wavelengths on either side, other band names: a warning naming the first difference
-    with rasterio.open(scene.hsi) as ds:
+    with rasterio.open(messy.hsi) as ds:
         profile, data = ds.profile, ds.read()
     renamed = tmp_path / "renamed.tif"
     with rasterio.open(renamed, "w", **profile) as ds:
         ds.write(data)
         ds.descriptions = tuple(f"channel {i}" for i in range(1, 13))
     caplog.clear()
-    r = invoke("classify", renamed, scene.lidar, "-o", tmp_path / "n.tif", "--model", model)
+    r = invoke("classify", renamed, messy.lidar, "-o", tmp_path / "n.tif", "--model", model)
     text = " ".join((r.output + caplog.text).split())
     assert "band names differ from the model's (12 of 12; band 1 is 'channel 1'" in text
     assert "wavelengths are unknown" not in text
@@ -423,10 +417,10 @@ def test_wavelength_sources(tmp_path, tags, descriptions, expected):
     (["BLOCKXSIZE=abc"], "'abc' is an unexpected value for BLOCKXSIZE"),
 ])
 @pytest.mark.parametrize("cog", [False, True])
-def test_unknown_creation_options_are_errors_that_name_valid_ones(scene, model, tmp_path,
+def test_unknown_creation_options_are_errors_that_name_valid_ones(messy, model, tmp_path,
                                                                    options, words, cog):
     args = [a for o in options for a in ("--co", o)]
-    r = invoke("classify", scene.hsi, scene.lidar, "-o", tmp_path / "m.tif", "--model", model,
+    r = invoke("classify", messy.hsi, messy.lidar, "-o", tmp_path / "m.tif", "--model", model,
                *args, *(["--cog"] if cog else []), code=2)
     text = " ".join(r.output.replace("│", " ").split())
     assert words in text and "COMPRESS, PREDICTOR" in text
@@ -434,12 +428,12 @@ def test_unknown_creation_options_are_errors_that_name_valid_ones(scene, model, 
 
 
 @pytest.mark.parametrize("name", ["map.img", "map.jp2", "map.vrt"])
-def test_an_output_named_like_another_format_is_refused(scene, model, tmp_path, name):
-    r = invoke("classify", scene.hsi, scene.lidar, "-o", tmp_path / name, "--model", model,
+def test_an_output_named_like_another_format_is_refused(messy, model, tmp_path, name):
+    r = invoke("classify", messy.hsi, messy.lidar, "-o", tmp_path / name, "--model", model,
                code=OutputError.exit_code)
     line = " ".join(r.output.split())
     assert f"ends in {name[3:]}" in line and ".tif, .tiff" in line
-    invoke("classify", scene.hsi, scene.lidar, "-o", tmp_path / "m.tif", "--confidence",
+    invoke("classify", messy.hsi, messy.lidar, "-o", tmp_path / "m.tif", "--confidence",
            tmp_path / name, "--model", model, code=OutputError.exit_code)
     assert list(tmp_path.iterdir()) == []
 
@@ -477,10 +471,10 @@ def test_every_fewshot_report_scores_the_per_pixel_baseline(model):
     assert "## Per-pixel baseline" in markdown and base["verdict"] in markdown
 
 
-def test_fewshot_says_plainly_when_the_baseline_is_better(scene, tmp_path):
+def test_fewshot_says_plainly_when_the_baseline_is_better(messy, tmp_path):
     # one epoch of each stage: DiffCLIP barely trained; the scene's spectra separate the
     # classes, so a random forest on pixel values wins
-    r = invoke("fewshot", scene.hsi, scene.lidar, "--labels", scene.labels, "--shots", 5,
+    r = invoke("fewshot", messy.hsi, messy.lidar, "--labels", messy.labels, "--shots", 5,
                "--preset", "tiny", "--pretrain-samples", 50, "--pretrain-epochs", 1,
                "--finetune-epochs", 1, "--no-fast", "-o", tmp_path / "weak.pt", "-q")
     report = json.loads((tmp_path / "weak.report.json").read_text())
@@ -532,9 +526,9 @@ def test_reports_have_a_csv_confusion_matrix(model, named_map_and_id_labels, tmp
         assert [int(r[-1]) for r in rows[1:]] == report["unclassified"]
 
 
-def test_quicklook_has_coordinates_crs_and_a_scale_bar(scene, model, tmp_path):
+def test_quicklook_has_coordinates_crs_and_a_scale_bar(messy, model, tmp_path):
     out = tmp_path / "map.tif"
-    invoke("classify", scene.hsi, scene.lidar, "-o", out, "--model", model, "--quicklook",
+    invoke("classify", messy.hsi, messy.lidar, "-o", out, "--model", model, "--quicklook",
            tmp_path / "map.png", "-q")
     assert (tmp_path / "map.png").stat().st_size > 1000
     fig = quicklook_figure(out, None, max_size=560)

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from rasterdata import (  # noqa: F401 (salinas_dir is a fixture)
+from rasterdata import (
     HSI_CRS,
     ORIGIN,
     RES,
-    salinas_dir,
     write_tif,
 )
 from rasterio.crs import CRS
@@ -264,7 +263,7 @@ def test_drop_invalid_reports_per_class(tmp_path):
     np.testing.assert_array_equal(kept.subset(np.array([0])).class_ids, [2])
 
 
-def test_salinas_vector_and_raster_labels_agree(salinas_dir):  # noqa: F811
+def test_salinas_vector_and_raster_labels_agree(salinas_dir):
     with Scene.open(salinas_dir / "hsi.tif") as scene:
         vec = read_labels(salinas_dir / "labels.gpkg", scene.grid)
         ras = read_labels(salinas_dir / "labels.tif", scene.grid,

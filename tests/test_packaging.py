@@ -9,7 +9,16 @@ from typer.testing import CliRunner
 
 from diffclip_cli import __version__
 from diffclip_cli.cli import app
-from diffclip_cli.errors import EXIT_CODES, DiffclipError, InputError, OutputError
+from diffclip_cli.errors import (
+    EXIT_CODES,
+    DeviceError,
+    DiffclipError,
+    GridError,
+    InputError,
+    LabelError,
+    ModelError,
+    OutputError,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,6 +58,20 @@ def test_error_messages_name_file_and_fix() -> None:
     assert isinstance(err, DiffclipError)
     assert len(set(EXIT_CODES.values())) == len(EXIT_CODES)
     assert OutputError.exit_code == EXIT_CODES["OutputError"]
+
+
+def test_errors_are_also_the_matching_builtins() -> None:
+    # rasterio's style: RasterioIOError(RasterioError, OSError); exit codes stay the tree's.
+    for cls in (InputError, OutputError):
+        assert issubclass(cls, DiffclipError) and issubclass(cls, OSError)
+    for cls in (GridError, LabelError, ModelError, DeviceError):
+        assert issubclass(cls, DiffclipError) and issubclass(cls, ValueError)
+    assert DeviceError.exit_code == EXIT_CODES["usage error"]
+    err = OutputError("disk full", path="map.tif", hint="free some space")
+    assert str(err) == "map.tif: disk full; free some space."
+    from diffclip_cli.model import device
+
+    assert device.DeviceError is DeviceError
 
 
 def test_embedded_sample_scene_ships() -> None:

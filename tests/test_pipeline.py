@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
+from scenes import make_scene, write_scene
 
-from diffclip_cli.bench.synthetic import make_scene, write_scene
 from diffclip_cli.errors import ModelError
 from diffclip_cli.infer.engine import TileEngine
 from diffclip_cli.io.labels import read_labels

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
+from scenes import make_scene
 
-from diffclip_cli.bench import protocol
-from diffclip_cli.bench.ablations import ablation_preset
-from diffclip_cli.bench.datasets import load_mat_folder, paper_rows
-from diffclip_cli.bench.protocol import (
+from benchmarks import protocol
+from benchmarks.ablations import ablation_preset
+from benchmarks.datasets import load_mat_folder, paper_rows
+from benchmarks.protocol import (
     ProtocolConfig,
     inputs_from_dataset,
     inputs_from_files,
@@ -22,7 +23,6 @@ from diffclip_cli.bench.protocol import (
     run_protocol,
     summary_markdown,
 )
-from diffclip_cli.bench.synthetic import make_scene
 from diffclip_cli.errors import LabelError, OutputError
 from diffclip_cli.model.config import load_preset
 from diffclip_cli.model.network import DiffCLIPNet

@@ -7,13 +7,12 @@ import threading
 import numpy as np
 import pytest
 import rasterio
-from rasterdata import (  # noqa: F401 (salinas_dir is a fixture)
+from rasterdata import (
     ORIGIN,
     RES,
     hsi_grid,
     pixel_centres,
     plane,
-    salinas_dir,
     write_lidar_plane,
     write_tif,
 )
@@ -244,7 +243,7 @@ def test_lidar_on_the_same_grid_is_read_as_is(hsi, tmp_path):
         assert scene.lidar_coverage == 1.0
 
 
-def test_salinas_sample_scene(salinas_dir):  # noqa: F811
+def test_salinas_sample_scene(salinas_dir):
     with Scene.open(salinas_dir / "hsi.tif") as scene:
         assert scene.hsi_bands == 204 and scene.grid.crs is None
         assert scene.grid.shape == (83, 86)

@@ -1,8 +1,8 @@
 """Issue 14: never destroy an input, never trust a damaged model, never leave a corrupt file.
 
 Every case runs through the real commands (typer's CliRunner), on the tiny scene and the
-untrained models of ``test_bad_inputs`` (an untrained network is a valid model file); only the
-resume cases train, for one epoch of the ``tiny`` preset.
+untrained models of ``tinyscene`` (the fixture ``tiny``; an untrained network is a valid model
+file); only the resume cases train, for one epoch of the ``tiny`` preset.
 """
 
 from __future__ import annotations
@@ -22,15 +22,13 @@ import pytest
 import rasterio
 import torch
 from rasterdata import write_tif
-from test_bad_inputs import (  # noqa: F401  (files is a fixture)
+from tinyscene import (
     BANDS,
     TRANSFORM,
     error_line,
-    files,
     invoke,
     no_temp_files,
     pixel_point,
-    untrained_models,
 )
 
 from diffclip_cli.errors import InputError, LabelError, ModelError, OutputError
@@ -44,25 +42,20 @@ DEV_FULL = Path("/dev/full")
 needs_dev_full = pytest.mark.skipif(not DEV_FULL.exists(), reason="needs /dev/full")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
-def scene(files, tmp_path):  # noqa: F811
+def scene(tiny, tmp_path):
     """Private copies of the inputs (the tests try to destroy them)."""
-    hsi = shutil.copy(files.hsi, tmp_path / "hsi.tif")
-    lidar = shutil.copy(files.lidar, tmp_path / "lidar.tif")
-    model = shutil.copy(files.model, tmp_path / "m.pt")
+    hsi = shutil.copy(tiny.hsi, tmp_path / "hsi.tif")
+    lidar = shutil.copy(tiny.lidar, tmp_path / "lidar.tif")
+    model = shutil.copy(tiny.model, tmp_path / "m.pt")
     labels = tmp_path / "labels.gpkg"
-    for part in files.folder.glob("labels.gpkg*"):
+    for part in tiny.folder.glob("labels.gpkg*"):
         shutil.copy(part, tmp_path / part.name)
     return {"hsi": Path(hsi), "lidar": Path(lidar), "model": Path(model), "labels": labels,
-            "pretrained": files.pretrained}
+            "pretrained": tiny.pretrained}
 
 
 def _digests(*paths: Path) -> list[bytes]:
@@ -140,13 +133,13 @@ def test_fewshot_refuses_its_report_over_the_labels(scene, tmp_path, monkeypatch
     assert "the pretrained model" in line
 
 
-def test_evaluate_refuses_a_report_over_the_maps_sidecar(files, tmp_path):  # noqa: F811
+def test_evaluate_refuses_a_report_over_the_maps_sidecar(tiny, tmp_path):
     the_map = tmp_path / "map.tif"
-    invoke("classify", files.hsi, files.lidar, "--model", files.model, "-o", the_map, "-q",
+    invoke("classify", tiny.hsi, tiny.lidar, "--model", tiny.model, "-o", the_map, "-q",
            code=0)
     sidecar = Path(f"{the_map}.json")
     before = sidecar.read_bytes()
-    line = error_line(invoke("evaluate", the_map, "--labels", files.labels, "-o", the_map,
+    line = error_line(invoke("evaluate", the_map, "--labels", tiny.labels, "-o", the_map,
                              "--overwrite", code=OutputError.exit_code))
     assert "side file of an input" in line and str(sidecar) in line
     assert sidecar.read_bytes() == before
@@ -202,10 +195,10 @@ def _flip_weight_bytes(model: Path, out: Path) -> None:
 
 
 @pytest.mark.parametrize("command", ["classify", "info"])
-def test_flipped_bytes_in_the_weights_are_refused(files, tmp_path, command):  # noqa: F811
+def test_flipped_bytes_in_the_weights_are_refused(tiny, tmp_path, command):
     bad = tmp_path / "flipped.pt"
-    _flip_weight_bytes(files.model, bad)
-    args = (["classify", files.hsi, files.lidar, "--model", bad, "-o", tmp_path / "m.tif"]
+    _flip_weight_bytes(tiny.model, bad)
+    args = (["classify", tiny.hsi, tiny.lidar, "--model", bad, "-o", tmp_path / "m.tif"]
             if command == "classify" else ["info", bad])
     line = error_line(invoke(*args, code=ModelError.exit_code))
     assert str(bad) in line and "damaged" in line and "checksum" in line
@@ -219,7 +212,7 @@ def _resave_payload(model: Path, out: Path, change) -> None:
     torch.save(payload, out)
 
 
-def test_weights_that_do_not_match_the_stored_digest_are_refused(files, tmp_path):  # noqa: F811
+def test_weights_that_do_not_match_the_stored_digest_are_refused(tiny, tmp_path):
     """The archive is intact (its CRCs are right), but a weight differs from the digest."""
     bad = tmp_path / "tampered.pt"
 
@@ -227,32 +220,32 @@ def test_weights_that_do_not_match_the_stored_digest_are_refused(files, tmp_path
         key = next(k for k, v in payload["state_dict"].items() if v.is_floating_point())
         payload["state_dict"][key] = payload["state_dict"][key] + 1e-3
 
-    _resave_payload(files.model, bad, change)
-    line = error_line(invoke("classify", files.hsi, files.lidar, "--model", bad, "-o",
+    _resave_payload(tiny.model, bad, change)
+    line = error_line(invoke("classify", tiny.hsi, tiny.lidar, "--model", bad, "-o",
                              tmp_path / "m.tif", code=ModelError.exit_code))
     assert "weights do not match the checksum stored in it" in line
 
 
-def test_a_format_2_file_without_its_digest_is_refused(files, tmp_path):  # noqa: F811
+def test_a_format_2_file_without_its_digest_is_refused(tiny, tmp_path):
     bad = tmp_path / "nodigest.pt"
-    _resave_payload(files.model, bad, lambda p: p.pop("digest"))
+    _resave_payload(tiny.model, bad, lambda p: p.pop("digest"))
     line = error_line(invoke("info", bad, code=ModelError.exit_code))
     assert "integrity digest is missing" in line
 
 
-def test_a_format_1_file_without_a_digest_still_loads(files, tmp_path):  # noqa: F811
+def test_a_format_1_file_without_a_digest_still_loads(tiny, tmp_path):
     old = tmp_path / "old.pt"
 
     def change(payload):
         payload.pop("digest")
         payload["format_version"] = 1
 
-    _resave_payload(files.model, old, change)
+    _resave_payload(tiny.model, old, change)
     invoke("info", old, code=0)
 
 
-def _damaged_bundle(files, tmp_path, change) -> Path:  # noqa: F811
-    bundle = load_model(files.model)
+def _damaged_bundle(tiny, tmp_path, change) -> Path:
+    bundle = load_model(tiny.model)
     change(bundle)
     return save_model(bundle, tmp_path / "damaged.pt")  # a valid digest of damaged content
 
@@ -271,45 +264,45 @@ def _damaged_bundle(files, tmp_path, change) -> Path:  # noqa: F811
      "prompt token ids have shape"),
     (lambda b: b.band_names["hsi"].pop(), "band names do not match"),
 ])
-def test_damaged_metadata_is_a_model_error(files, tmp_path, change, words):  # noqa: F811
-    bad = _damaged_bundle(files, tmp_path, change)
-    for args in (["info", bad], ["classify", files.hsi, files.lidar, "--model", bad, "-o",
+def test_damaged_metadata_is_a_model_error(tiny, tmp_path, change, words):
+    bad = _damaged_bundle(tiny, tmp_path, change)
+    for args in (["info", bad], ["classify", tiny.hsi, tiny.lidar, "--model", bad, "-o",
                                  tmp_path / "m.tif"]):
         line = error_line(invoke(*args, code=ModelError.exit_code))
         assert "damaged" in line and words in line, line
 
 
-def test_weights_that_do_not_fit_the_configuration_name_the_model(files, tmp_path):  # noqa: F811
+def test_weights_that_do_not_fit_the_configuration_name_the_model(tiny, tmp_path):
     """Consistent metadata, digest right, but a weight of the wrong shape."""
     def change(bundle):
         key = next(k for k, v in bundle.state_dict.items()
                    if v.ndim == 2 and v.is_floating_point())
         bundle.state_dict[key] = bundle.state_dict[key][:, :1].clone()
 
-    bad = _damaged_bundle(files, tmp_path, change)
-    line = error_line(invoke("classify", files.hsi, files.lidar, "--model", bad, "-o",
+    bad = _damaged_bundle(tiny, tmp_path, change)
+    line = error_line(invoke("classify", tiny.hsi, tiny.lidar, "--model", bad, "-o",
                              tmp_path / "m.tif", code=ModelError.exit_code))
     assert line.startswith(f"Error: {bad}: ") and "do not fit the stored configuration" in line
     assert not (tmp_path / "m.tif").exists() and no_temp_files(tmp_path)
 
 
-def test_unknown_configuration_field_says_a_newer_diffclip_made_it(files, tmp_path):  # noqa: F811
-    bad = _damaged_bundle(files, tmp_path,
+def test_unknown_configuration_field_says_a_newer_diffclip_made_it(tiny, tmp_path):
+    bad = _damaged_bundle(tiny, tmp_path,
                           lambda b: b.model_config.update(rotary_embedding=True))
     line = error_line(invoke("info", bad, code=ModelError.exit_code))
     assert "rotary_embedding" in line and "a newer diffclip made it" in line
     assert "upgrade diffclip" in line
 
 
-def test_fast_without_a_fast_path_names_the_model(files, tmp_path):  # noqa: F811
-    line = error_line(invoke("classify", files.hsi, files.lidar, "--model", files.model,
+def test_fast_without_a_fast_path_names_the_model(tiny, tmp_path):
+    line = error_line(invoke("classify", tiny.hsi, tiny.lidar, "--model", tiny.model,
                              "-o", tmp_path / "m.tif", "--fast", code=ModelError.exit_code))
-    assert line.startswith(f"Error: {files.model}: ") and "no fast path" in line
+    assert line.startswith(f"Error: {tiny.model}: ") and "no fast path" in line
 
 
 # ------------------------------------------------------- 3. complete outputs, failed writes
 @needs_dev_full
-def test_a_write_failing_at_close_leaves_no_output(files, tmp_path, monkeypatch):  # noqa: F811
+def test_a_write_failing_at_close_leaves_no_output(tiny, tmp_path, monkeypatch):
     """GDAL fails to write the confidence raster (the only float32 output) when it closes it,
     as on a full disk (the symbolic link to /dev/full): rasterio does not raise there.
     """
@@ -328,7 +321,7 @@ def test_a_write_failing_at_close_leaves_no_output(files, tmp_path, monkeypatch)
 
     monkeypatch.setattr(maps.rasterio, "open", fake_open)
     out, conf = tmp_path / "map.tif", tmp_path / "conf.tif"
-    line = error_line(invoke("classify", files.hsi, files.lidar, "--model", files.model,
+    line = error_line(invoke("classify", tiny.hsi, tiny.lidar, "--model", tiny.model,
                              "-o", out, "--confidence", conf, code=OutputError.exit_code))
     assert "could not be written" in line or "disk is full" in line
     assert str(conf) in line and "GDAL" in line
@@ -337,7 +330,7 @@ def test_a_write_failing_at_close_leaves_no_output(files, tmp_path, monkeypatch)
 
 
 @needs_dev_full
-def test_the_map_failing_last_takes_the_finished_outputs_with_it(files, tmp_path,  # noqa: F811
+def test_the_map_failing_last_takes_the_finished_outputs_with_it(tiny, tmp_path,
                                                                   monkeypatch):
     """The map is finished after the confidence raster: before, conf.tif was left behind."""
     from diffclip_cli.io import maps
@@ -353,13 +346,13 @@ def test_the_map_failing_last_takes_the_finished_outputs_with_it(files, tmp_path
     monkeypatch.setattr(maps.rasterio, "open", fake_open)
     out, conf = tmp_path / "map.tif", tmp_path / "conf.tif"
     conf.write_bytes(b"an older confidence raster")
-    error_line(invoke("classify", files.hsi, files.lidar, "--model", files.model, "-o", out,
+    error_line(invoke("classify", tiny.hsi, tiny.lidar, "--model", tiny.model, "-o", out,
                       "--confidence", conf, "--overwrite", code=OutputError.exit_code))
     assert conf.read_bytes() == b"an older confidence raster"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["conf.tif"]
 
 
-def test_a_failing_tile_write_names_its_own_output(files, tmp_path, monkeypatch):  # noqa: F811
+def test_a_failing_tile_write_names_its_own_output(tiny, tmp_path, monkeypatch):
     """The map's write fails while the confidence raster is open too: the map is named."""
     from diffclip_cli.io import maps
 
@@ -381,7 +374,7 @@ def test_a_failing_tile_write_names_its_own_output(files, tmp_path, monkeypatch)
 
     monkeypatch.setattr(maps.rasterio, "open", fake_open)
     out = tmp_path / "map.tif"
-    line = error_line(invoke("classify", files.hsi, files.lidar, "--model", files.model,
+    line = error_line(invoke("classify", tiny.hsi, tiny.lidar, "--model", tiny.model,
                              "-o", out, "--confidence", tmp_path / "conf.tif",
                              "--probabilities", tmp_path / "p.tif", code=OutputError.exit_code))
     assert line.startswith(f"Error: {out}: the disk is full")
@@ -416,12 +409,12 @@ def tiny_disks():
 
 
 @pytest.mark.parametrize("size", ["4k", "8k"])  # map, sidecar, confidence: 3 pages at least
-def test_a_really_full_disk_while_classifying_leaves_nothing(files, tmp_path, tiny_disks,  # noqa: F811
+def test_a_really_full_disk_while_classifying_leaves_nothing(tiny, tmp_path, tiny_disks,
                                                              size):
     folder = tmp_path / "disk"
     folder.mkdir()
-    code, err, listing = _tiny_disk(size, folder, "classify", files.hsi, files.lidar,
-                                    "--model", files.model, "-o", folder / "map.tif",
+    code, err, listing = _tiny_disk(size, folder, "classify", tiny.hsi, tiny.lidar,
+                                    "--model", tiny.model, "-o", folder / "map.tif",
                                     "--confidence", folder / "conf.tif", "--tile-size", 16,
                                     "-q")
     assert code == OutputError.exit_code, err
@@ -429,19 +422,19 @@ def test_a_really_full_disk_while_classifying_leaves_nothing(files, tmp_path, ti
     assert listing == []
 
 
-def test_a_really_full_disk_while_saving_a_model(files, tmp_path, tiny_disks):  # noqa: F811
+def test_a_really_full_disk_while_saving_a_model(tiny, tmp_path, tiny_disks):
     folder = tmp_path / "disk"
     folder.mkdir()
-    code, err, listing = _tiny_disk("64k", folder, "fewshot", files.hsi, files.lidar,
-                                    "--labels", files.labels, "--shots", 2, "--pretrained",
-                                    files.pretrained, "--finetune-epochs", 1, "--no-fast",
+    code, err, listing = _tiny_disk("64k", folder, "fewshot", tiny.hsi, tiny.lidar,
+                                    "--labels", tiny.labels, "--shots", 2, "--pretrained",
+                                    tiny.pretrained, "--finetune-epochs", 1, "--no-fast",
                                     "-o", folder / "m.pt", "-q")
     assert code == OutputError.exit_code, err
     assert f"{folder / 'm.pt'}: the disk is full" in err and "Internal error" not in err
     assert listing == []
 
 
-def test_a_failing_quicklook_leaves_no_map(files, tmp_path, monkeypatch):  # noqa: F811
+def test_a_failing_quicklook_leaves_no_map(tiny, tmp_path, monkeypatch):
     """The quicklook is written last; the disk fills up there: the map goes too."""
     from diffclip_cli.report import quicklook
 
@@ -451,7 +444,7 @@ def test_a_failing_quicklook_leaves_no_map(files, tmp_path, monkeypatch):  # noq
 
     monkeypatch.setattr(quicklook, "_figure", lambda *a, **k: FullDisk())
     out = tmp_path / "map.tif"
-    line = error_line(invoke("classify", files.hsi, files.lidar, "--model", files.model,
+    line = error_line(invoke("classify", tiny.hsi, tiny.lidar, "--model", tiny.model,
                              "-o", out, "--quicklook", tmp_path / "q.png",
                              code=OutputError.exit_code))
     assert "disk is full" in line and "q.png" in line
@@ -459,7 +452,7 @@ def test_a_failing_quicklook_leaves_no_map(files, tmp_path, monkeypatch):  # noq
 
 
 @needs_dev_full
-def test_torch_failing_to_save_a_model_is_an_output_error(files, tmp_path,  # noqa: F811
+def test_torch_failing_to_save_a_model_is_an_output_error(tiny, tmp_path,
                                                           monkeypatch):
     """torch.save raises RuntimeError (not OSError) when the disk fills up."""
     real_save = torch.save
@@ -471,8 +464,8 @@ def test_torch_failing_to_save_a_model_is_an_output_error(files, tmp_path,  # no
 
     monkeypatch.setattr("diffclip_cli.model.modelfile.torch.save", save_to_full_disk)
     out = tmp_path / "m.pt"
-    line = error_line(invoke("fewshot", files.hsi, files.lidar, "--labels", files.labels,
-                             "--shots", 2, "--pretrained", files.pretrained,
+    line = error_line(invoke("fewshot", tiny.hsi, tiny.lidar, "--labels", tiny.labels,
+                             "--shots", 2, "--pretrained", tiny.pretrained,
                              "--finetune-epochs", 1, "-o", out, "-q",
                              code=OutputError.exit_code))
     assert str(out) in line and "could not be written" in line and "torch" in line
@@ -482,64 +475,64 @@ def test_torch_failing_to_save_a_model_is_an_output_error(files, tmp_path,  # no
 
 # ------------------------------------------------------------- 4. resume only the same data
 @pytest.fixture
-def checkpoint_of_another_scene(files, tmp_path):  # noqa: F811
+def checkpoint_of_another_scene(tiny, tmp_path):
     """A checkpoint made on another scene with the same band counts, and that scene."""
     other = write_tif(tmp_path / "other.tif", np.random.default_rng(5).random(
-        files.hsi_data.shape).astype(np.float32) * 100, transform=TRANSFORM)
+        tiny.hsi_data.shape).astype(np.float32) * 100, transform=TRANSFORM)
     out = tmp_path / "p.pt"
     preset = load_preset("tiny").with_overrides(**{"pretrain.epochs": 1})
-    with Scene.open(other, [files.lidar]) as scene:
+    with Scene.open(other, [tiny.lidar]) as scene:
         pretrain_scene(scene, preset=preset, samples=32, seed=0,
                        checkpoint=Path(f"{out}.ckpt"))
     return other, out
 
 
-def test_resume_refuses_a_checkpoint_of_another_scene(files, checkpoint_of_another_scene):  # noqa: F811
+def test_resume_refuses_a_checkpoint_of_another_scene(tiny, checkpoint_of_another_scene):
     other, out = checkpoint_of_another_scene
-    line = error_line(invoke("pretrain", files.hsi, files.lidar, "-o", out, "--resume",
+    line = error_line(invoke("pretrain", tiny.hsi, tiny.lidar, "-o", out, "--resume",
                              "--preset", "tiny", "--epochs", 1, "--samples", 32,
                              code=ModelError.exit_code))
     assert "made from other input files" in line and str(other) in line
-    assert str(files.hsi) in line and "cannot resume" in line
+    assert str(tiny.hsi) in line and "cannot resume" in line
     assert Path(f"{out}.ckpt").exists() and not out.exists()
 
 
-def test_resume_refuses_a_checkpoint_whose_input_changed(files, checkpoint_of_another_scene):  # noqa: F811
+def test_resume_refuses_a_checkpoint_whose_input_changed(tiny, checkpoint_of_another_scene):
     other, out = checkpoint_of_another_scene
     with rasterio.open(other, "r+") as ds:  # same path, same size, other values
         ds.write(ds.read()[:, :, ::-1].copy())
-    line = error_line(invoke("pretrain", other, files.lidar, "-o", out, "--resume",
+    line = error_line(invoke("pretrain", other, tiny.lidar, "-o", out, "--resume",
                              "--preset", "tiny", "--epochs", 1, "--samples", 32,
                              code=ModelError.exit_code))
     assert "made from other input data (the input files' content differs)" in line
 
 
-def test_resume_with_other_settings_says_which(files, checkpoint_of_another_scene):  # noqa: F811
+def test_resume_with_other_settings_says_which(tiny, checkpoint_of_another_scene):
     other, out = checkpoint_of_another_scene
-    line = error_line(invoke("pretrain", other, files.lidar, "-o", out, "--resume",
+    line = error_line(invoke("pretrain", other, tiny.lidar, "-o", out, "--resume",
                              "--preset", "tiny", "--epochs", 1, "--samples", 32, "--seed", 4,
                              code=ModelError.exit_code))
     assert "made with another seed," in line
 
 
-def test_resume_continues_its_own_checkpoint(files, checkpoint_of_another_scene):  # noqa: F811
+def test_resume_continues_its_own_checkpoint(tiny, checkpoint_of_another_scene):
     other, out = checkpoint_of_another_scene
-    r = invoke("pretrain", other, files.lidar, "-o", out, "--resume", "--preset", "tiny",
+    r = invoke("pretrain", other, tiny.lidar, "-o", out, "--resume", "--preset", "tiny",
                "--epochs", 1, "--samples", 32, code=0)
     assert "resuming pretraining" in r.output and out.exists()
 
 
-def test_resume_refuses_a_damaged_checkpoint(files, checkpoint_of_another_scene):  # noqa: F811
+def test_resume_refuses_a_damaged_checkpoint(tiny, checkpoint_of_another_scene):
     other, out = checkpoint_of_another_scene
     ckpt = Path(f"{out}.ckpt")
     _flip_weight_bytes(ckpt, ckpt)
-    line = error_line(invoke("pretrain", other, files.lidar, "-o", out, "--resume",
+    line = error_line(invoke("pretrain", other, tiny.lidar, "-o", out, "--resume",
                              "--preset", "tiny", "--epochs", 1, "--samples", 32,
                              code=ModelError.exit_code))
     assert str(ckpt) in line and "checkpoint is damaged" in line and "start over" in line
 
 
-def test_a_checkpoint_that_cannot_be_saved_is_an_output_error(files, tmp_path,  # noqa: F811
+def test_a_checkpoint_that_cannot_be_saved_is_an_output_error(tiny, tmp_path,
                                                               monkeypatch):
     def full(*args, **kwargs):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs "
@@ -547,7 +540,7 @@ def test_a_checkpoint_that_cannot_be_saved_is_an_output_error(files, tmp_path,  
 
     monkeypatch.setattr("diffclip_cli.model.modelfile.torch.save", full)
     out = tmp_path / "p.pt"
-    line = error_line(invoke("pretrain", files.hsi, files.lidar, "-o", out, "--preset", "tiny",
+    line = error_line(invoke("pretrain", tiny.hsi, tiny.lidar, "-o", out, "--preset", "tiny",
                              "--epochs", 1, "--samples", 32, code=OutputError.exit_code))
     assert f"{out}.ckpt" in line and "torch could not write the file" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == []
@@ -563,21 +556,21 @@ def _mixed_labels(tmp_path: Path) -> Path:
     return path
 
 
-def test_a_field_mixing_ids_and_names_is_refused(files, tmp_path):  # noqa: F811
-    line = error_line(invoke("fewshot", files.hsi, files.lidar, "--labels",
+def test_a_field_mixing_ids_and_names_is_refused(tiny, tmp_path):
+    line = error_line(invoke("fewshot", tiny.hsi, tiny.lidar, "--labels",
                              _mixed_labels(tmp_path), "--shots", 1, "--pretrained",
-                             files.pretrained, "-o", tmp_path / "m.pt",
+                             tiny.pretrained, "-o", tmp_path / "m.pt",
                              code=LabelError.exit_code))
     assert "mixes integer class ids (1, 2) and class names ('asphalt road')" in line
     assert "--classes" in line
 
 
-def test_a_field_mixing_ids_and_names_maps_the_ids_through_the_classes(files, tmp_path):  # noqa: F811
+def test_a_field_mixing_ids_and_names_maps_the_ids_through_the_classes(tiny, tmp_path):
     table = tmp_path / "classes.csv"
     table.write_text("id,name\n1,grass\n2,trees\n3,asphalt road\n")
     out = tmp_path / "m.pt"
-    invoke("fewshot", files.hsi, files.lidar, "--labels", _mixed_labels(tmp_path),
-           "--classes", table, "--shots", 1, "--pretrained", files.pretrained,
+    invoke("fewshot", tiny.hsi, tiny.lidar, "--labels", _mixed_labels(tmp_path),
+           "--classes", table, "--shots", 1, "--pretrained", tiny.pretrained,
            "--finetune-epochs", 1, "-o", out, "-q", code=0)
     assert [c.name for c in load_model(out).class_table] == ["grass", "trees", "asphalt road"]
 
@@ -591,11 +584,11 @@ def test_a_field_mixing_ids_and_names_maps_the_ids_through_the_classes(files, tm
     (["--time-budget", "soon"], "--time-budget"),
     (["--window", "7", "--preset", "tiny"], None),  # valid: passes on to the work
 ])
-def test_fewshot_options_are_checked_before_work(files, tmp_path, monkeypatch, args,  # noqa: F811
+def test_fewshot_options_are_checked_before_work(tiny, tmp_path, monkeypatch, args,
                                                  option):
     monkeypatch.setattr("diffclip_cli.cli.commands.train.fewshot_scene",
                         lambda *a, **k: (_ for _ in ()).throw(RuntimeError("work started")))
-    r = invoke("fewshot", files.hsi, files.lidar, "--labels", files.labels, "--shots", 2,
+    r = invoke("fewshot", tiny.hsi, tiny.lidar, "--labels", tiny.labels, "--shots", 2,
                "-o", tmp_path / "m.pt", *args, code=USAGE if option else 1)
     if option:
         assert option in r.output and "Traceback" not in r.output
@@ -603,7 +596,7 @@ def test_fewshot_options_are_checked_before_work(files, tmp_path, monkeypatch, a
     assert not (tmp_path / "m.pt").exists()
 
 
-def test_p5_takes_its_descriptions_from_a_classes_table(files, tmp_path):  # noqa: F811
+def test_p5_takes_its_descriptions_from_a_classes_table(tiny, tmp_path):
     """p5 without --descriptions is fine when the --classes table describes the classes."""
     data = np.zeros((24, 28), np.uint8)
     data[:10, :10] = 1
@@ -611,29 +604,29 @@ def test_p5_takes_its_descriptions_from_a_classes_table(files, tmp_path):  # noq
     labels = write_tif(tmp_path / "labels.tif", data, transform=TRANSFORM)
     table = tmp_path / "classes.csv"
     table.write_text("id,name,description\n1,grass,low green cover\n2,trees,tall canopy\n")
-    invoke("fewshot", files.hsi, files.lidar, "--labels", labels, "--classes", table,
-           "--prompt", "p5", "--shots", 2, "--pretrained", files.pretrained,
+    invoke("fewshot", tiny.hsi, tiny.lidar, "--labels", labels, "--classes", table,
+           "--prompt", "p5", "--shots", 2, "--pretrained", tiny.pretrained,
            "--finetune-epochs", 1, "-o", tmp_path / "m.pt", "-q", code=0)
     assert load_model(tmp_path / "m.pt").prompts[0].startswith("grass: low green cover")
 
 
 @pytest.mark.parametrize("co", ["BLOCKXSIZE=7", "PREDICTOR=9", "COMPRESS=NOPE", "FOO=BAR"])
-def test_an_invalid_creation_option_is_a_usage_error(files, tmp_path, co):  # noqa: F811
-    r = invoke("classify", files.hsi, files.lidar, "--model", files.model, "-o",
+def test_an_invalid_creation_option_is_a_usage_error(tiny, tmp_path, co):
+    r = invoke("classify", tiny.hsi, tiny.lidar, "--model", tiny.model, "-o",
                tmp_path / "m.tif", "--co", co, code=USAGE)
     assert "--co" in r.output and "GDAL refuses" in r.output
     text = " ".join(r.output.replace("│", " ").split())
     assert any(part in text for part in co.split("=")) or "multiples of 16" in text
     assert "Internal error" not in r.output and not list(tmp_path.iterdir())
-    invoke("classify", files.hsi, files.lidar, "--model", files.model, "-o", tmp_path / "m.tif",
+    invoke("classify", tiny.hsi, tiny.lidar, "--model", tiny.model, "-o", tmp_path / "m.tif",
            "--co", "COMPRESS=ZSTD", "--co", "BLOCKXSIZE=32", "--co", "BLOCKYSIZE=32", "-q",
            code=0)
 
 
 @pytest.mark.parametrize("command", ["pretrain", "fewshot", "demo"])
-def test_an_unknown_preset_is_a_usage_error(files, tmp_path, command):  # noqa: F811
-    args = {"pretrain": ["pretrain", files.hsi, "-o", tmp_path / "p.pt"],
-            "fewshot": ["fewshot", files.hsi, files.lidar, "--labels", files.labels,
+def test_an_unknown_preset_is_a_usage_error(tiny, tmp_path, command):
+    args = {"pretrain": ["pretrain", tiny.hsi, "-o", tmp_path / "p.pt"],
+            "fewshot": ["fewshot", tiny.hsi, tiny.lidar, "--labels", tiny.labels,
                         "--shots", 2, "-o", tmp_path / "m.pt"],
             "demo": ["demo", "-o", tmp_path / "d"]}[command]
     r = invoke(*args, "--preset", "papr", code=USAGE)
@@ -641,8 +634,8 @@ def test_an_unknown_preset_is_a_usage_error(files, tmp_path, command):  # noqa: 
     assert not (tmp_path / "d").exists() or not list((tmp_path / "d").iterdir())
 
 
-def test_an_invalid_window_for_pretrain_is_a_usage_error(files, tmp_path):  # noqa: F811
-    r = invoke("pretrain", files.hsi, "-o", tmp_path / "p.pt", "--window", 6, "--preset",
+def test_an_invalid_window_for_pretrain_is_a_usage_error(tiny, tmp_path):
+    r = invoke("pretrain", tiny.hsi, "-o", tmp_path / "p.pt", "--window", 6, "--preset",
                "tiny", code=USAGE)
     assert "--window" in r.output and "odd" in r.output
 
@@ -669,36 +662,36 @@ def test_batch_checks_a_scenes_report_before_classifying_it(scene, tmp_path):
 
 
 # ------------------------------------------------------------------- 8. clearer messages
-def test_duplicate_ids_in_a_classes_table_name_the_lines(files, tmp_path):  # noqa: F811
+def test_duplicate_ids_in_a_classes_table_name_the_lines(tiny, tmp_path):
     table = tmp_path / "classes.csv"
     table.write_text("id,name\n1,grass\n2,trees\n2,water\n")
     data = np.zeros((24, 28), np.uint8)
     data[:8, :8] = 1
     data[14:, :8] = 2
     labels = write_tif(tmp_path / "labels.tif", data, transform=TRANSFORM)
-    line = error_line(invoke("fewshot", files.hsi, files.lidar, "--labels", labels,
+    line = error_line(invoke("fewshot", tiny.hsi, tiny.lidar, "--labels", labels,
                              "--classes", table, "--shots", 2, "--pretrained",
-                             files.pretrained, "-o", tmp_path / "m.pt",
+                             tiny.pretrained, "-o", tmp_path / "m.pt",
                              code=LabelError.exit_code))
     assert str(table) in line and "the class id 2 appears on lines 3 and 4" in line
     assert "own id" in line
 
 
-def test_a_latin1_classes_table_says_it_is_not_utf8(files, tmp_path):  # noqa: F811
+def test_a_latin1_classes_table_says_it_is_not_utf8(tiny, tmp_path):
     table = tmp_path / "classes.csv"
     table.write_bytes("id,name\n1,prairie\n2,forêt\n".encode("latin-1"))
     data = np.zeros((24, 28), np.uint8)
     data[:8, :8] = 1
     labels = write_tif(tmp_path / "labels.tif", data, transform=TRANSFORM)
-    line = error_line(invoke("fewshot", files.hsi, files.lidar, "--labels", labels,
+    line = error_line(invoke("fewshot", tiny.hsi, tiny.lidar, "--labels", labels,
                              "--classes", table, "--shots", 2, "--pretrained",
-                             files.pretrained, "-o", tmp_path / "m.pt",
+                             tiny.pretrained, "-o", tmp_path / "m.pt",
                              code=InputError.exit_code))
     assert "not UTF-8" in line and "line 3" in line and "save it as UTF-8" in line
 
 
 # ------------------------------------------------------------- 9. two writers, one output
-def test_an_output_written_by_another_run_meanwhile_is_not_replaced(files, tmp_path,  # noqa: F811
+def test_an_output_written_by_another_run_meanwhile_is_not_replaced(tiny, tmp_path,
                                                                      monkeypatch):
     from diffclip_cli.cli.commands import classify as command
 
@@ -711,14 +704,14 @@ def test_an_output_written_by_another_run_meanwhile_is_not_replaced(files, tmp_p
         return result
 
     monkeypatch.setattr(command, "classify_scene", other_run_finishes_first)
-    line = error_line(invoke("classify", files.hsi, files.lidar, "--model", files.model,
+    line = error_line(invoke("classify", tiny.hsi, tiny.lidar, "--model", tiny.model,
                              "-o", out, code=OutputError.exit_code))
     assert "written by another process while this run was working" in line
     assert out.read_bytes() == b"the other run's map"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["map.tif"]
 
 
-def test_with_overwrite_an_output_replaced_meanwhile_is_not_replaced_again(files, tmp_path,  # noqa: F811
+def test_with_overwrite_an_output_replaced_meanwhile_is_not_replaced_again(tiny, tmp_path,
                                                                            monkeypatch):
     from diffclip_cli.cli.commands import classify as command
 
@@ -732,7 +725,7 @@ def test_with_overwrite_an_output_replaced_meanwhile_is_not_replaced_again(files
         return result
 
     monkeypatch.setattr(command, "classify_scene", other_run_finishes_first)
-    error_line(invoke("classify", files.hsi, files.lidar, "--model", files.model, "-o", out,
+    error_line(invoke("classify", tiny.hsi, tiny.lidar, "--model", tiny.model, "-o", out,
                       "--overwrite", code=OutputError.exit_code))
     assert out.read_bytes() == b"the other run's map, written just now"
 
@@ -764,39 +757,39 @@ def test_two_threads_committing_one_output(tmp_path):
 
 
 # ---------------------------------------------------------- 10. out-of-distribution scenes
-def test_a_scene_in_other_units_than_the_models_warns(files, tmp_path):  # noqa: F811
+def test_a_scene_in_other_units_than_the_models_warns(tiny, tmp_path):
     scaled = write_tif(tmp_path / "reflectance.tif",
-                       np.where(files.hsi_data == -9999, -9999, files.hsi_data * 1e-4)
+                       np.where(tiny.hsi_data == -9999, -9999, tiny.hsi_data * 1e-4)
                        .astype(np.float32), transform=TRANSFORM, nodata=-9999)
-    r = invoke("classify", scaled, files.lidar, "--model", files.model, "-o",
+    r = invoke("classify", scaled, tiny.lidar, "--model", tiny.model, "-o",
                tmp_path / "m.tif", code=0)
     text = " ".join(r.output.split())
     assert f"the values of {BANDS} of {BANDS} HSI bands are far from those the model" in text
     assert "band_1 (scene" in text and "units and scale" in text
-    r = invoke("classify", files.hsi, files.lidar, "--model", files.model, "-o",
+    r = invoke("classify", tiny.hsi, tiny.lidar, "--model", tiny.model, "-o",
                tmp_path / "n.tif", code=0)
     assert "far from those the model" not in r.output
 
 
-def test_fewshot_on_a_pretrained_model_warns_about_other_units(files, tmp_path):  # noqa: F811
+def test_fewshot_on_a_pretrained_model_warns_about_other_units(tiny, tmp_path):
     scaled = write_tif(tmp_path / "dn.tif",
-                       np.where(files.hsi_data == -9999, -9999, files.hsi_data * 1e4)
+                       np.where(tiny.hsi_data == -9999, -9999, tiny.hsi_data * 1e4)
                        .astype(np.float32), transform=TRANSFORM, nodata=-9999)
-    r = invoke("fewshot", scaled, files.lidar, "--labels", files.labels, "--shots", 2,
-               "--pretrained", files.pretrained, "--finetune-epochs", 1, "-o",
+    r = invoke("fewshot", scaled, tiny.lidar, "--labels", tiny.labels, "--shots", 2,
+               "--pretrained", tiny.pretrained, "--finetune-epochs", 1, "-o",
                tmp_path / "m.pt", code=0)
     text = " ".join(r.output.split())
-    assert f"HSI bands are far from those the model {files.pretrained} was trained on" in text
+    assert f"HSI bands are far from those the model {tiny.pretrained} was trained on" in text
 
 
-def test_a_normal_run_writes_all_its_outputs(files, tmp_path):  # noqa: F811
+def test_a_normal_run_writes_all_its_outputs(tiny, tmp_path):
     """A normal run still writes the map and its side files together (nothing else).
 
     The map's side files: its sidecar JSON, the GDAL categories/RAT (.aux.xml) and the QGIS
     style (.qml) of docs/maps.md.
     """
     out = tmp_path / "map.tif"
-    invoke("classify", files.hsi, files.lidar, "--model", files.model, "-o", out,
+    invoke("classify", tiny.hsi, tiny.lidar, "--model", tiny.model, "-o", out,
            "--confidence", tmp_path / "c.tif", "--quicklook", tmp_path / "q.png", "-q", code=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.tif", "map.qml", "map.tif",
                                                           "map.tif.aux.xml", "map.tif.json",

@@ -5,7 +5,7 @@ import logging
 
 import numpy as np
 import pytest
-from rasterdata import ORIGIN, RES, salinas_dir, write_tif  # noqa: F401
+from rasterdata import ORIGIN, RES, write_tif
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
@@ -180,7 +180,7 @@ def test_compute_stats_on_a_scene_without_valid_pixels(tmp_path):
         compute_stats(scene, seed=0)
 
 
-def test_salinas_stats_are_deterministic(salinas_dir):  # noqa: F811
+def test_salinas_stats_are_deterministic(salinas_dir):
     with Scene.open(salinas_dir / "hsi.tif") as scene:
         a = compute_stats(scene, seed=1, n_samples=500)
         b = compute_stats(scene, seed=1, n_samples=500)
@@ -190,7 +190,8 @@ def test_salinas_stats_are_deterministic(salinas_dir):  # noqa: F811
 
 
 def test_synthetic_scene_end_to_end(tmp_path):
-    from diffclip_cli.bench.synthetic import make_scene, write_scene
+    from scenes import make_scene, write_scene
+
     from diffclip_cli.io.labels import read_labels
     from diffclip_cli.sampling.windows import read_windows
 

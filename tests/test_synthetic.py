@@ -2,8 +2,7 @@
 
 import numpy as np
 import rasterio
-
-from diffclip_cli.bench.synthetic import make_scene, write_scene
+from scenes import make_scene, write_scene
 
 
 def test_classes_need_both_modalities():

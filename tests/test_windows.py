@@ -9,7 +9,7 @@ from affine import Affine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from rasterdata import ORIGIN, RES, salinas_dir, write_lidar_plane, write_tif  # noqa: F401
+from rasterdata import ORIGIN, RES, write_lidar_plane, write_tif
 
 from diffclip_cli.io.grid import Grid
 from diffclip_cli.io.raster import Scene
@@ -150,7 +150,7 @@ def test_memory_depends_on_the_tile_not_the_scene(tmp_path, monkeypatch):
     assert small == large == (16 + 10) ** 2
 
 
-def test_salinas_windows(salinas_dir):  # noqa: F811
+def test_salinas_windows(salinas_dir):
     with Scene.open(salinas_dir / "hsi.tif") as scene:
         stats = compute_stats(scene, seed=0, n_samples=300)
         rows = np.array([0, 82, 40])

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diffclip_cli.errors import OutputError
+from diffclip_cli.errors import DiffclipError, OutputError
 
 __all__ = [
     "TEMP_PREFIX",
@@ -321,6 +321,9 @@ def _commit(items: Sequence[_Pending]) -> None:
             current = item.target
             _rename(item)
             done.append(item)
+    except DiffclipError:  # an OSError too (OutputError), but already the message to give
+        _undo(done)
+        raise
     except OSError as exc:
         _undo(done)
         raise write_error(exc, current or items[0].target) from None
@@ -471,6 +474,8 @@ def atomic_path(path: PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     try:
         try:
             yield tmp
+        except DiffclipError:  # e.g. an InputError while writing: an OSError, not a write's
+            raise
         except OSError as exc:
             raise write_error(exc, target) from None
         if deferred and group is not None:

@@ -223,14 +223,14 @@ def open_raster(path: PathLike, *, what: str = "raster") -> rasterio.DatasetRead
                     f"{shown}", path=p, hint=f"give one of them, e.g. {subdatasets[0]}")
             raise InputError(f"the {what} raster has no bands", path=p)
         ds.read(window=Window(ds.width - 1, ds.height - 1, 1, 1))
+    except InputError:  # first: an InputError is an OSError too
+        ds.close()
+        raise
     except (RasterioError, OSError) as exc:
         ds.close()
         raise InputError(f"reading the {what} raster failed ({_gdal_reason(exc, p)})", path=p,
                          hint="the file may be truncated or corrupt; export or copy it again"
                          ) from None
-    except InputError:
-        ds.close()
-        raise
     return ds
 
 

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from diffclip_cli.errors import ModelError
+from diffclip_cli.errors import DiffclipError, ModelError
 
 __all__ = [
     "TEMPLATE_NAMES",
@@ -82,6 +82,8 @@ class _Config:
             return cls(**data)
         except ModelError as exc:
             raise ModelError(exc.message, path=source or exc.path, hint=exc.hint) from None
+        except DiffclipError:  # a ValueError too, already worded
+            raise
         except (TypeError, ValueError) as exc:
             raise ModelError(f"invalid {cls.__name__} ({exc})", path=source) from None
 

@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from diffclip_cli.errors import DiffclipError
+from diffclip_cli.errors import DeviceError
 
 __all__ = ["DeviceError", "resolve_device"]
-
-
-class DeviceError(DiffclipError):
-    """The requested device does not exist on this machine (a usage error)."""
-
-    exit_code = 2
 
 
 def resolve_device(spec: str | torch.device = "auto") -> torch.device:

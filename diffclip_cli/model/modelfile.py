@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from diffclip_cli import __version__
-from diffclip_cli.errors import ModelError
+from diffclip_cli.errors import DiffclipError, ModelError
 from diffclip_cli.io.atomic import atomic_path
 from diffclip_cli.io.classes import ClassTable
 from diffclip_cli.model.classifier import DiffCLIPClassifier
@@ -474,6 +474,8 @@ def load_model(path: str | os.PathLike[str]) -> ModelBundle:
             format_version=version,
             wavelengths=_wavelengths(meta.get("wavelengths"), int(meta["hsi_bands"])),
         )
+    except DiffclipError:  # the bundle's own checks: a ValueError too, already worded
+        raise
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"the model file is damaged (metadata: {exc})", path=path,
                          hint="re-train or re-copy the model") from None

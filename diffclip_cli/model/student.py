@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffclip_cli.errors import ModelError
+from diffclip_cli.errors import DiffclipError, ModelError
 from diffclip_cli.model.layers import keeps_global_rng
 from diffclip_cli.model.rng import make_generator
 
@@ -163,6 +163,8 @@ class StudentConfig:
                        dilations=tuple(int(d) for d in data["dilations"]),
                        pool=int(data["pool"]), heads=int(data["heads"]),
                        spectral=int(data["spectral"]))
+        except DiffclipError:  # a ValueError too, already worded
+            raise
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"the student configuration is damaged ({exc!r})",
                              hint="re-run diffclip fewshot") from None

@@ -46,23 +46,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffclip_cli import __version__
-from diffclip_cli.bench.ablations import (
+from benchmarks.ablations import (
     ABLATIONS,
     PRETRAIN_VARIANTS,
     LinearHeadClassifier,
     ablation_preset,
     finetune_linear_head,
 )
-from diffclip_cli.bench.baselines import random_forest, rbf_svm
-from diffclip_cli.bench.datasets import (
+from benchmarks.baselines import random_forest, rbf_svm
+from benchmarks.datasets import (
     Dataset,
     identify,
     paper_provenance,
     paper_rows,
     write_geotiffs,
 )
-from diffclip_cli.bench.machine import cpu_model
+from benchmarks.machine import cpu_model
+from diffclip_cli import __version__
 from diffclip_cli.errors import LabelError, OutputError
 from diffclip_cli.io.atomic import atomic_path
 from diffclip_cli.io.classes import ClassInfo, ClassTable

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from diffclip_cli.bench._deps import require
+from benchmarks._deps import require
 from diffclip_cli.errors import InputError
 from diffclip_cli.io.atomic import atomic_path
 from diffclip_cli.io.classes import ClassTable
@@ -248,7 +248,7 @@ def identify(dataset: Dataset) -> str | None:
 
 @functools.lru_cache(maxsize=1)
 def _paper_table() -> tuple[str, tuple[dict[str, Any], ...]]:
-    text = importlib.resources.files("diffclip_cli.bench").joinpath("paper_table.csv").read_text(
+    text = importlib.resources.files("benchmarks").joinpath("paper_table.csv").read_text(
         encoding="utf-8")
     lines = text.splitlines()
     provenance = " ".join(line.lstrip("# ").strip() for line in lines if line.startswith("#"))

@@ -1,5 +1,8 @@
 """Per-pixel baselines for the benchmark: random forest and RBF SVM on band vectors.
 
+The random forest is the library's (``diffclip_cli.report.baseline``, the one every ``fewshot``
+report scores); this module adds the SVM and the band vectors of whole cubes.
+
 They classify each pixel from its own HSI band vector plus its LiDAR values (no spatial
 context), trained on the same few-shot splits as DiffCLIP, so the benchmark shows what the
 spatial-spectral model adds over a classical classifier.
@@ -19,8 +22,8 @@ import logging
 
 import numpy as np
 
-from diffclip_cli.bench._deps import require
-from diffclip_cli.errors import LabelError
+from benchmarks._deps import require
+from diffclip_cli.report.baseline import check_features, random_forest
 
 __all__ = ["SVM_C_GRID", "SVM_GAMMA_GRID", "pixel_features", "random_forest", "rbf_svm"]
 
@@ -76,55 +79,6 @@ def pixel_features(
     return np.concatenate(parts, axis=1).astype(np.float32, copy=False)
 
 
-def _check(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> tuple[
-        np.ndarray, np.ndarray, np.ndarray]:
-    x_train = np.asarray(x_train, dtype=np.float64)
-    y_train = np.asarray(y_train).ravel()
-    x_test = np.asarray(x_test, dtype=np.float64)
-    if x_train.ndim != 2 or x_test.ndim != 2 or x_train.shape[1] != x_test.shape[1]:
-        raise ValueError(f"features must be (N, F) with the same F, got {x_train.shape} and "
-                         f"{x_test.shape}")
-    if x_train.shape[0] != y_train.size:
-        raise ValueError(f"{x_train.shape[0]} training rows but {y_train.size} labels")
-    if y_train.size == 0:
-        raise LabelError("no training pixel", hint="give at least one labelled pixel per class")
-    return x_train, y_train, x_test
-
-
-def random_forest(
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_test: np.ndarray,
-    *,
-    seed: int,
-    n_estimators: int = 200,
-    n_jobs: int = 1,
-) -> np.ndarray:
-    """Train a random forest on per-pixel features and predict the test pixels.
-
-    Args:
-        x_train: ``(N, F)`` training features.
-        y_train: ``(N,)`` class ids.
-        x_test: ``(M, F)`` features to classify.
-        seed: the random seed; the same seed gives the same predictions.
-        n_estimators: number of trees.
-        n_jobs: parallel workers (the result does not depend on it).
-
-    Returns:
-        ``(M,)`` predicted class ids, of ``y_train``'s dtype.
-
-    Raises:
-        LabelError: with no training pixel.
-        DiffclipError: when scikit-learn is not installed.
-    """
-    x_train, y_train, x_test = _check(x_train, y_train, x_test)
-    ensemble = require("sklearn.ensemble", purpose="the random-forest baseline")
-    model = ensemble.RandomForestClassifier(n_estimators=n_estimators, random_state=seed,
-                                            n_jobs=n_jobs)
-    model.fit(x_train, y_train)
-    return model.predict(x_test)
-
-
 def rbf_svm(
     x_train: np.ndarray,
     y_train: np.ndarray,
@@ -153,7 +107,7 @@ def rbf_svm(
         LabelError: with no training pixel.
         DiffclipError: when scikit-learn is not installed.
     """
-    x_train, y_train, x_test = _check(x_train, y_train, x_test)
+    x_train, y_train, x_test = check_features(x_train, y_train, x_test)
     svm = require("sklearn.svm", purpose="the SVM baseline")
     pipeline = require("sklearn.pipeline", purpose="the SVM baseline")
     preprocessing = require("sklearn.preprocessing", purpose="the SVM baseline")

@@ -1,1 +1,0 @@
-"""Benchmarks: the paper's few-shot protocol, dataset readers and baselines."""
