@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("source", nargs="?", help="a folder of .mat files, or the HSI raster")
     p.add_argument("--synthetic", action="store_true",
-                   help="generate the two-modality benchmark scene (bench.synthetic) instead")
+                   help="generate the two-modality benchmark scene (benchmarks.synthetic) instead")
     p.add_argument("--lidar", nargs="*", default=[], help="LiDAR rasters (with an HSI raster)")
     p.add_argument("--labels", help="every labelled pixel (raster or vector)")
     p.add_argument("--train", help="standard training map (fixed split)")
