@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import hashlib
 import json
 import sys
 import time
@@ -104,16 +105,17 @@ def main() -> None:
                                   lidar_bands=scene.lidar_bands, seed=seed)
                 key = json.dumps([folder.name, args.preset, common, pre_over, seed,
                                   args.samples], sort_keys=True)
-                path = cache / f"{abs(hash(key)) % 10**12}.pt"
+                # A stable name (str hash() changes with every process).
+                path = cache / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
                 tic = time.perf_counter()
-                ur, uc = sample_unlabelled(scene, args.samples, seed=seed)
-                unl = read_windows(scene, ur, uc, size=w, stats=stats)
-                unl_data = WindowData(unl.hsi, unl.lidar, None)
                 if pre_name != "random":
                     if path.exists():
                         net.load_state_dict(torch.load(path, weights_only=True))
                     else:
-                        pretrain(net, unl_data, pre_preset.pretrain, seed=seed)
+                        ur, uc = sample_unlabelled(scene, args.samples, seed=seed)
+                        unl = read_windows(scene, ur, uc, size=w, stats=stats)
+                        pretrain(net, WindowData(unl.hsi, unl.lidar, None), pre_preset.pretrain,
+                                 seed=seed)
                         torch.save(net.state_dict(), path)
                 pre_s = time.perf_counter() - tic
                 for k in args.shots:
