@@ -689,6 +689,13 @@ def _plan_prepared(scene: Scene, prep: _Prepared, *, pretrain_samples: int, eval
         batch_size=batch_size, started=started)
 
 
+def _distill_config(fast: bool | Mapping[str, Any]) -> DistillConfig | None:
+    """The fast path's settings from ``fast`` (``False``: no fast path, ``True``: defaults)."""
+    if not fast:
+        return None
+    return DistillConfig.from_dict(dict(fast) if isinstance(fast, Mapping) else {})
+
+
 def plan_fewshot(
     scene: Scene,
     labels: LabelSet,
@@ -715,9 +722,7 @@ def plan_fewshot(
     device = str(resolve_device(device))
     prep = _prepare(scene, labels, shots=shots, preset=preset, pretrained=None, template=None,
                     descriptions=None, split=split, seed=seed)
-    distill = None
-    if fast:
-        distill = DistillConfig.from_dict(dict(fast) if isinstance(fast, Mapping) else {})
+    distill = _distill_config(fast)
     return _plan_prepared(scene, prep, pretrain_samples=pretrain_samples, evaluate=evaluate,
                           distill=distill, budget=budget, pinned=pinned, seed=seed,
                           device=device, batch_size=batch_size, started=begin)
@@ -799,9 +804,7 @@ def fewshot_scene(
         prep.labels, prep.chosen, prep.given, prep.preset, prep.template, prep.prompts)
     stats, net, train = prep.stats, prep.net, prep.train
     pre_history: list[dict[str, Any]] = []
-    distill = None
-    if fast:
-        distill = DistillConfig.from_dict(dict(fast) if isinstance(fast, Mapping) else {})
+    distill = _distill_config(fast)
     plan = None
     if budget is not None or on_plan is not None:
         plan = _plan_prepared(scene, prep, pretrain_samples=pretrain_samples,
