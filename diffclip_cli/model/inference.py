@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from diffclip_cli.model.classifier import DiffCLIPClassifier
 from diffclip_cli.model.layers import Block
-from diffclip_cli.model.network import SpectralStem
+from diffclip_cli.model.network import SpectralStem, centre_slice
 
 __all__ = ["PRECISIONS", "InferenceModel", "onednn_available"]
 
@@ -252,6 +252,9 @@ class InferenceModel:
                                 None if last.qkv.bias is None
                                 else last.qkv.bias[d:].contiguous())
         self._final_norm = self._norm(net.norm)
+        # pixel_readout: each modality's centre 3 x 3 token mean (before the encoder), normalised
+        self._pixel_norms = ([self._norm(net.pixel_norm[m]) for m in self.modalities]
+                             if net.config.pixel_readout else None)
         self._projection = self._linear(clf.image_projection, fp32=True)
         self.scale = clf.scale().detach().float().clone()
         self.text = clf.text_features().detach().float().clone()
@@ -343,10 +346,18 @@ class InferenceModel:
                 tokens (see :meth:`new_sequences`); may be overwritten.
 
         Returns:
-            ``(S, d)`` float32: the class tokens after the encoder and its final LayerNorm.
+            ``(S, d)`` float32: the class tokens after the encoder and its final LayerNorm;
+            ``(S, 2 d)`` with ``pixel_readout``: each followed by its sequence's centre 3 x 3
+            token mean, normalised (the sequences are modality after modality, as
+            :meth:`new_sequences` makes them).
         """
         s, length, d = sequences.shape
         h = self.heads
+        pixels = None
+        if self._pixel_norms is not None:
+            w = self.window
+            lo, hi = centre_slice(w)
+            pixels = sequences[:, 1:].view(s, w, w, d)[:, lo:hi, lo:hi].mean(dim=(1, 2)).float()
         x = sequences.view(s * length, d)
         for block in self._blocks[:-1]:
             qkv = self._mm(self._ln(x, block.norm1), block.qkv)
@@ -366,10 +377,18 @@ class InferenceModel:
         c = self._mm_add(att, last.proj, c)
         c = self._mm_add(self._mm(self._ln(c, last.norm2), last.fc1, act="gelu"), last.fc2, c)
         f = self._final_norm
-        return F.layer_norm(c.float(), (d,), f.weight, f.bias, f.eps)
+        cls = F.layer_norm(c.float(), (d,), f.weight, f.bias, f.eps)
+        if pixels is None:
+            return cls
+        count = s // len(self.modalities)
+        for i, norm in enumerate(self._pixel_norms or ()):
+            sl = slice(i * count, (i + 1) * count)
+            pixels[sl] = F.layer_norm(pixels[sl], (d,), norm.weight, norm.bias, norm.eps)
+        return torch.cat([cls, pixels], dim=1)
 
     def probabilities(self, cls_tokens: torch.Tensor, count: int) -> torch.Tensor:
-        """``(count, K)`` float32 probabilities from :meth:`encode`'s ``(M * count, d)``."""
+        """``(count, K)`` float32 probabilities from :meth:`encode`'s ``(M * count, d)``
+        (``(M * count, 2 d)`` with ``pixel_readout``)."""
         feats = torch.cat(cls_tokens.split(count, dim=0), dim=1)
         z = F.normalize(F.linear(feats, self._projection.weight, self._projection.bias), dim=-1)
         return torch.softmax(self.scale * z @ self.text.T, dim=-1)

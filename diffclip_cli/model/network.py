@@ -41,6 +41,7 @@ __all__ = [
     "DiffCLIPNet",
     "PretrainOutput",
     "SpectralStem",
+    "centre_slice",
     "linear_betas",
     "random_masking",
 ]
@@ -75,6 +76,12 @@ def random_masking(
     mask = torch.ones(n, p, dtype=torch.bool, device=tokens.device)
     mask.scatter_(1, ids_keep, False)
     return kept, mask, ids_keep
+
+
+def centre_slice(window: int) -> tuple[int, int]:
+    """Rows (and columns) ``[lo, hi)`` of a window's centre 3 x 3 (all of a smaller window)."""
+    half = min(1, window // 2)
+    return window // 2 - half, window // 2 + half + 1
 
 
 class SpectralStem(nn.Sequential):
@@ -174,6 +181,8 @@ class DiffCLIPNet(nn.Module):
         self.time_embed = TimestepEmbedder(c.dim)
         self.blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp_ratio) for _ in range(c.depth))
         self.norm = nn.LayerNorm(c.dim)
+        if c.pixel_readout:
+            self.pixel_norm = nn.ModuleDict({m: nn.LayerNorm(c.dim) for m in self.modalities})
         self.decoders = nn.ModuleDict({m: _Decoder(c, bands[m]) for m in self.modalities})
 
         abar = torch.cumprod(1.0 - linear_betas(c.timesteps, c.beta_start, c.beta_end), 0)
@@ -184,8 +193,9 @@ class DiffCLIPNet(nn.Module):
 
     @property
     def feature_dim(self) -> int:
-        """Width of :meth:`features`: ``dim`` per modality."""
-        return self.config.dim * len(self.modalities)
+        """Width of :meth:`features`: ``dim`` per modality, twice that with ``pixel_readout``."""
+        per = 2 if self.config.pixel_readout else 1
+        return self.config.dim * len(self.modalities) * per
 
     def reset_parameters(self, seed: int) -> None:
         """(Re)initialise every weight from ``seed`` alone."""
@@ -236,23 +246,43 @@ class DiffCLIPNet(nn.Module):
     def features(self, hsi: torch.Tensor, lidar: torch.Tensor | None = None) -> torch.Tensor:
         """Class-token features of clean windows: ``t = 0``, no masking, no noise.
 
+        With ``pixel_readout`` each modality's class token is followed by the mean of the
+        centre 3 x 3 pixel tokens (before the encoder, after a LayerNorm of its own).
+
         Args:
             hsi: ``(N, hsi_bands, w, w)`` normalised windows.
             lidar: ``(N, lidar_bands, w, w)``, or ``None`` for an HSI-only network.
 
         Returns:
-            ``(N, feature_dim)``: the encoded class tokens of the modalities, concatenated in
-            :attr:`modalities` order. Deterministic in eval mode.
+            ``(N, feature_dim)``: the encoded class tokens of the modalities (each followed by
+            its centre 3 x 3 token mean with ``pixel_readout``), concatenated in :attr:`modalities`
+            order. Deterministic in eval mode.
         """
         inputs = self._check(hsi, lidar)
         n = hsi.shape[0]
         t0 = self.time_embed(torch.zeros(1, dtype=torch.long, device=hsi.device))[:, None]
-        seqs = [
-            torch.cat([(self.cls_token[m] + t0).expand(n, -1, -1), self.tokens(x, m)], dim=1)
-            for m, x in inputs.items()
-        ]
-        cls = self.encode(torch.cat(seqs, dim=0))[:, 0]
-        return torch.cat(cls.split(n, dim=0), dim=1)
+        tokens = {m: self.tokens(x, m) for m, x in inputs.items()}
+        seqs = [torch.cat([(self.cls_token[m] + t0).expand(n, -1, -1), tok], dim=1)
+                for m, tok in tokens.items()]
+        cls = self.encode(torch.cat(seqs, dim=0))[:, 0].split(n, dim=0)
+        if not self.config.pixel_readout:
+            return torch.cat(cls, dim=1)
+        parts = [part for m, c in zip(tokens, cls, strict=True)
+                 for part in (c, self.pixel_norm[m](self.centre_mean(tokens[m])))]
+        return torch.cat(parts, dim=1)
+
+    def centre_mean(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Mean of the pixel tokens of the centre 3 x 3 (the whole window if smaller).
+
+        Args:
+            tokens: ``(N, w * w, d)`` positioned pixel tokens (:meth:`tokens`), row-major.
+
+        Returns:
+            ``(N, d)``.
+        """
+        w = self.config.window
+        lo, hi = centre_slice(w)
+        return tokens.view(tokens.shape[0], w, w, -1)[:, lo:hi, lo:hi].mean(dim=(1, 2))
 
     # -- pretraining -------------------------------------------------------------------------
 
