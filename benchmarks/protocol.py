@@ -79,6 +79,7 @@ from diffclip_cli.model.modelfile import (
 )
 from diffclip_cli.model.network import DiffCLIPNet
 from diffclip_cli.pipeline import DEFAULT_PRETRAIN_SAMPLES, fewshot_scene, pretrain_scene
+from diffclip_cli.progress import ProgressEvent
 from diffclip_cli.report.metrics import AccuracyReport, summarize
 from diffclip_cli.sampling.normalise import SceneStats, compute_stats
 from diffclip_cli.sampling.shots import Split, sample_shots
@@ -558,9 +559,9 @@ class _Runner:
             path.parent.mkdir(parents=True, exist_ok=True)
             ckpt = path.with_suffix(".ckpt")
 
-            def report(stage: str, done: int, total: int) -> None:
-                self.emit(ProtocolEvent("pretrain", seed, stage=stage, done=done,
-                                        total=total, variant=variant))
+            def report(event: ProgressEvent) -> None:
+                self.emit(ProtocolEvent("pretrain", seed, stage=event.stage, done=event.done,
+                                        total=event.total, variant=variant))
 
             stage1 = pretrain_scene(self.scene, preset=preset, samples=cfg.pretrain_samples,
                                     seed=seed, stats=self.stats(seed), checkpoint=ckpt,
@@ -590,9 +591,9 @@ class _Runner:
         cfg = self.config
         labels = self.labels
 
-        def report(stage: str, done: int, total: int) -> None:
-            self.emit(ProtocolEvent("stage", seed, method=method, shots=k, stage=stage,
-                                    done=done, total=total))
+        def report(event: ProgressEvent) -> None:
+            self.emit(ProtocolEvent("stage", seed, method=method, shots=k, stage=event.stage,
+                                    done=event.done, total=event.total))
 
         if method in ("rf", "svm"):
             x = self.features()
@@ -615,7 +616,7 @@ class _Runner:
             model = LinearHeadClassifier(build_network(start), num_classes=len(labels.classes),
                                          seed=seed)
             finetune_linear_head(model, data, cfg.preset.finetune, seed=seed, device=self.device,
-                                 progress=lambda e, n, _r: report("finetune", e, n))
+                                 progress=report)
             timings = {"train": time.perf_counter() - tic}
             tic = time.perf_counter()
             result = _score_linear_head(self.scene, model, labels.subset(split.test),
@@ -827,7 +828,8 @@ def run_protocol(
         config: shots, seeds, methods, mode, preset, device.
         resume: skip the runs already in ``out/runs.csv`` (made with the same settings);
             ``False`` starts over, deleting earlier runs.
-        progress: called with a :class:`ProtocolEvent` per epoch, scored chunk and run.
+        progress: called with a :class:`ProtocolEvent` per optimiser step, scored chunk and
+            run.
 
     Returns:
         The records, the summary and the paths written.

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-__all__ = ["ProgressCallback", "StepCallback", "WindowData"]
-
-#: ``progress(epoch, epochs, record)`` after each epoch; ``record`` is that epoch's history entry.
-ProgressCallback = Callable[[int, int, dict[str, Any]], None]
-#: ``on_step(done, total)`` after each optimiser step, counted over the whole run.
-StepCallback = Callable[[int, int], None]
+__all__ = ["WindowData"]
 
 
 def _as_float(x: Any, name: str) -> torch.Tensor:
