@@ -498,7 +498,12 @@ def pretrain_scene(
     return PretrainResult(bundle, net, stats, history, seconds, plan)
 
 
-def _split(labels: LabelSet, shots: int, *, seed: int, mode: str) -> Split:
+def _split(labels: LabelSet, shots: int, *, seed: int, mode: str
+           ) -> tuple[LabelSet, Split]:
+    """The labels without the classes that got no shot, and the split of ``mode``.
+
+    See :func:`_drop_classes_without_shots`.
+    """
     if mode == "random":
         split = sample_shots(labels, shots, seed=seed)  # logs its own warnings
     elif mode == "spatial":
@@ -810,13 +815,12 @@ def fewshot_scene(
             distill = dataclasses.replace(distill, steps=plan.recipe.distill_steps)
         if on_plan is not None:
             on_plan(plan)
-    if pretrained is None:
+    if net is None:  # no pretrained model: stage 1 builds the network
         stage1 = pretrain_scene(scene, preset=preset, samples=pretrain_samples, seed=seed,
                                 stats=stats, device=device, progress=progress)
         net, pre_history = stage1.network, stage1.history
         timings["pretrain"] = stage1.seconds
 
-    assert net is not None
     start = time.perf_counter()
     classifier = DiffCLIPClassifier(net, vocabulary=Vocabulary.build(prompts), seed=seed)
     log.info("Fine-tuning on %d labelled windows (%d classes).", len(train),
@@ -919,8 +923,7 @@ def evaluate_pixels(
     Returns:
         OA, AA, kappa, per-class accuracies and the confusion matrix.
     """
-    classes = bundle.class_table
-    assert classes is not None
+    classes = bundle.require_classes()
     probs = predict_pixels(scene, bundle, labels.rows, labels.cols, device=device,
                            batch_size=batch_size, progress=progress, classifier=classifier)
     predicted = np.asarray(classes.ids)[probs.argmax(axis=1)]

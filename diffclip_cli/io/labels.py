@@ -512,7 +512,9 @@ def _class_ids(
                              hint="check the field (0 means unlabelled)")
         table = ClassTable({"id": i, "name": id_names.get(i, f"class {i}")} for i in present)
         return ids, table, no_class, unlabelled
-    assert names is not None
+    if names is None:  # _class_fields names at least one field
+        raise LabelError("no class field to read classes from", path=path,
+                         hint="name the field holding class names or ids with --class-field")
     if missing.all():
         raise LabelError(f"field '{name_field}' holds no class name", path=path,
                          hint="check the field")

@@ -201,7 +201,8 @@ class InferenceModel:
         dtype = torch.float32 if fp32 else self.dtype
         if layer is not None:
             weight, bias = layer.weight, layer.bias
-        assert weight is not None
+        if weight is None:
+            raise ValueError("a linear layer needs a layer or a weight")
         return _Linear(weight.detach().to(dtype).contiguous(),
                        None if bias is None else bias.detach().to(dtype).contiguous())
 

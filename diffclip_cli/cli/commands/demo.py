@@ -19,7 +19,7 @@ from diffclip_cli.cli.common import (
 from diffclip_cli.cli.console import console, err_console
 from diffclip_cli.cli.options import DeviceOpt, OverwriteOpt, QuietOpt, SeedOpt, VerboseOpt
 from diffclip_cli.data import salinas_a_dir
-from diffclip_cli.errors import OutputError
+from diffclip_cli.errors import LabelError, OutputError
 from diffclip_cli.train.budget import DEFAULT_CPU_PRESET
 
 #: The demo's recipe: the CPU default, which runs the whole demo well under 3 minutes on 2
@@ -95,7 +95,9 @@ def demo(
                 mapped = classify_scene(scene, result.bundle, map_path, device=dev,
                                         overwrite=overwrite, progress=progress.pixels("classify"),
                                         metadata={"model_file": str(model_path)})
-        assert result.report is not None
+        if result.report is None:  # every labelled pixel was a shot
+            raise LabelError("no labelled pixel is left to score the model on",
+                             hint="use fewer --shots")
         title = (f"Salinas-A: accuracy on the {result.report.n_pixels} labelled pixels not used "
                  f"for training ({shots} per class, seed {seed})")
         reports = write_report(result.report, report_stem, overwrite=overwrite, title=title,
