@@ -190,7 +190,7 @@ def input_identity(scene: Scene) -> dict[str, Any]:
     size: it is no local path to resolve. (The content is covered by the digest of the windows
     drawn from the files.)
     """
-    files = []
+    files: list[dict[str, Any]] = []
     for path in (scene.hsi_path, *scene.lidar_paths):
         if is_gdal_name(path):
             files.append({"path": str(path), "size": None})

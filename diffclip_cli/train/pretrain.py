@@ -78,7 +78,7 @@ def centre_crop_resize(
     """
     n, w = hsi.shape[0], hsi.shape[-1]
     choice = torch.randint(len(sizes), (n,), generator=generator).to(hsi.device)
-    outs = [hsi.clone(), None if lidar is None else lidar.clone()]
+    pairs = [(hsi, hsi.clone())] + ([] if lidar is None else [(lidar, lidar.clone())])
     for k, s in enumerate(sizes):
         if s == w:
             continue
@@ -86,13 +86,10 @@ def centre_crop_resize(
         if idx.numel() == 0:
             continue
         o = (w - s) // 2
-        for j, x in enumerate((hsi, lidar)):
-            if x is None:
-                continue
+        for x, out in pairs:
             crop = x[idx, :, o : o + s, o : o + s]
-            outs[j][idx] = F.interpolate(crop, size=(w, w), mode="bilinear",
-                                         align_corners=False)
-    return outs[0], outs[1]
+            out[idx] = F.interpolate(crop, size=(w, w), mode="bilinear", align_corners=False)
+    return pairs[0][1], None if lidar is None else pairs[1][1]
 
 
 def _fingerprint(net: DiffCLIPNet, data: WindowData, cfg: PretrainConfig, seed: int, *,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -77,8 +77,9 @@ def demo(
     png_path = output / "map.png"
     report_stem = output / "report"
     dev = str(resolve_device(device))
-    outputs = {"model": model_path, "map": map_files(map_path),
-               "quicklook": png_path, "report": list(report_paths(report_stem).values())}
+    outputs: dict[str, Any] = {"model": model_path, "map": map_files(map_path),
+                               "quicklook": png_path,
+                               "report": list(report_paths(report_stem).values())}
     inputs = {"the demo scene": data / "hsi.tif", "the demo labels": data / "labels.gpkg"}
     # Every output is checked before the training starts; all appear together at the end.
     with output_set(outputs, inputs=inputs, overwrite=overwrite) as outs:
