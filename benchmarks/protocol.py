@@ -292,6 +292,12 @@ class ProtocolConfig:
         if self.pretrain_samples < 1:
             raise ValueError("pretrain_samples must be positive")
 
+    @property
+    def seed_list(self) -> tuple[int, ...]:
+        """The seeds (``seeds`` given as a count ``n`` are ``0..n-1``)."""
+        seeds = self.seeds
+        return tuple(range(seeds)) if isinstance(seeds, int) else seeds
+
     def settings(self) -> dict[str, Any]:
         """What makes runs comparable, checked when resuming: preset, samples, template, mode."""
         return {"preset": self.preset.to_dict(), "pretrain_samples": self.pretrain_samples,
@@ -846,14 +852,14 @@ def run_protocol(
                          hint="give train and test label files, or use mode='random'")
     records = _prepare(out, cfg, inputs, resume=resume)
     done = {_run_key(r["method"], r["shots"], r["seed"]) for r in records}
-    plan = [(seed, k, m) for seed in cfg.seeds for k in cfg.shots for m in cfg.methods]
+    plan = [(seed, k, m) for seed in cfg.seed_list for k in cfg.shots for m in cfg.methods]
     total = len(plan)
     skipped = sum(_run_key(m, _shots_text(k), seed) in done for seed, k, m in plan)
     runs_path = out / "runs.csv"
     with Scene.open(inputs.hsi, list(inputs.lidar)) as scene:
         runner = _Runner(scene, inputs, out, cfg, progress)
         count = 0
-        for seed in cfg.seeds:
+        for seed in cfg.seed_list:
             todo = [(k, m) for k in cfg.shots for m in cfg.methods
                     if _run_key(m, _shots_text(k), seed) not in done]
             for k, m in [(k, m) for k in cfg.shots for m in cfg.methods
@@ -863,8 +869,8 @@ def run_protocol(
                                           total=total))
             if not todo:
                 continue
-            variants = list(dict.fromkeys(PRETRAIN_VARIANTS[m] for _, m in todo
-                                          if m in _NEURAL and PRETRAIN_VARIANTS[m]))
+            variants = list(dict.fromkeys(v for _, m in todo if m in _NEURAL
+                                          for v in [PRETRAIN_VARIANTS[m]] if v))
             starts: dict[str, tuple[ModelBundle, str, float]] = {
                 v: runner.pretrained(v, seed) for v in variants}
             random_start = (runner.random_init(seed) if any(m == "clip" for _, m in todo)
