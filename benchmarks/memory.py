@@ -128,7 +128,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     read_t, compute_t, write_t = _Timer(), _Timer(), _Timer()
     classify_mod.read_tile = read_t.wrap(classify_mod.read_tile)
     classify_mod._finish_tile = compute_t.wrap(classify_mod._finish_tile)
-    RasterWriter.write = write_t.wrap(RasterWriter.write)
+    RasterWriter.write = write_t.wrap(RasterWriter.write)  # type: ignore[method-assign]
 
     bundle = load_model(spec["model"])
     marks: dict[str, int] = {}
@@ -142,7 +142,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     with Scene.open(spec["hsi"], [spec["lidar"]]) as scene:
         setup = current_rss()
         start = time.perf_counter()
-        extra = {} if spec.get("prefetch") is None else {"prefetch": int(spec["prefetch"])}
+        extra: dict[str, Any] = ({} if spec.get("prefetch") is None
+                                 else {"prefetch": int(spec["prefetch"])})
         result = classify_scene(scene, bundle, spec["output"], fast=bool(spec["fast"]),
                                 tile_size=spec["tile_size"], overwrite=True,
                                 progress=progress, **extra)

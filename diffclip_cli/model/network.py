@@ -22,6 +22,7 @@ all modalities go through the shared encoder as one batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -97,6 +98,8 @@ class SpectralStem(nn.Sequential):
 class _Decoder(nn.Module):
     """One modality's decoder: mask tokens fill the masked positions, predicts ``x_0``."""
 
+    pos_embed: torch.Tensor  # a buffer
+
     def __init__(self, config: ModelConfig, bands: int) -> None:
         super().__init__()
         c = config
@@ -157,6 +160,11 @@ class DiffCLIPNet(nn.Module):
             features.
     """
 
+    # buffers
+    pos_embed: torch.Tensor
+    sqrt_abar: torch.Tensor
+    sqrt_one_minus_abar: torch.Tensor
+
     @keeps_global_rng
     def __init__(self, config: ModelConfig, *, hsi_bands: int, lidar_bands: int = 0,
                  seed: int = 0) -> None:
@@ -204,7 +212,8 @@ class DiffCLIPNet(nn.Module):
             init_linear_layers(self, gen)
             for m in self.modalities:
                 nn.init.normal_(self.cls_token[m], std=0.02, generator=gen)
-                nn.init.normal_(self.decoders[m].mask_token, std=0.02, generator=gen)
+                nn.init.normal_(cast(_Decoder, self.decoders[m]).mask_token, std=0.02,
+                                generator=gen)
             for layer in self.time_embed.mlp:
                 if isinstance(layer, nn.Linear):
                     nn.init.normal_(layer.weight, std=0.02, generator=gen)
