@@ -259,8 +259,8 @@ class InferenceModel:
                                 else last.qkv.bias[d:].contiguous())
         self._final_norm = self._norm(net.norm)
         # pixel_readout: each modality's centre 3 x 3 token mean (before the encoder), normalised
-        self._pixel_norms = ([self._norm(net.pixel_norm[m]) for m in self.modalities]
-                             if net.config.pixel_readout else None)
+        self._pixel_norms = ([self._norm(cast(torch.nn.LayerNorm, net.pixel_norm[m]))
+                              for m in self.modalities] if net.config.pixel_readout else None)
         self._projection = self._linear(clf.image_projection, fp32=True)
         self.scale = clf.scale().detach().float().clone()
         self.text = clf.text_features().detach().float().clone()
@@ -393,8 +393,10 @@ class InferenceModel:
         return torch.cat([cls, pixels], dim=1)
 
     def probabilities(self, cls_tokens: torch.Tensor, count: int) -> torch.Tensor:
-        """``(count, K)`` float32 probabilities from :meth:`encode`'s ``(M * count, d)``
-        (``(M * count, 2 d)`` with ``pixel_readout``)."""
+        """``(count, K)`` float32 probabilities from :meth:`encode`'s output.
+
+        ``cls_tokens`` is ``(M * count, d)``, ``(M * count, 2 d)`` with ``pixel_readout``.
+        """
         feats = torch.cat(cls_tokens.split(count, dim=0), dim=1)
         z = F.normalize(F.linear(feats, self._projection.weight, self._projection.bias), dim=-1)
         return torch.softmax(self.scale * z @ self.text.T, dim=-1)
