@@ -224,13 +224,29 @@ _CALIBRATION_PIXELS = 4096
 _ONE_THREAD_GAIN = 0.8
 
 
+def _cores_taken(threads: int) -> bool:
+    """Whether other jobs leave fewer free cores than torch has threads (1-minute load).
+
+    The timed comparison in :func:`_fastest_threads` sees only the moment it runs; a job that
+    starts a second later makes ``threads`` threads wait for each other at every operation
+    (30x slower measured on 2 shared cores). The load average counts this process as about
+    one runnable task; the rest are other jobs'.
+    """
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on every platform
+        return False
+    return max(0.0, load - 1.0) + threads > (os.cpu_count() or threads) + 0.5
+
+
 def _fastest_threads(run: Callable[[], float], device: str) -> float:
     """Seconds per step of ``run()`` with torch's threads, or with one when that is faster.
 
     On a CPU shared with other jobs, torch's threads wait for each other at every operation
     and one thread can be several times faster (measured: 10x on a busy 2-core machine). Runs
     ``run`` with the current thread count, then with one thread, and leaves torch at one
-    thread when it took at most :data:`_ONE_THREAD_GAIN` of the time.
+    thread when it took at most :data:`_ONE_THREAD_GAIN` of the time, or when other jobs
+    already occupy the cores (:func:`_cores_taken`).
 
     Returns:
         The seconds per step at the thread count left set.
@@ -241,6 +257,10 @@ def _fastest_threads(run: Callable[[], float], device: str) -> float:
         return first
     torch.set_num_threads(1)
     single = run()
+    if _cores_taken(threads):
+        log.info("Other jobs keep this CPU's cores busy; training uses one thread (torch's %d "
+                 "would wait for each other at every operation).", threads)
+        return single
     if single <= _ONE_THREAD_GAIN * first:
         log.info("One CPU thread ran %.1fx faster than %d here (the CPU is busy); training "
                  "uses one.", first / max(single, 1e-9), threads)

@@ -344,11 +344,15 @@ def test_pretrain_with_a_time_budget_prints_and_records_its_plan(messy, tmp_path
     assert plan["recipe"]["pretrain_epochs"] <= TINY.pretrain.epochs
 
 
-def test_one_thread_is_chosen_only_when_clearly_faster():
+def test_one_thread_is_chosen_only_when_clearly_faster(monkeypatch):
+    import os
+
     import torch
 
     from diffclip_cli.pipeline import _fastest_threads, _restores_threads
 
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))  # only this process
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
@@ -391,3 +395,30 @@ def test_fewshot_on_a_pretrained_model_keeps_its_preset(messy, tmp_path):
     bundle = load_model(model)
     assert bundle.preset == "tiny"  # the name in own.yaml
     assert bundle.preset_config.finetune.lr == 0.00123  # not the CPU default's recipe
+
+
+def test_one_thread_when_other_jobs_take_the_cores(monkeypatch):
+    """The timed comparison sees one moment; a load average above what the cores leave free
+    means other jobs run now, and torch's threads would wait for each other."""
+    import os
+
+    import torch
+
+    from diffclip_cli.pipeline import _cores_taken, _fastest_threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(os, "getloadavg", lambda: (2.2, 2.0, 2.0))  # one other job
+        assert _cores_taken(2) and not _cores_taken(1)
+        torch.set_num_threads(2)
+        quiet_now = {2: 0.5, 1: 1.0}  # two threads faster at the moment of timing
+        assert _fastest_threads(lambda: quiet_now[torch.get_num_threads()], "cpu") == 1.0
+        assert torch.get_num_threads() == 1
+        monkeypatch.setattr(os, "getloadavg", lambda: (1.1, 1.0, 1.0))
+        assert not _cores_taken(2)
+        torch.set_num_threads(2)
+        assert _fastest_threads(lambda: quiet_now[torch.get_num_threads()], "cpu") == 0.5
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -22,11 +22,20 @@ from diffclip_cli.data import salinas_a_dir
 from diffclip_cli.errors import LabelError, OutputError
 from diffclip_cli.train.budget import DEFAULT_CPU_PRESET
 
+if TYPE_CHECKING:
+    from diffclip_cli.train.budget import Plan
+
 #: The demo's recipe: the CPU default, which runs the whole demo well under 3 minutes on 2
 #: CPU cores (docs/benchmarks.md has the measurements).
 DEMO_PRESET = DEFAULT_CPU_PRESET
 DEMO_SHOTS = 10
 DEMO_PRETRAIN_SAMPLES = 1000
+
+
+def _show_plan(plan: Plan, level: int) -> None:
+    """Print the plan line (what will be trained, the estimate) unless ``-q``."""
+    if level >= 0:
+        err_console.print(plan.line(), highlight=False, soft_wrap=True)
 
 
 @app.command(rich_help_panel="Try it")
@@ -88,10 +97,13 @@ def demo(
         with interruptible(), Scene.open(data / "hsi.tif") as scene:
             labels = read_labels(data / "labels.gpkg", scene.grid)
             with StageProgress(enabled=level >= 0) as progress:
+                # A plan (as fewshot makes one) times a few steps first: on a busy CPU it
+                # trains with one thread when that is faster (it was 30x on 2 shared cores).
                 result = fewshot_scene(scene, labels, shots=shots, preset=recipe,
                                        pretrain_samples=DEMO_PRETRAIN_SAMPLES, seed=seed,
                                        device=dev, progress=progress,
-                                       provenance={"labels": str(data / "labels.gpkg")})
+                                       provenance={"labels": str(data / "labels.gpkg")},
+                                       on_plan=lambda plan: _show_plan(plan, level))
                 save_model(result.bundle, model_path, overwrite=overwrite)
                 mapped = classify_scene(scene, result.bundle, map_path, device=dev,
                                         overwrite=overwrite, progress=progress.pixels("classify"),
