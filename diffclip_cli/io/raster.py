@@ -554,6 +554,34 @@ class Scene:
             valid &= np.isfinite(lidar).all(axis=0)
         return Block(hsi, lidar, valid)
 
+    def read_bands(self, window: WindowLike, modality: str) -> np.ndarray:
+        """Read one window of one modality on the HSI grid.
+
+        What :meth:`read` returns for that modality (float32 after scale/offset, NaN where
+        nodata or not covered), without reading the other one.
+
+        Args:
+            window: as for :meth:`read`.
+            modality: ``"hsi"`` or ``"lidar"``.
+
+        Raises:
+            InputError: a read failed (truncated or corrupt file).
+            ValueError: the window is not inside the grid, an unknown modality or one the
+                scene lacks, or the scene is closed.
+        """
+        if modality not in ("hsi", "lidar"):
+            raise ValueError(f"modality must be 'hsi' or 'lidar', got {modality!r}")
+        w = as_window(window, self.grid)
+        with self._lock:
+            if self.closed:
+                raise ValueError("the scene is closed")
+            if modality == "hsi":
+                return self._hsi.read(w)
+            if not self._lidar:
+                raise ValueError("the scene has no LiDAR")
+            parts = [s.read(w) for s in self._lidar]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
     def read_pixels(
         self, rows: np.ndarray, cols: np.ndarray, *, tile_size: int = 256
     ) -> PixelValues:
