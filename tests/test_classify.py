@@ -60,6 +60,38 @@ def test_map_does_not_depend_on_tiling_and_matches_pixel_predictions(setup, tmp_
     assert sum(a.class_pixels.values()) == a.valid_pixels == 45 * 38
 
 
+def _reference_map(scene, bundle, tile_size):
+    """The map the tile loop before the dask graph wrote: tiles read with their halo,
+    normalised, run through the TileEngine, argmax -> class ids (0 where invalid)."""
+    from diffclip_cli.infer.engine import TileEngine
+    from diffclip_cli.model.modelfile import build_classifier
+    from diffclip_cli.sampling.normalise import SceneStats
+    from diffclip_cli.sampling.tiles import iter_tiles, read_tile
+
+    engine = TileEngine(build_classifier(bundle))
+    stats = SceneStats.from_dict(bundle.stats)
+    ids = np.asarray(bundle.class_table.ids, dtype=np.uint8)
+    labels = np.zeros(scene.grid.shape, np.uint8)
+    probs = np.full((len(ids), *scene.grid.shape), CONFIDENCE_NODATA, np.float32)
+    for tile in iter_tiles(scene.grid, tile_size=tile_size, halo=engine.window // 2):
+        data = read_tile(scene, tile, stats=stats)
+        p = engine.predict_tile(data)
+        labels[tile.slices] = np.where(data.valid, ids[p.argmax(0)], 0)
+        probs[(slice(None), *tile.slices)] = np.where(data.valid[None], p, CONFIDENCE_NODATA)
+    return labels, probs
+
+
+@pytest.mark.parametrize("tile_size", [16, 20, 64])
+def test_map_is_identical_to_the_tile_loop_it_replaced(setup, tmp_path, tile_size):
+    files, bundle = setup
+    with Scene.open(files["hsi"], [files["lidar"]]) as scene:
+        labels, probs = _reference_map(scene, bundle, tile_size)
+        classify_scene(scene, bundle, tmp_path / "m.tif", probabilities=tmp_path / "p.tif",
+                       tile_size=tile_size)
+    np.testing.assert_array_equal(_read(tmp_path / "m.tif")[0], labels)
+    np.testing.assert_array_equal(_read(tmp_path / "p.tif"), probs)
+
+
 def test_failure_midway_leaves_no_output(setup, tmp_path, monkeypatch):
     files, bundle = setup
     import diffclip_cli.infer.classify as mod

@@ -235,8 +235,11 @@ class _Decode:
     offset: tuple[float, ...] | None = None
 
     def __call__(self, block: np.ndarray, *, private: bool) -> np.ndarray:
-        """Float32 values, NaN where nodata: a new array unless ``block`` is ``private``
-        float32 (then overwritten in place: a tile of 144 bands at 256 px is 40 MB)."""
+        """Float32 values, NaN where nodata.
+
+        A new array unless ``block`` is ``private`` float32 (then overwritten in place: a tile
+        of 144 bands at 256 px is 40 MB).
+        """
         x = block if private and block.dtype == np.float32 and block.flags.writeable \
             else block.astype(np.float32, copy=True)
         if self.nodata is not None and not math.isnan(self.nodata):
@@ -316,8 +319,10 @@ def _confidence(probs: np.ndarray) -> np.ndarray:
 
 
 def tile_chunks(size: int, tile: int, halo: int) -> tuple[int, ...]:
-    """Chunk sizes along one axis: tiles of ``tile``, a last one too small for the halo
-    merged into the one before (a neighbour must be able to give ``halo`` pixels)."""
+    """Chunk sizes along one axis: tiles of ``tile``.
+
+    A last tile too small to give its neighbour ``halo`` pixels is merged into the one before.
+    """
     sizes = [tile] * (size // tile)
     rest = size - tile * len(sizes)
     if rest:

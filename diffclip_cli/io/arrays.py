@@ -14,7 +14,6 @@ rioxarray-readable one).
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -182,12 +181,7 @@ def grid_of(array: xr.DataArray) -> Grid | None:
     try:
         transform = array.rio.transform()
         crs = array.rio.crs
-    except Exception:  # noqa: BLE001 - rioxarray raises several kinds for missing georeferencing
+    except Exception:  # rioxarray raises several kinds for missing georeferencing
         return None
     return Grid(int(array.sizes[array.dims[-1]]), int(array.sizes[array.dims[-2]]),
                 transform, crs)
-
-
-def band_values(values: Sequence[Any]) -> tuple[Any, ...]:
-    """A tuple of plain Python values (for attributes netCDF and GeoTIFF tags accept)."""
-    return tuple(v.item() if isinstance(v, np.generic) else v for v in values)
