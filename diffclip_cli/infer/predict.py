@@ -234,14 +234,13 @@ class _Decode:
     scale: tuple[float, ...] | None = None
     offset: tuple[float, ...] | None = None
 
-    def __call__(self, block: np.ndarray, *, private: bool) -> np.ndarray:
-        """Float32 values, NaN where nodata.
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        """Float32 values, NaN where nodata, always in a new array.
 
-        A new array unless ``block`` is ``private`` float32 (then overwritten in place: a tile
-        of 144 bands at 256 px is 40 MB).
+        The block itself is never changed: a scheduler may hand the same object to another
+        task (a ``distributed`` worker did, and normalising it in place garbled the map).
         """
-        x = block if private and block.dtype == np.float32 and block.flags.writeable \
-            else block.astype(np.float32, copy=True)
+        x = block.astype(np.float32, copy=True)
         if self.nodata is not None and not math.isnan(self.nodata):
             x[block == self.nodata] = np.nan
         if self.scale is not None:
@@ -273,9 +272,6 @@ def _tile_probabilities(hsi: np.ndarray, *rest: Any, halo: int, shape: tuple[int
     expected = (h + top + bottom, w + left + right)
     if hsi.shape[1:] != expected:  # pragma: no cover - the graph is built to give this
         raise RuntimeError(f"tile at ({r0}, {c0}) got {hsi.shape[1:]}, expected {expected}")
-    # A block with a halo is the overlap's concatenation, made for this task alone; one
-    # without (a scene of one tile) may be the caller's own array.
-    private = top + bottom + left + right > 0
     stats = SceneStats.from_dict(runner.bundle.stats)
     pad = ((0, 0), (halo - top, halo - bottom), (halo - left, halo - right))
     arrays = {}
@@ -284,12 +280,12 @@ def _tile_probabilities(hsi: np.ndarray, *rest: Any, halo: int, shape: tuple[int
                                          ("lidar", lidar, decode[1], stats.lidar)):
         if block is None:
             continue
-        x = (dec or _Decode())(block, private=private)
+        x = (dec or _Decode())(block)
         valid &= np.isfinite(x[:, top:top + h, left:left + w]).all(axis=0)
         if band_stats is None:
             raise ValueError("the scene has LiDAR but the statistics have none")
-        # Normalised in place (a private copy), padded only at the scene border: what
-        # read_tile did, so the values are the same bit for bit.
+        # Normalised in place (our copy), padded only at the scene border: what read_tile
+        # did, so the values are the same bit for bit.
         x = band_stats.apply(x, inplace=True)
         arrays[name] = np.pad(x, pad, mode="reflect") if any(map(any, pad)) else x
     data = TileData(Tile(r0, c0, h, w, halo), arrays["hsi"], arrays.get("lidar"), valid)
