@@ -394,7 +394,9 @@ def build(runner: Runner, hsi: da.Array, lidar: da.Array | None, *, tile_size: i
     halo = window // 2
     _, height, width = hsi.shape
     chunks = (tile_chunks(height, tile_size, halo), tile_chunks(width, tile_size, halo))
-    depth = {0: 0, 1: halo, 2: halo}
+    # No halo along an axis of one tile: nothing to take it from (and dask refuses a depth
+    # beyond the chunk, as in a scene smaller than the window).
+    depth = {0: 0, 1: halo if len(chunks[0]) > 1 else 0, 2: halo if len(chunks[1]) > 1 else 0}
     arrays = [da.overlap.overlap(a.rechunk(((a.shape[0],), *chunks)), depth=depth,
                                  boundary="none", allow_rechunk=False)
               for a in ([hsi] if lidar is None else [hsi, lidar])]
