@@ -130,8 +130,11 @@ class _Sink:
         self.fill = fill
         self.seen = seen
         self.shape = (writer.count, writer.grid.height, writer.grid.width)
+        self.closed = False
 
     def __setitem__(self, key: tuple[slice, ...], value: np.ndarray) -> None:
+        if self.closed:  # a task still running after another failed: its writer is gone
+            return
         ys, xs = key[-2], key[-1]
         window = Window(xs.start, ys.start, xs.stop - xs.start, ys.stop - ys.start)
         block = np.asarray(value)
@@ -166,8 +169,16 @@ def _store_local(sources: Sequence[Any], sinks: Sequence[_Sink]) -> None:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # pragma: no cover - not Linux
         cores = os.cpu_count() or 1
-    da.store(list(sources), list(sinks), lock=threading.Lock(), scheduler="threads",
-             num_workers=max(2, cores))
+    lock = threading.Lock()
+    try:
+        da.store(list(sources), list(sinks), lock=lock, scheduler="threads",
+                 num_workers=max(2, cores))
+    finally:
+        # When a task fails, dask returns at once while others still run: a write in progress
+        # ends (it holds the lock) and any later one is dropped, before the writers close.
+        with lock:
+            for sink in sinks:
+                sink.closed = True
 
 
 def _store_distributed(scheduler: Any, sources: Sequence[Any], sinks: Sequence[_Sink]) -> None:
