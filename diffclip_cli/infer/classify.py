@@ -328,7 +328,9 @@ def _classify(
         tile_size = auto_tile_size(scene.hsi_bands + scene.lidar_bands)
     if tile_size < 16:
         raise ValueError(f"tile size must be at least 16 pixels, got {tile_size}")
-    arrays = scene_arrays(scene, chunks=tile_size)
+    # The tiles read their own windows; chunks larger than a tile let most windows (core and
+    # halo) be one read. Nothing computes these arrays whole.
+    arrays = scene_arrays(scene, chunks=max(1024, tile_size))
     result = predict(bundle, arrays.hsi, arrays.lidar, probabilities=True, fast=fast,
                      tile_size=tile_size, batch_size=batch_size,
                      device=device if scheduler is None else "cpu", precision=precision,

@@ -3,10 +3,11 @@
 :func:`predict` is the one way diffclip classifies a scene. It takes the HSI (and LiDAR) as
 xarray DataArrays ``(band, y, x)`` (dask-backed, e.g. from ``rioxarray.open_rasterio(path,
 chunks=...)`` or :func:`diffclip_cli.io.arrays.scene_arrays`, or in memory) and builds a dask
-graph: the input is chunked into tiles, each tile gets a halo of ``window // 2`` pixels from its
-neighbours (:func:`dask.array.overlap.overlap`, no padding at the scene border: there the tile is
-reflect-padded as the windows of the training were), and one task per tile normalises it and
-runs the inference engine (:class:`~diffclip_cli.infer.engine.TileEngine` or, with ``fast``,
+graph of one task per tile (``tile_size`` pixels square): the task computes its own window of
+the input, the core plus a halo of ``window // 2`` pixels (for arrays read from files dask fuses
+that into reads of just the window, so no task holds a neighbour's data), reflect-pads it at
+the scene border as the training windows were, normalises it and runs the inference engine
+(:class:`~diffclip_cli.infer.engine.TileEngine` or, with ``fast``,
 :class:`~diffclip_cli.infer.fast.FastEngine`). The result is lazy for a dask-backed input and
 computed for an in-memory one. ``diffclip classify`` writes the same graph's blocks to GeoTIFFs
 (:func:`diffclip_cli.infer.classify.classify_scene`), on dask's local threads or on a
@@ -250,30 +251,55 @@ class _Decode:
         return x
 
 
-def _tile_probabilities(hsi: np.ndarray, *rest: Any, halo: int, shape: tuple[int, int],
+class _Inputs:
+    """The input arrays, held by one key of the graph (shipped once per cluster worker).
+
+    A tile task slices its own window (core plus halo) out of them and computes just that,
+    synchronously, where it runs: for arrays read from files (a Scene, rioxarray) dask fuses
+    the slice into reads of that window, so no task holds another tile's data and memory does
+    not grow with the scene.
+    """
+
+    def __init__(self, hsi: da.Array, lidar: da.Array | None) -> None:
+        self.hsi = hsi
+        self.lidar = lidar
+
+    def window(self, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray | None]:
+        """The raw values of one window of each modality."""
+        import dask
+
+        parts = [self.hsi[:, rows, cols]]
+        if self.lidar is not None:
+            parts.append(self.lidar[:, rows, cols])
+        values = dask.compute(*parts, scheduler="sync")
+        return np.asarray(values[0]), None if self.lidar is None else np.asarray(values[1])
+
+    def __dask_tokenize__(self) -> Any:
+        return ("diffclip-inputs", self.hsi.name,
+                None if self.lidar is None else self.lidar.name)
+
+
+def _tile_probabilities(inputs: _Inputs, runner: Runner, *, halo: int, shape: tuple[int, int],
                         decode: tuple[_Decode, _Decode | None],
                         block_info: dict[Any, Any] | None = None) -> np.ndarray:
     """``(K, h, w)`` float32 probabilities of one tile's core, NaN on invalid pixels.
 
-    ``hsi`` (and the LiDAR, first of ``rest`` when there is one; the :class:`Runner` comes
-    last) are the tile's core plus the halo its neighbours give (none at the scene border).
+    The tile reads its core plus a halo of ``halo`` pixels (less at the scene border, where
+    it is reflect-padded as :func:`~diffclip_cli.sampling.tiles.read_tile` does).
     """
     from diffclip_cli.sampling.normalise import SceneStats
     from diffclip_cli.sampling.tiles import Tile, TileData
 
-    *blocks, runner = rest
-    lidar = blocks[0] if blocks else None
     assert block_info is not None
     (r0, r1), (c0, c1) = block_info[None]["array-location"][1:]
     height, width = shape
-    top, bottom = (halo if r0 > 0 else 0), (halo if r1 < height else 0)
-    left, right = (halo if c0 > 0 else 0), (halo if c1 < width else 0)
+    a0, a1 = max(0, r0 - halo), min(height, r1 + halo)
+    b0, b1 = max(0, c0 - halo), min(width, c1 + halo)
+    top, left = r0 - a0, c0 - b0
     h, w = r1 - r0, c1 - c0
-    expected = (h + top + bottom, w + left + right)
-    if hsi.shape[1:] != expected:  # pragma: no cover - the graph is built to give this
-        raise RuntimeError(f"tile at ({r0}, {c0}) got {hsi.shape[1:]}, expected {expected}")
+    hsi, lidar = inputs.window(slice(a0, a1), slice(b0, b1))
     stats = SceneStats.from_dict(runner.bundle.stats)
-    pad = ((0, 0), (halo - top, halo - bottom), (halo - left, halo - right))
+    pad = ((0, 0), (halo - top, halo - (a1 - r1)), (halo - left, halo - (b1 - c1)))
     arrays = {}
     valid = np.ones((h, w), bool)
     for name, block, dec, band_stats in (("hsi", hsi, decode[0], stats.hsi),
@@ -314,19 +340,9 @@ def _confidence(probs: np.ndarray) -> np.ndarray:
 # -- the graph ----------------------------------------------------------------------------
 
 
-def tile_chunks(size: int, tile: int, halo: int) -> tuple[int, ...]:
-    """Chunk sizes along one axis: tiles of ``tile``.
-
-    A last tile too small to give its neighbour ``halo`` pixels is merged into the one before.
-    """
-    sizes = [tile] * (size // tile)
-    rest = size - tile * len(sizes)
-    if rest:
-        if sizes and rest < max(1, halo):
-            sizes[-1] += rest
-        else:
-            sizes.append(rest)
-    return tuple(sizes)
+def tile_chunks(size: int, tile: int) -> tuple[int, ...]:
+    """Tile edges along one axis: ``tile`` pixels, the last one what remains."""
+    return (tile,) * (size // tile) + ((size % tile,) if size % tile else ())
 
 
 @dataclass
@@ -393,22 +409,18 @@ def build(runner: Runner, hsi: da.Array, lidar: da.Array | None, *, tile_size: i
         window = runner.bundle.config.window
     halo = window // 2
     _, height, width = hsi.shape
-    chunks = (tile_chunks(height, tile_size, halo), tile_chunks(width, tile_size, halo))
-    # No halo along an axis of one tile: nothing to take it from (and dask refuses a depth
-    # beyond the chunk, as in a scene smaller than the window).
-    depth = {0: 0, 1: halo if len(chunks[0]) > 1 else 0, 2: halo if len(chunks[1]) > 1 else 0}
-    arrays = [da.overlap.overlap(a.rechunk(((a.shape[0],), *chunks)), depth=depth,
-                                 boundary="none", allow_rechunk=False)
-              for a in ([hsi] if lidar is None else [hsi, lidar])]
+    chunks = (tile_chunks(height, tile_size), tile_chunks(width, tile_size))
     classes = runner.bundle.class_table
     assert classes is not None
     k = len(classes)
+    token = dask.base.tokenize(runner, hsi.name, None if lidar is None else lidar.name, halo,
+                               decode, chunks)
+    inputs = dask.delayed(_Inputs(hsi, lidar), pure=True, name=f"diffclip-inputs-{token}")
     model = dask.delayed(runner, pure=True, name=f"diffclip-model-{runner.token}")
     probs = da.map_blocks(
-        _tile_probabilities, *arrays, model, halo=halo, shape=(height, width),
-        decode=decode, chunks=((k,), *chunks), dtype=np.float32,
-        meta=np.empty((0, 0, 0), np.float32),
-        name=f"diffclip-tiles-{dask.base.tokenize(runner, *arrays, halo, decode)}")
+        _tile_probabilities, inputs, model, halo=halo, shape=(height, width), decode=decode,
+        chunks=((k,), *chunks), dtype=np.float32, meta=np.empty((0, 0, 0), np.float32),
+        name=f"diffclip-tiles-{token}")
     ids = np.asarray(classes.ids, dtype=np.uint16 if max(classes.ids) > 255 else np.uint8)
     labels = probs.map_blocks(_labels, ids, drop_axis=0, dtype=ids.dtype,
                               meta=np.empty((0, 0), ids.dtype))
