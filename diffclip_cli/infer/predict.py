@@ -261,13 +261,24 @@ class _Inputs:
     """
 
     def __init__(self, hsi: da.Array, lidar: da.Array | None) -> None:
+        from diffclip_cli.io.arrays import window_reader
+
         self.hsi = hsi
         self.lidar = lidar
+        # A scene's own arrays are read straight through its reader: the same values as the
+        # fused dask read, in one read per modality (the arrays are still the graph's input).
+        readers = (window_reader(hsi), None if lidar is None else window_reader(lidar))
+        self.readers = readers if all(r is not None for r in readers[:1 + (lidar is not None)]
+                                      ) else None
 
     def window(self, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray | None]:
         """The raw values of one window of each modality."""
         import dask
 
+        if self.readers is not None:
+            hsi, lidar = self.readers
+            return (hsi[:, rows, cols],
+                    None if lidar is None else lidar[:, rows, cols])
         parts = [self.hsi[:, rows, cols]]
         if self.lidar is not None:
             parts.append(self.lidar[:, rows, cols])
