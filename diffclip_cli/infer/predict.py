@@ -13,16 +13,18 @@ computed for an in-memory one. ``diffclip classify`` writes the same graph's blo
 (:func:`diffclip_cli.infer.classify.classify_scene`), on dask's local threads or on a
 ``distributed`` cluster.
 
-Within one process at most ``cores // torch threads`` tiles run the network at a time (one,
-with torch's default of all cores), so dask's threads read, prepare and write other tiles
-meanwhile instead of fighting torch's own threads for the cores.
+On dask's local threads one tile at a time runs the network (with torch's threads, all cores
+by default), so dask's other threads read, prepare and write tiles meanwhile instead of fighting
+torch's threads for the cores; on ``distributed`` workers each worker thread runs its own tile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import sys
 import threading
 import uuid
 from collections.abc import Sequence
@@ -145,31 +147,29 @@ def make_engine(bundle: ModelBundle, *, fast: bool = False, device: str = "cpu",
 
 _ENGINES: dict[str, Engine] = {}
 _ENGINES_LOCK = threading.Lock()
-_SLOTS: dict[int, threading.BoundedSemaphore] = {}
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+#: One tile runs the network at a time in a process outside dask.distributed workers.
+_LOCAL_SLOT = threading.Lock()
 
 
-def _compute_slot() -> threading.BoundedSemaphore:
-    """The semaphore bounding the tiles that run the network at once in this process.
+def _compute_slot() -> Any:
+    """What a tile holds while it runs the network.
 
-    ``cores // torch threads`` (at least 1): with torch's default (every core) one tile at a
-    time uses them all; with one torch thread per tile (e.g. ``OMP_NUM_THREADS=1``) one tile
-    per core.
+    On dask's local threads: one lock, so one tile at a time uses torch's threads (all cores
+    by default) while the other threads read and write; two tiles at once would also double
+    the engine's working memory. In a ``distributed`` worker nothing: the worker's threads
+    are its parallelism (its torch runs one thread per task).
     """
-    import torch
-
-    capacity = max(1, _cores() // max(1, torch.get_num_threads()))
-    with _ENGINES_LOCK:
-        slot = _SLOTS.get(capacity)
-        if slot is None:
-            slot = _SLOTS[capacity] = threading.BoundedSemaphore(capacity)
-        return slot
+    distributed = sys.modules.get("distributed")
+    if distributed is not None:
+        try:
+            distributed.get_worker()
+        except ValueError:
+            pass
+        else:
+            return contextlib.nullcontext()
+    return _LOCAL_SLOT
 
 
 class Runner:
@@ -235,13 +235,16 @@ class _Decode:
     scale: tuple[float, ...] | None = None
     offset: tuple[float, ...] | None = None
 
-    def __call__(self, block: np.ndarray) -> np.ndarray:
-        """Float32 values, NaN where nodata, always in a new array.
+    def __call__(self, block: np.ndarray, *, private: bool = False) -> np.ndarray:
+        """Float32 values, NaN where nodata.
 
-        The block itself is never changed: a scheduler may hand the same object to another
-        task (a ``distributed`` worker did, and normalising it in place garbled the map).
+        A new array unless ``block`` is ``private`` float32 (read for this task alone; then it
+        is overwritten in place: a tile of 144 bands at 256 px is 40 MB). Anything else is
+        never changed: a scheduler may hand the same object to another task (a
+        ``distributed`` worker did, and normalising it in place garbled the map).
         """
-        x = block.astype(np.float32, copy=True)
+        x = block if private and block.dtype == np.float32 and block.flags.writeable \
+            else block.astype(np.float32, copy=True)
         if self.nodata is not None and not math.isnan(self.nodata):
             x[block == self.nodata] = np.nan
         if self.scale is not None:
@@ -271,19 +274,24 @@ class _Inputs:
         self.readers = readers if all(r is not None for r in readers[:1 + (lidar is not None)]
                                       ) else None
 
-    def window(self, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray | None]:
-        """The raw values of one window of each modality."""
+    def window(self, rows: slice, cols: slice
+               ) -> tuple[np.ndarray, np.ndarray | None, bool]:
+        """The raw values of one window of each modality, and whether they are private.
+
+        Private: read for this call alone, so they may be overwritten.
+        """
         import dask
 
         if self.readers is not None:
             hsi, lidar = self.readers
             return (hsi[:, rows, cols],
-                    None if lidar is None else lidar[:, rows, cols])
+                    None if lidar is None else lidar[:, rows, cols], True)
         parts = [self.hsi[:, rows, cols]]
         if self.lidar is not None:
             parts.append(self.lidar[:, rows, cols])
         values = dask.compute(*parts, scheduler="sync")
-        return np.asarray(values[0]), None if self.lidar is None else np.asarray(values[1])
+        return (np.asarray(values[0]), None if self.lidar is None else np.asarray(values[1]),
+                False)
 
     def __dask_tokenize__(self) -> Any:
         return ("diffclip-inputs", self.hsi.name,
@@ -308,7 +316,7 @@ def _tile_probabilities(inputs: _Inputs, runner: Runner, *, halo: int, shape: tu
     b0, b1 = max(0, c0 - halo), min(width, c1 + halo)
     top, left = r0 - a0, c0 - b0
     h, w = r1 - r0, c1 - c0
-    hsi, lidar = inputs.window(slice(a0, a1), slice(b0, b1))
+    hsi, lidar, private = inputs.window(slice(a0, a1), slice(b0, b1))
     stats = SceneStats.from_dict(runner.bundle.stats)
     pad = ((0, 0), (halo - top, halo - (a1 - r1)), (halo - left, halo - (b1 - c1)))
     arrays = {}
@@ -317,12 +325,12 @@ def _tile_probabilities(inputs: _Inputs, runner: Runner, *, halo: int, shape: tu
                                          ("lidar", lidar, decode[1], stats.lidar)):
         if block is None:
             continue
-        x = (dec or _Decode())(block)
+        x = (dec or _Decode())(block, private=private)
         valid &= np.isfinite(x[:, top:top + h, left:left + w]).all(axis=0)
         if band_stats is None:
             raise ValueError("the scene has LiDAR but the statistics have none")
-        # Normalised in place (our copy), padded only at the scene border: what read_tile
-        # did, so the values are the same bit for bit.
+        # Normalised in place (ours), padded only at the scene border: what read_tile did,
+        # so the values are the same bit for bit.
         x = band_stats.apply(x, inplace=True)
         arrays[name] = np.pad(x, pad, mode="reflect") if any(map(any, pad)) else x
     data = TileData(Tile(r0, c0, h, w, halo), arrays["hsi"], arrays.get("lidar"), valid)
