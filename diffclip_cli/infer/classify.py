@@ -29,6 +29,7 @@ from rasterio.windows import Window
 from diffclip_cli import __version__
 from diffclip_cli.errors import ModelError
 from diffclip_cli.infer.predict import (
+    _CHECKED,
     CONFIDENCE_NODATA,
     DEFAULT_TILE_SIZE,
     TILE_BYTES,
@@ -331,10 +332,14 @@ def _classify(
     # The tiles read their own windows; chunks larger than a tile let most windows (core and
     # halo) be one read. Nothing computes these arrays whole.
     arrays = scene_arrays(scene, chunks=max(1024, tile_size))
-    result = predict(bundle, arrays.hsi, arrays.lidar, probabilities=True, fast=fast,
-                     tile_size=tile_size, batch_size=batch_size,
-                     device=device if scheduler is None else "cpu", precision=precision,
-                     threads=threads)
+    token = _CHECKED.set(True)  # classify_scene checked the bands (and warned) already
+    try:
+        result = predict(bundle, arrays.hsi, arrays.lidar, probabilities=True, fast=fast,
+                         tile_size=tile_size, batch_size=batch_size,
+                         device=device if scheduler is None else "cpu", precision=precision,
+                         threads=threads)
+    finally:
+        _CHECKED.reset(token)
     labels = result["classes"].data
     meta = {
         "software": f"diffclip {__version__}",

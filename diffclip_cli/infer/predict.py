@@ -21,6 +21,7 @@ torch's threads for the cores; on ``distributed`` workers each worker thread run
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import math
 import os
@@ -450,6 +451,11 @@ def build(runner: Runner, hsi: da.Array, lidar: da.Array | None, *, tile_size: i
 
 # -- the public function ------------------------------------------------------------------
 
+#: Set by :func:`diffclip_cli.infer.classify.classify_scene`, which checks (and warns about)
+#: the scene's bands itself before it creates its outputs: the check is not repeated.
+_CHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar("diffclip_checked",
+                                                                default=False)
+
 
 def _as_dataarray(value: Any, what: str) -> xr.DataArray:
     """``value`` as a DataArray with dims ``(band, y, x)``."""
@@ -594,12 +600,16 @@ def predict(
         _same_grid(h, lid)
     names = h.attrs.get("long_name")
     wavelengths = h.attrs.get("wavelength")
-    bundle.check_inputs(
-        int(h.shape[0]), 0 if lid is None else int(lid.shape[0]),
-        wavelengths=list(wavelengths) if isinstance(wavelengths, Sequence)
-        and len(wavelengths) == h.shape[0] else None,
-        band_names=list(names) if isinstance(names, Sequence) and not isinstance(names, str)
-        and len(names) == h.shape[0] else None)
+    if not _CHECKED.get():  # classify_scene checked the scene's bands before its outputs
+        bundle.check_inputs(
+            int(h.shape[0]), 0 if lid is None else int(lid.shape[0]),
+            wavelengths=list(wavelengths) if isinstance(wavelengths, Sequence)
+            and len(wavelengths) == h.shape[0] else None,
+            band_names=list(names) if isinstance(names, Sequence)
+            and not isinstance(names, str) and len(names) == h.shape[0] else None)
+    elif (h.shape[0], 0 if lid is None else lid.shape[0]) != (bundle.hsi_bands,
+                                                               bundle.lidar_bands):
+        raise ModelError("the arrays' band counts are not the model's")
     if tile_size is None:
         tile_size = auto_tile_size(int(h.shape[0]) + (0 if lid is None else int(lid.shape[0])))
     if tile_size < 16:
