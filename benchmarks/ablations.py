@@ -19,7 +19,6 @@ The switches are ablation tools only: the presets keep the method (``True``).
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import numpy as np
@@ -32,8 +31,10 @@ from diffclip_cli.model.config import FinetuneConfig, Preset
 from diffclip_cli.model.layers import init_linear_layers, keeps_global_rng
 from diffclip_cli.model.network import DiffCLIPNet
 from diffclip_cli.model.rng import make_generator
-from diffclip_cli.train.data import ProgressCallback, WindowData
+from diffclip_cli.progress import Progress
+from diffclip_cli.train.data import WindowData
 from diffclip_cli.train.finetune import make_optimizer
+from diffclip_cli.train.loop import Step, train_epochs
 from diffclip_cli.train.pretrain import check_data
 
 __all__ = [
@@ -137,7 +138,7 @@ def finetune_linear_head(
     cfg: FinetuneConfig,
     *,
     seed: int,
-    progress: ProgressCallback | None = None,
+    progress: Progress | None = None,
     device: str | torch.device = "cpu",
 ) -> list[dict[str, Any]]:
     """Fine-tune the "w/o text" classifier with cross-entropy, on the full method's schedule.
@@ -150,7 +151,8 @@ def finetune_linear_head(
         data: normalised labelled windows (labels are class indices ``0..K-1``).
         cfg: the schedule.
         seed: drives the shuffling.
-        progress: called after every epoch with ``(epoch, epochs, record)``.
+        progress: called after every optimiser step with a ``"finetune"``
+            :class:`~diffclip_cli.progress.ProgressEvent` (an epoch's last carries its record).
         device: where to train.
 
     Returns:
@@ -168,32 +170,16 @@ def finetune_linear_head(
     model.to(device)
     optimizer, scheduler = make_optimizer(model, cfg)
     gen = make_generator(seed, "finetune")
-    history: list[dict[str, Any]] = []
-    n = len(data)
-    for epoch in range(cfg.epochs):
-        tic = time.perf_counter()
-        model.train()
-        order = torch.randperm(n, generator=gen)
-        loss_sum, correct = 0.0, 0.0
-        for begin in range(0, n, cfg.batch_size):
-            idx = order[begin : begin + cfg.batch_size]
-            hsi, lidar, labels = data.batch(idx, device)
-            assert labels is not None
-            logits = model(hsi, lidar)
-            loss = F.cross_entropy(logits, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += float(loss.detach()) * len(idx)
-            correct += float((logits.argmax(1) == labels).sum())
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        record = {"epoch": epoch + 1, "loss": loss_sum / n, "train_accuracy": correct / n,
-                  "lr": lr, "seconds": time.perf_counter() - tic}
-        history.append(record)
-        log.debug("linear-head epoch %d/%d loss %.4f", epoch + 1, cfg.epochs, record["loss"])
-        if progress is not None:
-            progress(epoch + 1, cfg.epochs, record)
-    model.eval()
-    return history
+    targets = data.labels
+
+    def forward(idx: torch.Tensor) -> Step:
+        hsi, lidar, _ = data.batch(idx, device)
+        labels = targets[idx].to(device)
+        logits = model(hsi, lidar)
+        return Step(F.cross_entropy(logits, labels), len(idx),
+                    {"train_accuracy": float((logits.argmax(1) == labels).sum())})
+
+    return train_epochs(model, forward, samples=len(data), batch_size=cfg.batch_size,
+                        epochs=cfg.epochs, optimizer=optimizer, scheduler=scheduler,
+                        generator=gen, stage="finetune", progress=progress)
 

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     same = fp32.argmax(0) == bf16.argmax(0)
     agree = float(same.mean())
     diff = np.abs(fp32 - bf16)
-    ids = np.asarray(bundle.class_table.ids)
+    ids = np.asarray(bundle.require_classes().ids)
     lines = [
         f"Salinas-A ({valid.sum()} valid px, {len(labels)} labelled), {train_note}; "
         f"{args.threads} threads, torch {torch.__version__}.",

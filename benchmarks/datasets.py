@@ -447,7 +447,7 @@ def _choose_grid(variables: list[_Var], folder: Path) -> tuple[int, int]:
             f"the arrays disagree on the pixel grid ({ranked[0][0]} x {ranked[0][1]} or "
             f"{ranked[1][0]} x {ranked[1][1]})", path=folder,
             hint="check that all .mat files belong to the same scene")
-    return ranked[0]  # type: ignore[return-value]
+    return ranked[0]
 
 
 def _place(variables: list[_Var], grid: tuple[int, int], files: list[Path]) -> list[_Var]:
@@ -674,17 +674,17 @@ def load_mat_folder(folder: str | os.PathLike[str], *, name: str | None = None) 
     if lidar_vars:
         channels = []
         for k, var in enumerate(lidar_vars):
-            key = "lidar" if k == 0 else f"lidar.{k}"
-            sources[key], variables_used[key] = var.path, var.name
+            role = "lidar" if k == 0 else f"lidar.{k}"
+            sources[role], variables_used[role] = var.path, var.name
             data = np.asarray(var.fitted, dtype=np.float32)
             channels.append(data[None] if data.ndim == 2 else data)
         lidar = np.concatenate(channels, axis=0)
         if len(lidar_vars) > 1:
             _LOG.info("LiDAR stacked from %s", ", ".join(v.where for v in lidar_vars))
     for role in ("labels", "train", "test"):
-        var = split.get(f"{role}_var")
-        if var is not None:
-            sources[role], variables_used[role] = var.path, var.name
+        role_var = split.get(f"{role}_var")
+        if role_var is not None:
+            sources[role], variables_used[role] = role_var.path, role_var.name
 
     dataset = Dataset(
         name=name or folder.resolve().name,

@@ -90,7 +90,8 @@ def timed_tiles(engine: Any, tiles: list, shape: tuple[int, int], repeats: int
     for _ in range(repeats):
         start = time.perf_counter()
         for data in tiles:
-            out[(slice(None), *data.tile.slices)] = engine.predict_tile(data)
+            index = (slice(None), *data.tile.slices)
+            out[index] = engine.predict_tile(data)
         times.append(time.perf_counter() - start)
     return out, statistics.median(times)
 
@@ -156,7 +157,7 @@ def run_scene(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         s_map, s_s = timed_tiles(fast, tiles, scene.grid.shape, args.repeats)
 
     t_lab, s_lab = t_map.argmax(0), s_map.argmax(0)
-    classes = bundle.class_table
+    classes = bundle.require_classes()
     ids = np.asarray(classes.ids)
     test = labels.subset(split.test)
     t_rep = AccuracyReport.from_labels(test.class_ids, ids[t_lab[test.rows, test.cols]],
@@ -198,7 +199,8 @@ def run_scene(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                     "kappa": t_rep.kappa},
         "student": {"oa": s_rep.overall_accuracy, "aa": s_rep.average_accuracy,
                     "kappa": s_rep.kappa},
-        "oa_delta_points": round(100 * (s_rep.overall_accuracy - t_rep.overall_accuracy), 2),
+        "oa_delta_points": round(100 * (float(s_rep.overall_accuracy or 0.0)
+                                        - float(t_rep.overall_accuracy or 0.0)), 2),
     }
 
 

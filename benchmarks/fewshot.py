@@ -32,6 +32,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 # Run by path (python benchmarks/fewshot.py), the script's folder is on sys.path, not the
 # repository root that holds the 'benchmarks' package; with python -m it already is.
@@ -58,8 +59,9 @@ from diffclip_cli.train.budget import default_recipe, parse_duration, scaled_pre
 
 #: The generated benchmark scene: 3 spectra x 2 heights = 6 classes; classes sharing a
 #: spectrum differ only in LiDAR height, so neither modality alone separates them all.
-SYNTHETIC = {"height": 96, "width": 96, "hsi_bands": 32, "lidar_bands": 1, "n_spectra": 3,
-             "n_heights": 2, "patch_size": 10.0, "noise": 0.05, "seed": 0, "crs": None}
+SYNTHETIC: dict[str, Any] = {"height": 96, "width": 96, "hsi_bands": 32, "lidar_bands": 1,
+                             "n_spectra": 3, "n_heights": 2, "patch_size": 10.0, "noise": 0.05,
+                             "seed": 0, "crs": None}
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -142,8 +142,14 @@ def main() -> None:
                         preset = pre_preset.with_overrides(**ft_over)
                         prompts = build_prompts([names[i] for i in ids],
                                                 template=preset.model.template)
-                        net_copy = copy.deepcopy(net)
-                        net_copy.config = preset.model
+                        # a fresh network of the variant's configuration holding the
+                        # pretrained weights (modules the variant adds keep their init)
+                        net_copy = DiffCLIPNet(preset.model, hsi_bands=scene.hsi_bands,
+                                               lidar_bands=scene.lidar_bands, seed=seed)
+                        missing = net_copy.load_state_dict(copy.deepcopy(net.state_dict()),
+                                                           strict=False).missing_keys
+                        if any(not k.startswith("pixel_norm.") for k in missing):
+                            raise SystemExit(f"variant {ft_name} changes pretrained weights")
                         if ft_name.startswith("sp"):
                             # shrink towards a fresh initialisation: w = lam w_pre + (1-lam) w_0
                             lam = float(ft_name[2:])

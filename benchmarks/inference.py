@@ -26,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -355,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
         for p in paths:
             if p == "reference":
                 continue
-            shares = profile_breakdown(lambda p=p: engines[p].predict_tile(tiles[0]))
+            shares = profile_breakdown(functools.partial(engines[p].predict_tile, tiles[0]))
             lines += ["", f"Profile of `{p}` (self CPU time, one tile, least of 3 runs):", "",
                       "| part | share |", "|---|---:|"]
             lines += [f"| {c} | {100 * share:.1f} % |" for c, share in shares]

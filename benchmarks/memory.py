@@ -128,7 +128,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     # chunks), computing (the tile tasks: normalising and the engine), writing (the writers).
     # Wrapping costs a perf_counter call per chunk.
     read_t, compute_t, write_t = _Timer(), _Timer(), _Timer()
-    Scene.read_bands = read_t.wrap(Scene.read_bands)
+    Scene.read_bands = read_t.wrap(Scene.read_bands)  # type: ignore[method-assign]
     real_tile = predict_mod._tile_probabilities
 
     def tile(*args: Any, block_info: Any = None, **kwargs: Any) -> Any:  # dask passes it by name
@@ -140,7 +140,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
                 compute_t.seconds += time.perf_counter() - start
 
     predict_mod._tile_probabilities = tile
-    RasterWriter.write = write_t.wrap(RasterWriter.write)
+    RasterWriter.write = write_t.wrap(RasterWriter.write)  # type: ignore[method-assign]
 
     bundle = load_model(spec["model"])
     marks: dict[str, int] = {}

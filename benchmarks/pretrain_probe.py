@@ -32,6 +32,7 @@ from sklearn.preprocessing import StandardScaler
 from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.config import load_preset
 from diffclip_cli.model.network import DiffCLIPNet
+from diffclip_cli.progress import ProgressEvent
 from diffclip_cli.sampling.normalise import compute_stats
 from diffclip_cli.sampling.unlabelled import sample_unlabelled
 from diffclip_cli.sampling.windows import read_windows
@@ -168,9 +169,9 @@ def main() -> None:
             cfg = preset.pretrain.with_overrides(epochs=args.epochs)
             at = set(args.at or [args.epochs])
 
-            def progress(epoch: int, epochs: int, record: dict, report=report, at=at) -> None:
-                if epoch in at:
-                    report(epoch, record["loss"])
+            def progress(event: ProgressEvent, report=report, at=at) -> None:
+                if event.record is not None and event.record["epoch"] in at:
+                    report(event.record["epoch"], event.record["loss"])
 
             pretrain(net, data, cfg, seed=args.seed, progress=progress)
 

@@ -79,6 +79,7 @@ from diffclip_cli.model.modelfile import (
 )
 from diffclip_cli.model.network import DiffCLIPNet
 from diffclip_cli.pipeline import DEFAULT_PRETRAIN_SAMPLES, fewshot_scene, pretrain_scene
+from diffclip_cli.progress import ProgressEvent
 from diffclip_cli.report.metrics import AccuracyReport, summarize
 from diffclip_cli.sampling.normalise import SceneStats, compute_stats
 from diffclip_cli.sampling.shots import Split, sample_shots
@@ -290,6 +291,12 @@ class ProtocolConfig:
             raise ValueError(f"unknown methods {unknown}; choose among {list(ALL_METHODS)}")
         if self.pretrain_samples < 1:
             raise ValueError("pretrain_samples must be positive")
+
+    @property
+    def seed_list(self) -> tuple[int, ...]:
+        """The seeds (``seeds`` given as a count ``n`` are ``0..n-1``)."""
+        seeds = self.seeds
+        return tuple(range(seeds)) if isinstance(seeds, int) else seeds
 
     def settings(self) -> dict[str, Any]:
         """What makes runs comparable, checked when resuming: preset, samples, template, mode."""
@@ -558,9 +565,9 @@ class _Runner:
             path.parent.mkdir(parents=True, exist_ok=True)
             ckpt = path.with_suffix(".ckpt")
 
-            def report(stage: str, done: int, total: int) -> None:
-                self.emit(ProtocolEvent("pretrain", seed, stage=stage, done=done,
-                                        total=total, variant=variant))
+            def report(event: ProgressEvent) -> None:
+                self.emit(ProtocolEvent("pretrain", seed, stage=event.stage, done=event.done,
+                                        total=event.total, variant=variant))
 
             stage1 = pretrain_scene(self.scene, preset=preset, samples=cfg.pretrain_samples,
                                     seed=seed, stats=self.stats(seed), checkpoint=ckpt,
@@ -590,9 +597,9 @@ class _Runner:
         cfg = self.config
         labels = self.labels
 
-        def report(stage: str, done: int, total: int) -> None:
-            self.emit(ProtocolEvent("stage", seed, method=method, shots=k, stage=stage,
-                                    done=done, total=total))
+        def report(event: ProgressEvent) -> None:
+            self.emit(ProtocolEvent("stage", seed, method=method, shots=k, stage=event.stage,
+                                    done=event.done, total=event.total))
 
         if method in ("rf", "svm"):
             x = self.features()
@@ -615,7 +622,7 @@ class _Runner:
             model = LinearHeadClassifier(build_network(start), num_classes=len(labels.classes),
                                          seed=seed)
             finetune_linear_head(model, data, cfg.preset.finetune, seed=seed, device=self.device,
-                                 progress=lambda e, n, _r: report("finetune", e, n))
+                                 progress=report)
             timings = {"train": time.perf_counter() - tic}
             tic = time.perf_counter()
             result = _score_linear_head(self.scene, model, labels.subset(split.test),
@@ -827,7 +834,8 @@ def run_protocol(
         config: shots, seeds, methods, mode, preset, device.
         resume: skip the runs already in ``out/runs.csv`` (made with the same settings);
             ``False`` starts over, deleting earlier runs.
-        progress: called with a :class:`ProtocolEvent` per epoch, scored chunk and run.
+        progress: called with a :class:`ProtocolEvent` per optimiser step, scored chunk and
+            run.
 
     Returns:
         The records, the summary and the paths written.
@@ -844,14 +852,14 @@ def run_protocol(
                          hint="give train and test label files, or use mode='random'")
     records = _prepare(out, cfg, inputs, resume=resume)
     done = {_run_key(r["method"], r["shots"], r["seed"]) for r in records}
-    plan = [(seed, k, m) for seed in cfg.seeds for k in cfg.shots for m in cfg.methods]
+    plan = [(seed, k, m) for seed in cfg.seed_list for k in cfg.shots for m in cfg.methods]
     total = len(plan)
     skipped = sum(_run_key(m, _shots_text(k), seed) in done for seed, k, m in plan)
     runs_path = out / "runs.csv"
     with Scene.open(inputs.hsi, list(inputs.lidar)) as scene:
         runner = _Runner(scene, inputs, out, cfg, progress)
         count = 0
-        for seed in cfg.seeds:
+        for seed in cfg.seed_list:
             todo = [(k, m) for k in cfg.shots for m in cfg.methods
                     if _run_key(m, _shots_text(k), seed) not in done]
             for k, m in [(k, m) for k in cfg.shots for m in cfg.methods
@@ -861,8 +869,8 @@ def run_protocol(
                                           total=total))
             if not todo:
                 continue
-            variants = list(dict.fromkeys(PRETRAIN_VARIANTS[m] for _, m in todo
-                                          if m in _NEURAL and PRETRAIN_VARIANTS[m]))
+            variants = list(dict.fromkeys(v for _, m in todo if m in _NEURAL
+                                          for v in [PRETRAIN_VARIANTS[m]] if v))
             starts: dict[str, tuple[ModelBundle, str, float]] = {
                 v: runner.pretrained(v, seed) for v in variants}
             random_start = (runner.random_init(seed) if any(m == "clip" for _, m in todo)

@@ -52,8 +52,9 @@ from diffclip_cli.pipeline import DEFAULT_PRETRAIN_SAMPLES, fewshot_scene
 from diffclip_cli.train.budget import default_recipe, format_seconds, parse_duration
 
 #: Trento: 166 x 600 pixels, 63 HSI bands, 1 LiDAR channel, 6 classes.
-TRENTO = {"height": 166, "width": 600, "hsi_bands": 63, "lidar_bands": 1, "n_spectra": 3,
-          "n_heights": 2, "patch_size": 12.0, "noise": 0.05, "seed": 0}
+TRENTO: dict[str, Any] = {"height": 166, "width": 600, "hsi_bands": 63, "lidar_bands": 1,
+                          "n_spectra": 3, "n_heights": 2, "patch_size": 12.0, "noise": 0.05,
+                          "seed": 0}
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -43,6 +43,7 @@ from diffclip_cli.model.network import DiffCLIPNet
 from diffclip_cli.model.prompts import build_prompts, class_words, read_descriptions
 from diffclip_cli.model.rng import derive_seed
 from diffclip_cli.model.text import Vocabulary
+from diffclip_cli.progress import Progress, counting
 from diffclip_cli.report.metrics import AccuracyReport
 from diffclip_cli.sampling.defaults import DEFAULT_PRETRAIN_SAMPLES
 from diffclip_cli.sampling.normalise import SceneStats, compute_stats
@@ -75,7 +76,6 @@ __all__ = [
     "FewshotResult",
     "PlanFn",
     "PretrainResult",
-    "ProgressFn",
     "baseline_pixels",
     "evaluate_pixels",
     "fewshot_scene",
@@ -90,10 +90,6 @@ log = logging.getLogger("diffclip")
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
-#: Progress callback: ``(stage, done, total)``; stages are ``"pretrain"`` and ``"finetune"``
-#: (optimiser steps), ``"evaluate"`` (pixels), and with the fast path ``"teacher"`` (pixels)
-#: and ``"distill"`` (steps).
-ProgressFn = Callable[[str, int, int], None]
 #: Called once with the :class:`~diffclip_cli.train.budget.Plan`, before any training.
 PlanFn = Callable[[Plan], None]
 
@@ -183,12 +179,6 @@ def baseline_pixels(scene: Scene, labels: LabelSet, split: Split, *, seed: int =
     return AccuracyReport.from_labels(labels.class_ids[split.test], predicted, labels.classes)
 
 
-def _steps(progress: ProgressFn | None, stage: str) -> Callable[[int, int], None] | None:
-    if progress is None:
-        return None
-    return lambda done, total: progress(stage, done, total)
-
-
 def _inputs(scene: Scene) -> dict[str, Any]:
     return {"hsi": str(scene.hsi_path), "lidar": [str(p) for p in scene.lidar_paths]}
 
@@ -200,7 +190,7 @@ def input_identity(scene: Scene) -> dict[str, Any]:
     size: it is no local path to resolve. (The content is covered by the digest of the windows
     drawn from the files.)
     """
-    files = []
+    files: list[dict[str, Any]] = []
     for path in (scene.hsi_path, *scene.lidar_paths):
         if is_gdal_name(path):
             files.append({"path": str(path), "size": None})
@@ -308,7 +298,7 @@ def _calibrate(scene: Scene, net: DiffCLIPNet, stats: SceneStats, preset: Preset
             n = min(len(data), _CALIBRATION_STEPS * preset.pretrain.batch_size)
             pretrain(copy.deepcopy(net), data.subset(np.arange(n)),
                      dataclasses.replace(preset.pretrain, epochs=1), seed=gen_seed,
-                     device=device, on_step=timer)
+                     device=device, progress=timer)
             return timer.per_step(skip=_CALIBRATION_WARMUP)
 
         costs["pretrain_step"] = _fastest_threads(pretrain_steps, device)
@@ -326,7 +316,7 @@ def _calibrate(scene: Scene, net: DiffCLIPNet, stats: SceneStats, preset: Preset
             timer = StepTimer()
             finetune(probe, train, prompts,
                      dataclasses.replace(preset.finetune, epochs=warm + timed), seed=gen_seed,
-                     device=device, on_step=timer)
+                     device=device, progress=timer)
             return timer.per_step(skip=warm * per_epoch)
 
         costs["finetune_step"] = (_fastest_threads(finetune_steps, device) if choose_threads
@@ -440,7 +430,7 @@ def pretrain_scene(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     device: str = "cpu",
-    progress: ProgressFn | None = None,
+    progress: Progress | None = None,
     budget: float | None = None,
     pinned: Collection[str] = (),
     on_plan: PlanFn | None = None,
@@ -456,7 +446,8 @@ def pretrain_scene(
         checkpoint: a file written after every epoch (see ``resume``).
         resume: continue from ``checkpoint``; ends where an uninterrupted run ends.
         device: torch device name.
-        progress: ``(stage, done, total)`` callback.
+        progress: called with a ``"pretrain"`` :class:`~diffclip_cli.progress.ProgressEvent`
+            after every optimiser step.
         budget: seconds the stage may take: windows and epochs are sized to fit from a few
             timed steps (:func:`plan_training`); ``None``: as asked.
         pinned: ``"pretrain_windows"`` and/or ``"pretrain_epochs"``: keep those as asked.
@@ -492,7 +483,7 @@ def pretrain_scene(
              preset.model.window, preset.model.window)
     data = _windows(scene, rows, cols, window=preset.model.window, stats=stats)
     history = pretrain(net, data, preset.pretrain, seed=seed, checkpoint=checkpoint,
-                       resume=resume, device=device, on_step=_steps(progress, "pretrain"),
+                       resume=resume, device=device, progress=progress,
                        inputs=input_identity(scene) if checkpoint is not None else None)
     seconds = time.perf_counter() - start
     record: dict[str, Any] = {"inputs": _inputs(scene), "seed": seed,
@@ -507,7 +498,12 @@ def pretrain_scene(
     return PretrainResult(bundle, net, stats, history, seconds, plan)
 
 
-def _split(labels: LabelSet, shots: int, *, seed: int, mode: str) -> Split:
+def _split(labels: LabelSet, shots: int, *, seed: int, mode: str
+           ) -> tuple[LabelSet, Split]:
+    """The labels without the classes that got no shot, and the split of ``mode``.
+
+    See :func:`_drop_classes_without_shots`.
+    """
     if mode == "random":
         split = sample_shots(labels, shots, seed=seed)  # logs its own warnings
     elif mode == "spatial":
@@ -745,7 +741,7 @@ def fewshot_scene(
     evaluate: bool = True,
     batch_size: int | None = None,
     provenance: Mapping[str, Any] | None = None,
-    progress: ProgressFn | None = None,
+    progress: Progress | None = None,
     baseline: bool = True,
     fast: bool | Mapping[str, Any] = False,
     budget: float | None = None,
@@ -778,7 +774,9 @@ def fewshot_scene(
         evaluate: score the model on the test pixels.
         batch_size: windows per forward pass when scoring.
         provenance: extra facts to record in the model file (input paths, ...).
-        progress: ``(stage, done, total)`` callback.
+        progress: called with :class:`~diffclip_cli.progress.ProgressEvent` s of the stages
+            ``"pretrain"``, ``"finetune"`` (optimiser steps), with the fast path
+            ``"teacher"`` (pixels) and ``"distill"`` (steps), and ``"evaluate"`` (pixels).
         baseline: with the report, also score the per-pixel baseline
             (:func:`baseline_pixels`) on the same test pixels.
         fast: also distil the fast path (``classify --fast``) into the bundle; a mapping
@@ -817,19 +815,18 @@ def fewshot_scene(
             distill = dataclasses.replace(distill, steps=plan.recipe.distill_steps)
         if on_plan is not None:
             on_plan(plan)
-    if pretrained is None:
+    if net is None:  # no pretrained model: stage 1 builds the network
         stage1 = pretrain_scene(scene, preset=preset, samples=pretrain_samples, seed=seed,
                                 stats=stats, device=device, progress=progress)
         net, pre_history = stage1.network, stage1.history
         timings["pretrain"] = stage1.seconds
 
-    assert net is not None
     start = time.perf_counter()
     classifier = DiffCLIPClassifier(net, vocabulary=Vocabulary.build(prompts), seed=seed)
     log.info("Fine-tuning on %d labelled windows (%d classes).", len(train),
              len(labels.classes))
     history = finetune(classifier, train, prompts, preset.finetune, seed=seed, device=device,
-                       on_step=_steps(progress, "finetune"))
+                       progress=progress)
     timings["finetune"] = time.perf_counter() - start + prep.read_seconds
 
     counts = np.bincount(labels.index[chosen.train], minlength=len(labels.classes))
@@ -888,7 +885,7 @@ def predict_pixels(
     *,
     device: str = "cpu",
     batch_size: int | None = None,
-    progress: ProgressFn | None = None,
+    progress: Progress | None = None,
     classifier: DiffCLIPClassifier | None = None,
 ) -> np.ndarray:
     """Class probabilities ``(N, K)`` of scattered pixels, reading their windows in chunks.
@@ -900,15 +897,15 @@ def predict_pixels(
         cols: pixel columns.
         device: torch device name.
         batch_size: windows per forward pass.
-        progress: ``("evaluate", done, total)`` callback.
+        progress: called with ``"evaluate"`` :class:`~diffclip_cli.progress.ProgressEvent` s
+            (pixels).
         classifier: the bundle's classifier when already built (skips rebuilding it).
     """
     bundle.check_inputs(scene.hsi_bands, scene.lidar_bands)
     engine = TileEngine(classifier or build_classifier(bundle), device=device,
                         batch_size=batch_size)
-    report = None if progress is None else (lambda done, total: progress("evaluate", done, total))
     return engine.predict_pixels(scene, rows, cols, stats=SceneStats.from_dict(bundle.stats),
-                                 progress=report)
+                                 progress=counting(progress, "evaluate"))
 
 
 def evaluate_pixels(
@@ -918,7 +915,7 @@ def evaluate_pixels(
     *,
     device: str = "cpu",
     batch_size: int | None = None,
-    progress: ProgressFn | None = None,
+    progress: Progress | None = None,
     classifier: DiffCLIPClassifier | None = None,
 ) -> AccuracyReport:
     """Score a classifier on labelled pixels (their classes must be the model's classes).
@@ -926,8 +923,7 @@ def evaluate_pixels(
     Returns:
         OA, AA, kappa, per-class accuracies and the confusion matrix.
     """
-    classes = bundle.class_table
-    assert classes is not None
+    classes = bundle.require_classes()
     probs = predict_pixels(scene, bundle, labels.rows, labels.cols, device=device,
                            batch_size=batch_size, progress=progress, classifier=classifier)
     predicted = np.asarray(classes.ids)[probs.argmax(axis=1)]

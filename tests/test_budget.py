@@ -24,6 +24,7 @@ from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.config import load_preset
 from diffclip_cli.model.modelfile import load_model
 from diffclip_cli.pipeline import fewshot_scene, plan_fewshot
+from diffclip_cli.progress import ProgressEvent
 from diffclip_cli.train.budget import (
     DEFAULT_CPU_BUDGET_S,
     DEFAULT_CPU_PRESET,
@@ -186,7 +187,7 @@ def test_step_timer_takes_the_mean_after_the_warm_up():
     ticks = iter([0.0, 5.0, 8.0, 9.5, 10.0, 11.0])
     timer = StepTimer(clock=lambda: next(ticks))
     for step in range(5):
-        timer(step + 1, 5)
+        timer(ProgressEvent("pretrain", step + 1, 5))
     assert timer.steps == [5.0, 3.0, 1.5, 0.5, 1.0]
     assert timer.per_step() == 1.0
     assert timer.per_step(skip=10) == 1.0  # never empty: the last step

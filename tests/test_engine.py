@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -19,12 +21,13 @@ from diffclip_cli.sampling.tiles import Tile, TileData
 PROMPTS = [f"a patch of class{i}" for i in range(6)]
 
 
-def random_classifier(preset: str, hsi_bands: int, lidar_bands: int, seed: int = 0
-                      ) -> DiffCLIPClassifier:
+def random_classifier(preset: str, hsi_bands: int, lidar_bands: int, seed: int = 0,
+                      **model: object) -> DiffCLIPClassifier:
     """A classifier whose every weight is random, BatchNorm statistics and norms included,
-    so folding and precomputed constants are exercised (not identity maps)."""
-    net = DiffCLIPNet(load_preset(preset).model, hsi_bands=hsi_bands, lidar_bands=lidar_bands,
-                      seed=seed)
+    so folding and precomputed constants are exercised (not identity maps). ``model``
+    overrides fields of the preset's model configuration."""
+    config = dataclasses.replace(load_preset(preset).model, **model)
+    net = DiffCLIPNet(config, hsi_bands=hsi_bands, lidar_bands=lidar_bands, seed=seed)
     clf = DiffCLIPClassifier(net, vocabulary=Vocabulary.build(PROMPTS), prompts=PROMPTS,
                              seed=seed)
     gen = torch.Generator().manual_seed(seed + 1)
@@ -52,6 +55,16 @@ def tiny() -> DiffCLIPClassifier:
 @pytest.fixture(scope="module")
 def tiny_hsi() -> DiffCLIPClassifier:
     return random_classifier("tiny", 9, 0, seed=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_pixel() -> DiffCLIPClassifier:
+    return random_classifier("tiny", 12, 2, seed=11, pixel_readout=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_pixel_hsi() -> DiffCLIPClassifier:
+    return random_classifier("tiny", 9, 0, seed=13, pixel_readout=True)
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +138,39 @@ def test_tiny_tiles_equal_reference(tiny, onednn):
 def test_tiny_hsi_only_tiles_equal_reference(tiny_hsi):
     check_tiles(tiny_hsi, TileEngine(tiny_hsi, batch_size=16), TINY_TILES, (17, 17),
                 atol=1e-5, seed=1)
+
+
+@pytest.mark.parametrize("onednn", [None, False])
+def test_pixel_readout_tiles_equal_reference(tiny_pixel, tiny_pixel_hsi, onednn):
+    """The centre-neighbourhood readout (model.pixel_readout) is computed by the engine as by
+    the network, with and without LiDAR."""
+    assert tiny_pixel.net.feature_dim == 4 * tiny_pixel.config.dim
+    check_tiles(tiny_pixel, TileEngine(tiny_pixel, batch_size=16, onednn=onednn), TINY_TILES,
+                (17, 17), atol=2e-6, seed=4)
+    check_tiles(tiny_pixel_hsi, TileEngine(tiny_pixel_hsi, batch_size=16, onednn=onednn),
+                TINY_TILES, (17, 17), atol=2e-6, seed=5)
+
+
+def test_pixel_readout_reads_the_centre_neighbourhood(tiny_pixel):
+    """The centre 3 x 3 pixels reach the classifier directly: changing one of them moves the
+    HSI pixel part of the features, changing a pixel outside it does not (only the class
+    token, through attention), and LiDAR's pixel part stays put."""
+    w = tiny_pixel.config.window
+    d = tiny_pixel.config.dim
+    gen = torch.Generator().manual_seed(0)
+    hsi = torch.randn(4, 12, w, w, generator=gen)
+    lidar = torch.randn(4, 2, w, w, generator=gen)
+    inside, outside = hsi.clone(), hsi.clone()
+    inside[:, :, w // 2 + 1, w // 2 - 1] += 3.0
+    outside[:, :, 0, 0] += 3.0
+    with torch.no_grad():
+        feats = tiny_pixel.net.features(hsi, lidar)
+        moved = tiny_pixel.net.features(inside, lidar)
+        far = tiny_pixel.net.features(outside, lidar)
+    assert float((moved[:, d:2 * d] - feats[:, d:2 * d]).abs().max()) > 0.1
+    torch.testing.assert_close(far[:, d:2 * d], feats[:, d:2 * d])
+    assert float((far[:, :d] - feats[:, :d]).abs().max()) > 1e-3
+    torch.testing.assert_close(moved[:, 3 * d:], feats[:, 3 * d:])
 
 
 def test_paper_size_tiles_equal_reference(paper):

@@ -87,3 +87,13 @@ def test_resolve_device():
     assert resolve_device("auto").type in {"cpu", "cuda", "mps"}
     with pytest.raises(DeviceError, match="unknown device"):
         resolve_device("tpu9")
+
+
+def test_scoring_a_pretrained_model_is_a_model_error(tiny):
+    from diffclip_cli.pipeline import evaluate_pixels
+
+    with Scene.open(tiny.hsi, [tiny.lidar]) as scene:
+        labels = read_labels(tiny.labels, scene.grid)
+        with pytest.raises(ModelError, match="without classes"):
+            evaluate_pixels(scene, load_model(tiny.pretrained), labels)
+    assert load_model(tiny.model).require_classes().names

@@ -14,6 +14,7 @@ from diffclip_cli.model.network import DiffCLIPNet
 from diffclip_cli.model.prompts import build_prompts
 from diffclip_cli.model.rng import make_generator
 from diffclip_cli.model.text import Vocabulary
+from diffclip_cli.progress import ProgressEvent
 from diffclip_cli.train.data import WindowData
 from diffclip_cli.train.finetune import class_contrastive_loss, finetune
 from diffclip_cli.train.pretrain import centre_crop_resize, pretrain
@@ -117,8 +118,8 @@ def test_resume_ends_bit_for_bit_where_an_uninterrupted_run_ends(scene, tmp_path
     full = net()
     full_history = pretrain(full, data, cfg, seed=3)
 
-    def kill_after_two(epoch: int, epochs: int, record: dict) -> None:
-        if epoch == 2:
+    def kill_after_two(event: ProgressEvent) -> None:
+        if event.record is not None and event.record["epoch"] == 2:
             raise _KilledError
 
     ckpt = tmp_path / "run.ckpt"
@@ -129,8 +130,9 @@ def test_resume_ends_bit_for_bit_where_an_uninterrupted_run_ends(scene, tmp_path
     resumed = net()  # a fresh process: nothing carried over but the checkpoint
     seen = []
     history = pretrain(resumed, data, cfg, seed=3, checkpoint=ckpt, resume=True,
-                       progress=lambda e, n, r: seen.append(e))
-    assert seen == [3, 4]
+                       progress=lambda e: seen.append(e.record and e.record["epoch"]))
+    per_epoch = -(-len(data) // 32)
+    assert [e for e in seen if e] == [3, 4] and len(seen) == 2 * per_epoch
     assert [r["loss"] for r in history] == [r["loss"] for r in full_history]
     want, got = full.state_dict(), resumed.state_dict()
     assert all(torch.equal(want[k], got[k]) for k in want)
@@ -197,17 +199,22 @@ def test_progress_is_reported_after_every_optimiser_step(scene):
     """Progress bars move within an epoch: one call per step, counted over the whole run."""
     net = DiffCLIPNet(TINY.model, hsi_bands=scene.hsi.shape[0], seed=SEED)
     data = scene.data(scene.unlabelled(150, seed=SEED), lidar=False)
-    steps: list[tuple[int, int]] = []
+    events: list[ProgressEvent] = []
     cfg = TINY.pretrain.with_overrides(epochs=2, batch_size=64)
-    pretrain(net, data, cfg, seed=SEED, on_step=lambda d, t: steps.append((d, t)))
-    assert steps == [(i, 6) for i in range(1, 7)]  # 3 steps (64 + 64 + 22) x 2 epochs
+    history = pretrain(net, data, cfg, seed=SEED, progress=events.append)
+    steps = [(e.stage, e.done, e.total) for e in events]
+    assert steps == [("pretrain", i, 6) for i in range(1, 7)]  # 3 steps (64 + 64 + 22) x 2
+    # the last step of each epoch carries the epoch's record, every step its loss
+    assert [e.record for e in events] == [None, None, history[0], None, None, history[1]]
+    assert all(isinstance(e.loss, float) for e in events)
     prompts = build_prompts(scene.scene.class_names, template=TINY.model.template)
     clf = DiffCLIPClassifier(net, vocabulary=Vocabulary.build(prompts), seed=SEED)
     train, _ = scene.few_shot(5, seed=SEED)
-    steps.clear()
+    events.clear()
     finetune(clf, scene.data(train, labels=True, lidar=False), prompts,
              TINY.finetune.with_overrides(epochs=3, batch_size=8, milestones=[2]), seed=SEED,
-             on_step=lambda d, t: steps.append((d, t)))
+             progress=events.append)
     per_epoch = -(-len(train) // 8)
     assert per_epoch > 1
-    assert steps == [(i, 3 * per_epoch) for i in range(1, 3 * per_epoch + 1)]
+    steps = [(e.stage, e.done, e.total) for e in events]
+    assert steps == [("finetune", i, 3 * per_epoch) for i in range(1, 3 * per_epoch + 1)]

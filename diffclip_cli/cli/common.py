@@ -31,6 +31,7 @@ from rich.progress import (
 from diffclip_cli.cli.console import err_console, setup_logging
 from diffclip_cli.cli.options import verbosity
 from diffclip_cli.errors import InputError, ModelError
+from diffclip_cli.progress import ProgressEvent
 
 if TYPE_CHECKING:
     from diffclip_cli.io.labels import LabelSet
@@ -68,8 +69,8 @@ class StageProgress:
     batch system) one plain line at the first update of a stage, at every further 10 % and at
     the end, so logs show progress without bar redraws.
 
-    Use as a context manager and pass the instance (it is callable as
-    ``(stage, done, total)``) as the library's progress callback.
+    Use as a context manager and pass the instance (a
+    :class:`~diffclip_cli.progress.Progress`) as the library's progress callback.
     """
 
     def __init__(self, *, enabled: bool = True) -> None:
@@ -99,8 +100,11 @@ class StageProgress:
             self._started = False
             self._progress.__exit__(*exc)  # type: ignore[arg-type]
 
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        """Advance (or create) the bar of ``stage`` to ``done`` of ``total``."""
+    def __call__(self, event: ProgressEvent, /) -> None:
+        """Advance (or create) the bar of the event's stage to ``done`` of ``total``."""
+        self._update(event.stage, event.done, event.total)
+
+    def _update(self, stage: str, done: int, total: int) -> None:
         if not self.enabled:
             return
         if not err_console.is_terminal:
@@ -137,9 +141,9 @@ class StageProgress:
         err_console.print(f"{_STAGE_TITLES.get(stage, stage)}: {done:,} of {total:,}{share}, "
                           f"{now - began:.0f} s{left}", highlight=False, soft_wrap=True)
 
-    def pixels(self, stage: str = "classify") -> Any:
-        """A ``(done, total)`` callback for one stage."""
-        return lambda done, total: self(stage, done, total)
+    def pixels(self, stage: str = "classify") -> Callable[[int, int], None]:
+        """A ``(done, total)`` counter of one stage, for the tile engine's pixel loops."""
+        return lambda done, total: self._update(stage, done, total)
 
 
 def _raise_interrupt(signum: int, frame: types.FrameType | None) -> None:

@@ -172,7 +172,7 @@ def _store_local(sources: Sequence[Any], sinks: Sequence[_Sink]) -> None:
         cores = os.cpu_count() or 1
     lock = threading.Lock()
     try:
-        da.store(list(sources), list(sinks), lock=lock, scheduler="threads",
+        da.store(list(sources), list(sinks), lock=lock, scheduler="threads",  # type: ignore[arg-type]
                  num_workers=max(2, cores))
     finally:
         # When a task fails, dask returns at once while others still run: a write in progress
@@ -200,7 +200,8 @@ def _store_distributed(scheduler: Any, sources: Sequence[Any], sinks: Sequence[_
 
         # Optimised together: optimised one by one, the arrays' graphs could give one fused
         # key two different meanings.
-        delayed, targets = [], []
+        delayed: list[Any] = []
+        targets: list[tuple[_Sink, tuple[slice, ...]]] = []
         for source, sink in zip(dask.optimize(*sources), sinks, strict=True):
             blocks = source.to_delayed(optimize_graph=False).ravel()
             delayed.extend(blocks)

@@ -285,6 +285,7 @@ class _Inputs:
 
         if self.readers is not None:
             hsi, lidar = self.readers
+            assert hsi is not None
             return (hsi[:, rows, cols],
                     None if lidar is None else lidar[:, rows, cols], True)
         parts = [self.hsi[:, rows, cols]]
@@ -512,7 +513,8 @@ def _class_attrs(bundle: ModelBundle, engine: str) -> dict[str, Any]:
         "long_name": "land cover class",
         "class_ids": tuple(classes.ids),
         "class_names": tuple(classes.names),
-        "class_colors": tuple("#{:02x}{:02x}{:02x}".format(*c.color) for c in classes),
+        "class_colors": tuple("#{:02x}{:02x}{:02x}".format(*(c.color or (0, 0, 0)))
+                              for c in classes),
         "flag_values": tuple(classes.ids),
         "flag_meanings": " ".join(n.replace(" ", "_") for n in classes.names),
         "engine": engine,

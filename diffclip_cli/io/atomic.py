@@ -421,10 +421,11 @@ def output_set(
         group._declared.update({_key(p): outer.before(p) for p in files if outer.holds(p)})
     group.declare(files)
     token = _CURRENT.set(group)
+    current = True
     try:
         yield group
         _CURRENT.reset(token)
-        token = None
+        current = False
         items = list(group._pending.values())
         if outer is not None and all(outer.holds(i.target) for i in items):
             for item in items:  # an enclosing set commits them
@@ -433,7 +434,7 @@ def output_set(
         else:
             _commit(items)
     finally:
-        if token is not None:
+        if current:
             _CURRENT.reset(token)
         for item in group._pending.values():  # renamed: only GDAL side files are left
             _remove_temp(item.tmp)

@@ -76,6 +76,22 @@ class ClassInfo:
             "color": None if self.color is None else list(self.color),
         }
 
+    @property
+    def rgb(self) -> tuple[int, int, int]:
+        """The display colour ``(r, g, b)``.
+
+        Raises:
+            ValueError: the class has no colour (only outside a :class:`ClassTable`).
+        """
+        if self.color is None:
+            raise ValueError(f"class {self.name!r} has no colour; classes of a ClassTable do")
+        return self.color
+
+    @property
+    def hex(self) -> str:
+        """The display colour as ``#rrggbb`` (see :attr:`rgb`)."""
+        return "#{:02x}{:02x}{:02x}".format(*self.rgb)
+
 
 class ClassTable(Sequence[ClassInfo]):
     """An ordered table of classes with unique ids and unique names.
@@ -271,4 +287,4 @@ class ClassTable(Sequence[ClassInfo]):
             w = csv.writer(f)
             w.writerow(["id", "name", "description", "color"])
             for c in self._items:
-                w.writerow([c.id, c.name, c.description, "#{:02x}{:02x}{:02x}".format(*c.color)])
+                w.writerow([c.id, c.name, c.description, c.hex])

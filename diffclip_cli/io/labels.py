@@ -429,7 +429,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _choose_fields(
-    attrs: pd.DataFrame, class_field: str | None, path: Path, fields: list[str]
+    attrs: pd.DataFrame, class_field: str | None, path: str | Path, fields: list[str]
 ) -> tuple[str | None, str | None]:
     """``(id_field, name_field)`` to use; one of them may be ``None``."""
     listing = ", ".join(fields) if fields else "none"
@@ -456,7 +456,7 @@ def _class_ids(
     id_field: str | None,
     name_field: str | None,
     table: ClassTable | None,
-    path: Path,
+    path: str | Path,
 ) -> tuple[np.ndarray, ClassTable, np.ndarray, np.ndarray]:
     """Class id per feature (0 where none), the class table, and the skip masks."""
     n = len(attrs)
@@ -497,8 +497,8 @@ def _class_ids(
                 by_id.setdefault(int(i), set()).add(nm)
             clash = {i: sorted(v) for i, v in by_id.items() if len(v) > 1}
             if clash:
-                i, v = next(iter(sorted(clash.items())))
-                raise LabelError(f"fields '{id_field}' and '{name_field}' disagree: id {i} has "
+                cid, v = next(iter(sorted(clash.items())))
+                raise LabelError(f"fields '{id_field}' and '{name_field}' disagree: id {cid} has "
                                  f"the names {v}", path=path,
                                  hint=f"pass --class-field {id_field} to use the ids only")
             id_names = {i: next(iter(v)) for i, v in by_id.items()}
@@ -512,7 +512,9 @@ def _class_ids(
                              hint="check the field (0 means unlabelled)")
         table = ClassTable({"id": i, "name": id_names.get(i, f"class {i}")} for i in present)
         return ids, table, no_class, unlabelled
-    assert names is not None
+    if names is None:  # _class_fields names at least one field
+        raise LabelError("no class field to read classes from", path=path,
+                         hint="name the field holding class names or ids with --class-field")
     if missing.all():
         raise LabelError(f"field '{name_field}' holds no class name", path=path,
                          hint="check the field")
@@ -544,7 +546,7 @@ def _mixed_ids_and_names(
     numeric: np.ndarray,
     field_name: str | None,
     table: ClassTable | None,
-    path: Path,
+    path: str | Path,
 ) -> tuple[np.ndarray, ClassTable, np.ndarray, np.ndarray]:
     """A field holding both integer ids and class names (``1, "asphalt road", 2``).
 
@@ -587,7 +589,8 @@ _LINE_TYPES = {1, 2, 5}
 
 
 def _burn(
-    geoms: np.ndarray, ids: np.ndarray, grid: Grid, report: LabelReport, path: Path
+    geoms: np.ndarray, ids: np.ndarray, grid: Grid, report: LabelReport,
+    path: str | Path
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pixels of every geometry: points to the pixel holding them, polygons by pixel centre."""
     parts, part_of = shapely.get_parts(geoms, return_index=True)
@@ -677,7 +680,7 @@ def _finish(
     table: ClassTable,
     grid: Grid,
     report: LabelReport,
-    path: Path,
+    path: str | Path,
 ) -> LabelSet:
     """Deduplicate, drop and report conflicts, sort, and build the :class:`LabelSet`."""
     if rows.size == 0:
@@ -790,7 +793,7 @@ def _read_raster(path: Path | str, grid: Grid, table: ClassTable | None) -> Labe
     return _finish(r, c, k, table, grid, report, path)
 
 
-def _labelled(data: np.ndarray, nodata: float | None, path: Path) -> np.ndarray:
+def _labelled(data: np.ndarray, nodata: float | None, path: str | Path) -> np.ndarray:
     """Mask of labelled pixels; checks values are integral ids in 1..65535."""
     lab = data != 0
     if nodata is not None:
@@ -809,7 +812,7 @@ def _labelled(data: np.ndarray, nodata: float | None, path: Path) -> np.ndarray:
 
 
 def _raster_outside(
-    ds: Any, src_crs: CRS, grid: Grid, nodata: float | None, path: Path
+    ds: Any, src_crs: CRS, grid: Grid, nodata: float | None, path: str | Path
 ) -> tuple[int, int]:
     """Count labelled source pixels and those whose centre lies outside the grid."""
     outside = 0

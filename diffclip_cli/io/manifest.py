@@ -62,7 +62,8 @@ def _job(row: dict[str, Any], base: Path, where: str, path: Path) -> SceneJob:
         if not row.get(key):
             raise InputError(f"{where} has no {key!r}", path=path,
                              hint="every scene needs hsi and output")
-    one = {k: (_paths(row.get(k), base) or [None])[0] for k in ("labels", "classes", "model")}
+    one = {k: next(iter(_paths(row.get(k), base)), None)
+           for k in ("labels", "classes", "model")}
     output = base / Path(str(row["output"]).strip())
     return SceneJob(
         name=str(row.get("name") or output.stem),

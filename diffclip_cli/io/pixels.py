@@ -6,13 +6,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 from affine import Affine
 
 __all__ = ["PixelGroup", "apply_transform", "as_pixel_arrays", "group_by_tile"]
 
 
 def apply_transform(
-    transform: Affine, x: np.ndarray | float, y: np.ndarray | float
+    transform: Affine, x: npt.ArrayLike, y: npt.ArrayLike
 ) -> tuple[np.ndarray, np.ndarray]:
     """Apply an affine transform to coordinates (arrays or scalars), elementwise.
 

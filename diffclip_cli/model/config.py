@@ -138,6 +138,12 @@ class ModelConfig(_Config):
             no signal (``sqrt(abar_t) < 0.3`` for ``t > 500``) and the encoder learns features
             of noise. ``100`` keeps ``abar_t >= 0.90`` (see docs/model.md, "What pretraining
             does, measured").
+        pixel_readout: the classifier reads, beside each modality's class token, the mean of
+            the centre 3 x 3 pixel tokens (the stems' output, embedded, before the encoder
+            mixes the window). Labels belong to pixels, not windows: without it the labelled
+            pixel reaches the classifier only through attention over the whole window, and a
+            per-pixel SVM beats the window model where classes are small or mixed
+            (docs/model.md). ``False`` is the paper.
         beta_start: first beta of the linear schedule.
         beta_end: last beta of the linear schedule.
         init_temperature: initial softmax temperature ``tau`` (learnable).
@@ -165,6 +171,7 @@ class ModelConfig(_Config):
     masked_loss_weight: float = 0.1
     timesteps: int = 1000
     noise_steps: int = 0
+    pixel_readout: bool = False
     beta_start: float = 1e-4
     beta_end: float = 0.02
     init_temperature: float = 0.07
@@ -196,7 +203,7 @@ class ModelConfig(_Config):
         keep = int(self.window * self.window * (1.0 - self.mask_ratio))
         _check(keep >= 1, f"mask_ratio {self.mask_ratio} masks every token of a "
                f"{self.window} x {self.window} window", "lower it or use a larger window")
-        for name in ("masking", "diffusion"):
+        for name in ("masking", "diffusion", "pixel_readout"):
             _check(isinstance(getattr(self, name), bool),
                    f"{name} must be true or false, got {getattr(self, name)!r}")
         _check(self.masked_loss_weight >= 0,

@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 
 from diffclip_cli.model.classifier import DiffCLIPClassifier
 from diffclip_cli.model.layers import Block
-from diffclip_cli.model.network import SpectralStem
+from diffclip_cli.model.network import SpectralStem, centre_slice
 
 __all__ = ["PRECISIONS", "InferenceModel", "onednn_available"]
 
@@ -51,7 +52,7 @@ PRECISIONS = ("fp32", "bf16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def _onednn_op() -> object | None:
+def _onednn_op() -> Any:
     ops = getattr(torch.ops, "mkldnn", None)
     try:
         return getattr(ops, "_linear_pointwise", None) if ops is not None else None
@@ -130,8 +131,9 @@ def _affine(weight: torch.Tensor, bias: torch.Tensor | None, bn: torch.nn.BatchN
     w = weight.detach().double().flatten(1)
     b = (bias.detach().double() if bias is not None
          else torch.zeros(w.shape[0], dtype=torch.float64, device=w.device))
-    scale = bn.weight.detach().double() / (bn.running_var.detach().double() + bn.eps).sqrt()
-    return (w * scale[:, None]).float(), ((b - bn.running_mean.detach().double()) * scale
+    var, mean = cast(torch.Tensor, bn.running_var), cast(torch.Tensor, bn.running_mean)
+    scale = bn.weight.detach().double() / (var.detach().double() + bn.eps).sqrt()
+    return (w * scale[:, None]).float(), ((b - mean.detach().double()) * scale
                                           + bn.bias.detach().double()).float()
 
 
@@ -201,7 +203,8 @@ class InferenceModel:
         dtype = torch.float32 if fp32 else self.dtype
         if layer is not None:
             weight, bias = layer.weight, layer.bias
-        assert weight is not None
+        if weight is None:
+            raise ValueError("a linear layer needs a layer or a weight")
         return _Linear(weight.detach().to(dtype).contiguous(),
                        None if bias is None else bias.detach().to(dtype).contiguous())
 
@@ -228,20 +231,23 @@ class InferenceModel:
         # it runs once per pixel, a small share of the work).
         self._stems: dict[str, tuple[_Linear, _Linear, _Linear]] = {}
         for m in self.modalities:
-            stem: SpectralStem = net.stems[m]  # type: ignore[assignment]
-            w1, b1 = _affine(stem[0].weight, stem[0].bias, stem[1])
-            w2, b2 = _affine(stem[3].weight, stem[3].bias, stem[4])
+            stem = cast(SpectralStem, net.stems[m])
+            conv1, conv2 = cast(torch.nn.Conv2d, stem[0]), cast(torch.nn.Conv2d, stem[3])
+            w1, b1 = _affine(conv1.weight, conv1.bias, cast(torch.nn.BatchNorm2d, stem[1]))
+            w2, b2 = _affine(conv2.weight, conv2.bias, cast(torch.nn.BatchNorm2d, stem[4]))
             self._stems[m] = (self._linear(weight=w1, bias=b1, fp32=True),
                               self._linear(weight=w2, bias=b2, fp32=True),
-                              self._linear(net.token_embed[m], fp32=True))
+                              self._linear(cast(torch.nn.Linear, net.token_embed[m]),
+                                           fp32=True))
         t0 = net.time_embed(torch.zeros(1, dtype=torch.long, device=self.device))
         self._cls = {m: (net.cls_token[m].detach().reshape(1, d) + t0).float()
                      for m in self.modalities}
         self.pos_embed = net.pos_embed.detach().reshape(self.tokens, d).float().clone()
-        blocks: list[Block] = list(net.blocks)  # type: ignore[arg-type]
+        blocks = cast(list[Block], list(net.blocks))
         self._blocks = [
             _Block(self._norm(b.norm1), self._qkv(b.attn.qkv), self._linear(b.attn.proj),
-                   self._norm(b.norm2), self._linear(b.mlp[0]), self._linear(b.mlp[2]))
+                   self._norm(b.norm2), self._linear(cast(torch.nn.Linear, b.mlp[0])),
+                   self._linear(cast(torch.nn.Linear, b.mlp[2])))
             for b in blocks
         ]
         last = self._blocks[-1]
@@ -252,6 +258,9 @@ class InferenceModel:
                                 None if last.qkv.bias is None
                                 else last.qkv.bias[d:].contiguous())
         self._final_norm = self._norm(net.norm)
+        # pixel_readout: each modality's centre 3 x 3 token mean (before the encoder), normalised
+        self._pixel_norms = ([self._norm(cast(torch.nn.LayerNorm, net.pixel_norm[m]))
+                              for m in self.modalities] if net.config.pixel_readout else None)
         self._projection = self._linear(clf.image_projection, fp32=True)
         self.scale = clf.scale().detach().float().clone()
         self.text = clf.text_features().detach().float().clone()
@@ -263,8 +272,8 @@ class InferenceModel:
         """``act(x W^T + b)`` for ``x`` in the weight's dtype; ``act`` none/relu/gelu."""
         if self._op is not None and x.device.type == "cpu":
             if act == "gelu":
-                return self._op(x, lin.weight, lin.bias, "gelu", [], "none")  # type: ignore[operator]
-            return self._op(x, lin.weight, lin.bias, act, [], "")  # type: ignore[operator]
+                return self._op(x, lin.weight, lin.bias, "gelu", [], "none")
+            return self._op(x, lin.weight, lin.bias, act, [], "")
         y = F.linear(x, lin.weight, lin.bias)
         if act == "relu":
             return F.relu_(y)
@@ -276,7 +285,7 @@ class InferenceModel:
         """``residual + x W^T + b``; may reuse ``residual``'s storage."""
         if x.dtype == residual.dtype:
             if self._op is not None and x.device.type == "cpu":
-                return self._op.binary(x, residual, lin.weight, lin.bias, "add")  # type: ignore[attr-defined]
+                return self._op.binary(x, residual, lin.weight, lin.bias, "add")
             out = residual.addmm_(x, lin.weight.t())
             return out if lin.bias is None else out.add_(lin.bias)
         return residual.add_(self._mm(x, lin))
@@ -343,10 +352,18 @@ class InferenceModel:
                 tokens (see :meth:`new_sequences`); may be overwritten.
 
         Returns:
-            ``(S, d)`` float32: the class tokens after the encoder and its final LayerNorm.
+            ``(S, d)`` float32: the class tokens after the encoder and its final LayerNorm;
+            ``(S, 2 d)`` with ``pixel_readout``: each followed by its sequence's centre 3 x 3
+            token mean, normalised (the sequences are modality after modality, as
+            :meth:`new_sequences` makes them).
         """
         s, length, d = sequences.shape
         h = self.heads
+        pixels = None
+        if self._pixel_norms is not None:
+            w = self.window
+            lo, hi = centre_slice(w)
+            pixels = sequences[:, 1:].view(s, w, w, d)[:, lo:hi, lo:hi].mean(dim=(1, 2)).float()
         x = sequences.view(s * length, d)
         for block in self._blocks[:-1]:
             qkv = self._mm(self._ln(x, block.norm1), block.qkv)
@@ -366,10 +383,20 @@ class InferenceModel:
         c = self._mm_add(att, last.proj, c)
         c = self._mm_add(self._mm(self._ln(c, last.norm2), last.fc1, act="gelu"), last.fc2, c)
         f = self._final_norm
-        return F.layer_norm(c.float(), (d,), f.weight, f.bias, f.eps)
+        cls = F.layer_norm(c.float(), (d,), f.weight, f.bias, f.eps)
+        if pixels is None:
+            return cls
+        count = s // len(self.modalities)
+        for i, norm in enumerate(self._pixel_norms or ()):
+            sl = slice(i * count, (i + 1) * count)
+            pixels[sl] = F.layer_norm(pixels[sl], (d,), norm.weight, norm.bias, norm.eps)
+        return torch.cat([cls, pixels], dim=1)
 
     def probabilities(self, cls_tokens: torch.Tensor, count: int) -> torch.Tensor:
-        """``(count, K)`` float32 probabilities from :meth:`encode`'s ``(M * count, d)``."""
+        """``(count, K)`` float32 probabilities from :meth:`encode`'s output.
+
+        ``cls_tokens`` is ``(M * count, d)``, ``(M * count, 2 d)`` with ``pixel_readout``.
+        """
         feats = torch.cat(cls_tokens.split(count, dim=0), dim=1)
         z = F.normalize(F.linear(feats, self._projection.weight, self._projection.bias), dim=-1)
         return torch.softmax(self.scale * z @ self.text.T, dim=-1)

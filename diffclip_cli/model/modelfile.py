@@ -156,6 +156,19 @@ class ModelBundle:
         """The classes, in output order; ``None`` for a pretrained model."""
         return None if self.classes is None else ClassTable.from_records(self.classes)
 
+    def require_classes(self) -> ClassTable:
+        """The classes, in output order.
+
+        Raises:
+            ModelError: a pretrained model (no classes yet).
+        """
+        table = self.class_table
+        if table is None or self.kind != "classifier":
+            raise ModelError("this is a pretrained model without classes",
+                             hint="fine-tune it on labelled pixels first (diffclip fewshot "
+                                  "--pretrained)")
+        return table
+
     # -- checks -------------------------------------------------------------------------------
 
     def check_inputs(self, hsi_bands: int, lidar_bands: int, *,

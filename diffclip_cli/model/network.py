@@ -22,6 +22,7 @@ all modalities go through the shared encoder as one batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -41,6 +42,7 @@ __all__ = [
     "DiffCLIPNet",
     "PretrainOutput",
     "SpectralStem",
+    "centre_slice",
     "linear_betas",
     "random_masking",
 ]
@@ -77,6 +79,12 @@ def random_masking(
     return kept, mask, ids_keep
 
 
+def centre_slice(window: int) -> tuple[int, int]:
+    """Rows (and columns) ``[lo, hi)`` of a window's centre 3 x 3 (all of a smaller window)."""
+    half = min(1, window // 2)
+    return window // 2 - half, window // 2 + half + 1
+
+
 class SpectralStem(nn.Sequential):
     """1x1 conv bands->h, BatchNorm, ReLU, 1x1 conv h->h, BatchNorm, ReLU."""
 
@@ -89,6 +97,8 @@ class SpectralStem(nn.Sequential):
 
 class _Decoder(nn.Module):
     """One modality's decoder: mask tokens fill the masked positions, predicts ``x_0``."""
+
+    pos_embed: torch.Tensor  # a buffer
 
     def __init__(self, config: ModelConfig, bands: int) -> None:
         super().__init__()
@@ -150,6 +160,11 @@ class DiffCLIPNet(nn.Module):
             features.
     """
 
+    # buffers
+    pos_embed: torch.Tensor
+    sqrt_abar: torch.Tensor
+    sqrt_one_minus_abar: torch.Tensor
+
     @keeps_global_rng
     def __init__(self, config: ModelConfig, *, hsi_bands: int, lidar_bands: int = 0,
                  seed: int = 0) -> None:
@@ -174,6 +189,8 @@ class DiffCLIPNet(nn.Module):
         self.time_embed = TimestepEmbedder(c.dim)
         self.blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp_ratio) for _ in range(c.depth))
         self.norm = nn.LayerNorm(c.dim)
+        if c.pixel_readout:
+            self.pixel_norm = nn.ModuleDict({m: nn.LayerNorm(c.dim) for m in self.modalities})
         self.decoders = nn.ModuleDict({m: _Decoder(c, bands[m]) for m in self.modalities})
 
         abar = torch.cumprod(1.0 - linear_betas(c.timesteps, c.beta_start, c.beta_end), 0)
@@ -184,8 +201,9 @@ class DiffCLIPNet(nn.Module):
 
     @property
     def feature_dim(self) -> int:
-        """Width of :meth:`features`: ``dim`` per modality."""
-        return self.config.dim * len(self.modalities)
+        """Width of :meth:`features`: ``dim`` per modality, twice that with ``pixel_readout``."""
+        per = 2 if self.config.pixel_readout else 1
+        return self.config.dim * len(self.modalities) * per
 
     def reset_parameters(self, seed: int) -> None:
         """(Re)initialise every weight from ``seed`` alone."""
@@ -194,7 +212,8 @@ class DiffCLIPNet(nn.Module):
             init_linear_layers(self, gen)
             for m in self.modalities:
                 nn.init.normal_(self.cls_token[m], std=0.02, generator=gen)
-                nn.init.normal_(self.decoders[m].mask_token, std=0.02, generator=gen)
+                nn.init.normal_(cast(_Decoder, self.decoders[m]).mask_token, std=0.02,
+                                generator=gen)
             for layer in self.time_embed.mlp:
                 if isinstance(layer, nn.Linear):
                     nn.init.normal_(layer.weight, std=0.02, generator=gen)
@@ -236,23 +255,43 @@ class DiffCLIPNet(nn.Module):
     def features(self, hsi: torch.Tensor, lidar: torch.Tensor | None = None) -> torch.Tensor:
         """Class-token features of clean windows: ``t = 0``, no masking, no noise.
 
+        With ``pixel_readout`` each modality's class token is followed by the mean of the
+        centre 3 x 3 pixel tokens (before the encoder, after a LayerNorm of its own).
+
         Args:
             hsi: ``(N, hsi_bands, w, w)`` normalised windows.
             lidar: ``(N, lidar_bands, w, w)``, or ``None`` for an HSI-only network.
 
         Returns:
-            ``(N, feature_dim)``: the encoded class tokens of the modalities, concatenated in
-            :attr:`modalities` order. Deterministic in eval mode.
+            ``(N, feature_dim)``: the encoded class tokens of the modalities (each followed by
+            its centre 3 x 3 token mean with ``pixel_readout``), concatenated in :attr:`modalities`
+            order. Deterministic in eval mode.
         """
         inputs = self._check(hsi, lidar)
         n = hsi.shape[0]
         t0 = self.time_embed(torch.zeros(1, dtype=torch.long, device=hsi.device))[:, None]
-        seqs = [
-            torch.cat([(self.cls_token[m] + t0).expand(n, -1, -1), self.tokens(x, m)], dim=1)
-            for m, x in inputs.items()
-        ]
-        cls = self.encode(torch.cat(seqs, dim=0))[:, 0]
-        return torch.cat(cls.split(n, dim=0), dim=1)
+        tokens = {m: self.tokens(x, m) for m, x in inputs.items()}
+        seqs = [torch.cat([(self.cls_token[m] + t0).expand(n, -1, -1), tok], dim=1)
+                for m, tok in tokens.items()]
+        cls = self.encode(torch.cat(seqs, dim=0))[:, 0].split(n, dim=0)
+        if not self.config.pixel_readout:
+            return torch.cat(cls, dim=1)
+        parts = [part for m, c in zip(tokens, cls, strict=True)
+                 for part in (c, self.pixel_norm[m](self.centre_mean(tokens[m])))]
+        return torch.cat(parts, dim=1)
+
+    def centre_mean(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Mean of the pixel tokens of the centre 3 x 3 (the whole window if smaller).
+
+        Args:
+            tokens: ``(N, w * w, d)`` positioned pixel tokens (:meth:`tokens`), row-major.
+
+        Returns:
+            ``(N, d)``.
+        """
+        w = self.config.window
+        lo, hi = centre_slice(w)
+        return tokens.view(tokens.shape[0], w, w, -1)[:, lo:hi, lo:hi].mean(dim=(1, 2))
 
     # -- pretraining -------------------------------------------------------------------------
 

@@ -201,7 +201,8 @@ class StudentNet(nn.Module):
         for mod in self.modules():
             if isinstance(mod, nn.Conv2d):
                 nn.init.kaiming_uniform_(mod.weight, nonlinearity="relu", generator=gen)
-                nn.init.zeros_(mod.bias)
+                if mod.bias is not None:
+                    nn.init.zeros_(mod.bias)
         # Residual branches start small, so the untrained student is nearly per-pixel.
         for conv in [*self.mix, *self.convs]:
             conv.weight.data.mul_(0.1)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -183,12 +183,13 @@ class TextEncoder(nn.Module):
         with torch.no_grad():
             nn.init.normal_(self.token_embedding.weight, std=0.02, generator=gen)
             nn.init.normal_(self.positional_embedding, std=0.01, generator=gen)
-            for block in self.blocks:
+            for block in cast(list[Block], list(self.blocks)):
+                fc1, fc2 = cast(nn.Linear, block.mlp[0]), cast(nn.Linear, block.mlp[2])
                 nn.init.normal_(block.attn.qkv.weight, std=attn_std, generator=gen)
                 nn.init.normal_(block.attn.proj.weight, std=proj_std, generator=gen)
-                nn.init.normal_(block.mlp[0].weight, std=fc_std, generator=gen)
-                nn.init.normal_(block.mlp[2].weight, std=proj_std, generator=gen)
-                for lin in (block.attn.qkv, block.attn.proj, block.mlp[0], block.mlp[2]):
+                nn.init.normal_(fc1.weight, std=fc_std, generator=gen)
+                nn.init.normal_(fc2.weight, std=proj_std, generator=gen)
+                for lin in (block.attn.qkv, block.attn.proj, fc1, fc2):
                     nn.init.zeros_(lin.bias)
                 for norm in (block.norm1, block.norm2):
                     nn.init.ones_(norm.weight)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,7 +229,7 @@ def _legend_classes(classes: ClassTable | None, data: np.ndarray) -> list[ClassI
 def _colorize(data: np.ndarray, classes: list[ClassInfo]) -> np.ndarray:
     """RGBA uint8 image: class colours, nodata white, other values grey."""
     ids = np.asarray([c.id for c in classes], dtype=np.int64)
-    colors = np.asarray([(*c.color, 255) for c in classes] + [(*UNKNOWN_COLOR, 255)],
+    colors = np.asarray([(*c.rgb, 255) for c in classes] + [(*UNKNOWN_COLOR, 255)],
                         dtype=np.uint8).reshape(-1, 4)
     order = np.argsort(ids)
     sorted_ids = ids[order]
@@ -242,6 +243,12 @@ def _colorize(data: np.ndarray, classes: list[ClassInfo]) -> np.ndarray:
     return rgba
 
 
+def _unit_rgb(rgb: Sequence[int]) -> tuple[float, float, float]:
+    """An 8-bit ``(r, g, b)`` as matplotlib's 0..1 floats."""
+    r, g, b = (float(v) / 255 for v in rgb)
+    return r, g, b
+
+
 def _figure(rgba: np.ndarray, classes: list[ClassInfo], *, title: str | None, nodata: bool,
             unknown: bool, frame: MapFrame | None = None) -> Any:
     """Lay the map out pixel for pixel, with the legend measured first so nothing is cut."""
@@ -250,10 +257,10 @@ def _figure(rgba: np.ndarray, classes: list[ClassInfo], *, title: str | None, no
     from matplotlib.patches import Patch, Rectangle
     from matplotlib.transforms import IdentityTransform
 
-    handles = [Patch(facecolor=np.asarray(c.color) / 255, edgecolor="0.3", linewidth=0.5,
+    handles = [Patch(facecolor=_unit_rgb(c.rgb), edgecolor="0.3", linewidth=0.5,
                      label=f"{c.id} {c.name}".replace("$", r"\$")) for c in classes]
     if unknown:
-        handles.append(Patch(facecolor=np.asarray(UNKNOWN_COLOR) / 255, edgecolor="0.3",
+        handles.append(Patch(facecolor=_unit_rgb(UNKNOWN_COLOR), edgecolor="0.3",
                              linewidth=0.5, label="other value"))
     if nodata:
         handles.append(Patch(facecolor="white", edgecolor="0.3", linewidth=0.5,
@@ -261,8 +268,9 @@ def _figure(rgba: np.ndarray, classes: list[ClassInfo], *, title: str | None, no
     h, w = rgba.shape[:2]
     rows_fit = max(10, h // 20)
     ncol = max(1, -(-len(handles) // rows_fit)) if handles else 1
-    legend_kw = {"handles": handles, "loc": "upper left", "frameon": False, "fontsize": 9,
-                 "ncols": ncol, "borderaxespad": 0.0, "borderpad": 0.2}
+    legend_kw: dict[str, Any] = {"handles": handles, "loc": "upper left", "frameon": False,
+                                 "fontsize": 9, "ncols": ncol, "borderaxespad": 0.0,
+                                 "borderpad": 0.2}
 
     # Measure the legend (its pixel size does not depend on the figure size).
     probe = Figure(figsize=(4, 4), dpi=_DPI)

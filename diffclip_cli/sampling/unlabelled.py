@@ -111,8 +111,8 @@ def sample_unlabelled(
         quota = np.minimum(quota[:cum.size], counts.ravel()).reshape(ncr, ncc)
     out_r: list[np.ndarray] = []
     out_c: list[np.ndarray] = []
-    for i in np.flatnonzero(quota.sum(axis=1)):
-        r0 = int(i) * cell_size
+    for i in np.flatnonzero(quota.sum(axis=1)).tolist():
+        r0 = i * cell_size
         band = np.unpackbits(packed[r0:r0 + cell_size], axis=1, count=w)
         rr, cc = np.nonzero(band)
         cell = cc // cell_size

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -11,7 +12,11 @@ from diffclip_cli.io.pixels import as_pixel_arrays, group_by_tile
 from diffclip_cli.io.raster import Scene
 from diffclip_cli.sampling.normalise import SceneStats
 
-__all__ = ["WindowBatch", "extract_windows", "read_windows"]
+__all__ = ["PadMode", "WindowBatch", "extract_windows", "read_windows"]
+
+#: The :func:`numpy.pad` modes that need no extra arguments.
+PadMode = Literal["reflect", "symmetric", "edge", "wrap", "constant", "linear_ramp", "maximum",
+                  "mean", "median", "minimum"]
 
 
 @dataclass(eq=False)
@@ -48,7 +53,7 @@ def extract_windows(
     cols: np.ndarray,
     size: int,
     *,
-    pad_mode: str = "reflect",
+    pad_mode: PadMode = "reflect",
 ) -> np.ndarray:
     """Windows of ``size`` x ``size`` pixels centred on ``(rows, cols)``, vectorised.
 

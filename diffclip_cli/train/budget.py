@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from diffclip_cli.model.config import Preset
+from diffclip_cli.progress import ProgressEvent
 
 __all__ = [
     "DEFAULT_CPU_BUDGET_S",
@@ -449,12 +450,12 @@ def describe_timing(plan: Mapping[str, Any] | None, seconds: Mapping[str, Any] |
 
 
 class StepTimer:
-    """Collects the time of each step of a run (an ``on_step(done, total)`` callback).
+    """Collects the time of each step of a run: a :class:`~diffclip_cli.progress.Progress`.
 
     Example::
 
         timer = StepTimer()
-        pretrain(..., on_step=timer)
+        pretrain(..., progress=timer)
         seconds_per_step = timer.per_step(skip=1)
     """
 
@@ -463,8 +464,8 @@ class StepTimer:
         self._last = clock()
         self.steps: list[float] = []
 
-    def __call__(self, done: int, total: int) -> None:
-        """Record the time since the previous step."""
+    def __call__(self, event: ProgressEvent, /) -> None:
+        """Record the time since the previous step (``event`` is not needed)."""
         now = self._clock()
         self.steps.append(now - self._last)
         self._last = now

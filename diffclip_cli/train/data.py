@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
-__all__ = ["ProgressCallback", "StepCallback", "WindowData"]
-
-#: ``progress(epoch, epochs, record)`` after each epoch; ``record`` is that epoch's history entry.
-ProgressCallback = Callable[[int, int, dict[str, Any]], None]
-#: ``on_step(done, total)`` after each optimiser step, counted over the whole run.
-StepCallback = Callable[[int, int], None]
+__all__ = ["WindowData"]
 
 
 def _as_float(x: Any, name: str) -> torch.Tensor:
@@ -23,7 +18,7 @@ def _as_float(x: Any, name: str) -> torch.Tensor:
     return t.float()
 
 
-@dataclass
+@dataclass(init=False)
 class WindowData:
     """Normalised windows around pixels, the unit both training stages work on.
 
@@ -43,20 +38,21 @@ class WindowData:
     lidar: torch.Tensor | None = None
     labels: torch.Tensor | None = None
 
-    def __post_init__(self) -> None:
-        self.hsi = _as_float(self.hsi, "HSI")
+    def __init__(self, hsi: torch.Tensor | np.ndarray,
+                 lidar: torch.Tensor | np.ndarray | None = None,
+                 labels: torch.Tensor | np.ndarray | None = None) -> None:
+        self.hsi = _as_float(hsi, "HSI")
         if self.hsi.ndim != 4 or self.hsi.shape[2] != self.hsi.shape[3]:
             raise ValueError(f"HSI windows must be (N, C, w, w), got {tuple(self.hsi.shape)}")
         n, w = self.hsi.shape[0], self.hsi.shape[2]
-        if self.lidar is not None:
-            self.lidar = _as_float(self.lidar, "LiDAR")
-            if self.lidar.ndim != 4 or self.lidar.shape[0] != n or self.lidar.shape[2:] != (w, w):
-                raise ValueError(f"LiDAR windows must be ({n}, L, {w}, {w}), "
-                                 f"got {tuple(self.lidar.shape)}")
-        if self.labels is not None:
-            self.labels = torch.as_tensor(self.labels).long()
-            if self.labels.shape != (n,):
-                raise ValueError(f"labels must be ({n},), got {tuple(self.labels.shape)}")
+        self.lidar = None if lidar is None else _as_float(lidar, "LiDAR")
+        if self.lidar is not None and (self.lidar.ndim != 4 or self.lidar.shape[0] != n
+                                       or self.lidar.shape[2:] != (w, w)):
+            raise ValueError(f"LiDAR windows must be ({n}, L, {w}, {w}), "
+                             f"got {tuple(self.lidar.shape)}")
+        self.labels = None if labels is None else torch.as_tensor(labels).long()
+        if self.labels is not None and self.labels.shape != (n,):
+            raise ValueError(f"labels must be ({n},), got {tuple(self.labels.shape)}")
 
     def __len__(self) -> int:
         return int(self.hsi.shape[0])

@@ -23,7 +23,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,19 +45,17 @@ from diffclip_cli.model.student import (
     default_layout,
     student_to_extras,
 )
+from diffclip_cli.progress import Progress, counting
 from diffclip_cli.sampling.normalise import SceneStats
 from diffclip_cli.sampling.unlabelled import sample_unlabelled, valid_mask
 from diffclip_cli.sampling.windows import read_windows
 from diffclip_cli.train.budget import StepTimer, distill_steps_for
+from diffclip_cli.train.loop import Step, WarmupCosineLR, train_steps
 
 __all__ = ["DistillConfig", "DistillProbe", "DistillReport", "add_fast_path", "attach_student",
            "distill_student", "probe_distillation"]
 
 log = logging.getLogger("diffclip")
-
-#: ``(stage, done, total)``: stage ``"teacher"`` (pixels labelled by the teacher) or
-#: ``"distill"`` (optimiser steps).
-ProgressFn = Callable[[str, int, int], None]
 
 #: Patch edges tried when grouping sampled pixels (odd, so patches have a centre pixel).
 _PATCH_SIZES = (1, 3, 5, 7, 11, 15, 23, 31)
@@ -353,22 +351,14 @@ def _student_config(scene: Scene, window: int, num_classes: int, cfg: DistillCon
                          pool=cfg.pool or pool, heads=cfg.heads, spectral=cfg.spectral)
 
 
-def _step(student: StudentNet, opt: torch.optim.Optimizer, x: torch.Tensor,
-          where: torch.Tensor, target: torch.Tensor, temperature: float,
-          device: torch.device) -> tuple[float, int]:
-    """One optimiser step: soft cross-entropy of the student at ``where`` to ``target``.
-
-    Returns:
-        ``(loss, pixels)``.
-    """
+def _loss(student: StudentNet, x: torch.Tensor, where: torch.Tensor, target: torch.Tensor,
+          temperature: float, device: torch.device) -> Step:
+    """The soft cross-entropy of the student at ``where`` to ``target`` (weight: pixels)."""
     logits = student(x.to(device))
     z = logits.permute(0, 2, 3, 1)[where.to(device)]
     t = target.to(device)
     loss = -(t * F.log_softmax(z / temperature, dim=1)).sum(1).mean() * temperature ** 2
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return float(loss.item()), int(z.shape[0])
+    return Step(loss, int(z.shape[0]))
 
 
 @dataclass(frozen=True)
@@ -445,17 +435,21 @@ def probe_distillation(scene: Scene, *, window: int, num_classes: int,
         train_map[:, 0, 0] = torch.arange(m) * p * p
         targets = torch.softmax(torch.randn((m * p * p, num_classes), generator=gen), 1)
         rng = np.random.default_rng(seed)
-        timer = StepTimer()
-        for step in range(steps_timed):
+
+        def forward(step: int) -> Step | None:
             index = rng.integers(0, m, per_step)
             top = rng.integers(0, p - crop + 1, per_step)
             left = rng.integers(0, p - crop + 1, per_step)
             x, tmap = _crops(fake, train_map, index, top, left, crop, half)
             where = tmap >= 0
-            if bool(where.any()):
-                _step(student, opt, x, where, targets[tmap[where]], cfg.temperature,
-                      torch_device)
-            timer(step + 1, steps_timed)
+            if not bool(where.any()):
+                return None
+            return _loss(student, x, where, targets[tmap[where]], cfg.temperature,
+                         torch_device)
+
+        timer = StepTimer()
+        train_steps(student, forward, steps=steps_timed, optimizer=opt, stage="distill",
+                    progress=timer)
         step_s = timer.per_step(skip=2)
     return DistillProbe(pixels=int(rows.size), train_pixels=train_pixels, steps=int(steps),
                         patch=p, patches=n_patches, read_pixels=n_patches * (p + 2 * half) ** 2,
@@ -471,7 +465,7 @@ def distill_student(
     device: str = "cpu",
     batch_size: int | None = None,
     config: DistillConfig | None = None,
-    progress: ProgressFn | None = None,
+    progress: Progress | None = None,
     **options: Any,
 ) -> tuple[StudentNet, DistillReport]:
     """Distil a classifier bundle's teacher into a student on the scene's unlabelled pixels.
@@ -484,7 +478,9 @@ def distill_student(
         device: torch device for the teacher and the student's training.
         batch_size: windows per teacher forward pass.
         config: the distillation options (default :class:`DistillConfig`).
-        progress: ``(stage, done, total)`` callback, stages ``"teacher"`` and ``"distill"``.
+        progress: called with :class:`~diffclip_cli.progress.ProgressEvent` s of stages
+            ``"teacher"`` (pixels labelled) and ``"distill"`` (optimiser steps; every 2 % of
+            them one carries the history record).
         **options: :class:`DistillConfig` fields overriding ``config``'s (``pixels``,
             ``block``, ``holdout``, ``steps``, ``batch_pixels``, ``crop``, ``lr``, ``weight_decay``,
             ``temperature``, ``hidden``, ``heads``, ``spectral``, ``dilations``, ``pool``).
@@ -511,19 +507,18 @@ def distill_student(
     if rows.size < 2:
         raise ValueError("the scene has fewer than two valid pixels to distil on")
     log.info("Teacher labelling %d unlabelled pixels for the fast path.", rows.size)
-    probs = teacher.predict_pixels(
-        scene, rows, cols, stats=stats,
-        progress=None if progress is None else (lambda d, t: progress("teacher", d, t)))
+    probs = teacher.predict_pixels(scene, rows, cols, stats=stats,
+                                   progress=counting(progress, "teacher"))
     seconds["teacher"] = time.perf_counter() - start
 
     # 2. Held-out split (whole blocks, so held-out pixels are not next to training ones in
     # the same block) and training data.
     start = time.perf_counter()
     held = _holdout(group, cfg.holdout, seed=derive_seed(seed, "distill/holdout"))
-    if cfg.steps is None:
-        cfg = dataclasses.replace(
-            cfg, steps=distill_steps_for(int((~held).sum()), cfg.batch_pixels))
-    assert cfg.steps is not None
+    steps = cfg.steps
+    if steps is None:
+        steps = distill_steps_for(int((~held).sum()), cfg.batch_pixels)
+        cfg = dataclasses.replace(cfg, steps=steps)
     student_cfg = _student_config(scene, teacher.window, teacher.num_classes, cfg)
     student = StudentNet(student_cfg, seed=seed).to(torch_device)
     patches = _read_patches(scene, rows, cols, half=student.window // 2, stats=stats)
@@ -553,33 +548,20 @@ def distill_student(
     per_crop = counts[usable].sum() / (usable.size * patches.size ** 2) * crop ** 2
     per_step = max(1, round(cfg.batch_pixels / max(per_crop, 1e-9)))
     opt = torch.optim.Adam(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warmup = max(1, cfg.steps // 20)
-    history: list[dict[str, Any]] = []
-    every = max(1, cfg.steps // 50)
-    total, seen = 0.0, 0
-    student.train()
-    for step in range(cfg.steps):
-        if step < warmup:
-            lr = cfg.lr * (step + 1) / warmup
-        else:
-            lr = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / (cfg.steps - warmup)))
-        for param_group in opt.param_groups:
-            param_group["lr"] = lr
+    schedule = WarmupCosineLR(opt, warmup=max(1, steps // 20), steps=steps)
+
+    def forward(step: int) -> Step | None:
         index = usable[gen.choice(usable.size, per_step, p=weights)]
         top = gen.integers(0, patches.size - crop + 1, per_step)
         left = gen.integers(0, patches.size - crop + 1, per_step)
         x, tmap = _crops(patches, train_map, index, top, left, crop, half)
         where = tmap >= 0
-        if bool(where.any()):
-            loss, count = _step(student, opt, x, where, targets[tmap[where]], cfg.temperature,
-                                torch_device)
-            total += loss * count
-            seen += count
-        if (step + 1) % every == 0 or step + 1 == cfg.steps:
-            history.append({"step": step + 1, "loss": total / max(1, seen), "lr": lr})
-            total, seen = 0.0, 0
-        if progress is not None:
-            progress("distill", step + 1, cfg.steps)
+        if not bool(where.any()):
+            return None
+        return _loss(student, x, where, targets[tmap[where]], cfg.temperature, torch_device)
+
+    history = train_steps(student, forward, steps=steps, optimizer=opt, scheduler=schedule,
+                          stage="distill", progress=progress, every=max(1, steps // 50))
     student = student.cpu().eval()
     seconds["train"] = time.perf_counter() - start
 
@@ -609,7 +591,7 @@ def add_fast_path(
     seed: int = 0,
     device: str = "cpu",
     batch_size: int | None = None,
-    progress: ProgressFn | None = None,
+    progress: Progress | None = None,
     **options: Any,
 ) -> ModelBundle:
     """Distil the fast path and return the bundle with the student stored in its extras.
@@ -624,7 +606,8 @@ def add_fast_path(
         seed: the seed of every random choice.
         device: torch device name.
         batch_size: windows per teacher forward pass.
-        progress: ``(stage, done, total)`` callback.
+        progress: called with :class:`~diffclip_cli.progress.ProgressEvent` s (see
+            :func:`distill_student`).
         **options: :class:`DistillConfig` fields.
 
     Returns:

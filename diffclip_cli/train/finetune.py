@@ -16,7 +16,6 @@ published. The final epoch's weights are kept: no test label is used to pick a c
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,7 +27,9 @@ from diffclip_cli.errors import LabelError
 from diffclip_cli.model.classifier import DiffCLIPClassifier
 from diffclip_cli.model.config import FinetuneConfig
 from diffclip_cli.model.rng import make_generator
-from diffclip_cli.train.data import ProgressCallback, StepCallback, WindowData
+from diffclip_cli.progress import Progress
+from diffclip_cli.train.data import WindowData
+from diffclip_cli.train.loop import Step, train_epochs
 from diffclip_cli.train.pretrain import check_data
 
 __all__ = ["class_contrastive_loss", "finetune"]
@@ -76,9 +77,8 @@ def finetune(
     cfg: FinetuneConfig,
     *,
     seed: int,
-    progress: ProgressCallback | None = None,
+    progress: Progress | None = None,
     device: str | torch.device = "cpu",
-    on_step: StepCallback | None = None,
 ) -> list[dict[str, Any]]:
     """Fine-tune the classifier on a few labelled windows per class.
 
@@ -91,9 +91,10 @@ def finetune(
             classes.
         cfg: the schedule.
         seed: drives the shuffling.
-        progress: called after every epoch with ``(epoch, epochs, record)``.
+        progress: called after every optimiser step with a ``"finetune"``
+            :class:`~diffclip_cli.progress.ProgressEvent`; the last step of an epoch carries
+            the epoch's record.
         device: where to train.
-        on_step: called after every optimiser step with ``(steps done, steps in all)``.
 
     Returns:
         One record per epoch: ``epoch``, ``loss``, ``loss_i2t``, ``loss_t2i``,
@@ -123,50 +124,22 @@ def finetune(
     classifier.to(device)
     optimizer, scheduler = make_optimizer(classifier, cfg)
     gen = make_generator(seed, "finetune")
-    history: list[dict[str, Any]] = []
-    n = len(data)
-    per_epoch = -(-n // cfg.batch_size)
-    step = 0
-    for epoch in range(cfg.epochs):
-        tic = time.perf_counter()
-        classifier.train()
-        order = torch.randperm(n, generator=gen)
-        sums = {"loss": 0.0, "loss_i2t": 0.0, "loss_t2i": 0.0, "correct": 0.0}
-        for begin in range(0, n, cfg.batch_size):
-            idx = order[begin : begin + cfg.batch_size]
-            hsi, lidar, labels = data.batch(idx, device)
-            assert labels is not None
-            logits = classifier.scale() * classifier.encode_image(hsi, lidar) @ \
-                classifier.encode_text().T
-            loss, i2t, t2i = class_contrastive_loss(logits, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            b = len(idx)
-            sums["loss"] += float(loss.detach()) * b
-            sums["loss_i2t"] += float(i2t.detach()) * b
-            sums["loss_t2i"] += float(t2i.detach()) * b
-            sums["correct"] += float((logits.argmax(1) == labels).sum())
-            step += 1
-            if on_step is not None:
-                on_step(step, cfg.epochs * per_epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        record: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "loss": sums["loss"] / n,
-            "loss_i2t": sums["loss_i2t"] / n,
-            "loss_t2i": sums["loss_t2i"] / n,
-            "train_accuracy": sums["correct"] / n,
-            "temperature": float(1.0 / classifier.scale().detach()),
-            "lr": lr,
-            "seconds": time.perf_counter() - tic,
-        }
-        history.append(record)
-        log.debug("fine-tune epoch %d/%d loss %.4f train accuracy %.3f", epoch + 1, cfg.epochs,
-                 record["loss"], record["train_accuracy"])
-        if progress is not None:
-            progress(epoch + 1, cfg.epochs, record)
-    classifier.eval()
-    return history
+    targets = data.labels
+
+    def forward(idx: torch.Tensor) -> Step:
+        hsi, lidar, _ = data.batch(idx, device)
+        labels = targets[idx].to(device)
+        logits = classifier.scale() * classifier.encode_image(hsi, lidar) @ \
+            classifier.encode_text().T
+        loss, i2t, t2i = class_contrastive_loss(logits, labels)
+        b = len(idx)
+        return Step(loss, b, {"loss_i2t": float(i2t.detach()) * b,
+                              "loss_t2i": float(t2i.detach()) * b,
+                              "train_accuracy": float((logits.argmax(1) == labels).sum())})
+
+    return train_epochs(
+        classifier, forward, samples=len(data), batch_size=cfg.batch_size, epochs=cfg.epochs,
+        optimizer=optimizer, scheduler=scheduler, generator=gen, stage="finetune",
+        progress=progress,
+        extras=lambda: {"temperature": float(1.0 / classifier.scale().detach())})
 

@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,9 @@ from diffclip_cli.io.atomic import atomic_path
 from diffclip_cli.model.config import PretrainConfig
 from diffclip_cli.model.network import DiffCLIPNet
 from diffclip_cli.model.rng import make_generator
-from diffclip_cli.train.data import ProgressCallback, StepCallback, WindowData
+from diffclip_cli.progress import Progress
+from diffclip_cli.train.data import WindowData
+from diffclip_cli.train.loop import Step, train_epochs
 
 __all__ = ["CHECKPOINT_KIND", "centre_crop_resize", "check_data", "checkpoint_fingerprint",
            "pretrain"]
@@ -77,7 +78,7 @@ def centre_crop_resize(
     """
     n, w = hsi.shape[0], hsi.shape[-1]
     choice = torch.randint(len(sizes), (n,), generator=generator).to(hsi.device)
-    outs = [hsi.clone(), None if lidar is None else lidar.clone()]
+    pairs = [(hsi, hsi.clone())] + ([] if lidar is None else [(lidar, lidar.clone())])
     for k, s in enumerate(sizes):
         if s == w:
             continue
@@ -85,13 +86,10 @@ def centre_crop_resize(
         if idx.numel() == 0:
             continue
         o = (w - s) // 2
-        for j, x in enumerate((hsi, lidar)):
-            if x is None:
-                continue
+        for x, out in pairs:
             crop = x[idx, :, o : o + s, o : o + s]
-            outs[j][idx] = F.interpolate(crop, size=(w, w), mode="bilinear",
-                                         align_corners=False)
-    return outs[0], outs[1]
+            out[idx] = F.interpolate(crop, size=(w, w), mode="bilinear", align_corners=False)
+    return pairs[0][1], None if lidar is None else pairs[1][1]
 
 
 def _fingerprint(net: DiffCLIPNet, data: WindowData, cfg: PretrainConfig, seed: int, *,
@@ -191,10 +189,9 @@ def pretrain(
     seed: int,
     checkpoint: str | os.PathLike[str] | None = None,
     resume: bool = False,
-    progress: ProgressCallback | None = None,
+    progress: Progress | None = None,
     device: str | torch.device = "cpu",
     inputs: Mapping[str, Any] | None = None,
-    on_step: StepCallback | None = None,
 ) -> list[dict[str, Any]]:
     """Pretrain the image side by masked diffusion on unlabelled windows.
 
@@ -207,14 +204,14 @@ def pretrain(
             scheduler, random state, epoch and history.
         resume: continue from ``checkpoint`` if it exists (it must come from the same seed,
             data size and configuration); start afresh if it does not.
-        progress: called after every epoch (and its checkpoint) with
-            ``(epoch, epochs, record)``.
+        progress: called after every optimiser step with a ``"pretrain"``
+            :class:`~diffclip_cli.progress.ProgressEvent`, counted over the whole run (a
+            resumed run starts at its checkpoint's count); the last step of an epoch carries
+            the epoch's record and comes after its checkpoint.
         device: where to train.
         inputs: the identity of the input files (plain JSON types, e.g. their names and
             sizes), stored in the checkpoint: a checkpoint of other inputs is not resumed.
             The windows' content digest is stored in any case.
-        on_step: called after every optimiser step with ``(steps done, steps in all)``,
-            counted over the whole run (a resumed run starts at its checkpoint's count).
 
     Returns:
         One record per epoch: ``epoch``, ``loss`` (mean per window), ``loss_hsi``,
@@ -257,49 +254,29 @@ def pretrain(
     elif resume:
         log.info("no checkpoint to resume from; pretraining from the start")
 
-    n = len(data)
-    per_epoch = -(-n // cfg.batch_size)
-    step = start * per_epoch
-    for epoch in range(start, cfg.epochs):
-        tic = time.perf_counter()
-        net.train()
-        order = torch.randperm(n, generator=gen)
-        sums: dict[str, float] = {}
-        for begin in range(0, n, cfg.batch_size):
-            idx = order[begin : begin + cfg.batch_size]
-            hsi, lidar, _ = data.batch(idx, device)
-            if sizes:
-                hsi, lidar = centre_crop_resize(hsi, lidar, sizes, generator=gen)
-            out = net.pretrain_loss(hsi, lidar, generator=gen)
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            optimizer.step()
-            k = len(idx)
-            sums["loss"] = sums.get("loss", 0.0) + float(out.loss.detach()) * k
-            for m, v in out.losses.items():
-                sums[f"loss_{m}"] = sums.get(f"loss_{m}", 0.0) + v * k
-            step += 1
-            if on_step is not None:
-                on_step(step, cfg.epochs * per_epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        record: dict[str, Any] = {"epoch": epoch + 1, **{k: v / n for k, v in sums.items()},
-                                  "lr": lr, "seconds": time.perf_counter() - tic}
-        history.append(record)
-        log.debug("pretrain epoch %d/%d loss %.5f", epoch + 1, cfg.epochs, record["loss"])
+    def forward(idx: torch.Tensor) -> Step:
+        hsi, lidar, _ = data.batch(idx, device)
+        if sizes:
+            hsi, lidar = centre_crop_resize(hsi, lidar, sizes, generator=gen)
+        out = net.pretrain_loss(hsi, lidar, generator=gen)
+        k = len(idx)
+        return Step(out.loss, k, {f"loss_{m}": v * k for m, v in out.losses.items()})
+
+    def save(history: list[dict[str, Any]]) -> None:
         if path is not None:
             _save_checkpoint(path, {
                 "kind": CHECKPOINT_KIND,
                 "version": _CHECKPOINT_VERSION,
                 "fingerprint": json.dumps(fingerprint, sort_keys=True),
-                "epoch": epoch + 1,
+                "epoch": int(history[-1]["epoch"]),
                 "model": net.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "rng": gen.get_state(),
                 "history": json.dumps(history),
             })
-        if progress is not None:
-            progress(epoch + 1, cfg.epochs, record)
-    net.eval()
-    return history
+
+    return train_epochs(net, forward, samples=len(data), batch_size=cfg.batch_size,
+                        epochs=cfg.epochs, optimizer=optimizer, scheduler=scheduler,
+                        generator=gen, stage="pretrain", progress=progress, start=start,
+                        history=history, end_epoch=save)

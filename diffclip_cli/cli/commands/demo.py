@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -19,7 +19,7 @@ from diffclip_cli.cli.common import (
 from diffclip_cli.cli.console import console, err_console
 from diffclip_cli.cli.options import DeviceOpt, OverwriteOpt, QuietOpt, SeedOpt, VerboseOpt
 from diffclip_cli.data import salinas_a_dir
-from diffclip_cli.errors import OutputError
+from diffclip_cli.errors import LabelError, OutputError
 from diffclip_cli.train.budget import DEFAULT_CPU_PRESET
 
 #: The demo's recipe: the CPU default, which runs the whole demo well under 3 minutes on 2
@@ -77,8 +77,9 @@ def demo(
     png_path = output / "map.png"
     report_stem = output / "report"
     dev = str(resolve_device(device))
-    outputs = {"model": model_path, "map": map_files(map_path),
-               "quicklook": png_path, "report": list(report_paths(report_stem).values())}
+    outputs: dict[str, Any] = {"model": model_path, "map": map_files(map_path),
+                               "quicklook": png_path,
+                               "report": list(report_paths(report_stem).values())}
     inputs = {"the demo scene": data / "hsi.tif", "the demo labels": data / "labels.gpkg"}
     # Every output is checked before the training starts; all appear together at the end.
     with output_set(outputs, inputs=inputs, overwrite=overwrite) as outs:
@@ -95,7 +96,9 @@ def demo(
                 mapped = classify_scene(scene, result.bundle, map_path, device=dev,
                                         overwrite=overwrite, progress=progress.pixels("classify"),
                                         metadata={"model_file": str(model_path)})
-        assert result.report is not None
+        if result.report is None:  # every labelled pixel was a shot
+            raise LabelError("no labelled pixel is left to score the model on",
+                             hint="use fewer --shots")
         title = (f"Salinas-A: accuracy on the {result.report.n_pixels} labelled pixels not used "
                  f"for training ({shots} per class, seed {seed})")
         reports = write_report(result.report, report_stem, overwrite=overwrite, title=title,

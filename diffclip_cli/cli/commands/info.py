@@ -37,7 +37,7 @@ def describe_model(bundle: ModelBundle) -> dict[str, Any]:
         "template": bundle.template,
         "classes": None if classes is None else [
             {"id": c.id, "name": c.name, "prompt": prompts[i] if i < len(prompts) else None,
-             "color": "#{:02x}{:02x}{:02x}".format(*c.color)}
+             "color": c.hex}
             for i, c in enumerate(classes)],
         "fast_path": has_fast_path(bundle),
         "provenance": bundle.provenance,

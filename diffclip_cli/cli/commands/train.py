@@ -337,7 +337,8 @@ def fewshot(
     if pretrained is None or preset is not None:  # (else the pretrained model's, read below)
         _preset(name, window=window, pretrain_epochs=pretrain_epochs, finetune_epochs=epochs)
     report_stem = output.with_name(output.stem + ".report")
-    outputs = {"model": output, "report": list(report_paths(report_stem).values())}
+    outputs: dict[str, Any] = {"model": output,
+                               "report": list(report_paths(report_stem).values())}
     inputs = {"the HSI": hsi, "a LiDAR raster": lidar, "the labels": labels,
               "the classes table": classes, "the descriptions": descriptions,
               "the pretrained model": pretrained}
