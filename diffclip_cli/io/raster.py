@@ -16,7 +16,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import rasterio
@@ -46,7 +46,7 @@ RESAMPLING: dict[str, Resampling] = {
 }
 
 PathLike = str | os.PathLike[str]
-WindowLike = Window | tuple[tuple[int, int], tuple[int, int]]
+WindowLike: TypeAlias = Window | tuple[tuple[int, int], tuple[int, int]]
 
 
 @dataclass(eq=False)
