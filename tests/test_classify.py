@@ -60,20 +60,52 @@ def test_map_does_not_depend_on_tiling_and_matches_pixel_predictions(setup, tmp_
     assert sum(a.class_pixels.values()) == a.valid_pixels == 45 * 38
 
 
+def _reference_map(scene, bundle, tile_size):
+    """The map the tile loop before the dask graph wrote: tiles read with their halo,
+    normalised, run through the TileEngine, argmax -> class ids (0 where invalid)."""
+    from diffclip_cli.infer.engine import TileEngine
+    from diffclip_cli.model.modelfile import build_classifier
+    from diffclip_cli.sampling.normalise import SceneStats
+    from diffclip_cli.sampling.tiles import iter_tiles, read_tile
+
+    engine = TileEngine(build_classifier(bundle))
+    stats = SceneStats.from_dict(bundle.stats)
+    ids = np.asarray(bundle.class_table.ids, dtype=np.uint8)
+    labels = np.zeros(scene.grid.shape, np.uint8)
+    probs = np.full((len(ids), *scene.grid.shape), CONFIDENCE_NODATA, np.float32)
+    for tile in iter_tiles(scene.grid, tile_size=tile_size, halo=engine.window // 2):
+        data = read_tile(scene, tile, stats=stats)
+        p = engine.predict_tile(data)
+        labels[tile.slices] = np.where(data.valid, ids[p.argmax(0)], 0)
+        probs[(slice(None), *tile.slices)] = np.where(data.valid[None], p, CONFIDENCE_NODATA)
+    return labels, probs
+
+
+@pytest.mark.parametrize("tile_size", [16, 20, 64])
+def test_map_is_identical_to_the_tile_loop_it_replaced(setup, tmp_path, tile_size):
+    files, bundle = setup
+    with Scene.open(files["hsi"], [files["lidar"]]) as scene:
+        labels, probs = _reference_map(scene, bundle, tile_size)
+        classify_scene(scene, bundle, tmp_path / "m.tif", probabilities=tmp_path / "p.tif",
+                       tile_size=tile_size)
+    np.testing.assert_array_equal(_read(tmp_path / "m.tif")[0], labels)
+    np.testing.assert_array_equal(_read(tmp_path / "p.tif"), probs)
+
+
 def test_failure_midway_leaves_no_output(setup, tmp_path, monkeypatch):
     files, bundle = setup
-    import diffclip_cli.infer.classify as mod
+    import diffclip_cli.infer.predict as mod
 
     calls = {"n": 0}
-    real = mod._finish_tile
+    real = mod._tile_probabilities
 
-    def flaky(*args, **kwargs):
+    def flaky(*args, block_info=None, **kwargs):  # dask passes block_info by name
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("boom")
-        return real(*args, **kwargs)
+        return real(*args, block_info=block_info, **kwargs)
 
-    monkeypatch.setattr(mod, "_finish_tile", flaky)
+    monkeypatch.setattr(mod, "_tile_probabilities", flaky)
     out = tmp_path / "map.tif"
     with Scene.open(files["hsi"], [files["lidar"]]) as scene, pytest.raises(RuntimeError):
         classify_scene(scene, bundle, out, confidence=tmp_path / "c.tif", tile_size=16)
@@ -103,67 +135,76 @@ def test_confidence_is_top_probability(setup, tmp_path):
     assert conf.min() > CONFIDENCE_NODATA
 
 
-def test_distributed_run_equals_local_run(setup, tmp_path):
+@pytest.mark.parametrize("processes", [False, True])
+def test_distributed_run_equals_local_run(setup, tmp_path, processes):
+    """The same graph on a distributed cluster gives the local scheduler's map; with worker
+    processes the scene and the model travel pickled (files re-opened by path there)."""
     distributed = pytest.importorskip("distributed")
     files, bundle = setup
     with Scene.open(files["hsi"], [files["lidar"]]) as scene:
         classify_scene(scene, bundle, tmp_path / "local.tif", probabilities=tmp_path / "pl.tif",
-                       tile_size=16)
-        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                      dashboard_address=None) as cluster, \
+                       confidence=tmp_path / "cl.tif", tile_size=16)
+        with distributed.LocalCluster(n_workers=1 + processes, threads_per_worker=1,
+                                      processes=processes, dashboard_address=None) as cluster, \
                 distributed.Client(cluster) as client:
             result = classify_scene(scene, bundle, tmp_path / "dist.tif",
-                                    probabilities=tmp_path / "pd.tif", tile_size=16,
+                                    probabilities=tmp_path / "pd.tif",
+                                    confidence=tmp_path / "cd.tif", tile_size=16,
                                     scheduler=client)
-    assert result.tiles == 9
+    assert result.tiles == 9 and result.valid_pixels == 45 * 38
     np.testing.assert_array_equal(_read(tmp_path / "local.tif"), _read(tmp_path / "dist.tif"))
-    np.testing.assert_allclose(_read(tmp_path / "pl.tif"), _read(tmp_path / "pd.tif"),
-                               atol=1e-6)
+    np.testing.assert_array_equal(_read(tmp_path / "pl.tif"), _read(tmp_path / "pd.tif"))
+    np.testing.assert_array_equal(_read(tmp_path / "cl.tif"), _read(tmp_path / "cd.tif"))
 
 
-@pytest.mark.parametrize("prefetch", [1, 2])
-def test_memory_reads_exactly_prefetch_tiles_ahead_with_a_bounded_gdal_cache(
-        setup, tmp_path, monkeypatch, prefetch):
-    """Memory stays bounded: ``prefetch`` tiles read ahead (not one more), and GDAL's block
-    cache (5 % of the RAM by default, kept full of blocks read) at most GDAL_CACHE_MAX."""
+def test_memory_tiles_in_flight_are_bounded_with_a_bounded_gdal_cache(
+        setup, tmp_path, monkeypatch):
+    """Memory stays bounded: few tiles are computed and not yet written at any time (not the
+    scene), and GDAL's block cache (5 % of the RAM by default, kept full of blocks read) is at
+    most GDAL_CACHE_MAX while the scene is read."""
     import threading
-    import time
 
     from rasterio.env import get_gdal_config
 
     import diffclip_cli.infer.classify as mod
+    import diffclip_cli.infer.predict as pmod
 
     if not isinstance(get_gdal_config("GDAL_CACHEMAX"), int):
         pytest.skip("this rasterio cannot set GDAL's block cache size")
     monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
     files, bundle = setup
     lock = threading.Lock()
-    reads, leads, caches = [0], [], []
-    real_read, real_finish = mod.read_tile, mod._finish_tile
+    state = {"computed": 0, "written": 0}
+    ahead, caches = [], []
+    real_tile, real_set, real_read = (pmod._tile_probabilities, mod._Sink.__setitem__,
+                                      Scene.read_bands)
 
-    def read(*args, **kwargs):
+    def tile(*args, block_info=None, **kwargs):
+        out = real_tile(*args, block_info=block_info, **kwargs)
         with lock:
-            reads[0] += 1
-            caches.append(get_gdal_config("GDAL_CACHEMAX"))
-        return real_read(*args, **kwargs)
+            state["computed"] += 1
+            ahead.append(state["computed"] - state["written"])
+        return out
 
-    def finish(engine, data, *args, **kwargs):
-        time.sleep(0.02)  # the reader gets as far ahead as it is allowed to
+    def setitem(self, key, value):
+        real_set(self, key, value)
         with lock:
-            leads.append(reads[0] - len(leads) - 1)  # tiles read beyond this one
-        return real_finish(engine, data, *args, **kwargs)
+            state["written"] += 1
 
-    monkeypatch.setattr(mod, "read_tile", read)
-    monkeypatch.setattr(mod, "_finish_tile", finish)
+    def read(self, *args, **kwargs):
+        caches.append(get_gdal_config("GDAL_CACHEMAX"))
+        return real_read(self, *args, **kwargs)
+
+    monkeypatch.setattr(pmod, "_tile_probabilities", tile)
+    monkeypatch.setattr(mod._Sink, "__setitem__", setitem)
+    monkeypatch.setattr(Scene, "read_bands", read)
     outer = 4 * mod.GDAL_CACHE_MAX
     with rasterio.Env(GDAL_CACHEMAX=outer), \
             Scene.open(files["hsi"], [files["lidar"]]) as scene:
-        result = classify_scene(scene, bundle, tmp_path / "m.tif", tile_size=16,
-                                prefetch=prefetch)
+        result = classify_scene(scene, bundle, tmp_path / "m.tif", tile_size=16)
         assert get_gdal_config("GDAL_CACHEMAX") == outer  # restored
-    assert result.tiles == len(leads) == reads[0] == 9
-    assert max(leads) == prefetch  # reading overlaps computing, prefetch tiles ahead ...
-    assert all(lead <= prefetch for lead in leads)  # ... and never more
+    assert result.tiles == state["computed"] == state["written"] == 9
+    assert max(ahead) <= 3, ahead
     assert set(caches) == {mod.GDAL_CACHE_MAX}
 
 

@@ -1,48 +1,55 @@
-"""Whole-scene maps: tiled, bounded-memory inference written straight to GeoTIFF/COG.
+"""Whole-scene maps: the lazy tile graph of ``predict`` written to GeoTIFF/COG.
 
-The scene is cut into tiles (plus a halo of ``window // 2`` pixels of context); each tile is
-read, normalised, classified and written before the next ones are read, so memory depends on
-the tile size, not the scene size. Reading the next tile and writing the previous one overlap
-with the computation (one reader and one writer thread). With ``scheduler`` the tiles are
-computed on a dask.distributed cluster and written here, in the same order, with the same
-result.
+The scene becomes lazily chunked DataArrays (:func:`~diffclip_cli.io.arrays.scene_arrays`), the
+same :func:`~diffclip_cli.infer.predict.predict` a Python user calls builds the dask graph (one
+task per tile, a halo of ``window // 2``), and its blocks are written as they are computed:
+on dask's local threads by :func:`dask.array.store` into the open writers (one lock), or, with
+``scheduler``, computed on a ``distributed`` cluster and written here as they arrive. Memory
+depends on the tile size, not on the scene size; the outputs appear only when complete.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import contextlib
-import itertools
 import logging
-import math
 import os
+import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import rasterio
 from rasterio.env import get_gdal_config
+from rasterio.windows import Window
 
 from diffclip_cli import __version__
 from diffclip_cli.errors import ModelError
-from diffclip_cli.infer.engine import TileEngine
+from diffclip_cli.infer.predict import (
+    _CHECKED,
+    CONFIDENCE_NODATA,
+    DEFAULT_TILE_SIZE,
+    TILE_BYTES,
+    Engine,
+    auto_tile_size,
+    make_engine,
+    predict,
+)
+from diffclip_cli.io.arrays import scene_arrays
 from diffclip_cli.io.atomic import output_set
 from diffclip_cli.io.maps import MapWriter, RasterWriter, map_files
 from diffclip_cli.io.raster import Scene
-from diffclip_cli.model.modelfile import ModelBundle, build_classifier
-from diffclip_cli.sampling.normalise import SceneStats
-from diffclip_cli.sampling.tiles import Tile, TileData, iter_tiles, read_tile
+from diffclip_cli.model.modelfile import ModelBundle
 
 __all__ = [
     "CONFIDENCE_NODATA",
+    "DEFAULT_TILE_SIZE",
+    "TILE_BYTES",
     "ClassifyResult",
     "Engine",
-    "TileResult",
     "auto_tile_size",
     "classify_scene",
     "make_engine",
@@ -50,60 +57,13 @@ __all__ = [
 
 log = logging.getLogger("diffclip")
 
-#: Nodata of the confidence and probability rasters (valid values lie in (0, 1]).
-CONFIDENCE_NODATA = -1.0
-#: Largest default tile edge in pixels.
-DEFAULT_TILE_SIZE = 256
-#: The default tile edge keeps one tile's float32 input (all bands) within this many bytes, so
-#: the memory a tile holds does not depend on the band count (``benchmarks/memory.py``: with
-#: 256 px tiles a 144-band scene peaks 1.45x higher than a scene smaller than one tile).
-TILE_BYTES = 12 * 2**20
 #: GDAL's raster block cache while a scene is classified, at most (bytes). GDAL's default is
 #: 5 % of the RAM, and it keeps the blocks it reads until it is full, so without a bound the
 #: peak memory grows with the scene up to that (by 1.1 GiB for a 3000 x 1000 x 144 GeoTIFF on
 #: a 24 GiB machine). Tiles are read whole; the cache only spares re-reading the blocks that
-#: neighbouring tiles' halos share (which costs time on compressed many-band inputs).
+#: neighbouring tiles share (which costs time on compressed many-band inputs).
 #: ``GDAL_CACHEMAX`` set in the environment is left alone.
 GDAL_CACHE_MAX = 64 * 2**20
-
-
-def auto_tile_size(channels: int) -> int:
-    """The default tile edge for inputs of ``channels`` bands in all (HSI plus LiDAR).
-
-    The largest multiple of 32 between 64 and :data:`DEFAULT_TILE_SIZE` whose float32 tile
-    fits :data:`TILE_BYTES`: 256 up to 48 bands, 128 for 144 + 1, 96 for 204.
-    """
-    edge = int(math.sqrt(TILE_BYTES / (4 * max(1, channels)))) // 32 * 32
-    return max(64, min(DEFAULT_TILE_SIZE, edge))
-
-
-class Engine(Protocol):
-    """What the classifier needs of an inference engine (faithful or fast)."""
-
-    @property
-    def window(self) -> int:
-        """Window size (tiles are read with a halo of ``window // 2``)."""
-        ...
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes."""
-        ...
-
-    def predict_tile(self, data: TileData) -> np.ndarray:
-        """``(K, h, w)`` probabilities of a tile's core, 0 on invalid pixels."""
-        ...
-
-
-@dataclass
-class TileResult:
-    """One classified tile: class ids (0 = nodata), confidence and probabilities."""
-
-    tile: Tile
-    labels: np.ndarray
-    confidence: np.ndarray
-    probabilities: np.ndarray | None
-    valid: int
 
 
 @dataclass
@@ -138,41 +98,6 @@ class ClassifyResult:
         return self.valid_pixels / self.seconds if self.seconds > 0 else 0.0
 
 
-def make_engine(bundle: ModelBundle, *, fast: bool = False, device: str = "cpu",
-                batch_size: int | None = None) -> Engine:
-    """The inference engine of a classifier model file.
-
-    Args:
-        bundle: a ``classifier`` model.
-        fast: use the distilled fast path stored in the model.
-        device: torch device name.
-        batch_size: windows per forward pass (faithful engine).
-
-    Raises:
-        ModelError: a pretrained model (no classes), or ``fast`` without a fast path.
-    """
-    if bundle.kind != "classifier":
-        raise ModelError("this is a pretrained model without classes",
-                         hint="fine-tune it first with diffclip fewshot --pretrained")
-    if fast:
-        from diffclip_cli.infer.fast import FastEngine
-
-        return FastEngine(bundle, device=device)
-    return TileEngine(build_classifier(bundle), device=device, batch_size=batch_size)
-
-
-def _finish_tile(engine: Engine, data: TileData, ids: np.ndarray,
-                 keep_probabilities: bool) -> TileResult:
-    probs = engine.predict_tile(data)
-    best = probs.argmax(axis=0)
-    labels = np.where(data.valid, ids[best], 0).astype(ids.dtype)
-    confidence = np.where(data.valid, probs.max(axis=0), CONFIDENCE_NODATA).astype(np.float32)
-    planes = None
-    if keep_probabilities:
-        planes = np.where(data.valid[None], probs, CONFIDENCE_NODATA).astype(np.float32)
-    return TileResult(data.tile, labels, confidence, planes, int(data.valid.sum()))
-
-
 @contextlib.contextmanager
 def _bounded_gdal_cache(limit: int) -> Iterator[None]:
     """GDAL's block cache at most ``limit`` bytes inside the block, restored afterwards.
@@ -188,83 +113,106 @@ def _bounded_gdal_cache(limit: int) -> Iterator[None]:
         yield
 
 
-# -- local execution: reader thread -> compute here -> writer thread -------------------------
+# -- writing the graph's blocks -----------------------------------------------------------
 
 
-def _local_results(scene: Scene, tiles: Sequence[Tile], engine: Engine, stats: SceneStats,
-                   ids: np.ndarray, keep_probabilities: bool, prefetch: int,
-                   ) -> Iterator[TileResult]:
-    with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffclip-read") as reader:
-        # While a tile is computed, exactly ``prefetch`` (at least 1) later tiles are read or
-        # waiting: each holds the tile's bands as float32 (40 MB for 144 bands at 256 px).
-        pending = iter(tiles)
-        queue: deque[cf.Future[TileData]] = deque(
-            reader.submit(read_tile, scene, tile, stats=stats)
-            for tile in itertools.islice(pending, max(1, prefetch)))
-        try:
-            while queue:
-                data = queue.popleft().result()
-                nxt = next(pending, None)
-                if nxt is not None:
-                    queue.append(reader.submit(read_tile, scene, nxt, stats=stats))
-                yield _finish_tile(engine, data, ids, keep_probabilities)
-        finally:
-            for future in queue:
-                future.cancel()
+class _Sink:
+    """A :func:`dask.array.store` target that writes each block it is given to a raster.
+
+    Args:
+        writer: the open writer.
+        fill: the value NaN becomes (the raster's nodata), or ``None`` for integer blocks.
+        seen: called with each block and its window after it is written.
+    """
+
+    def __init__(self, writer: RasterWriter, *, fill: float | None = None,
+                 seen: Callable[[np.ndarray, Window], None] | None = None) -> None:
+        self.writer = writer
+        self.fill = fill
+        self.seen = seen
+        self.shape = (writer.count, writer.grid.height, writer.grid.width)
+        self.closed = False
+
+    def __setitem__(self, key: tuple[slice, ...], value: np.ndarray) -> None:
+        if self.closed:  # a task still running after another failed: its writer is gone
+            return
+        ys, xs = key[-2], key[-1]
+        window = Window(xs.start, ys.start, xs.stop - xs.start, ys.stop - ys.start)
+        block = np.asarray(value)
+        if self.fill is not None:
+            block = np.where(np.isnan(block), np.float32(self.fill), block)
+        self.writer.write(window, block if block.ndim == 3 else block[None])
+        if self.seen is not None:
+            self.seen(value, window)
 
 
-# -- distributed execution ----------------------------------------------------------------
+def _regions(chunks: tuple[tuple[int, ...], ...]) -> list[tuple[slice, ...]]:
+    """The region of every block of an array with these chunks.
 
-_WORKER_ENGINES: dict[tuple[int, bool], Engine] = {}
+    In the order of ``to_delayed().ravel()``.
+    """
+    import itertools
 
-
-def _remote_tile(scene: Scene, bundle: ModelBundle, key: int, fast: bool, tile: Tile,
-                 ids: np.ndarray, keep_probabilities: bool) -> TileResult:
-    """Classify one tile on a dask worker (the engine is built once per worker and model)."""
-    engine = _WORKER_ENGINES.get((key, fast))
-    if engine is None:
-        _WORKER_ENGINES.clear()
-        engine = _WORKER_ENGINES[(key, fast)] = make_engine(bundle, fast=fast, device="cpu")
-    data = read_tile(scene, tile, stats=SceneStats.from_dict(bundle.stats))
-    return _finish_tile(engine, data, ids, keep_probabilities)
+    bounds = [np.cumsum((0, *c)) for c in chunks]
+    return [tuple(slice(int(b[i]), int(b[i + 1])) for b, i in zip(bounds, idx, strict=True))
+            for idx in itertools.product(*(range(len(c)) for c in chunks))]
 
 
-def _distributed_results(scheduler: str | Any, scene: Scene, bundle: ModelBundle,
-                         tiles: Sequence[Tile], fast: bool, ids: np.ndarray,
-                         keep_probabilities: bool, prefetch: int) -> Iterator[TileResult]:
+def _store_local(sources: Sequence[Any], sinks: Sequence[_Sink]) -> None:
+    """Compute the graph on dask's threads, each block written into its sink (one lock).
+
+    At least two threads: one reads or writes while another runs the network (the tile
+    tasks themselves bound how many run the network at once).
+    """
+    import dask.array as da
+
     try:
-        from dask.distributed import Client
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    lock = threading.Lock()
+    try:
+        da.store(list(sources), list(sinks), lock=lock, scheduler="threads",  # type: ignore[arg-type]
+                 num_workers=max(2, cores))
+    finally:
+        # When a task fails, dask returns at once while others still run: a write in progress
+        # ends (it holds the lock) and any later one is dropped, before the writers close.
+        with lock:
+            for sink in sinks:
+                sink.closed = True
+
+
+def _store_distributed(scheduler: Any, sources: Sequence[Any], sinks: Sequence[_Sink]) -> None:
+    """Compute the same graph on a ``distributed`` cluster, writing blocks here as they come.
+
+    Each block is released on the cluster as soon as it is written, so neither side holds
+    the whole map; the scheduler's own memory control bounds what is computed ahead.
+    """
+    try:
+        from distributed import Client, as_completed
     except ImportError:  # pragma: no cover - depends on the installation
         raise ModelError("--scheduler needs dask.distributed",
                          hint="pip install 'diffclip[distributed]'") from None
     own = not isinstance(scheduler, Client)
     client = Client(scheduler) if own else scheduler
     try:
-        workers = max(1, len(client.scheduler_info().get("workers", {})))
-        in_flight = max(prefetch, 2 * workers)
-        scene_f, bundle_f = client.scatter([scene, bundle], broadcast=True)
-        key = time.monotonic_ns()
-        futures: deque[Any] = deque()
-        pending = iter(tiles)
+        import dask
 
-        def submit(tile: Tile) -> None:
-            futures.append(client.submit(_remote_tile, scene_f, bundle_f, key, fast, tile, ids,
-                                         keep_probabilities, pure=False))
-
-        for tile in pending:
-            submit(tile)
-            if len(futures) >= in_flight:
-                break
-        try:
-            while futures:
-                result = futures.popleft().result()  # in order: writes stay sequential
-                nxt = next(pending, None)
-                if nxt is not None:
-                    submit(nxt)
-                yield result
-        finally:
-            for future in futures:
-                future.cancel()
+        # Optimised together: optimised one by one, the arrays' graphs could give one fused
+        # key two different meanings.
+        delayed: list[Any] = []
+        targets: list[tuple[_Sink, tuple[slice, ...]]] = []
+        for source, sink in zip(dask.optimize(*sources), sinks, strict=True):
+            blocks = source.to_delayed(optimize_graph=False).ravel()
+            delayed.extend(blocks)
+            targets.extend((sink, region) for region in _regions(source.chunks))
+        futures = client.compute(delayed)
+        where = {f.key: target for f, target in zip(futures, targets, strict=True)}
+        pending = as_completed(futures)
+        del futures, delayed  # as_completed holds each future until it is written
+        for future in pending:
+            sink, region = where.pop(future.key)
+            sink[region] = future.result()
     finally:
         if own:
             client.close()
@@ -284,18 +232,21 @@ def classify_scene(
     batch_size: int | None = None,
     device: str = "cpu",
     fast: bool = False,
+    precision: str | None = None,
+    threads: int | None = None,
     cog: bool = False,
     creation_options: Sequence[str] | Mapping[str, Any] | None = None,
     overwrite: bool = False,
     scheduler: str | Any | None = None,
-    prefetch: int = 1,
     metadata: Mapping[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ClassifyResult:
     """Classify every pixel of a scene and write the map (and optional rasters).
 
-    Every output is written under a temporary name and renamed when complete, so an error or
-    an interruption leaves no partial file and any existing output untouched.
+    The scene's lazy arrays go through :func:`~diffclip_cli.infer.predict.predict` (the same
+    graph a Python user gets) and the blocks are written as they are computed. Every output
+    is written under a temporary name and renamed when complete, so an error or an
+    interruption leaves no partial file and any existing output untouched.
 
     Args:
         scene: the scene; its bands must be the model's.
@@ -310,13 +261,13 @@ def classify_scene(
         device: torch device name (tiles run on this machine's device; with ``scheduler`` on
             the workers' CPUs).
         fast: use the model's distilled fast path.
+        precision: ``"fp32"`` or ``"bf16"`` products (faithful engine; default by device).
+        threads: torch intra-op threads while a tile runs (faithful engine).
         cog: write Cloud-Optimized GeoTIFFs (internal tiling, overviews).
         creation_options: GDAL creation options overriding the defaults.
         overwrite: replace existing outputs.
-        scheduler: a dask.distributed scheduler address (or Client) to run the tiles on.
-        prefetch: tiles read ahead of the computation (local: one keeps the single reader
-            busy; each more holds another tile in memory and gained no speed in
-            ``benchmarks/memory.py``) / tiles in flight at least (distributed).
+        scheduler: a dask.distributed scheduler address (or Client) to compute the tiles on;
+            default dask's local threads. The workers read the scene's files by their paths.
         metadata: extra facts for the map's sidecar JSON (e.g. the model path).
         progress: called with ``(classified pixels so far, pixels in the scene)``.
 
@@ -345,10 +296,10 @@ def classify_scene(
     with outputs:
         return _classify(scene, bundle, output, start=start, confidence=confidence,
                          probabilities=probabilities, tile_size=tile_size,
-                         batch_size=batch_size, device=device, fast=fast, cog=cog,
+                         batch_size=batch_size, device=device, fast=fast,
+                         precision=precision, threads=threads, cog=cog,
                          creation_options=creation_options, overwrite=overwrite,
-                         scheduler=scheduler, prefetch=prefetch, metadata=metadata,
-                         progress=progress)
+                         scheduler=scheduler, metadata=metadata, progress=progress)
 
 
 def _classify(
@@ -363,11 +314,12 @@ def _classify(
     batch_size: int | None,
     device: str,
     fast: bool,
+    precision: str | None,
+    threads: int | None,
     cog: bool,
     creation_options: Sequence[str] | Mapping[str, Any] | None,
     overwrite: bool,
     scheduler: str | Any | None,
-    prefetch: int,
     metadata: Mapping[str, Any] | None,
     progress: Callable[[int, int], None] | None,
 ) -> ClassifyResult:
@@ -378,13 +330,18 @@ def _classify(
         tile_size = auto_tile_size(scene.hsi_bands + scene.lidar_bands)
     if tile_size < 16:
         raise ValueError(f"tile size must be at least 16 pixels, got {tile_size}")
-
-    engine = make_engine(bundle, fast=fast, device=device if scheduler is None else "cpu",
-                         batch_size=batch_size)
-    stats = SceneStats.from_dict(bundle.stats)
-    tiles = list(iter_tiles(scene.grid, tile_size=tile_size, halo=engine.window // 2))
-    ids = np.asarray(classes.ids, dtype=np.uint16 if max(classes.ids) > 255 else np.uint8)
-    keep_probabilities = probabilities is not None
+    # The tiles read their own windows; chunks larger than a tile let most windows (core and
+    # halo) be one read. Nothing computes these arrays whole.
+    arrays = scene_arrays(scene, chunks=max(1024, tile_size))
+    token = _CHECKED.set(True)  # classify_scene checked the bands (and warned) already
+    try:
+        result = predict(bundle, arrays.hsi, arrays.lidar, probabilities=True, fast=fast,
+                         tile_size=tile_size, batch_size=batch_size,
+                         device=device if scheduler is None else "cpu", precision=precision,
+                         threads=threads)
+    finally:
+        _CHECKED.reset(token)
+    labels = result["classes"].data
     meta = {
         "software": f"diffclip {__version__}",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -395,56 +352,46 @@ def _classify(
     }
     grid = scene.grid
     total = grid.width * grid.height
+    ids = np.asarray(classes.ids)
     counts = np.zeros(len(classes) + 1, dtype=np.int64)
     slot = np.zeros(int(ids.max()) + 1, dtype=np.int64)  # class id -> 1 + table index
     slot[ids] = np.arange(1, len(ids) + 1)
-    done = valid = 0
+    done = 0
     names = classes.names
+
+    def seen(block: np.ndarray, window: Window) -> None:
+        nonlocal done
+        counts[:] += np.bincount(slot[block].ravel(), minlength=counts.size)
+        done += int(window.width * window.height)
+        if progress is not None:
+            progress(done, total)
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(_bounded_gdal_cache(GDAL_CACHE_MAX))
-        writers: list[tuple[str, RasterWriter]] = [("labels", stack.enter_context(MapWriter(
+        sources: list[Any] = [labels]
+        sinks = [_Sink(stack.enter_context(MapWriter(
             output, grid, classes, metadata=meta, overwrite=overwrite, cog=cog,
-            creation_options=creation_options)))]
+            creation_options=creation_options)), seen=seen)]
         if confidence is not None:
-            writers.append(("confidence", stack.enter_context(RasterWriter(
+            sources.append(result["confidence"].data)
+            sinks.append(_Sink(stack.enter_context(RasterWriter(
                 confidence, grid, count=1, dtype="float32", nodata=CONFIDENCE_NODATA,
                 band_descriptions=["confidence (top class probability)"],
                 tags={"DIFFCLIP_VERSION": __version__}, overwrite=overwrite, cog=cog,
-                creation_options=creation_options))))
+                creation_options=creation_options)), fill=CONFIDENCE_NODATA))
         if probabilities is not None:
-            writers.append(("probabilities", stack.enter_context(RasterWriter(
+            sources.append(result["probabilities"].data)
+            sinks.append(_Sink(stack.enter_context(RasterWriter(
                 probabilities, grid, count=len(classes), dtype="float32",
                 nodata=CONFIDENCE_NODATA, band_descriptions=[f"p({n})" for n in names],
                 tags={"DIFFCLIP_VERSION": __version__}, overwrite=overwrite, cog=cog,
-                creation_options=creation_options))))
+                creation_options=creation_options)), fill=CONFIDENCE_NODATA))
         if scheduler is None:
-            results = _local_results(scene, tiles, engine, stats, ids, keep_probabilities,
-                                     prefetch)
+            _store_local(sources, sinks)
         else:
-            results = _distributed_results(scheduler, scene, bundle, tiles, fast, ids,
-                                           keep_probabilities, prefetch)
-        writer_pool = stack.enter_context(
-            cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffclip-write"))
-        last_write: cf.Future[None] | None = None
+            _store_distributed(scheduler, sources, sinks)
 
-        def write(result: TileResult) -> None:
-            for kind, writer in writers:
-                block = getattr(result, kind)
-                writer.write(result.tile.window, block if block.ndim == 3 else block[None])
-
-        for result in results:
-            if last_write is not None:
-                last_write.result()  # one write in flight: bounded memory, errors surface
-            last_write = writer_pool.submit(write, result)
-            counts += np.bincount(slot[result.labels].ravel(), minlength=counts.size)
-            valid += result.valid
-            done += result.tile.height * result.tile.width
-            if progress is not None:
-                progress(done, total)
-        if last_write is not None:
-            last_write.result()
-
+    valid = int(counts[1:].sum())
     seconds = time.perf_counter() - start
     if valid == 0:
         log.warning("%s: no pixel of the scene is valid (every pixel is nodata in some band or "
@@ -460,7 +407,7 @@ def _classify(
         pixels=total,
         valid_pixels=valid,
         class_pixels={n: int(c) for n, c in zip(names, counts[1:], strict=True)},
-        tiles=len(tiles),
+        tiles=int(labels.npartitions),
         seconds=seconds,
         engine="fast" if fast else "faithful",
     )

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import rasterio
@@ -46,7 +46,7 @@ RESAMPLING: dict[str, Resampling] = {
 }
 
 PathLike = str | os.PathLike[str]
-WindowLike = Window | tuple[tuple[int, int], tuple[int, int]]
+WindowLike: TypeAlias = Window | tuple[tuple[int, int], tuple[int, int]]
 
 
 @dataclass(eq=False)
@@ -553,6 +553,34 @@ class Scene:
         if lidar is not None:
             valid &= np.isfinite(lidar).all(axis=0)
         return Block(hsi, lidar, valid)
+
+    def read_bands(self, window: WindowLike, modality: str) -> np.ndarray:
+        """Read one window of one modality on the HSI grid.
+
+        What :meth:`read` returns for that modality (float32 after scale/offset, NaN where
+        nodata or not covered), without reading the other one.
+
+        Args:
+            window: as for :meth:`read`.
+            modality: ``"hsi"`` or ``"lidar"``.
+
+        Raises:
+            InputError: a read failed (truncated or corrupt file).
+            ValueError: the window is not inside the grid, an unknown modality or one the
+                scene lacks, or the scene is closed.
+        """
+        if modality not in ("hsi", "lidar"):
+            raise ValueError(f"modality must be 'hsi' or 'lidar', got {modality!r}")
+        w = as_window(window, self.grid)
+        with self._lock:
+            if self.closed:
+                raise ValueError("the scene is closed")
+            if modality == "hsi":
+                return self._hsi.read(w)
+            if not self._lidar:
+                raise ValueError("the scene has no LiDAR")
+            parts = [s.read(w) for s in self._lidar]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def read_pixels(
         self, rows: np.ndarray, cols: np.ndarray, *, tile_size: int = 256
