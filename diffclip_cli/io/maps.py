@@ -258,7 +258,7 @@ def class_colormap(classes: ClassTable) -> dict[int, tuple[int, int, int, int]]:
     """The colour table of a class map: 0 (nodata) transparent black, each class its colour."""
     cmap: dict[int, tuple[int, int, int, int]] = {0: (0, 0, 0, 0)}
     for c in classes:
-        cmap[c.id] = (*c.color, 255)
+        cmap[c.id] = (*c.rgb, 255)
     return cmap
 
 
@@ -293,10 +293,6 @@ def map_files(path: str | os.PathLike[str], *, sidecar: bool = True,
     if styles:
         files += [aux_xml_path(path), qml_path(path)]
     return files
-
-
-def _hex(color: Sequence[int]) -> str:
-    return "#{:02x}{:02x}{:02x}".format(*color[:3])
 
 
 # GDAL raster attribute table codes (gdal.h): field types and usages.
@@ -334,7 +330,7 @@ def class_aux_xml(classes: ClassTable) -> str:
     rows = "".join(
         f'      <Row index="{k}">\n'
         + "".join(f"        <F>{escape(str(v))}</F>\n"
-                  for v in (c.id, c.name, c.description, *c.color, 255))
+                  for v in (c.id, c.name, c.description, *c.rgb, 255))
         + "      </Row>\n"
         for k, c in enumerate(classes))
     return ('<PAMDataset>\n  <PAMRasterBand band="1">\n    <CategoryNames>\n'
@@ -357,7 +353,7 @@ def qgis_style(classes: ClassTable) -> str:
         The XML text of the style.
     """
     entries = "".join(
-        f"        <paletteEntry value=\"{c.id}\" color=\"{_hex(c.color)}\" alpha=\"255\" "
+        f"        <paletteEntry value=\"{c.id}\" color=\"{c.hex}\" alpha=\"255\" "
         f"label={quoteattr(c.name)}/>\n" for c in classes)
     return ("<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
             '<qgis version="3.28" styleCategories="Symbology">\n'
@@ -496,20 +492,20 @@ class RasterWriter:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool:
+    ) -> None:
         stack, self._stack = self._stack, None
-        assert stack is not None, "RasterWriter used outside its with-block"
+        if stack is None:
+            raise RuntimeError("RasterWriter used outside its with-block")
         if exc_type is not None:
             stack.__exit__(exc_type, exc, tb)
-            return False
+            return
         try:
             self._finish()
         except BaseException:
             if not stack.__exit__(*sys.exc_info()):
                 raise
-            return False
+            return
         stack.__exit__(None, None, None)
-        return False
 
     def write(self, window: Window, array: np.ndarray) -> None:
         """Write one block.
@@ -854,7 +850,9 @@ def read_map(path: str | os.PathLike[str]) -> MapInfo:
     if full_cmap is not None:
         used = [0, *classes.ids] if classes is not None else [
             v for v, rgba in full_cmap.items() if v == 0 or any(rgba)]
-        cmap = {int(v): tuple(int(x) for x in full_cmap[v]) for v in used if v in full_cmap}
+        cmap = {int(v): (int(full_cmap[v][0]), int(full_cmap[v][1]), int(full_cmap[v][2]),
+                         int(full_cmap[v][3]) if len(full_cmap[v]) > 3 else 255)
+                for v in used if v in full_cmap}
     return MapInfo(path=path, grid=grid, classes=classes, nodata=nodata, dtype=dtype,
                    count=count, colormap=cmap, tags=tags, sidecar=sidecar,
                    overviews=overviews, source_of_classes=source)
