@@ -693,7 +693,7 @@ def test_a_latin1_classes_table_says_it_is_not_utf8(tiny, tmp_path):
 # ------------------------------------------------------------- 9. two writers, one output
 def test_an_output_written_by_another_run_meanwhile_is_not_replaced(tiny, tmp_path,
                                                                      monkeypatch):
-    from diffclip_cli.cli.commands import classify as command
+    from diffclip_cli.workflows import classify as command
 
     real = command.classify_scene
     out = tmp_path / "map.tif"
@@ -713,7 +713,7 @@ def test_an_output_written_by_another_run_meanwhile_is_not_replaced(tiny, tmp_pa
 
 def test_with_overwrite_an_output_replaced_meanwhile_is_not_replaced_again(tiny, tmp_path,
                                                                            monkeypatch):
-    from diffclip_cli.cli.commands import classify as command
+    from diffclip_cli.workflows import classify as command
 
     real = command.classify_scene
     out = tmp_path / "map.tif"

@@ -12,7 +12,7 @@ import logging
 import signal
 import time
 import types
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,15 +30,15 @@ from rich.progress import (
 
 from diffclip_cli.cli.console import err_console, setup_logging
 from diffclip_cli.cli.options import verbosity
-from diffclip_cli.errors import InputError, ModelError
+from diffclip_cli.errors import InputError
 from diffclip_cli.progress import ProgressEvent
+from diffclip_cli.workflows.common import about_model, open_scene, warn_if_out_of_distribution
 
 if TYPE_CHECKING:
     from diffclip_cli.io.labels import LabelSet
-    from diffclip_cli.io.raster import Scene
     from diffclip_cli.model.config import Preset
 
-__all__ = ["StageProgress", "about_model", "classify_scene", "fewshot_scene", "interruptible",
+__all__ = ["StageProgress", "about_model", "fewshot_scene", "interruptible",
            "open_scene", "preset_option", "read_label_file", "start",
            "warn_if_out_of_distribution"]
 
@@ -168,21 +168,6 @@ def interruptible() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-@contextlib.contextmanager
-def about_model(path: Path) -> Iterator[None]:
-    """Name ``path`` in model errors raised inside the block that name no file.
-
-    Building a classifier or its fast path from a damaged model raises a
-    :class:`~diffclip_cli.errors.ModelError` that cannot know the file it came from.
-    """
-    try:
-        yield
-    except ModelError as exc:
-        if exc.path is not None:
-            raise
-        raise ModelError(exc.message, path=path, hint=exc.hint) from None
-
-
 def preset_option(name: str) -> Preset:
     """The preset ``--preset`` names; an unknown name is a usage error naming the option.
 
@@ -206,7 +191,7 @@ def _imported_on_call(module: str, name: str) -> Callable[..., Any]:
 
     Commands call the heavy entry points (training, classifying) through such names in their
     own module, so building the CLI imports no torch, and a test can replace the name there
-    (``train.fewshot_scene``, ``classify.classify_scene``) to check that a refusal comes
+    (``train.fewshot_scene``) to check that a refusal comes
     before any work or to act between the work and the renaming of the outputs.
     """
     def call(*args: Any, **kwargs: Any) -> Any:
@@ -219,16 +204,6 @@ def _imported_on_call(module: str, name: str) -> Callable[..., Any]:
 
 #: :func:`diffclip_cli.pipeline.fewshot_scene`, imported when a command first trains.
 fewshot_scene = _imported_on_call("diffclip_cli.pipeline", "fewshot_scene")
-#: :func:`diffclip_cli.infer.classify.classify_scene`, imported when a command first maps.
-classify_scene = _imported_on_call("diffclip_cli.infer.classify", "classify_scene")
-
-
-def open_scene(hsi: str | Path, lidar: Sequence[str | Path] | None, *,
-               resampling: str = "bilinear") -> Scene:
-    """Open the HSI and LiDAR inputs as one scene on the HSI grid."""
-    from diffclip_cli.io.raster import Scene
-
-    return Scene.open(hsi, list(lidar or []), resampling=resampling)
 
 
 def read_label_file(path: str | Path, scene_or_grid: Any, *, classes: Path | None,
@@ -245,25 +220,3 @@ def read_label_file(path: str | Path, scene_or_grid: Any, *, classes: Path | Non
     if not is_gdal_name(path) and not Path(path).exists():
         raise InputError("label file not found", path=path, hint="check the --labels path")
     return read_labels(path, grid, class_field=class_field, layer=layer, classes=table)
-
-
-def warn_if_out_of_distribution(scene: Scene, bundle: Any, *, model: Path) -> None:
-    """Warn when the scene's values are clearly not those the model was trained on.
-
-    E.g. reflectance 0-1 against a model trained on 0-10000: the map would be mostly wrong
-    without any error. See :func:`diffclip_cli.sampling.drift.distribution_shift`.
-    """
-    from diffclip_cli.sampling.drift import describe_shift, distribution_shift
-
-    shifts = distribution_shift(scene, bundle.stats)
-    for modality, label, files, count in (
-            ("hsi", "HSI", [scene.hsi_path], bundle.hsi_bands),
-            ("lidar", "LiDAR", list(scene.lidar_paths), bundle.lidar_bands)):
-        off = [s for s in shifts if s.modality == modality]
-        if not off:
-            continue
-        log.warning("%s: the values of %d of %d %s bands are far from those the model %s was "
-                    "trained on: %s; the map is likely wrong: check the inputs' units and "
-                    "scale (e.g. reflectance 0-1 against 0-10000) or train a model on this "
-                    "scene", ", ".join(str(f) for f in files), len(off), count, label, model,
-                    describe_shift(off))

@@ -17,10 +17,12 @@ __all__ = [
     "LabelsOpt",
     "LayerOpt",
     "LidarArg",
+    "ModelOpt",
     "OverwriteOpt",
     "QuietOpt",
     "SeedOpt",
     "VerboseOpt",
+    "parse_creation_options",
     "verbosity",
 ]
 
@@ -82,6 +84,10 @@ LayerOpt = Annotated[
     typer.Option("--layer", help="Layer of a multi-layer vector file.", rich_help_panel=_LAB,
                  show_default=False),
 ]
+ModelOpt = Annotated[
+    Path,
+    typer.Option("--model", "-m", help="Model file from `diffclip fewshot`."),
+]
 OverwriteOpt = Annotated[
     bool,
     typer.Option("--overwrite", help="Replace existing outputs.", rich_help_panel=_IO),
@@ -127,3 +133,27 @@ def verbosity(verbose: bool, quiet: bool) -> int:
     if verbose and quiet:
         raise typer.BadParameter("-v and -q exclude each other")
     return 1 if verbose else (-1 if quiet else 0)
+
+
+def parse_creation_options(values: list[str] | None, *, cog: bool = False) -> dict[str, str]:
+    """``["COMPRESS=ZSTD", ...]`` -> ``{"COMPRESS": "ZSTD"}``, checked.
+
+    Malformed items, and options or values GDAL does not know (it would ignore them
+    silently), are usage errors.
+
+    Raises:
+        typer.BadParameter: an item is not NAME=VALUE, or GDAL refuses it.
+    """
+    from diffclip_cli.io.maps import check_creation_options
+
+    options: dict[str, str] = {}
+    for item in values or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise typer.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--co")
+        options[name.strip().upper()] = value.strip()
+    try:
+        return check_creation_options(options, cog=cog)
+    except ValueError as exc:
+        raise typer.BadParameter(f"GDAL refuses these creation options: {exc}",
+                                 param_hint="--co") from None

@@ -11,23 +11,21 @@ import typer
 from rich.table import Table
 
 from diffclip_cli.cli.app import app
-from diffclip_cli.cli.commands.classify import ModelOpt, parse_creation_options, run_classify
-from diffclip_cli.cli.commands.evaluate import report_stem, run_evaluate
-from diffclip_cli.cli.common import interruptible, start
+from diffclip_cli.cli.common import StageProgress, interruptible, start
 from diffclip_cli.cli.console import console, err_console
 from diffclip_cli.cli.options import (
     DEFAULT_MODEL,
     BatchSizeOpt,
     DeviceOpt,
+    ModelOpt,
     OverwriteOpt,
     QuietOpt,
     TileSizeOpt,
     VerboseOpt,
+    parse_creation_options,
 )
 from diffclip_cli.errors import BatchError, DiffclipError
-from diffclip_cli.io.atomic import check_collisions, check_outputs
-from diffclip_cli.io.manifest import SceneJob, read_manifest
-from diffclip_cli.report.render import report_paths
+from diffclip_cli.io.manifest import read_manifest
 
 log = logging.getLogger("diffclip")
 
@@ -45,53 +43,6 @@ def _scene_log(output: Path) -> logging.Handler | None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     handler.setLevel(logging.DEBUG)
     return handler
-
-
-def _report_path(job: SceneJob) -> Path:
-    return job.output.with_name(job.output.stem + ".report.json")
-
-
-def _job_files(job: SceneJob) -> dict[str, Any]:
-    """The files one scene writes: map (and side files), log, and report trio with labels."""
-    from diffclip_cli.io.maps import map_files
-
-    files: dict[str, Any] = {
-        f"the map of scene {job.name!r}": map_files(job.output),
-        f"the log of scene {job.name!r}": job.output.with_name(job.output.name + ".log")}
-    if job.labels is not None:
-        files[f"the report of scene {job.name!r}"] = list(
-            report_paths(report_stem(_report_path(job))).values())
-    return files
-
-
-def _check_manifest(manifest: Path, jobs: list[SceneJob], model: Path) -> None:
-    """Before any scene runs: no scene writes another's output or any scene's input."""
-    outputs: dict[str, Any] = {}
-    inputs: dict[str, Any] = {"the manifest": manifest, "the model": model}
-    for job in jobs:
-        outputs.update(_job_files(job))
-        inputs.update({f"an input of scene {job.name!r}": [
-            p for p in (job.hsi, *job.lidar, job.labels, job.classes, job.model)
-            if p is not None]})
-    check_collisions(outputs, inputs=inputs)
-
-
-def _run_job(job: SceneJob, *, model: Path, options: dict[str, Any]) -> dict[str, Any]:
-    if job.labels is not None:  # the report is checked before the map is made
-        check_outputs({"report": list(report_paths(report_stem(_report_path(job))).values())},
-                      inputs={"the labels": job.labels, "the classes table": job.classes},
-                      overwrite=options["overwrite"])
-    summary = run_classify(job.hsi, job.lidar, job.output, model=job.model or model,
-                           **options)
-    row: dict[str, Any] = {"pixels": summary["valid_pixels"], "seconds": summary["seconds"]}
-    if job.labels is not None:
-        evaluation, _ = run_evaluate(job.output, job.labels, _report_path(job),
-                                     classes=job.classes,
-                                     class_field=job.class_field, layer=job.layer,
-                                     overwrite=options["overwrite"])
-        row["oa"] = evaluation.report.overall_accuracy
-        row["kappa"] = evaluation.report.kappa
-    return row
 
 
 @app.command(rich_help_panel="Map")
@@ -118,12 +69,15 @@ def batch(
     A failing scene is reported and skipped; the others still run. Each scene gets a log
     OUTPUT.log; a summary table ends the run. Exit code 8 if any scene failed.
     """
+    from diffclip_cli.workflows.batch import check_manifest, run_scene
+    from diffclip_cli.workflows.classify import ClassifyOptions
+
     level = start(verbose, quiet)
     jobs = read_manifest(manifest)
-    _check_manifest(manifest, jobs, model)
-    options = {"tile_size": tile_size, "batch_size": batch_size, "cog": cog,
-               "creation_options": parse_creation_options(co, cog=cog), "fast": fast,
-               "device": device, "overwrite": overwrite, "show_progress": level >= 0}
+    check_manifest(manifest, jobs, model)
+    options = ClassifyOptions(model=model, tile_size=tile_size, batch_size=batch_size, cog=cog,
+                              creation_options=parse_creation_options(co, cog=cog), fast=fast,
+                              device=device, overwrite=overwrite)
     table = Table(title=f"Batch {manifest.name}: {len(jobs)} scenes")
     for col in ("scene", "status", "pixels", "seconds", "OA", "kappa", "message"):
         table.add_column(col)
@@ -135,8 +89,12 @@ def batch(
             log.addHandler(handler)
         begin = time.perf_counter()
         try:
-            with interruptible():  # SIGTERM between two writes still stops the whole batch
-                row = _run_job(job, model=model, options=options)
+            # SIGTERM between two writes still stops the whole batch
+            with interruptible(), StageProgress(enabled=level >= 0) as progress:
+                scene = run_scene(job, options=options, progress=progress)
+            row: dict[str, Any] = {"pixels": scene.pixels, "seconds": scene.seconds}
+            if job.labels is not None:
+                row.update(oa=scene.oa, kappa=scene.kappa)
             status, message = "[green]ok[/]", str(job.output)
             log.info("scene %s done: %s", job.name, row)
         except KeyboardInterrupt:

@@ -8,15 +8,7 @@ from typing import Annotated
 import typer
 
 from diffclip_cli.cli.app import app
-from diffclip_cli.cli.common import (
-    StageProgress,
-    about_model,
-    classify_scene,
-    interruptible,
-    open_scene,
-    start,
-    warn_if_out_of_distribution,
-)
+from diffclip_cli.cli.common import StageProgress, interruptible, start
 from diffclip_cli.cli.console import console
 from diffclip_cli.cli.options import (
     DEFAULT_MODEL,
@@ -24,120 +16,16 @@ from diffclip_cli.cli.options import (
     DeviceOpt,
     HsiArg,
     LidarArg,
+    ModelOpt,
     OverwriteOpt,
     QuietOpt,
     TileSizeOpt,
     VerboseOpt,
+    parse_creation_options,
 )
-from diffclip_cli.errors import ModelError
 
 _OUT = "Outputs"
 _PERF = "Performance"
-
-ModelOpt = Annotated[
-    Path,
-    typer.Option("--model", "-m", help="Model file from `diffclip fewshot`."),
-]
-
-
-def parse_creation_options(values: list[str] | None, *, cog: bool = False) -> dict[str, str]:
-    """``["COMPRESS=ZSTD", ...]`` -> ``{"COMPRESS": "ZSTD"}``, checked.
-
-    Malformed items, and options or values GDAL does not know (it would ignore them
-    silently), are usage errors.
-    """
-    from diffclip_cli.io.maps import check_creation_options
-
-    options: dict[str, str] = {}
-    for item in values or []:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise typer.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--co")
-        options[name.strip().upper()] = value.strip()
-    try:
-        return check_creation_options(options, cog=cog)
-    except ValueError as exc:
-        raise typer.BadParameter(f"GDAL refuses these creation options: {exc}",
-                                 param_hint="--co") from None
-
-
-def run_classify(
-    hsi: str | Path,
-    lidar: list[str] | list[Path] | None,
-    output: Path,
-    *,
-    model: Path,
-    confidence: Path | None = None,
-    probabilities: Path | None = None,
-    quicklook: Path | None = None,
-    tile_size: int | None = None,
-    batch_size: int | None = None,
-    cog: bool = False,
-    creation_options: dict[str, str] | None = None,
-    fast: bool = False,
-    scheduler: str | None = None,
-    device: str = "auto",
-    overwrite: bool = False,
-    show_progress: bool = True,
-) -> dict[str, object]:
-    """Classify one scene and write its outputs; what the command and ``batch`` call.
-
-    Returns:
-        A summary: output paths, pixels, per-class counts, seconds, pixels per second.
-    """
-    from diffclip_cli.io.atomic import output_set
-    from diffclip_cli.io.maps import check_geotiff_name, map_files
-    from diffclip_cli.model.device import resolve_device
-    from diffclip_cli.model.modelfile import load_model
-    from diffclip_cli.report.quicklook import quicklook as draw_quicklook
-
-    outputs = {"map": map_files(output), "confidence raster": confidence,
-               "probability raster": probabilities, "quicklook": quicklook}
-    inputs = {"the HSI": hsi, "a LiDAR raster": lidar, "the model": model}
-    # An output that would destroy an input is named first, then one of another format.
-    with interruptible(), output_set(outputs, inputs=inputs, overwrite=overwrite) as outs:
-        for raster in (p for p in (output, confidence, probabilities) if p is not None):
-            check_geotiff_name(raster)
-        if not model.exists():
-            raise ModelError("model file not found", path=model,
-                             hint="train one with `diffclip fewshot ... -o MODEL` or pass "
-                                  "--model")
-        bundle = load_model(model)
-        if bundle.class_table is None:
-            raise ModelError("is a pretrained model without classes", path=model,
-                             hint="fine-tune it first with `diffclip fewshot --pretrained "
-                                  f"{model}` and classify with that model")
-        if fast:
-            from diffclip_cli.infer.fast import load_student
-
-            with about_model(model):
-                load_student(bundle)
-        dev = str(resolve_device(device))
-        with open_scene(hsi, lidar) as scene:
-            bundle.check_inputs(scene.hsi_bands, scene.lidar_bands, path=model)
-            warn_if_out_of_distribution(scene, bundle, model=model)
-            with StageProgress(enabled=show_progress) as progress, about_model(model):
-                result = classify_scene(
-                    scene, bundle, output, confidence=confidence, probabilities=probabilities,
-                    tile_size=tile_size, batch_size=batch_size, device=dev, fast=fast,
-                    cog=cog, creation_options=creation_options, overwrite=overwrite,
-                    scheduler=scheduler, metadata={"model_file": str(model)},
-                    progress=progress.pixels("classify"))
-            if quicklook is not None:  # drawn from the complete map before it is renamed
-                draw_quicklook(outs.pending(output), bundle.class_table, quicklook,
-                               overwrite=overwrite, title=output.name)
-    return {
-        "output": str(result.output),
-        "confidence": None if result.confidence is None else str(result.confidence),
-        "probabilities": None if result.probabilities is None else str(result.probabilities),
-        "quicklook": None if quicklook is None else str(quicklook),
-        "pixels": result.pixels,
-        "valid_pixels": result.valid_pixels,
-        "class_pixels": result.class_pixels,
-        "seconds": round(result.seconds, 2),
-        "pixels_per_second": round(result.pixels_per_second, 1),
-        "engine": result.engine,
-    }
 
 
 @app.command(rich_help_panel="Map")
@@ -182,12 +70,16 @@ def classify(
     names in its tags and a sidecar MAP.json. Tiles are processed lazily, so memory does not
     grow with the scene; outputs appear only when complete.
     """
+    from diffclip_cli.workflows.classify import ClassifyOptions, run_classify
+
     level = start(verbose, quiet)
-    summary = run_classify(
-        hsi, lidar, output, model=model, confidence=confidence, probabilities=probabilities,
-        quicklook=quicklook, tile_size=tile_size, batch_size=batch_size, cog=cog,
+    options = ClassifyOptions(
+        model=model, confidence=confidence, probabilities=probabilities, quicklook=quicklook,
+        tile_size=tile_size, batch_size=batch_size, cog=cog,
         creation_options=parse_creation_options(co, cog=cog), fast=fast, scheduler=scheduler,
-        device=device, overwrite=overwrite, show_progress=level >= 0)
+        device=device, overwrite=overwrite)
+    with interruptible(), StageProgress(enabled=level >= 0) as progress:
+        summary = run_classify(hsi, lidar, output, options=options, progress=progress)
     console.print(f"Map: {summary['output']}  ({summary['valid_pixels']:,} of "
                   f"{summary['pixels']:,} pixels classified, {summary['seconds']} s, "
                   f"{summary['pixels_per_second']:,} px/s, {summary['engine']} engine)")

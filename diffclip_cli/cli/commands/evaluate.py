@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
@@ -19,42 +19,7 @@ from diffclip_cli.cli.options import (
     QuietOpt,
     VerboseOpt,
 )
-from diffclip_cli.errors import InputError
-from diffclip_cli.io.names import display_name, is_gdal_name
-
-if TYPE_CHECKING:
-    from diffclip_cli.report.evaluate import Evaluation
-
-
-def report_stem(output: Path) -> Path:
-    """``report.json`` -> ``report`` (the stem of the .json/.md/.csv/.png files)."""
-    return output.with_suffix("") if output.suffix.lower() in (".json", ".md", ".csv",
-                                                               ".png") else output
-
-
-def run_evaluate(map_path: str | Path, labels: str | Path, output: Path, *,
-                 classes: Path | None = None, class_field: str | None = None,
-                 layer: str | None = None, match_ids: bool = False, overwrite: bool = False
-                 ) -> tuple[Evaluation, dict[str, Path]]:
-    """Evaluate a map and write its report trio; what the command and ``batch`` call."""
-    from diffclip_cli.io.atomic import output_set
-    from diffclip_cli.report.evaluate import evaluate_map
-    from diffclip_cli.report.render import report_paths, write_report
-
-    stem = report_stem(output)
-    inputs = {"the map": map_path, "the labels": labels, "the classes table": classes}
-    with interruptible(), output_set({"report": list(report_paths(stem).values())},
-                                     inputs=inputs, overwrite=overwrite):
-        if not is_gdal_name(map_path) and not Path(map_path).exists():
-            raise InputError("map not found", path=map_path, hint="check the path")
-        evaluation = evaluate_map(map_path, labels, classes=classes, class_field=class_field,
-                                  layer=layer, match_ids=match_ids)
-        title = f"Accuracy of {display_name(map_path)} against {display_name(labels)}"
-        paths = write_report(evaluation.report, stem, overwrite=overwrite,
-                             title=title, metadata={"map": str(map_path),
-                                                    "labels": str(labels),
-                                                    "matched_by": evaluation.match.by})
-    return evaluation, paths
+from diffclip_cli.io.names import display_name
 
 
 @app.command(rich_help_panel="Map")
@@ -86,11 +51,13 @@ def evaluate(
     reference pixels where the map is nodata count as unclassified errors.
     """
     from diffclip_cli.report.render import rich_table
+    from diffclip_cli.workflows.evaluate import EvaluateOptions, run_evaluate
 
     level = start(verbose, quiet)
-    evaluation, paths = run_evaluate(map_path, labels, output, classes=classes,
-                                     class_field=class_field, layer=layer,
-                                     match_ids=match_ids, overwrite=overwrite)
+    options = EvaluateOptions(classes=classes, class_field=class_field, layer=layer,
+                              match_ids=match_ids, overwrite=overwrite)
+    with interruptible():
+        evaluation, paths = run_evaluate(map_path, labels, output, options=options)
     for note in evaluation.match.describe():
         err_console.print(note)
     if level >= 0:
