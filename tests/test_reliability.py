@@ -112,7 +112,7 @@ def test_an_output_reached_through_a_link_is_still_an_input(scene, tmp_path):
 
 
 def test_fewshot_refuses_to_write_its_model_over_the_lidar_before_training(scene, monkeypatch):
-    monkeypatch.setattr("diffclip_cli.cli.commands.train.fewshot_scene",
+    monkeypatch.setattr("diffclip_cli.workflows.fewshot.fewshot_scene",
                         lambda *a, **k: pytest.fail("training started"))
     before = scene["lidar"].read_bytes()
     line = error_line(invoke("fewshot", scene["hsi"], scene["lidar"], "--labels",
@@ -124,7 +124,7 @@ def test_fewshot_refuses_to_write_its_model_over_the_lidar_before_training(scene
 
 def test_fewshot_refuses_its_report_over_the_labels(scene, tmp_path, monkeypatch):
     """-o labels.pt would write labels.report.json...; -o x.pt over the pretrained model."""
-    monkeypatch.setattr("diffclip_cli.cli.commands.train.fewshot_scene",
+    monkeypatch.setattr("diffclip_cli.workflows.fewshot.fewshot_scene",
                         lambda *a, **k: pytest.fail("training started"))
     pretrained = shutil.copy(scene["pretrained"], tmp_path / "p.pt")
     line = error_line(invoke("fewshot", scene["hsi"], scene["lidar"], "--labels",
@@ -586,7 +586,7 @@ def test_a_field_mixing_ids_and_names_maps_the_ids_through_the_classes(tiny, tmp
 ])
 def test_fewshot_options_are_checked_before_work(tiny, tmp_path, monkeypatch, args,
                                                  option):
-    monkeypatch.setattr("diffclip_cli.cli.commands.train.fewshot_scene",
+    monkeypatch.setattr("diffclip_cli.workflows.fewshot.fewshot_scene",
                         lambda *a, **k: (_ for _ in ()).throw(RuntimeError("work started")))
     r = invoke("fewshot", tiny.hsi, tiny.lidar, "--labels", tiny.labels, "--shots", 2,
                "-o", tmp_path / "m.pt", *args, code=USAGE if option else 1)

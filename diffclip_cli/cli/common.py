@@ -30,12 +30,15 @@ from rich.progress import (
 
 from diffclip_cli.cli.console import err_console, setup_logging
 from diffclip_cli.cli.options import verbosity
-from diffclip_cli.errors import InputError
 from diffclip_cli.progress import ProgressEvent
-from diffclip_cli.workflows.common import about_model, open_scene, warn_if_out_of_distribution
+from diffclip_cli.workflows.common import (
+    about_model,
+    open_scene,
+    read_label_file,
+    warn_if_out_of_distribution,
+)
 
 if TYPE_CHECKING:
-    from diffclip_cli.io.labels import LabelSet
     from diffclip_cli.model.config import Preset
 
 __all__ = ["StageProgress", "about_model", "fewshot_scene", "interruptible",
@@ -191,7 +194,7 @@ def _imported_on_call(module: str, name: str) -> Callable[..., Any]:
 
     Commands call the heavy entry points (training, classifying) through such names in their
     own module, so building the CLI imports no torch, and a test can replace the name there
-    (``train.fewshot_scene``) to check that a refusal comes
+    (``demo.fewshot_scene``) to check that a refusal comes
     before any work or to act between the work and the renaming of the outputs.
     """
     def call(*args: Any, **kwargs: Any) -> Any:
@@ -204,19 +207,3 @@ def _imported_on_call(module: str, name: str) -> Callable[..., Any]:
 
 #: :func:`diffclip_cli.pipeline.fewshot_scene`, imported when a command first trains.
 fewshot_scene = _imported_on_call("diffclip_cli.pipeline", "fewshot_scene")
-
-
-def read_label_file(path: str | Path, scene_or_grid: Any, *, classes: Path | None,
-                    class_field: str | None, layer: str | None) -> LabelSet:
-    """Read labels (vector or raster) onto a scene's grid, with an optional classes table."""
-    from diffclip_cli.io.classes import ClassTable
-    from diffclip_cli.io.labels import read_labels
-    from diffclip_cli.io.raster import is_gdal_name
-
-    grid = getattr(scene_or_grid, "grid", scene_or_grid)
-    table = None
-    if classes is not None:
-        table = ClassTable.from_csv(classes)
-    if not is_gdal_name(path) and not Path(path).exists():
-        raise InputError("label file not found", path=path, hint="check the --labels path")
-    return read_labels(path, grid, class_field=class_field, layer=layer, classes=table)

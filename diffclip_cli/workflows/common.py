@@ -1,4 +1,4 @@
-"""Steps the workflows share: opening a scene, naming the model in its errors, drift warnings.
+"""Steps the workflows share: scene, labels, model errors, drift warnings, preset overrides.
 
 Light at import time: the library is imported inside the functions.
 """
@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from diffclip_cli.errors import ModelError
+from diffclip_cli.errors import InputError, ModelError
 
 if TYPE_CHECKING:
+    from diffclip_cli.io.labels import LabelSet
     from diffclip_cli.io.raster import Scene
+    from diffclip_cli.model.config import Preset
 
-__all__ = ["about_model", "open_scene", "warn_if_out_of_distribution"]
+__all__ = ["OverrideError", "about_model", "open_scene", "override_preset", "read_label_file",
+           "warn_if_out_of_distribution"]
 
 log = logging.getLogger("diffclip")
 
@@ -64,3 +67,49 @@ def warn_if_out_of_distribution(scene: Scene, bundle: Any, *, model: Path) -> No
                     "scale (e.g. reflectance 0-1 against 0-10000) or train a model on this "
                     "scene", ", ".join(str(f) for f in files), len(off), count, label, model,
                     describe_shift(off))
+
+
+def read_label_file(path: str | Path, scene_or_grid: Any, *, classes: Path | None,
+                    class_field: str | None, layer: str | None) -> LabelSet:
+    """Read labels (vector or raster) onto a scene's grid, with an optional classes table."""
+    from diffclip_cli.io.classes import ClassTable
+    from diffclip_cli.io.labels import read_labels
+    from diffclip_cli.io.raster import is_gdal_name
+
+    grid = getattr(scene_or_grid, "grid", scene_or_grid)
+    table = None
+    if classes is not None:
+        table = ClassTable.from_csv(classes)
+    if not is_gdal_name(path) and not Path(path).exists():
+        raise InputError("label file not found", path=path, hint="check the --labels path")
+    return read_labels(path, grid, class_field=class_field, layer=layer, classes=table)
+
+
+class OverrideError(ValueError):
+    """An override does not fit a preset (a usage error of the option that set it).
+
+    Attributes:
+        key: the preset field, e.g. ``model.window``.
+        value: the value refused.
+        preset: the preset's name.
+        error: why, as the preset said it.
+    """
+
+    def __init__(self, key: str, value: Any, preset: str, error: ModelError) -> None:
+        self.key, self.value, self.preset, self.error = key, value, preset, error
+        super().__init__(f"{value} does not fit the preset {preset!r}: {error.message}"
+                         + (f"; {error.hint}" if error.hint else ""))
+
+
+def override_preset(preset: Preset, overrides: Mapping[str, Any]) -> Preset:
+    """``preset`` with ``overrides`` (``{"model.window": 7, ...}``), applied one at a time.
+
+    Raises:
+        OverrideError: an override does not fit; it names the one at fault.
+    """
+    for key, value in overrides.items():  # one at a time, to name the override at fault
+        try:
+            preset = preset.with_overrides(**{key: value})
+        except ModelError as exc:
+            raise OverrideError(key, value, preset.name, exc) from None
+    return preset

@@ -12,13 +12,10 @@ import typer
 from diffclip_cli.cli.app import app
 from diffclip_cli.cli.common import (
     StageProgress,
-    fewshot_scene,
     interruptible,
     open_scene,
     preset_option,
-    read_label_file,
     start,
-    warn_if_out_of_distribution,
 )
 from diffclip_cli.cli.console import console, err_console
 from diffclip_cli.cli.options import (
@@ -36,7 +33,6 @@ from diffclip_cli.cli.options import (
     SeedOpt,
     VerboseOpt,
 )
-from diffclip_cli.errors import ModelError
 from diffclip_cli.io.atomic import check_collisions, output_set
 from diffclip_cli.sampling.defaults import DEFAULT_PRETRAIN_SAMPLES
 from diffclip_cli.train.budget import (
@@ -50,8 +46,8 @@ from diffclip_cli.train.budget import (
 
 if TYPE_CHECKING:
     from diffclip_cli.model.config import Preset
-    from diffclip_cli.model.modelfile import ModelBundle
     from diffclip_cli.train.budget import Plan
+    from diffclip_cli.workflows.common import OverrideError
 
 log = logging.getLogger("diffclip")
 
@@ -145,28 +141,36 @@ class _PlanPrinter:
                         format_seconds(DEFAULT_CPU_BUDGET_S).replace(" ", ""), self.shorten)
 
 
+def _overrides(*, window: int | None = None, mask_ratio: float | None = None,
+               pretrain_epochs: int | None = None, finetune_epochs: int | None = None
+               ) -> dict[str, Any]:
+    """The preset fields the options set explicitly, e.g. ``{"model.window": 7}``."""
+    given = {"model.window": window, "model.mask_ratio": mask_ratio,
+             "pretrain.epochs": pretrain_epochs, "finetune.epochs": finetune_epochs}
+    return {key: value for key, value in given.items() if value is not None}
+
+
+def _overridden(preset: Preset, overrides: dict[str, Any]) -> Preset:
+    """``preset`` with ``overrides``; one that does not fit is a usage error of its option."""
+    from diffclip_cli.workflows.common import OverrideError, override_preset
+
+    try:
+        return override_preset(preset, overrides)
+    except OverrideError as exc:
+        raise _usage_error(exc) from None
+
+
+def _usage_error(exc: OverrideError) -> typer.BadParameter:
+    """The usage error, naming its option, of an override that does not fit a preset."""
+    return typer.BadParameter(str(exc), param_hint=_OPTION_OF[exc.key])
+
+
 def _preset(name: str, *, window: int | None = None, mask_ratio: float | None = None,
-            pretrain_epochs: int | None = None, finetune_epochs: int | None = None,
-            base: ModelBundle | None = None) -> Preset:
-    """The preset ``name`` (or ``base``'s, a pretrained model's) with the options' overrides."""
-    overrides: dict[str, Any] = {}
-    if window is not None:
-        overrides["model.window"] = window
-    if mask_ratio is not None:
-        overrides["model.mask_ratio"] = mask_ratio
-    if pretrain_epochs is not None:
-        overrides["pretrain.epochs"] = pretrain_epochs
-    if finetune_epochs is not None:
-        overrides["finetune.epochs"] = finetune_epochs
-    preset = base.preset_config if base is not None else preset_option(name)
-    for key, value in overrides.items():  # one at a time, to name the option at fault
-        try:
-            preset = preset.with_overrides(**{key: value})
-        except ModelError as exc:
-            raise typer.BadParameter(f"{value} does not fit the preset {preset.name!r}: "
-                                     f"{exc.message}" + (f"; {exc.hint}" if exc.hint else ""),
-                                     param_hint=_OPTION_OF[key]) from None
-    return preset
+            pretrain_epochs: int | None = None, finetune_epochs: int | None = None) -> Preset:
+    """The preset ``name`` with the options' overrides."""
+    return _overridden(preset_option(name), _overrides(
+        window=window, mask_ratio=mask_ratio, pretrain_epochs=pretrain_epochs,
+        finetune_epochs=finetune_epochs))
 
 
 #: The command-line option of each preset override.
@@ -316,80 +320,50 @@ def fewshot(
     --preset the tiny recipe is sized to a 10-minute budget; --time-budget sets another.
     """
     from diffclip_cli.model.device import resolve_device
-    from diffclip_cli.model.modelfile import load_model, save_model
-    from diffclip_cli.model.prompts import read_descriptions
-    from diffclip_cli.pipeline import BASELINE_METHOD
-    from diffclip_cli.report.render import (
-        baseline_verdict,
-        report_paths,
-        rich_table,
-        write_report,
-    )
+    from diffclip_cli.report.render import baseline_verdict, rich_table
+    from diffclip_cli.workflows.common import OverrideError
+    from diffclip_cli.workflows.fewshot import FewshotOptions, run_fewshot
 
     level = start(verbose, quiet)
     budget = _budget(time_budget)
     if split not in ("random", "spatial"):
         raise typer.BadParameter("use random or spatial", param_hint="--split")
-    _check_prompt("p5" if descriptions is not None and prompt is None else prompt,
-                  descriptions, classes)
+    prompt = "p5" if descriptions is not None and prompt is None else prompt
+    _check_prompt(prompt, descriptions, classes)
     dev = str(resolve_device(device))
     name, budget = default_recipe(dev.split(":")[0], preset, budget)
-    if pretrained is None or preset is not None:  # (else the pretrained model's, read below)
-        _preset(name, window=window, pretrain_epochs=pretrain_epochs, finetune_epochs=epochs)
-    report_stem = output.with_name(output.stem + ".report")
-    outputs: dict[str, Any] = {"model": output,
-                               "report": list(report_paths(report_stem).values())}
-    inputs = {"the HSI": hsi, "a LiDAR raster": lidar, "the labels": labels,
-              "the classes table": classes, "the descriptions": descriptions,
-              "the pretrained model": pretrained}
-    # Every output checked before any work; all renamed into place together at the end.
-    with output_set(outputs, inputs=inputs, overwrite=overwrite):
-        # Read now: a bad descriptions file must fail before hours of training, not after.
-        if descriptions is not None:
-            read_descriptions(descriptions)
-        prompt = "p5" if descriptions is not None and prompt is None else prompt
-        base = load_model(pretrained) if pretrained is not None else None
-        if base is not None and preset is None:  # fine-tune with the pretrained model's recipe
-            name = base.preset
-        config = _preset(name, window=window, pretrain_epochs=pretrain_epochs,
-                         finetune_epochs=epochs, base=base if preset is None else None)
-        pinned = _pinned(pretrain_windows=pretrain_samples, pretrain_epochs=pretrain_epochs,
-                         finetune_epochs=epochs, distill_steps=fast_steps)
-        printer = _PlanPrinter(level=level, budget=budget, device=dev.split(":")[0],
-                               shorten=" or fewer --pretrain-samples/--pretrain-epochs")
-        with interruptible(), open_scene(hsi, lidar) as scene:
-            if base is not None and pretrained is not None:
-                warn_if_out_of_distribution(scene, base, model=pretrained)
-            label_set = read_label_file(labels, scene, classes=classes, class_field=class_field,
-                                        layer=layer)
-            with StageProgress(enabled=level >= 0) as progress:
-                result = fewshot_scene(
-                    scene, label_set, shots=shots, preset=config, pretrained=base,
-                    pretrain_samples=(DEFAULT_PRETRAIN_SAMPLES if pretrain_samples is None
-                                      else pretrain_samples),
-                    template=prompt, descriptions=descriptions, split=split, seed=seed,
-                    device=dev, batch_size=batch_size, progress=progress,
-                    fast=fast if fast_steps is None or not fast else {"steps": fast_steps},
-                    budget=budget, pinned=pinned, on_plan=printer,
-                    provenance={"labels": str(labels),
-                                "pretrained_file": None if pretrained is None else str(pretrained)})
-            save_model(result.bundle, output, overwrite=overwrite)
-        took = format_seconds(result.timings["total"])
-        estimate = "" if result.plan is None else \
-            f", estimated {format_seconds(result.plan.total_s)}"
-        console.print(f"Model: {output}  (trained in {took}{estimate})")
-        if result.report is None:
-            err_console.print("No labelled pixel was left for an accuracy report.")
-            return
-        title = (f"Held-out accuracy: {result.report.n_pixels} labelled pixels not used for "
-                 f"training ({shots} shots per class, seed {seed})")
-        paths = write_report(result.report, report_stem, overwrite=overwrite, title=title,
-                             metadata={"model": str(output), "shots": shots, "seed": seed,
-                                       "split": split, "labels": str(labels)},
-                             baseline=result.baseline, baseline_method=BASELINE_METHOD)
-        if level >= 0:
-            console.print(rich_table(result.report, title=title))
-        if result.baseline is not None:
-            console.print(baseline_verdict(result.report, result.baseline), highlight=False,
-                          soft_wrap=True)
-        console.print("Report: " + ", ".join(str(p) for p in paths.values()))
+    overrides = _overrides(window=window, pretrain_epochs=pretrain_epochs,
+                           finetune_epochs=epochs)
+    config = None  # (None: the pretrained model's recipe, read by the workflow)
+    if pretrained is None or preset is not None:
+        config = _overridden(preset_option(name), overrides)
+    options = FewshotOptions(
+        labels=labels, shots=shots, classes=classes, class_field=class_field, layer=layer,
+        pretrained=pretrained, preset=config, overrides=overrides,
+        pretrain_samples=pretrain_samples, prompt=prompt, descriptions=descriptions,
+        split=split, fast=fast, fast_steps=fast_steps, batch_size=batch_size, seed=seed,
+        device=dev, budget=budget, overwrite=overwrite,
+        pinned=_pinned(pretrain_windows=pretrain_samples, pretrain_epochs=pretrain_epochs,
+                       finetune_epochs=epochs, distill_steps=fast_steps))
+    printer = _PlanPrinter(level=level, budget=budget, device=dev.split(":")[0],
+                           shorten=" or fewer --pretrain-samples/--pretrain-epochs")
+    try:
+        with interruptible(), StageProgress(enabled=level >= 0) as progress:
+            outcome = run_fewshot(hsi, lidar, output, options=options, progress=progress,
+                                  on_plan=printer)
+    except OverrideError as exc:  # --window etc. against the pretrained model's recipe
+        raise _usage_error(exc) from None
+    result = outcome.result
+    took = format_seconds(result.timings["total"])
+    estimate = "" if result.plan is None else \
+        f", estimated {format_seconds(result.plan.total_s)}"
+    console.print(f"Model: {output}  (trained in {took}{estimate})")
+    if result.report is None:
+        err_console.print("No labelled pixel was left for an accuracy report.")
+        return
+    if level >= 0:
+        console.print(rich_table(result.report, title=outcome.title))
+    if result.baseline is not None:
+        console.print(baseline_verdict(result.report, result.baseline), highlight=False,
+                      soft_wrap=True)
+    console.print("Report: " + ", ".join(str(p) for p in outcome.report_paths.values()))
