@@ -1,7 +1,7 @@
 """The ``diffclip`` command line: thin Typer commands over the library.
 
-Each command parses its options and calls library functions (:mod:`diffclip_cli.pipeline`,
-:mod:`diffclip_cli.infer.classify`, :mod:`diffclip_cli.report`); errors are turned into one
+Each command parses its options into an option object and calls one workflow
+(:mod:`diffclip_cli.workflows`); no command imports another. Errors are turned into one
 sentence and an exit code by :class:`~diffclip_cli.cli.app.DiffclipGroup`.
 """
 
