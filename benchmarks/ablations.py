@@ -26,14 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffclip_cli.errors import LabelError
 from diffclip_cli.model.config import FinetuneConfig, Preset
 from diffclip_cli.model.layers import init_linear_layers, keeps_global_rng
 from diffclip_cli.model.network import DiffCLIPNet
 from diffclip_cli.model.rng import make_generator
 from diffclip_cli.progress import Progress
 from diffclip_cli.train.data import WindowData
-from diffclip_cli.train.finetune import make_optimizer
+from diffclip_cli.train.finetune import check_labels, make_optimizer
 from diffclip_cli.train.loop import Step, train_epochs
 from diffclip_cli.train.pretrain import check_data
 
@@ -162,15 +161,10 @@ def finetune_linear_head(
         LabelError: no labels, or labels outside ``0..K-1``.
     """
     check_data(model.net, data)
-    k = model.num_classes
-    if data.labels is None or len(data) == 0:
-        raise LabelError("fine-tuning needs labelled windows", hint="give a few per class")
-    if int(data.labels.min()) < 0 or int(data.labels.max()) >= k:
-        raise LabelError(f"labels must be class indices 0..{k - 1}")
+    targets = check_labels(data, model.num_classes)
     model.to(device)
     optimizer, scheduler = make_optimizer(model, cfg)
     gen = make_generator(seed, "finetune")
-    targets = data.labels
 
     def forward(idx: torch.Tensor) -> Step:
         hsi, lidar, _ = data.batch(idx, device)

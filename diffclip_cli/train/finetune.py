@@ -32,7 +32,7 @@ from diffclip_cli.train.data import WindowData
 from diffclip_cli.train.loop import Step, train_epochs
 from diffclip_cli.train.pretrain import check_data
 
-__all__ = ["class_contrastive_loss", "finetune"]
+__all__ = ["check_labels", "class_contrastive_loss", "finetune"]
 
 log = logging.getLogger("diffclip")
 
@@ -69,6 +69,28 @@ def make_optimizer(model: nn.Module, cfg: FinetuneConfig
         optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
     return optimizer, scheduler
 
+
+
+def check_labels(data: WindowData, k: int, *, of: str = "classes") -> torch.Tensor:
+    """Refuse fine-tuning data without labels, or with labels outside ``0..k-1``.
+
+    Args:
+        data: the labelled windows.
+        k: the number of classes (the model's outputs).
+        of: what ``k`` counts, for the message (``classes``, ``prompts``).
+
+    Returns:
+        The labels, ``(N,)``.
+
+    Raises:
+        LabelError: no labelled window, or a label outside ``0..k-1``.
+    """
+    if data.labels is None or len(data) == 0:
+        raise LabelError("fine-tuning needs labelled windows", hint="give a few per class")
+    if int(data.labels.min()) < 0 or int(data.labels.max()) >= k:
+        raise LabelError(f"labels must be class indices 0..{k - 1} for {k} {of}, got "
+                         f"{int(data.labels.min())}..{int(data.labels.max())}")
+    return data.labels
 
 def finetune(
     classifier: DiffCLIPClassifier,
@@ -111,12 +133,8 @@ def finetune(
     else:
         classifier.set_prompts(list(prompts_or_token_ids))
     k = classifier.num_classes
-    if data.labels is None or len(data) == 0:
-        raise LabelError("fine-tuning needs labelled windows", hint="give a few per class")
-    if int(data.labels.min()) < 0 or int(data.labels.max()) >= k:
-        raise LabelError(f"labels must be class indices 0..{k - 1} for {k} prompts, got "
-                         f"{int(data.labels.min())}..{int(data.labels.max())}")
-    missing = sorted(set(range(k)) - set(data.labels.tolist()))
+    targets = check_labels(data, k, of="prompts")
+    missing = sorted(set(range(k)) - set(targets.tolist()))
     if missing:
         log.warning("classes %s have no labelled window; they are learnt from text alone",
                     missing)
@@ -124,7 +142,6 @@ def finetune(
     classifier.to(device)
     optimizer, scheduler = make_optimizer(classifier, cfg)
     gen = make_generator(seed, "finetune")
-    targets = data.labels
 
     def forward(idx: torch.Tensor) -> Step:
         hsi, lidar, _ = data.batch(idx, device)
