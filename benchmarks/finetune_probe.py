@@ -110,7 +110,12 @@ def main() -> None:
                 tic = time.perf_counter()
                 if pre_name != "random":
                     if path.exists():
-                        net.load_state_dict(torch.load(path, weights_only=True))
+                        # encoders cached before pixel_readout lack only its LayerNorm,
+                        # which stage 1 never trains
+                        missing = net.load_state_dict(torch.load(path, weights_only=True),
+                                                      strict=False).missing_keys
+                        if any(not k.startswith("pixel_norm.") for k in missing):
+                            raise SystemExit(f"cached encoder {path} does not fit {pre_name}")
                     else:
                         ur, uc = sample_unlabelled(scene, args.samples, seed=seed)
                         unl = read_windows(scene, ur, uc, size=w, stats=stats)
