@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
@@ -43,6 +43,9 @@ from diffclip_cli.io.atomic import output_set
 from diffclip_cli.io.maps import MapWriter, RasterWriter, map_files
 from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.modelfile import ModelBundle
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "CONFIDENCE_NODATA",
@@ -230,7 +233,7 @@ def classify_scene(
     probabilities: str | Path | None = None,
     tile_size: int | None = None,
     batch_size: int | None = None,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     fast: bool = False,
     precision: str | None = None,
     threads: int | None = None,
@@ -258,8 +261,8 @@ def classify_scene(
         tile_size: core edge of the tiles (memory grows with its square); default
             :func:`auto_tile_size` of the scene's band count.
         batch_size: windows per forward pass (faithful engine).
-        device: torch device name (tiles run on this machine's device; with ``scheduler`` on
-            the workers' CPUs).
+        device: a :class:`torch.device` or a name (tiles run on this machine's device; with
+            ``scheduler`` on the workers' CPUs).
         fast: use the model's distilled fast path.
         precision: ``"fp32"`` or ``"bf16"`` products (faithful engine; default by device).
         threads: torch intra-op threads while a tile runs (faithful engine).
@@ -312,7 +315,7 @@ def _classify(
     probabilities: str | Path | None,
     tile_size: int | None,
     batch_size: int | None,
-    device: str,
+    device: str | torch.device,
     fast: bool,
     precision: str | None,
     threads: int | None,

@@ -39,6 +39,7 @@ from diffclip_cli.errors import GridError, ModelError
 
 if TYPE_CHECKING:
     import dask.array as da
+    import torch
     import xarray as xr
 
     from diffclip_cli.io.grid import Grid
@@ -114,7 +115,8 @@ def load_model(path: str | os.PathLike[str]) -> ModelBundle:
     return _load(path)
 
 
-def make_engine(bundle: ModelBundle, *, fast: bool = False, device: str = "cpu",
+def make_engine(bundle: ModelBundle, *, fast: bool = False,
+                device: str | torch.device = "cpu",
                 batch_size: int | None = None, precision: str | None = None,
                 threads: int | None = None) -> Engine:
     """The inference engine of a classifier model file.
@@ -122,7 +124,7 @@ def make_engine(bundle: ModelBundle, *, fast: bool = False, device: str = "cpu",
     Args:
         bundle: a ``classifier`` model.
         fast: use the distilled fast path stored in the model.
-        device: torch device name.
+        device: a :class:`torch.device` or a name (resolved by the engine).
         batch_size: windows per forward pass (faithful) / pixels per strip (fast).
         precision: ``"fp32"`` or ``"bf16"`` (faithful engine; default by device).
         threads: torch intra-op threads while predicting (faithful engine).
@@ -182,13 +184,15 @@ class Runner:
     Args:
         bundle: a classifier model.
         fast: the distilled fast path.
-        device: torch device ("cpu" on cluster workers).
+        device: a :class:`torch.device` or a name, resolved where the engine is built (in
+            each process; ``"cpu"`` on cluster workers).
         batch_size: engine batch size.
         precision: ``"fp32"``/``"bf16"`` (faithful engine).
         threads: torch threads while predicting (faithful engine).
     """
 
-    def __init__(self, bundle: ModelBundle, *, fast: bool = False, device: str = "cpu",
+    def __init__(self, bundle: ModelBundle, *, fast: bool = False,
+                 device: str | torch.device = "cpu",
                  batch_size: int | None = None, precision: str | None = None,
                  threads: int | None = None) -> None:
         self.bundle = bundle
@@ -545,7 +549,7 @@ def predict(
     fast: bool = False,
     tile_size: int | None = None,
     batch_size: int | None = None,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     precision: str | None = None,
     threads: int | None = None,
 ) -> Any:
@@ -565,7 +569,8 @@ def predict(
         tile_size: tile core edge in pixels (memory grows with its square); default from
             the band count (:func:`auto_tile_size`).
         batch_size: windows per forward pass (faithful) / pixels per strip (fast).
-        device: torch device the tiles run on ("cpu"; cluster workers always use theirs).
+        device: the device the tiles run on, a :class:`torch.device` or a name
+            ("cpu"; cluster workers always use theirs).
         precision: ``"fp32"`` or ``"bf16"`` products (faithful engine).
         threads: torch intra-op threads while a tile runs (faithful engine).
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from diffclip_cli.errors import ModelError
 from diffclip_cli.infer.classify import classify_scene
 from diffclip_cli.progress import Progress, counting
 from diffclip_cli.workflows.common import about_model, open_scene, warn_if_out_of_distribution
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["ClassifyOptions", "run_classify"]
 
@@ -34,7 +37,8 @@ class ClassifyOptions:
             (:func:`~diffclip_cli.io.maps.check_creation_options`).
         fast: use the model's distilled fast path.
         scheduler: address of a dask.distributed scheduler to run the tiles on.
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (or a :class:`torch.device`),
+            resolved once by :func:`run_classify`.
         overwrite: replace existing outputs.
 
     Raises:
@@ -51,7 +55,7 @@ class ClassifyOptions:
     creation_options: Mapping[str, str] = field(default_factory=dict)
     fast: bool = False
     scheduler: str | None = None
-    device: str = "auto"
+    device: str | torch.device = "auto"
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -77,6 +81,7 @@ def run_classify(hsi: str | Path, lidar: Sequence[str | Path] | None, output: Pa
         A summary: output paths, pixels, per-class counts, seconds, pixels per second, engine.
 
     Raises:
+        DeviceError: the device is unknown or not available here.
         ModelError: the model file is missing, damaged or has no classes.
         OutputError: an output would replace an input or an existing file.
     """
@@ -109,14 +114,14 @@ def run_classify(hsi: str | Path, lidar: Sequence[str | Path] | None, output: Pa
 
             with about_model(model):
                 load_student(bundle)
-        dev = str(resolve_device(options.device))
+        device = resolve_device(options.device)
         with open_scene(hsi, lidar) as scene:
             bundle.check_inputs(scene.hsi_bands, scene.lidar_bands, path=model)
             warn_if_out_of_distribution(scene, bundle, model=model)
             with about_model(model):
                 result = classify_scene(
                     scene, bundle, output, confidence=confidence, probabilities=probabilities,
-                    tile_size=options.tile_size, batch_size=options.batch_size, device=dev,
+                    tile_size=options.tile_size, batch_size=options.batch_size, device=device,
                     fast=options.fast, cog=options.cog,
                     creation_options=dict(options.creation_options),
                     overwrite=options.overwrite, scheduler=options.scheduler,

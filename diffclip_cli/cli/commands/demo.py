@@ -85,7 +85,7 @@ def demo(
     map_path = output / "map.tif"
     png_path = output / "map.png"
     report_stem = output / "report"
-    dev = str(resolve_device(device))
+    dev = resolve_device(device)
     outputs: dict[str, Any] = {"model": model_path, "map": map_files(map_path),
                                "quicklook": png_path,
                                "report": list(report_paths(report_stem).values())}

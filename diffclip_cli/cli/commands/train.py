@@ -237,10 +237,10 @@ def pretrain(
     inputs = {"the HSI": hsi, "a LiDAR raster": lidar}
     # The checkpoint is rewritten every epoch (and resumed from), so it is not in the set.
     check_collisions({"model": output, "checkpoint": checkpoint}, inputs=inputs)
-    dev = str(resolve_device(device))
-    name, budget = default_recipe(dev.split(":")[0], preset, budget)
+    dev = resolve_device(device)
+    name, budget = default_recipe(dev.type, preset, budget)
     config = _preset(name, window=window, mask_ratio=mask_ratio, pretrain_epochs=epochs)
-    printer = _PlanPrinter(level=level, budget=budget, device=dev.split(":")[0],
+    printer = _PlanPrinter(level=level, budget=budget, device=dev.type,
                            shorten=" or fewer --samples/--epochs")
     with interruptible(), output_set({"model": output}, inputs=inputs, overwrite=overwrite), \
             open_scene(hsi, lidar) as scene, StageProgress(enabled=level >= 0) as progress:
@@ -330,8 +330,8 @@ def fewshot(
         raise typer.BadParameter("use random or spatial", param_hint="--split")
     prompt = "p5" if descriptions is not None and prompt is None else prompt
     _check_prompt(prompt, descriptions, classes)
-    dev = str(resolve_device(device))
-    name, budget = default_recipe(dev.split(":")[0], preset, budget)
+    dev = resolve_device(device)
+    name, budget = default_recipe(dev.type, preset, budget)
     overrides = _overrides(window=window, pretrain_epochs=pretrain_epochs,
                            finetune_epochs=epochs)
     config = None  # (None: the pretrained model's recipe, read by the workflow)
@@ -345,7 +345,7 @@ def fewshot(
         device=dev, budget=budget, overwrite=overwrite,
         pinned=_pinned(pretrain_windows=pretrain_samples, pretrain_epochs=pretrain_epochs,
                        finetune_epochs=epochs, distill_steps=fast_steps))
-    printer = _PlanPrinter(level=level, budget=budget, device=dev.split(":")[0],
+    printer = _PlanPrinter(level=level, budget=budget, device=dev.type,
                            shorten=" or fewer --pretrain-samples/--pretrain-epochs")
     try:
         with interruptible(), StageProgress(enabled=level >= 0) as progress:
