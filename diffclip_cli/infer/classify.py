@@ -286,10 +286,7 @@ def classify_scene(
     start = time.perf_counter()
     bundle.check_inputs(scene.hsi_bands, scene.lidar_bands, wavelengths=scene.wavelengths,
                         band_names=scene.band_names["hsi"])
-    classes = bundle.class_table
-    if classes is None:
-        raise ModelError("this is a pretrained model without classes",
-                         hint="fine-tune it first with diffclip fewshot --pretrained")
+    bundle.require_classes()
     # Checked against each other and the scene's files now; renamed together at the end.
     outputs = output_set(
         {"map": map_files(output), "confidence raster": confidence,
@@ -327,8 +324,7 @@ def _classify(
     progress: Callable[[int, int], None] | None,
 ) -> ClassifyResult:
     """:func:`classify_scene` once its outputs are checked (same arguments)."""
-    classes = bundle.class_table
-    assert classes is not None
+    classes = bundle.require_classes()
     if tile_size is None:
         tile_size = auto_tile_size(scene.hsi_bands + scene.lidar_bands)
     if tile_size < 16:

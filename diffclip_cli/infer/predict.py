@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     import torch
     import xarray as xr
 
+    from diffclip_cli.io.classes import ClassTable
     from diffclip_cli.io.grid import Grid
     from diffclip_cli.model.modelfile import ModelBundle
     from diffclip_cli.sampling.tiles import TileData
@@ -132,9 +133,7 @@ def make_engine(bundle: ModelBundle, *, fast: bool = False,
     Raises:
         ModelError: a pretrained model (no classes), or ``fast`` without a fast path.
     """
-    if bundle.kind != "classifier":
-        raise ModelError("this is a pretrained model without classes",
-                         hint="fine-tune it first with diffclip fewshot --pretrained")
+    bundle.require_classes()
     if fast:
         from diffclip_cli.infer.fast import FastEngine
 
@@ -435,8 +434,7 @@ def build(runner: Runner, hsi: da.Array, lidar: da.Array | None, *, tile_size: i
     halo = window // 2
     _, height, width = hsi.shape
     chunks = (tile_chunks(height, tile_size), tile_chunks(width, tile_size))
-    classes = runner.bundle.class_table
-    assert classes is not None
+    classes = runner.bundle.require_classes()
     k = len(classes)
     token = dask.base.tokenize(runner, hsi.name, None if lidar is None else lidar.name, halo,
                                decode, chunks)
@@ -510,9 +508,7 @@ def _same_grid(hsi: xr.DataArray, lidar: xr.DataArray) -> None:
                         hint=hint)
 
 
-def _class_attrs(bundle: ModelBundle, engine: str) -> dict[str, Any]:
-    classes = bundle.class_table
-    assert classes is not None
+def _class_attrs(classes: ClassTable, engine: str) -> dict[str, Any]:
     return {
         "long_name": "land cover class",
         "class_ids": tuple(classes.ids),
@@ -598,25 +594,22 @@ def predict(
     from diffclip_cli.model.modelfile import ModelBundle
 
     bundle = model if isinstance(model, ModelBundle) else load_model(model)
-    if bundle.class_table is None:
-        raise ModelError("this is a pretrained model without classes",
-                         hint="fine-tune it first with diffclip fewshot --pretrained")
+    classes = bundle.require_classes()
     h = _as_dataarray(hsi, "HSI")
     lid = None if lidar is None else _as_dataarray(lidar, "LiDAR")
     if lid is not None:
         _same_grid(h, lid)
     names = h.attrs.get("long_name")
     wavelengths = h.attrs.get("wavelength")
-    if not _CHECKED.get():  # classify_scene checked the scene's bands before its outputs
-        bundle.check_inputs(
-            int(h.shape[0]), 0 if lid is None else int(lid.shape[0]),
-            wavelengths=list(wavelengths) if isinstance(wavelengths, Sequence)
-            and len(wavelengths) == h.shape[0] else None,
-            band_names=list(names) if isinstance(names, Sequence)
-            and not isinstance(names, str) and len(names) == h.shape[0] else None)
-    elif (h.shape[0], 0 if lid is None else lid.shape[0]) != (bundle.hsi_bands,
-                                                               bundle.lidar_bands):
-        raise ModelError("the arrays' band counts are not the model's")
+    # The band counts always; the bands themselves (and the warnings) only when
+    # classify_scene has not compared the scene's already, before its outputs.
+    spectrum = not _CHECKED.get()
+    bundle.check_inputs(
+        int(h.shape[0]), 0 if lid is None else int(lid.shape[0]),
+        wavelengths=list(wavelengths) if spectrum and isinstance(wavelengths, Sequence)
+        and len(wavelengths) == h.shape[0] else None,
+        band_names=list(names) if spectrum and isinstance(names, Sequence)
+        and not isinstance(names, str) and len(names) == h.shape[0] else None)
     if tile_size is None:
         tile_size = auto_tile_size(int(h.shape[0]) + (0 if lid is None else int(lid.shape[0])))
     if tile_size < 16:
@@ -635,11 +628,10 @@ def predict(
     out = build(runner, dask_data(h), None if lid is None else dask_data(lid),
                 tile_size=tile_size, decode=decode)
     grid = grid_of(h)
-    attrs = _class_attrs(bundle, out.engine)
+    attrs = _class_attrs(classes, out.engine)
     labels = _wrap(out.labels, h, ("y", "x"), attrs, 0, grid).rename("classes")
     result: Any = labels
     if probabilities:
-        classes = bundle.class_table
         conf = _wrap(out.confidence, h, ("y", "x"),
                      {"long_name": "confidence (top class probability)"}, np.nan, grid)
         probs = _wrap(out.probabilities, h, ("class", "y", "x"),

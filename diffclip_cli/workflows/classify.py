@@ -105,10 +105,12 @@ def run_classify(hsi: str | Path, lidar: Sequence[str | Path] | None, output: Pa
                              hint="train one with `diffclip fewshot ... -o MODEL` or pass "
                                   "--model")
         bundle = load_model(model)
-        if bundle.class_table is None:
-            raise ModelError("is a pretrained model without classes", path=model,
+        try:
+            classes = bundle.require_classes()
+        except ModelError as exc:  # named, with the command that gives this file classes
+            raise ModelError(exc.message, path=model,
                              hint="fine-tune it first with `diffclip fewshot --pretrained "
-                                  f"{model}` and classify with that model")
+                                  f"{model}` and classify with that model") from None
         if options.fast:
             from diffclip_cli.infer.fast import load_student
 
@@ -128,7 +130,7 @@ def run_classify(hsi: str | Path, lidar: Sequence[str | Path] | None, output: Pa
                     metadata={"model_file": str(model)},
                     progress=counting(progress, "classify"))
             if quicklook is not None:  # drawn from the complete map before it is renamed
-                draw_quicklook(outs.pending(output), bundle.class_table, quicklook,
+                draw_quicklook(outs.pending(output), classes, quicklook,
                                overwrite=options.overwrite, title=output.name)
     return {
         "output": str(result.output),
