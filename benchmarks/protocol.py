@@ -482,8 +482,7 @@ def _pct(x: float | None) -> float | None:
 # ------------------------------------------------------------------------------------- methods
 
 
-def _device_text(device: str) -> str:
-    dev = resolve_device(device)
+def _device_text(dev: torch.device) -> str:
     if dev.type == "cuda":
         return f"{dev} ({torch.cuda.get_device_name(dev)})"
     return (f"cpu ({cpu_model()}, {os.cpu_count()} cores visible, "
@@ -509,8 +508,8 @@ class _Runner:
                  config: ProtocolConfig, progress: ProtocolProgress | None) -> None:
         self.scene, self.inputs, self.out, self.config = scene, inputs, out, config
         self.progress = progress
-        self.device = str(resolve_device(config.device))
-        self.device_text = _device_text(config.device)
+        self.device = resolve_device(config.device)  # once; every stage gets this device
+        self.device_text = _device_text(self.device)
         if config.mode == "fixed":
             self.labels, self.n_train_map = _fixed_labels(scene, inputs)
         else:
@@ -571,7 +570,7 @@ class _Runner:
 
             stage1 = pretrain_scene(self.scene, preset=preset, samples=cfg.pretrain_samples,
                                     seed=seed, stats=self.stats(seed), checkpoint=ckpt,
-                                    resume=True, device=cfg.device, progress=report)
+                                    resume=True, device=self.device, progress=report)
             seconds = stage1.seconds
             bundle = stage1.bundle
             bundle.provenance["pretrain_seconds"] = round(seconds, 3)
@@ -631,7 +630,7 @@ class _Runner:
             timings["evaluate"] = time.perf_counter() - tic
             return result, timings
         res = fewshot_scene(self.scene, labels, shots=k, preset=cfg.preset, pretrained=start,
-                            template=cfg.template, split=split, seed=seed, device=cfg.device,
+                            template=cfg.template, split=split, seed=seed, device=self.device,
                             batch_size=cfg.batch_size, progress=report,
                             provenance={"protocol": {"method": method, "mode": cfg.mode}},
                             baseline=False)  # the protocol scores its own baselines

@@ -239,7 +239,7 @@ def _cores_taken(threads: int) -> bool:
     return max(0.0, load - 1.0) + threads > (os.cpu_count() or threads) + 0.5
 
 
-def _fastest_threads(run: Callable[[], float], device: str) -> float:
+def _fastest_threads(run: Callable[[], float], device: torch.device) -> float:
     """Seconds per step of ``run()`` with torch's threads, or with one when that is faster.
 
     On a CPU shared with other jobs, torch's threads wait for each other at every operation
@@ -253,7 +253,7 @@ def _fastest_threads(run: Callable[[], float], device: str) -> float:
     """
     first = run()
     threads = torch.get_num_threads()
-    if not device.startswith("cpu") or threads <= 1:
+    if device.type != "cpu" or threads <= 1:
         return first
     torch.set_num_threads(1)
     single = run()
@@ -284,7 +284,7 @@ def _restores_threads(fn: Callable[_P, _R]) -> Callable[_P, _R]:
 
 def _calibrate(scene: Scene, net: DiffCLIPNet, stats: SceneStats, preset: Preset, *,
                pretrain_stage: bool, train: WindowData | None, prompts: Sequence[str],
-               infer: bool, seed: int, device: str, batch_size: int | None
+               infer: bool, seed: int, device: torch.device, batch_size: int | None
                ) -> tuple[StepCosts, int | None]:
     """Time a few real steps of each stage on copies of the network (the run is unchanged).
 
@@ -375,7 +375,7 @@ def plan_training(
     budget: float | None = None,
     pinned: Collection[str] = (),
     seed: int = 0,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     batch_size: int | None = None,
     started: float | None = None,
 ) -> Plan:
@@ -394,7 +394,7 @@ def plan_training(
         budget: seconds for everything; ``None``: the recipe as asked, only estimated.
         pinned: recipe fields (:data:`~diffclip_cli.train.budget.RECIPE_FIELDS`) not to change.
         seed: the run's seed (calibration uses seeds derived from it).
-        device: torch device name.
+        device: where to time the steps (a :class:`torch.device` or a name, resolved here).
         batch_size: windows per inference pass.
         started: ``time.perf_counter()`` when the run started (set-up counted in the plan).
 
@@ -404,6 +404,7 @@ def plan_training(
         faster than torch's default (a busy machine); the plan's device says which.
     """
     tic = time.perf_counter()
+    device = resolve_device(device)
     costs, valid = _calibrate(scene, net, stats, preset, pretrain_stage=pretrain_samples > 0,
                               train=train, prompts=prompts,
                               infer=score_pixels > 0 or distill is not None, seed=seed,
@@ -432,9 +433,8 @@ def plan_training(
         recipe, fits = full, True
     else:
         recipe, fits = fit_recipe(full, costs, budget, pinned=pinned)
-    dev = str(resolve_device(device))
     plan = Plan(recipe=recipe, full=full, costs=costs, budget_s=budget, fits=fits,
-                device=device_text(dev, torch.get_num_threads()), pinned=tuple(pinned))
+                device=device_text(device, torch.get_num_threads()), pinned=tuple(pinned))
     log.debug("plan %s", plan.to_dict())
     return plan
 
@@ -449,7 +449,7 @@ def pretrain_scene(
     stats: SceneStats | None = None,
     checkpoint: str | Path | None = None,
     resume: bool = False,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     progress: Progress | None = None,
     budget: float | None = None,
     pinned: Collection[str] = (),
@@ -465,7 +465,7 @@ def pretrain_scene(
         stats: normalisation statistics; computed from the scene when ``None``.
         checkpoint: a file written after every epoch (see ``resume``).
         resume: continue from ``checkpoint``; ends where an uninterrupted run ends.
-        device: torch device name.
+        device: where to train (a :class:`torch.device` or a name, resolved here).
         progress: called with a ``"pretrain"`` :class:`~diffclip_cli.progress.ProgressEvent`
             after every optimiser step.
         budget: seconds the stage may take: windows and epochs are sized to fit from a few
@@ -478,7 +478,7 @@ def pretrain_scene(
         The pretrained model and its history.
     """
     start = time.perf_counter()
-    device = str(resolve_device(device))
+    device = resolve_device(device)
     stats = stats or compute_stats(scene, seed=seed)
     net = DiffCLIPNet(preset.model, hsi_bands=scene.hsi_bands, lidar_bands=scene.lidar_bands,
                       seed=seed)
@@ -690,8 +690,8 @@ def _prepare(scene: Scene, labels: LabelSet, *, shots: int, preset: Preset,
 
 def _plan_prepared(scene: Scene, prep: _Prepared, *, pretrain_samples: int, evaluate: bool,
                    distill: DistillConfig | None, budget: float | None,
-                   pinned: Collection[str], seed: int, device: str, batch_size: int | None,
-                   started: float) -> Plan:
+                   pinned: Collection[str], seed: int, device: torch.device,
+                   batch_size: int | None, started: float) -> Plan:
     """:func:`plan_training` for a prepared few-shot run."""
     net = prep.net
     if net is None:  # the network stage 1 will build (only copies of it are trained here)
@@ -721,7 +721,7 @@ def plan_fewshot(
     pretrain_samples: int = DEFAULT_PRETRAIN_SAMPLES,
     split: str | Split = "random",
     seed: int = 0,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     evaluate: bool = True,
     fast: bool | Mapping[str, Any] = True,
     budget: float | None = None,
@@ -735,7 +735,7 @@ def plan_fewshot(
     leave torch at one thread, where the estimate holds (see :func:`plan_training`).
     """
     begin = time.perf_counter()
-    device = str(resolve_device(device))
+    device = resolve_device(device)
     prep = _prepare(scene, labels, shots=shots, preset=preset, pretrained=None, template=None,
                     descriptions=None, split=split, seed=seed)
     distill = _distill_config(fast)
@@ -757,7 +757,7 @@ def fewshot_scene(
     descriptions: Mapping[str, str] | str | Path | None = None,
     split: str | Split = "random",
     seed: int = 0,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     evaluate: bool = True,
     batch_size: int | None = None,
     provenance: Mapping[str, Any] | None = None,
@@ -790,7 +790,8 @@ def fewshot_scene(
             (e.g. a fixed standard split; ``shots`` is then only recorded). Indices refer to
             ``labels`` as given; pixels on invalid data are dropped from both sides.
         seed: the seed of every random choice.
-        device: torch device name.
+        device: where to train and score (a :class:`torch.device` or a name, resolved here
+            once for every stage).
         evaluate: score the model on the test pixels.
         batch_size: windows per forward pass when scoring.
         provenance: extra facts to record in the model file (input paths, ...).
@@ -815,7 +816,7 @@ def fewshot_scene(
     """
     begin = time.perf_counter()
     timings: dict[str, float] = {}
-    device = str(resolve_device(device))
+    device = resolve_device(device)
     prep = _prepare(scene, labels, shots=shots, preset=preset, pretrained=pretrained,
                     template=template, descriptions=descriptions, split=split, seed=seed)
     labels, chosen, given, preset, template, prompts = (
@@ -903,7 +904,7 @@ def predict_pixels(
     rows: np.ndarray,
     cols: np.ndarray,
     *,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     batch_size: int | None = None,
     progress: Progress | None = None,
     classifier: DiffCLIPClassifier | None = None,
@@ -915,7 +916,7 @@ def predict_pixels(
         bundle: a ``classifier`` model.
         rows: pixel rows.
         cols: pixel columns.
-        device: torch device name.
+        device: a :class:`torch.device` or a name.
         batch_size: windows per forward pass.
         progress: called with ``"evaluate"`` :class:`~diffclip_cli.progress.ProgressEvent` s
             (pixels).
@@ -933,7 +934,7 @@ def evaluate_pixels(
     bundle: ModelBundle,
     labels: LabelSet,
     *,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     batch_size: int | None = None,
     progress: Progress | None = None,
     classifier: DiffCLIPClassifier | None = None,

@@ -261,6 +261,33 @@ def test_a_pretrained_model_cannot_classify(tiny, tmp_path):
     assert "pretrained model without classes" in line and "fewshot --pretrained" in line
 
 
+def test_every_library_entry_point_refuses_a_pretrained_model_with_the_one_check(tiny,
+                                                                               tmp_path):
+    """classify_scene, predict, make_engine and the fast path all ask require_classes."""
+    from diffclip_cli.infer.classify import classify_scene
+    from diffclip_cli.infer.fast import load_student
+    from diffclip_cli.infer.predict import make_engine, predict
+    from diffclip_cli.pipeline import evaluate_pixels
+
+    bundle = load_model(tiny.pretrained)
+    with pytest.raises(ModelError) as expected:
+        bundle.require_classes()
+    lidar = np.zeros((1, H, W), np.float32)
+    with Scene.open(tiny.hsi, [tiny.lidar]) as scene:
+        calls = {
+            "classify_scene": lambda: classify_scene(scene, bundle, tmp_path / "m.tif"),
+            "predict": lambda: predict(bundle, tiny.hsi_data, lidar),
+            "make_engine": lambda: make_engine(bundle),
+            "load_student": lambda: load_student(bundle),
+            "evaluate_pixels": lambda: evaluate_pixels(scene, bundle, None),
+        }
+        for name, call in calls.items():
+            with pytest.raises(ModelError) as refused:
+                call()
+            assert str(refused.value) == str(expected.value), name
+    assert not list(tmp_path.iterdir())
+
+
 # --------------------------------------------------------------------------- labels
 def test_labels_without_features(tiny, tmp_path):
     path = tmp_path / "none.geojson"

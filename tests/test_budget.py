@@ -357,13 +357,13 @@ def test_one_thread_is_chosen_only_when_clearly_faster(monkeypatch):
     try:
         torch.set_num_threads(2)
         busy = {2: 1.0, 1: 0.3}  # a busy machine: one thread is faster
-        assert _fastest_threads(lambda: busy[torch.get_num_threads()], "cpu") == 0.3
+        assert _fastest_threads(lambda: busy[torch.get_num_threads()], torch.device("cpu")) == 0.3
         assert torch.get_num_threads() == 1
         torch.set_num_threads(2)
         idle = {2: 1.0, 1: 0.9}  # not clearly faster: keep torch's threads
-        assert _fastest_threads(lambda: idle[torch.get_num_threads()], "cpu") == 1.0
+        assert _fastest_threads(lambda: idle[torch.get_num_threads()], torch.device("cpu")) == 1.0
         assert torch.get_num_threads() == 2
-        assert _fastest_threads(lambda: busy[torch.get_num_threads()], "cuda") == 1.0
+        assert _fastest_threads(lambda: busy[torch.get_num_threads()], torch.device("cuda")) == 1.0
         assert torch.get_num_threads() == 2
 
         @_restores_threads
@@ -413,12 +413,13 @@ def test_one_thread_when_other_jobs_take_the_cores(monkeypatch):
         assert _cores_taken(2) and not _cores_taken(1)
         torch.set_num_threads(2)
         quiet_now = {2: 0.5, 1: 1.0}  # two threads faster at the moment of timing
-        assert _fastest_threads(lambda: quiet_now[torch.get_num_threads()], "cpu") == 1.0
+        cpu = torch.device("cpu")
+        assert _fastest_threads(lambda: quiet_now[torch.get_num_threads()], cpu) == 1.0
         assert torch.get_num_threads() == 1
         monkeypatch.setattr(os, "getloadavg", lambda: (1.1, 1.0, 1.0))
         assert not _cores_taken(2)
         torch.set_num_threads(2)
-        assert _fastest_threads(lambda: quiet_now[torch.get_num_threads()], "cpu") == 0.5
+        assert _fastest_threads(lambda: quiet_now[torch.get_num_threads()], cpu) == 0.5
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

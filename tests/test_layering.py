@@ -56,3 +56,22 @@ def test_the_library_never_imports_the_cli() -> None:
         if hits:
             offending[str(path.relative_to(PACKAGE))] = hits
     assert offending == {}
+
+
+#: The workflow steps: training and scoring stages, the map writer, output sets, saving a model.
+#: Commands reach them only through a ``diffclip_cli.workflows`` function.
+WORKFLOW_STEPS = ("diffclip_cli.pipeline", "diffclip_cli.infer.classify",
+                  "diffclip_cli.io.atomic", "diffclip_cli.model.modelfile.save_model",
+                  "diffclip_cli.report.render.write_report", "diffclip_cli.report.quicklook")
+
+
+def test_the_cli_runs_no_workflow_step_itself() -> None:
+    """Each command calls one workflow; none trains, maps, saves or opens outputs itself."""
+    offending = {}
+    for path in sorted((PACKAGE / "cli").rglob("*.py")):
+        hits = sorted(name for name in _imported_modules(path)
+                      if any(name == step or name.startswith(step + ".")
+                             for step in WORKFLOW_STEPS))
+        if hits:
+            offending[str(path.relative_to(PACKAGE))] = hits
+    assert offending == {}

@@ -642,7 +642,7 @@ def test_an_invalid_window_for_pretrain_is_a_usage_error(tiny, tmp_path):
 
 # ------------------------------------------------- 7. every output checked before work
 def test_demo_refuses_existing_outputs_before_training(tmp_path, monkeypatch):
-    monkeypatch.setattr("diffclip_cli.cli.commands.demo.fewshot_scene",
+    monkeypatch.setattr("diffclip_cli.workflows.demo.fewshot_scene",
                         lambda *a, **k: pytest.fail("training started"))
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "map.png").write_bytes(b"old quicklook")

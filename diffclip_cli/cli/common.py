@@ -1,4 +1,4 @@
-"""Plumbing the commands share: logging, progress bars, interruption, inputs.
+"""Plumbing the commands share: logging, progress bars, interruption, the --preset option.
 
 The library (torch, rasterio, geopandas, matplotlib) is imported inside the functions that
 need it, never at module level: ``diffclip --help`` and ``--version`` import none of it.
@@ -7,14 +7,13 @@ need it, never at module level: ``diffclip --help`` and ``--version`` import non
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import signal
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 from rich.progress import (
@@ -31,19 +30,11 @@ from rich.progress import (
 from diffclip_cli.cli.console import err_console, setup_logging
 from diffclip_cli.cli.options import verbosity
 from diffclip_cli.progress import ProgressEvent
-from diffclip_cli.workflows.common import (
-    about_model,
-    open_scene,
-    read_label_file,
-    warn_if_out_of_distribution,
-)
 
 if TYPE_CHECKING:
     from diffclip_cli.model.config import Preset
 
-__all__ = ["StageProgress", "about_model", "fewshot_scene", "interruptible",
-           "open_scene", "preset_option", "read_label_file", "start",
-           "warn_if_out_of_distribution"]
+__all__ = ["StageProgress", "interruptible", "preset_option", "start"]
 
 log = logging.getLogger("diffclip")
 
@@ -144,10 +135,6 @@ class StageProgress:
         err_console.print(f"{_STAGE_TITLES.get(stage, stage)}: {done:,} of {total:,}{share}, "
                           f"{now - began:.0f} s{left}", highlight=False, soft_wrap=True)
 
-    def pixels(self, stage: str = "classify") -> Callable[[int, int], None]:
-        """A ``(done, total)`` counter of one stage, for the tile engine's pixel loops."""
-        return lambda done, total: self._update(stage, done, total)
-
 
 def _raise_interrupt(signum: int, frame: types.FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
@@ -187,23 +174,3 @@ def preset_option(name: str) -> Preset:
                                  f"{', '.join(list_presets())} or a preset .yaml file",
                                  param_hint="--preset")
     return load_preset(name)
-
-
-def _imported_on_call(module: str, name: str) -> Callable[..., Any]:
-    """A stand-in for the library function ``module.name`` that imports it when called.
-
-    Commands call the heavy entry points (training, classifying) through such names in their
-    own module, so building the CLI imports no torch, and a test can replace the name there
-    (``demo.fewshot_scene``) to check that a refusal comes
-    before any work or to act between the work and the renaming of the outputs.
-    """
-    def call(*args: Any, **kwargs: Any) -> Any:
-        return getattr(importlib.import_module(module), name)(*args, **kwargs)
-
-    call.__name__ = call.__qualname__ = name
-    call.__doc__ = f":func:`{module}.{name}`, imported when first called."
-    return call
-
-
-#: :func:`diffclip_cli.pipeline.fewshot_scene`, imported when a command first trains.
-fewshot_scene = _imported_on_call("diffclip_cli.pipeline", "fewshot_scene")

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
@@ -43,6 +43,9 @@ from diffclip_cli.io.atomic import output_set
 from diffclip_cli.io.maps import MapWriter, RasterWriter, map_files
 from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.modelfile import ModelBundle
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "CONFIDENCE_NODATA",
@@ -230,7 +233,7 @@ def classify_scene(
     probabilities: str | Path | None = None,
     tile_size: int | None = None,
     batch_size: int | None = None,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     fast: bool = False,
     precision: str | None = None,
     threads: int | None = None,
@@ -258,8 +261,8 @@ def classify_scene(
         tile_size: core edge of the tiles (memory grows with its square); default
             :func:`auto_tile_size` of the scene's band count.
         batch_size: windows per forward pass (faithful engine).
-        device: torch device name (tiles run on this machine's device; with ``scheduler`` on
-            the workers' CPUs).
+        device: a :class:`torch.device` or a name (tiles run on this machine's device; with
+            ``scheduler`` on the workers' CPUs).
         fast: use the model's distilled fast path.
         precision: ``"fp32"`` or ``"bf16"`` products (faithful engine; default by device).
         threads: torch intra-op threads while a tile runs (faithful engine).
@@ -283,10 +286,7 @@ def classify_scene(
     start = time.perf_counter()
     bundle.check_inputs(scene.hsi_bands, scene.lidar_bands, wavelengths=scene.wavelengths,
                         band_names=scene.band_names["hsi"])
-    classes = bundle.class_table
-    if classes is None:
-        raise ModelError("this is a pretrained model without classes",
-                         hint="fine-tune it first with diffclip fewshot --pretrained")
+    bundle.require_classes()
     # Checked against each other and the scene's files now; renamed together at the end.
     outputs = output_set(
         {"map": map_files(output), "confidence raster": confidence,
@@ -312,7 +312,7 @@ def _classify(
     probabilities: str | Path | None,
     tile_size: int | None,
     batch_size: int | None,
-    device: str,
+    device: str | torch.device,
     fast: bool,
     precision: str | None,
     threads: int | None,
@@ -324,8 +324,7 @@ def _classify(
     progress: Callable[[int, int], None] | None,
 ) -> ClassifyResult:
     """:func:`classify_scene` once its outputs are checked (same arguments)."""
-    classes = bundle.class_table
-    assert classes is not None
+    classes = bundle.require_classes()
     if tile_size is None:
         tile_size = auto_tile_size(scene.hsi_bands + scene.lidar_bands)
     if tile_size < 16:

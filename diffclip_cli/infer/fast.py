@@ -47,16 +47,14 @@ def load_student(bundle: ModelBundle) -> StudentNet:
         ModelError: the bundle has no student (re-run ``diffclip fewshot``), or it does not
             fit the bundle's bands or classes.
     """
-    if bundle.kind != "classifier":
-        raise ModelError("this is a pretrained model without classes, so it has no fast path",
-                         hint="fine-tune it with diffclip fewshot first")
+    classes = bundle.require_classes()  # a pretrained model has no fast path either
     if EXTRAS_KEY not in bundle.extras:
         raise ModelError("the model has no fast path (no distilled student)",
                          hint="re-run diffclip fewshot (it builds the fast path by default) "
                               "or classify without --fast")
     student = student_from_extras(bundle.extras)
     cfg = student.config
-    k = len(bundle.classes or [])
+    k = len(classes)
     if (cfg.hsi_bands, cfg.lidar_bands, cfg.num_classes) != (bundle.hsi_bands,
                                                              bundle.lidar_bands, k):
         raise ModelError(

@@ -39,8 +39,10 @@ from diffclip_cli.errors import GridError, ModelError
 
 if TYPE_CHECKING:
     import dask.array as da
+    import torch
     import xarray as xr
 
+    from diffclip_cli.io.classes import ClassTable
     from diffclip_cli.io.grid import Grid
     from diffclip_cli.model.modelfile import ModelBundle
     from diffclip_cli.sampling.tiles import TileData
@@ -114,7 +116,8 @@ def load_model(path: str | os.PathLike[str]) -> ModelBundle:
     return _load(path)
 
 
-def make_engine(bundle: ModelBundle, *, fast: bool = False, device: str = "cpu",
+def make_engine(bundle: ModelBundle, *, fast: bool = False,
+                device: str | torch.device = "cpu",
                 batch_size: int | None = None, precision: str | None = None,
                 threads: int | None = None) -> Engine:
     """The inference engine of a classifier model file.
@@ -122,7 +125,7 @@ def make_engine(bundle: ModelBundle, *, fast: bool = False, device: str = "cpu",
     Args:
         bundle: a ``classifier`` model.
         fast: use the distilled fast path stored in the model.
-        device: torch device name.
+        device: a :class:`torch.device` or a name (resolved by the engine).
         batch_size: windows per forward pass (faithful) / pixels per strip (fast).
         precision: ``"fp32"`` or ``"bf16"`` (faithful engine; default by device).
         threads: torch intra-op threads while predicting (faithful engine).
@@ -130,9 +133,7 @@ def make_engine(bundle: ModelBundle, *, fast: bool = False, device: str = "cpu",
     Raises:
         ModelError: a pretrained model (no classes), or ``fast`` without a fast path.
     """
-    if bundle.kind != "classifier":
-        raise ModelError("this is a pretrained model without classes",
-                         hint="fine-tune it first with diffclip fewshot --pretrained")
+    bundle.require_classes()
     if fast:
         from diffclip_cli.infer.fast import FastEngine
 
@@ -182,13 +183,15 @@ class Runner:
     Args:
         bundle: a classifier model.
         fast: the distilled fast path.
-        device: torch device ("cpu" on cluster workers).
+        device: a :class:`torch.device` or a name, resolved where the engine is built (in
+            each process; ``"cpu"`` on cluster workers).
         batch_size: engine batch size.
         precision: ``"fp32"``/``"bf16"`` (faithful engine).
         threads: torch threads while predicting (faithful engine).
     """
 
-    def __init__(self, bundle: ModelBundle, *, fast: bool = False, device: str = "cpu",
+    def __init__(self, bundle: ModelBundle, *, fast: bool = False,
+                 device: str | torch.device = "cpu",
                  batch_size: int | None = None, precision: str | None = None,
                  threads: int | None = None) -> None:
         self.bundle = bundle
@@ -431,8 +434,7 @@ def build(runner: Runner, hsi: da.Array, lidar: da.Array | None, *, tile_size: i
     halo = window // 2
     _, height, width = hsi.shape
     chunks = (tile_chunks(height, tile_size), tile_chunks(width, tile_size))
-    classes = runner.bundle.class_table
-    assert classes is not None
+    classes = runner.bundle.require_classes()
     k = len(classes)
     token = dask.base.tokenize(runner, hsi.name, None if lidar is None else lidar.name, halo,
                                decode, chunks)
@@ -506,9 +508,7 @@ def _same_grid(hsi: xr.DataArray, lidar: xr.DataArray) -> None:
                         hint=hint)
 
 
-def _class_attrs(bundle: ModelBundle, engine: str) -> dict[str, Any]:
-    classes = bundle.class_table
-    assert classes is not None
+def _class_attrs(classes: ClassTable, engine: str) -> dict[str, Any]:
     return {
         "long_name": "land cover class",
         "class_ids": tuple(classes.ids),
@@ -545,7 +545,7 @@ def predict(
     fast: bool = False,
     tile_size: int | None = None,
     batch_size: int | None = None,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     precision: str | None = None,
     threads: int | None = None,
 ) -> Any:
@@ -565,7 +565,8 @@ def predict(
         tile_size: tile core edge in pixels (memory grows with its square); default from
             the band count (:func:`auto_tile_size`).
         batch_size: windows per forward pass (faithful) / pixels per strip (fast).
-        device: torch device the tiles run on ("cpu"; cluster workers always use theirs).
+        device: the device the tiles run on, a :class:`torch.device` or a name
+            ("cpu"; cluster workers always use theirs).
         precision: ``"fp32"`` or ``"bf16"`` products (faithful engine).
         threads: torch intra-op threads while a tile runs (faithful engine).
 
@@ -593,25 +594,22 @@ def predict(
     from diffclip_cli.model.modelfile import ModelBundle
 
     bundle = model if isinstance(model, ModelBundle) else load_model(model)
-    if bundle.class_table is None:
-        raise ModelError("this is a pretrained model without classes",
-                         hint="fine-tune it first with diffclip fewshot --pretrained")
+    classes = bundle.require_classes()
     h = _as_dataarray(hsi, "HSI")
     lid = None if lidar is None else _as_dataarray(lidar, "LiDAR")
     if lid is not None:
         _same_grid(h, lid)
     names = h.attrs.get("long_name")
     wavelengths = h.attrs.get("wavelength")
-    if not _CHECKED.get():  # classify_scene checked the scene's bands before its outputs
-        bundle.check_inputs(
-            int(h.shape[0]), 0 if lid is None else int(lid.shape[0]),
-            wavelengths=list(wavelengths) if isinstance(wavelengths, Sequence)
-            and len(wavelengths) == h.shape[0] else None,
-            band_names=list(names) if isinstance(names, Sequence)
-            and not isinstance(names, str) and len(names) == h.shape[0] else None)
-    elif (h.shape[0], 0 if lid is None else lid.shape[0]) != (bundle.hsi_bands,
-                                                               bundle.lidar_bands):
-        raise ModelError("the arrays' band counts are not the model's")
+    # The band counts always; the bands themselves (and the warnings) only when
+    # classify_scene has not compared the scene's already, before its outputs.
+    spectrum = not _CHECKED.get()
+    bundle.check_inputs(
+        int(h.shape[0]), 0 if lid is None else int(lid.shape[0]),
+        wavelengths=list(wavelengths) if spectrum and isinstance(wavelengths, Sequence)
+        and len(wavelengths) == h.shape[0] else None,
+        band_names=list(names) if spectrum and isinstance(names, Sequence)
+        and not isinstance(names, str) and len(names) == h.shape[0] else None)
     if tile_size is None:
         tile_size = auto_tile_size(int(h.shape[0]) + (0 if lid is None else int(lid.shape[0])))
     if tile_size < 16:
@@ -630,11 +628,10 @@ def predict(
     out = build(runner, dask_data(h), None if lid is None else dask_data(lid),
                 tile_size=tile_size, decode=decode)
     grid = grid_of(h)
-    attrs = _class_attrs(bundle, out.engine)
+    attrs = _class_attrs(classes, out.engine)
     labels = _wrap(out.labels, h, ("y", "x"), attrs, 0, grid).rename("classes")
     result: Any = labels
     if probabilities:
-        classes = bundle.class_table
         conf = _wrap(out.confidence, h, ("y", "x"),
                      {"long_name": "confidence (top class probability)"}, np.nan, grid)
         probs = _wrap(out.probabilities, h, ("class", "y", "x"),

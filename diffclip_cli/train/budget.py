@@ -23,10 +23,13 @@ import statistics
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from diffclip_cli.model.config import Preset
 from diffclip_cli.progress import ProgressEvent
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "DEFAULT_CPU_BUDGET_S",
@@ -326,15 +329,15 @@ def _count(n: int, word: str) -> str:
     return f"{n:,} {word}" + ("" if n == 1 else "s")
 
 
-def device_text(device: str, threads: int) -> str:
-    """``"cpu (2 threads)"``, ``"cuda (NVIDIA H200)"``."""
-    if device.startswith("cuda"):
+def device_text(device: torch.device, threads: int) -> str:
+    """``"cpu (2 threads)"``, ``"cuda (NVIDIA H200)"``: a resolved device in words."""
+    if device.type == "cuda":
         try:
             import torch
 
-            return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+            return f"{device} ({torch.cuda.get_device_name(device)})"
         except Exception:  # a name is nice to have, never worth failing for
-            return device
+            return str(device)
     return f"{device} ({threads} thread{'s' if threads != 1 else ''})"
 
 

@@ -386,7 +386,8 @@ class DistillProbe:
 
 def probe_distillation(scene: Scene, *, window: int, num_classes: int,
                        config: DistillConfig | None = None, seed: int = 0,
-                       device: str = "cpu", steps_timed: int = 8) -> DistillProbe:
+                       device: str | torch.device = "cpu", steps_timed: int = 8
+                       ) -> DistillProbe:
     """Plan a distillation without running the teacher: its sizes and the cost of a step.
 
     Draws the same pixels :func:`distill_student` will (same seed), and times
@@ -399,7 +400,7 @@ def probe_distillation(scene: Scene, *, window: int, num_classes: int,
         num_classes: the teacher's classes.
         config: the distillation options.
         seed: the fewshot seed.
-        device: torch device name.
+        device: a :class:`torch.device` or a name.
         steps_timed: steps to run (the first two are a warm-up, the others timed).
     """
     cfg = config or DistillConfig()
@@ -462,7 +463,7 @@ def distill_student(
     *,
     classifier: DiffCLIPClassifier | None = None,
     seed: int = 0,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     batch_size: int | None = None,
     config: DistillConfig | None = None,
     progress: Progress | None = None,
@@ -589,7 +590,7 @@ def add_fast_path(
     *,
     classifier: DiffCLIPClassifier | None = None,
     seed: int = 0,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     batch_size: int | None = None,
     progress: Progress | None = None,
     **options: Any,
@@ -604,7 +605,7 @@ def add_fast_path(
         bundle: a ``classifier`` model (not modified; a copy is returned).
         classifier: the bundle's classifier when already built.
         seed: the seed of every random choice.
-        device: torch device name.
+        device: a :class:`torch.device` or a name.
         batch_size: windows per teacher forward pass.
         progress: called with :class:`~diffclip_cli.progress.ProgressEvent` s (see
             :func:`distill_student`).

@@ -8,12 +8,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from diffclip_cli.errors import ModelError
 from diffclip_cli.infer.classify import classify_scene
 from diffclip_cli.progress import Progress, counting
 from diffclip_cli.workflows.common import about_model, open_scene, warn_if_out_of_distribution
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["ClassifyOptions", "run_classify"]
 
@@ -34,7 +37,8 @@ class ClassifyOptions:
             (:func:`~diffclip_cli.io.maps.check_creation_options`).
         fast: use the model's distilled fast path.
         scheduler: address of a dask.distributed scheduler to run the tiles on.
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (or a :class:`torch.device`),
+            resolved once by :func:`run_classify`.
         overwrite: replace existing outputs.
 
     Raises:
@@ -51,7 +55,7 @@ class ClassifyOptions:
     creation_options: Mapping[str, str] = field(default_factory=dict)
     fast: bool = False
     scheduler: str | None = None
-    device: str = "auto"
+    device: str | torch.device = "auto"
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -77,6 +81,7 @@ def run_classify(hsi: str | Path, lidar: Sequence[str | Path] | None, output: Pa
         A summary: output paths, pixels, per-class counts, seconds, pixels per second, engine.
 
     Raises:
+        DeviceError: the device is unknown or not available here.
         ModelError: the model file is missing, damaged or has no classes.
         OutputError: an output would replace an input or an existing file.
     """
@@ -100,30 +105,32 @@ def run_classify(hsi: str | Path, lidar: Sequence[str | Path] | None, output: Pa
                              hint="train one with `diffclip fewshot ... -o MODEL` or pass "
                                   "--model")
         bundle = load_model(model)
-        if bundle.class_table is None:
-            raise ModelError("is a pretrained model without classes", path=model,
+        try:
+            classes = bundle.require_classes()
+        except ModelError as exc:  # named, with the command that gives this file classes
+            raise ModelError(exc.message, path=model,
                              hint="fine-tune it first with `diffclip fewshot --pretrained "
-                                  f"{model}` and classify with that model")
+                                  f"{model}` and classify with that model") from None
         if options.fast:
             from diffclip_cli.infer.fast import load_student
 
             with about_model(model):
                 load_student(bundle)
-        dev = str(resolve_device(options.device))
+        device = resolve_device(options.device)
         with open_scene(hsi, lidar) as scene:
             bundle.check_inputs(scene.hsi_bands, scene.lidar_bands, path=model)
             warn_if_out_of_distribution(scene, bundle, model=model)
             with about_model(model):
                 result = classify_scene(
                     scene, bundle, output, confidence=confidence, probabilities=probabilities,
-                    tile_size=options.tile_size, batch_size=options.batch_size, device=dev,
+                    tile_size=options.tile_size, batch_size=options.batch_size, device=device,
                     fast=options.fast, cog=options.cog,
                     creation_options=dict(options.creation_options),
                     overwrite=options.overwrite, scheduler=options.scheduler,
                     metadata={"model_file": str(model)},
                     progress=counting(progress, "classify"))
             if quicklook is not None:  # drawn from the complete map before it is renamed
-                draw_quicklook(outs.pending(output), bundle.class_table, quicklook,
+                draw_quicklook(outs.pending(output), classes, quicklook,
                                overwrite=options.overwrite, title=output.name)
     return {
         "output": str(result.output),

@@ -24,6 +24,8 @@ from diffclip_cli.workflows.common import (
 )
 
 if TYPE_CHECKING:
+    import torch
+
     from diffclip_cli.model.config import Preset
 
 __all__ = ["FewshotOptions", "FewshotOutcome", "report_stem", "run_fewshot"]
@@ -55,7 +57,9 @@ class FewshotOptions:
         fast_steps: optimiser steps of the distillation (``None``: by the recipe).
         batch_size: windows per forward pass (``None``: by device).
         seed: the seed of every random choice.
-        device: the device to train on, resolved (``cpu``, ``cuda:0``, ...).
+        device: where to train: a :class:`torch.device` (as the command resolves it) or a
+            name (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``), resolved once by
+            :func:`run_fewshot`.
         budget: a time budget in seconds the schedule is sized to, or ``None``.
         pinned: recipe fields set explicitly, which a budget never changes.
         overwrite: replace existing outputs.
@@ -81,7 +85,7 @@ class FewshotOptions:
     fast_steps: int | None = None
     batch_size: int | None = None
     seed: int = 0
-    device: str = "cpu"
+    device: str | torch.device = "cpu"
     budget: float | None = None
     pinned: tuple[str, ...] = ()
     overwrite: bool = False
@@ -135,14 +139,17 @@ def run_fewshot(hsi: str | Path, lidar: list[str] | list[Path] | None, output: P
 
     Raises:
         OverrideError: an override does not fit the pretrained model's recipe.
+        DeviceError: the device is unknown or not available here.
         DiffclipError: an input cannot be used, an output would replace an input, ...
     """
     from diffclip_cli.io.atomic import output_set
+    from diffclip_cli.model.device import resolve_device
     from diffclip_cli.model.modelfile import load_model, save_model
     from diffclip_cli.model.prompts import read_descriptions
     from diffclip_cli.report.render import report_paths, write_report
 
     pretrained, overwrite = options.pretrained, options.overwrite
+    device = resolve_device(options.device)
     stem = report_stem(output)
     outputs: dict[str, Any] = {"model": output, "report": list(report_paths(stem).values())}
     inputs = {"the HSI": hsi, "a LiDAR raster": lidar, "the labels": options.labels,
@@ -173,7 +180,7 @@ def run_fewshot(hsi: str | Path, lidar: list[str] | list[Path] | None, output: P
                 pretrain_samples=(DEFAULT_PRETRAIN_SAMPLES if options.pretrain_samples is None
                                   else options.pretrain_samples),
                 template=options.prompt, descriptions=options.descriptions,
-                split=options.split, seed=options.seed, device=options.device,
+                split=options.split, seed=options.seed, device=device,
                 batch_size=options.batch_size, progress=progress, fast=fast,
                 budget=options.budget, pinned=options.pinned, on_plan=on_plan,
                 provenance={"labels": str(options.labels),

@@ -1,8 +1,12 @@
-"""``diffclip pretrain`` and ``diffclip fewshot``: the two training stages."""
+"""``diffclip pretrain`` and ``diffclip fewshot``: the two training stages.
+
+Each command parses its options into the option object of its workflow
+(:mod:`diffclip_cli.workflows.pretrain`, :mod:`diffclip_cli.workflows.fewshot`), calls it and
+prints what it returns.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -13,7 +17,6 @@ from diffclip_cli.cli.app import app
 from diffclip_cli.cli.common import (
     StageProgress,
     interruptible,
-    open_scene,
     preset_option,
     start,
 )
@@ -33,7 +36,6 @@ from diffclip_cli.cli.options import (
     SeedOpt,
     VerboseOpt,
 )
-from diffclip_cli.io.atomic import check_collisions, output_set
 from diffclip_cli.sampling.defaults import DEFAULT_PRETRAIN_SAMPLES
 from diffclip_cli.train.budget import (
     DEFAULT_CPU_BUDGET_S,
@@ -228,31 +230,21 @@ def pretrain(
     `fewshot --pretrained`.
     """
     from diffclip_cli.model.device import resolve_device
-    from diffclip_cli.model.modelfile import save_model
-    from diffclip_cli.pipeline import pretrain_scene
+    from diffclip_cli.workflows.pretrain import PretrainOptions, run_pretrain
 
     level = start(verbose, quiet)
     budget = _budget(time_budget)
-    checkpoint = output.with_name(output.name + ".ckpt")
-    inputs = {"the HSI": hsi, "a LiDAR raster": lidar}
-    # The checkpoint is rewritten every epoch (and resumed from), so it is not in the set.
-    check_collisions({"model": output, "checkpoint": checkpoint}, inputs=inputs)
-    dev = str(resolve_device(device))
-    name, budget = default_recipe(dev.split(":")[0], preset, budget)
-    config = _preset(name, window=window, mask_ratio=mask_ratio, pretrain_epochs=epochs)
-    printer = _PlanPrinter(level=level, budget=budget, device=dev.split(":")[0],
+    dev = resolve_device(device)
+    name, budget = default_recipe(dev.type, preset, budget)
+    options = PretrainOptions(
+        preset=_preset(name, window=window, mask_ratio=mask_ratio, pretrain_epochs=epochs),
+        samples=samples, resume=resume, seed=seed, device=dev, budget=budget,
+        overwrite=overwrite, pinned=_pinned(pretrain_windows=samples, pretrain_epochs=epochs))
+    printer = _PlanPrinter(level=level, budget=budget, device=dev.type,
                            shorten=" or fewer --samples/--epochs")
-    with interruptible(), output_set({"model": output}, inputs=inputs, overwrite=overwrite), \
-            open_scene(hsi, lidar) as scene, StageProgress(enabled=level >= 0) as progress:
-        result = pretrain_scene(
-            scene, preset=config,
-            samples=DEFAULT_PRETRAIN_SAMPLES if samples is None else samples, seed=seed,
-            checkpoint=checkpoint, resume=resume, device=dev, progress=progress,
-            budget=budget, pinned=_pinned(pretrain_windows=samples, pretrain_epochs=epochs),
-            on_plan=printer)
-        save_model(result.bundle, output, overwrite=overwrite)
-    with contextlib.suppress(FileNotFoundError):
-        checkpoint.unlink()
+    with interruptible(), StageProgress(enabled=level >= 0) as progress:
+        result = run_pretrain(hsi, lidar, output, options=options, progress=progress,
+                              on_plan=printer)
     last = result.history[-1]["loss"] if result.history else float("nan")
     estimate = "" if result.plan is None else \
         f", estimated {format_seconds(result.plan.total_s)}"
@@ -330,8 +322,8 @@ def fewshot(
         raise typer.BadParameter("use random or spatial", param_hint="--split")
     prompt = "p5" if descriptions is not None and prompt is None else prompt
     _check_prompt(prompt, descriptions, classes)
-    dev = str(resolve_device(device))
-    name, budget = default_recipe(dev.split(":")[0], preset, budget)
+    dev = resolve_device(device)
+    name, budget = default_recipe(dev.type, preset, budget)
     overrides = _overrides(window=window, pretrain_epochs=pretrain_epochs,
                            finetune_epochs=epochs)
     config = None  # (None: the pretrained model's recipe, read by the workflow)
@@ -345,7 +337,7 @@ def fewshot(
         device=dev, budget=budget, overwrite=overwrite,
         pinned=_pinned(pretrain_windows=pretrain_samples, pretrain_epochs=pretrain_epochs,
                        finetune_epochs=epochs, distill_steps=fast_steps))
-    printer = _PlanPrinter(level=level, budget=budget, device=dev.split(":")[0],
+    printer = _PlanPrinter(level=level, budget=budget, device=dev.type,
                            shorten=" or fewer --pretrain-samples/--pretrain-epochs")
     try:
         with interruptible(), StageProgress(enabled=level >= 0) as progress:

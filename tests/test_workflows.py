@@ -1,0 +1,81 @@
+"""The workflows as library functions: option objects checked once, the device resolved once."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import rasterio
+import torch
+
+from diffclip_cli.data import salinas_a_dir
+from diffclip_cli.errors import DeviceError, OutputError
+from diffclip_cli.model.config import load_preset
+from diffclip_cli.model.modelfile import load_model
+from diffclip_cli.workflows.demo import DemoOptions, run_demo
+from diffclip_cli.workflows.pretrain import PretrainOptions, checkpoint_path, run_pretrain
+
+TINY = load_preset("tiny").with_overrides(**{"pretrain.epochs": 1})
+
+
+@pytest.mark.parametrize("bad", [{"samples": 0}, {"budget": 0.0}, {"budget": float("nan")}])
+def test_pretrain_options_refuse_values_out_of_range(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        PretrainOptions(preset=TINY, **bad)
+
+
+def test_pretrain_from_python_saves_the_model_and_drops_the_checkpoint(tiny, tmp_path,
+                                                                      one_torch_thread):
+    out = tmp_path / "p.pt"
+    result = run_pretrain(tiny.hsi, [tiny.lidar], out,
+                          options=PretrainOptions(preset=TINY, samples=32, seed=2,
+                                                  device="cpu"))
+    assert len(result.history) == 1 and result.plan is None
+    assert load_model(out).kind == "pretrained"
+    assert not checkpoint_path(out).exists()
+
+
+def test_an_unknown_device_is_refused_before_any_output(tiny, tmp_path):
+    out = tmp_path / "p.pt"
+    with pytest.raises(DeviceError, match="unknown device 'tpu9'"):
+        run_pretrain(tiny.hsi, [tiny.lidar], out,
+                     options=PretrainOptions(preset=TINY, samples=32, device="tpu9"))
+    assert not list(tmp_path.iterdir())
+
+
+def test_demo_options_refuse_no_shots():
+    with pytest.raises(ValueError, match="shots"):
+        DemoOptions(preset=TINY, shots=0)
+
+
+def test_demo_refuses_an_existing_output_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setattr("diffclip_cli.workflows.demo.fewshot_scene",
+                        lambda *a, **k: pytest.fail("training started"))
+    started = []
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "report.md").write_text("an older report")
+    with pytest.raises(OutputError, match="already exists"):
+        run_demo(tmp_path / "d", options=DemoOptions(preset=TINY, shots=2, device="cpu"),
+                 on_start=started.append)
+    assert started == [] and (tmp_path / "d" / "report.md").read_text() == "an older report"
+    (tmp_path / "f").write_text("a file")
+    with pytest.raises(OutputError, match="not a folder"):
+        run_demo(tmp_path / "f", options=DemoOptions(preset=TINY, shots=2, device="cpu"))
+
+
+def test_demo_from_python_writes_every_output(tmp_path, one_torch_thread):
+    started, plans = [], []
+    out = tmp_path / "d"
+    outcome = run_demo(out, options=DemoOptions(preset=TINY, preset_name="my tiny", shots=3,
+                                                seed=1, device=torch.device("cpu")),
+                       on_start=started.append, on_plan=plans.append)
+    assert started == [salinas_a_dir()] and len(plans) == 1
+    assert outcome.report is outcome.result.report and outcome.report.n_pixels > 0
+    assert (outcome.model, outcome.map, outcome.quicklook) == (
+        out / "model.pt", out / "map.tif", out / "map.png")
+    assert all(p.is_file() for p in (outcome.model, outcome.map, outcome.quicklook,
+                                     *outcome.report_paths.values()))
+    with rasterio.open(outcome.map) as m:
+        assert outcome.valid_pixels == int((m.read(1) > 0).sum()) > 0
+    report = json.loads(outcome.report_paths["json"].read_text())
+    assert report["metadata"]["preset"] == "my tiny" and report["metadata"]["shots"] == 3
