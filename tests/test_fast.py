@@ -219,7 +219,7 @@ def test_configurations_round_trip_and_validate():
         StudentConfig(hsi_bands=4, lidar_bands=0, num_classes=2, pool=4)
     cfg = DistillConfig(pixels=100, dilations=[1, 2])
     assert DistillConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(ValueError, match="unknown distillation options"):
+    with pytest.raises(ModelError, match=r"unknown DistillConfig fields \[.pixel.\]"):
         DistillConfig.from_dict({"pixel": 3})
     with pytest.raises(ValueError):
         DistillConfig(holdout=1.0)
