@@ -22,7 +22,6 @@ from diffclip_cli.model.student import (
     student_to_extras,
 )
 from diffclip_cli.pipeline import fewshot_scene, predict_pixels
-from diffclip_cli.sampling.normalise import SceneStats
 from diffclip_cli.sampling.tiles import Tile, TileData, iter_tiles, read_tile
 from diffclip_cli.sampling.windows import extract_windows, read_windows
 from diffclip_cli.train.distill import (
@@ -80,7 +79,7 @@ def test_distillation_copies_the_teacher_on_held_out_pixels(files, teacher, dist
         rows, cols = np.nonzero(np.ones(scene.grid.shape, bool))
         ref = predict_pixels(scene, teacher.bundle, rows, cols, classifier=teacher.classifier)
         win = read_windows(scene, rows, cols, size=student.window,
-                           stats=SceneStats.from_dict(teacher.bundle.stats))
+                           stats=teacher.bundle.scene_stats)
     fast = FastEngine(student).predict_windows(win.hsi, win.lidar)
     np.testing.assert_allclose(fast.sum(1), 1.0, atol=1e-5)
     assert (fast.argmax(1) == ref.argmax(1)).mean() >= 0.95
@@ -89,7 +88,7 @@ def test_distillation_copies_the_teacher_on_held_out_pixels(files, teacher, dist
 def test_tiles_equal_windows_including_borders(files, teacher, distilled):
     student, _ = distilled
     engine = FastEngine(student)
-    stats = SceneStats.from_dict(teacher.bundle.stats)
+    stats = teacher.bundle.scene_stats
     with Scene.open(files["hsi"], [files["lidar"]]) as scene:
         # 48 = 3 x 13 + 9: full and partial tiles touch every border
         for tile in iter_tiles(scene.grid, tile_size=13, halo=engine.window // 2):
@@ -140,7 +139,7 @@ def test_model_file_round_trip_gives_identical_fast_predictions(files, teacher, 
     with Scene.open(files["hsi"], [files["lidar"]]) as scene:
         bundle = add_fast_path(scene, teacher.bundle, classifier=teacher.classifier, seed=0,
                                pixels=600, **{**SMALL, "steps": 5})
-        stats = SceneStats.from_dict(bundle.stats)
+        stats = bundle.scene_stats
         data = read_tile(scene, Tile(0, 0, 48, 48, TINY.model.window // 2), stats=stats)
     assert EXTRAS_KEY not in teacher.bundle.extras  # the input bundle is left alone
     assert has_fast_path(bundle) and not has_fast_path(teacher.bundle)

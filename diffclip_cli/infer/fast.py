@@ -56,7 +56,7 @@ def load_student(bundle: ModelBundle) -> StudentNet:
                               "or classify without --fast")
     student = student_from_extras(bundle.extras)
     cfg = student.config
-    k = len(bundle.classes or [])
+    k = 0 if bundle.class_table is None else len(bundle.class_table)
     if (cfg.hsi_bands, cfg.lidar_bands, cfg.num_classes) != (bundle.hsi_bands,
                                                              bundle.lidar_bands, k):
         raise ModelError(

@@ -308,7 +308,6 @@ def _tile_probabilities(inputs: _Inputs, runner: Runner, *, halo: int, shape: tu
     The tile reads its core plus a halo of ``halo`` pixels (less at the scene border, where
     it is reflect-padded as :func:`~diffclip_cli.sampling.tiles.read_tile` does).
     """
-    from diffclip_cli.sampling.normalise import SceneStats
     from diffclip_cli.sampling.tiles import Tile, TileData
 
     assert block_info is not None
@@ -319,7 +318,7 @@ def _tile_probabilities(inputs: _Inputs, runner: Runner, *, halo: int, shape: tu
     top, left = r0 - a0, c0 - b0
     h, w = r1 - r0, c1 - c0
     hsi, lidar, private = inputs.window(slice(a0, a1), slice(b0, b1))
-    stats = SceneStats.from_dict(runner.bundle.stats)
+    stats = runner.bundle.scene_stats
     pad = ((0, 0), (halo - top, halo - (a1 - r1)), (halo - left, halo - (b1 - c1)))
     arrays = {}
     valid = np.ones((h, w), bool)

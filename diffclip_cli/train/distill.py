@@ -477,7 +477,7 @@ def distill_student(
     torch_device = resolve_device(device)
     teacher = TileEngine(classifier if classifier is not None else build_classifier(bundle),
                          device=torch_device, batch_size=batch_size)
-    stats = SceneStats.from_dict(bundle.stats)
+    stats = bundle.scene_stats
     seconds: dict[str, float] = {}
 
     # 1. Pixels in small blocks spread over the valid area; the teacher labels them.
