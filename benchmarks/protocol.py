@@ -618,7 +618,7 @@ class _Runner:
             window = start.config.window
             train = labels.subset(split.train)
             batch = read_windows(self.scene, train.rows, train.cols, size=window, stats=stats)
-            data = WindowData(batch.hsi, batch.lidar, train.index)
+            data = WindowData(batch, train.index)
             model = LinearHeadClassifier(build_network(start), num_classes=len(labels.classes),
                                          seed=seed)
             finetune_linear_head(model, data, cfg.preset.finetune, seed=seed, device=self.device,

@@ -207,7 +207,7 @@ def input_identity(scene: Scene) -> dict[str, Any]:
 def _windows(scene: Scene, rows: np.ndarray, cols: np.ndarray, *, window: int,
              stats: SceneStats, labels: np.ndarray | None = None) -> WindowData:
     batch = read_windows(scene, rows, cols, size=window, stats=stats)
-    return WindowData(batch.hsi, batch.lidar, labels)
+    return WindowData(batch, labels)
 
 
 #: Optimiser steps run per training stage when calibrating: the first

@@ -11,6 +11,7 @@ from diffclip_cli.errors import ModelError
 from diffclip_cli.infer.fast import FastEngine, has_fast_path
 from diffclip_cli.io.labels import read_labels
 from diffclip_cli.io.raster import Scene
+from diffclip_cli.modalities import Modalities
 from diffclip_cli.model.config import load_preset
 from diffclip_cli.model.modelfile import load_model, save_model
 from diffclip_cli.model.student import (
@@ -112,8 +113,9 @@ def test_tiles_equal_windows_including_borders(files, teacher, distilled):
         np.testing.assert_allclose(engine.predict_windows(win.hsi, win.lidar),
                                    whole[:, [0, 20, 47], [47, 20, 0]].T, atol=1e-5)
     with pytest.raises(ValueError, match="halo"):
-        engine.predict_tile(TileData(Tile(0, 0, 4, 4, 0), data.hsi[:, :4, :4],
-                                     data.lidar[:, :4, :4], np.ones((4, 4), bool)))
+        engine.predict_tile(TileData(Tile(0, 0, 4, 4, 0),
+                                     data.arrays.map(lambda a: a[:, :4, :4]),
+                                     np.ones((4, 4), bool)))
 
 
 def test_invalid_pixels_are_zero_and_do_not_change_valid_ones():
@@ -126,12 +128,12 @@ def test_invalid_pixels_are_zero_and_do_not_change_valid_ones():
     padded = np.pad(image, ((0, 0), (half, half), (half, half)), mode="reflect")
     valid = rng.random((17, 19)) > 0.3
     tile = Tile(0, 0, 17, 19, half)
-    probs = engine.predict_tile(TileData(tile, padded, None, valid))
+    probs = engine.predict_tile(TileData(tile, Modalities(padded), valid))
     assert np.all(probs[:, ~valid] == 0)
     rows, cols = np.nonzero(valid)
     ref = engine.predict_windows(extract_windows(image, rows, cols, engine.window), None)
     np.testing.assert_allclose(probs[:, rows, cols].T, ref, atol=1e-5)
-    nothing = engine.predict_tile(TileData(tile, padded, None, np.zeros((17, 19), bool)))
+    nothing = engine.predict_tile(TileData(tile, Modalities(padded), np.zeros((17, 19), bool)))
     assert not nothing.any()
 
 

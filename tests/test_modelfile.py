@@ -49,7 +49,7 @@ def _classifier(lidar: bool) -> tuple[DiffCLIPClassifier, ClassTable, torch.Tens
     train, test = sw.few_shot(2, seed=0)
     finetune(clf, sw.data(train, labels=True), prompts, PRESET.finetune, seed=1)
     held = sw.data(test[:50])
-    return clf, classes, held.hsi, held.lidar
+    return clf, classes, held.windows.hsi, held.windows.lidar
 
 
 @pytest.fixture(scope="module")

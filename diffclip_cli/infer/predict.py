@@ -308,6 +308,7 @@ def _tile_probabilities(inputs: _Inputs, runner: Runner, *, halo: int, shape: tu
     The tile reads its core plus a halo of ``halo`` pixels (less at the scene border, where
     it is reflect-padded as :func:`~diffclip_cli.sampling.tiles.read_tile` does).
     """
+    from diffclip_cli.modalities import Modalities
     from diffclip_cli.sampling.tiles import Tile, TileData
 
     assert block_info is not None
@@ -334,7 +335,8 @@ def _tile_probabilities(inputs: _Inputs, runner: Runner, *, halo: int, shape: tu
         # so the values are the same bit for bit.
         x = band_stats.apply(x, inplace=True)
         arrays[name] = np.pad(x, pad, mode="reflect") if any(map(any, pad)) else x
-    data = TileData(Tile(r0, c0, h, w, halo), arrays["hsi"], arrays.get("lidar"), valid)
+    data = TileData(Tile(r0, c0, h, w, halo), Modalities(arrays["hsi"], arrays.get("lidar")),
+                    valid)
     engine = runner.engine()
     with _compute_slot():
         probs = engine.predict_tile(data)
