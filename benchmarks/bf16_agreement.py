@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
                           f"{time.perf_counter() - start:.0f} s")
             if args.save is not None:
                 save_model(bundle, args.save, overwrite=True)
-        stats = SceneStats.from_dict(bundle.stats)
+        stats = bundle.scene_stats
         clf = build_classifier(bundle)
         maps, seconds = {}, {}
         for precision in ("fp32", "bf16"):

@@ -68,7 +68,7 @@ def write_inputs(folder: Path, height: int, width: int, bands: int, classes: int
         ds.write(rng.random((1, height, width), dtype=np.float32) * 30)
     preset = load_preset("paper")
     with Scene.open(hsi, lidar) as scene:
-        stats = compute_stats(scene, seed=0, n_samples=2000).to_dict()
+        stats = compute_stats(scene, seed=0, n_samples=2000)
         net = DiffCLIPNet(preset.model, hsi_bands=bands, lidar_bands=1, seed=seed)
         prompts = [f"a multimodal fusion patch of a class{i} with strong semantic information."
                    for i in range(classes)]
@@ -87,12 +87,11 @@ def engine_alone(hsi: Path, lidar: Path, model: Path, repeats: int) -> float:
     from diffclip_cli.infer.engine import TileEngine
     from diffclip_cli.io.raster import Scene
     from diffclip_cli.model.modelfile import build_classifier, load_model
-    from diffclip_cli.sampling.normalise import SceneStats
     from diffclip_cli.sampling.tiles import iter_tiles, read_tile
 
     bundle = load_model(model)
     engine = TileEngine(build_classifier(bundle))
-    stats = SceneStats.from_dict(bundle.stats)
+    stats = bundle.scene_stats
     with Scene.open(hsi, lidar) as scene:
         tiles = [read_tile(scene, t, stats=stats)
                  for t in iter_tiles(scene.grid, tile_size=256, halo=engine.window // 2)]

@@ -53,7 +53,6 @@ from diffclip_cli.model.config import load_preset
 from diffclip_cli.model.modelfile import build_classifier, load_model, save_model
 from diffclip_cli.pipeline import fewshot_scene
 from diffclip_cli.report.metrics import AccuracyReport
-from diffclip_cli.sampling.normalise import SceneStats
 from diffclip_cli.sampling.shots import sample_shots
 from diffclip_cli.sampling.tiles import iter_tiles, read_tile
 from diffclip_cli.train.distill import attach_student, distill_student
@@ -132,7 +131,7 @@ def run_scene(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
         teacher = TileEngine(classifier)
         fast = FastEngine(bundle)
-        stats = SceneStats.from_dict(bundle.stats)
+        stats = bundle.scene_stats
         start = time.perf_counter()
         tiles = [read_tile(scene, t, stats=stats)
                  for t in iter_tiles(scene.grid, tile_size=args.tile_size,

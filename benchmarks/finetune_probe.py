@@ -119,7 +119,7 @@ def main() -> None:
                     else:
                         ur, uc = sample_unlabelled(scene, args.samples, seed=seed)
                         unl = read_windows(scene, ur, uc, size=w, stats=stats)
-                        pretrain(net, WindowData(unl.hsi, unl.lidar, None), pre_preset.pretrain,
+                        pretrain(net, WindowData(unl), pre_preset.pretrain,
                                  seed=seed)
                         torch.save(net.state_dict(), path)
                 pre_s = time.perf_counter() - tic
@@ -179,7 +179,7 @@ def main() -> None:
                         clf = DiffCLIPClassifier(net_copy, vocabulary=Vocabulary.build(prompts),
                                                  seed=seed)
                         tic = time.perf_counter()
-                        hist = finetune(clf, WindowData(tw.hsi, tw.lidar, y_all[train]),
+                        hist = finetune(clf, WindowData(tw, y_all[train]),
                                         prompts, preset.finetune, seed=seed)
                         ft_s = time.perf_counter() - tic
                         proba = clf.predict_proba(torch.from_numpy(ew.hsi),

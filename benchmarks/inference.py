@@ -47,6 +47,7 @@ import torch
 
 from benchmarks.machine import cpu_model
 from diffclip_cli.infer.engine import TileEngine, tile_windows
+from diffclip_cli.modalities import Modalities
 from diffclip_cli.model.classifier import DiffCLIPClassifier
 from diffclip_cli.model.config import ModelConfig, load_preset
 from diffclip_cli.model.inference import onednn_available
@@ -173,9 +174,9 @@ def random_tiles(count: int, size: int, halo: int, hsi_bands: int, lidar_bands: 
     padded = size + 2 * halo
     return [
         TileData(Tile(0, 0, size, size, halo),
-                 rng.standard_normal((hsi_bands, padded, padded), dtype=np.float32),
-                 rng.standard_normal((lidar_bands, padded, padded), dtype=np.float32)
-                 if lidar_bands else None,
+                 Modalities(rng.standard_normal((hsi_bands, padded, padded), dtype=np.float32),
+                            rng.standard_normal((lidar_bands, padded, padded), dtype=np.float32)
+                            if lidar_bands else None),
                  np.ones((size, size), dtype=bool))
         for _ in range(count)
     ]

@@ -140,8 +140,8 @@ def main() -> None:
             w = preset.model.window
             unl = read_windows(scene, ur, uc, size=w, stats=stats)
             lab_w = read_windows(scene, rows, cols, size=w, stats=stats)
-            data = WindowData(unl.hsi, unl.lidar, None)
-            probe_data = WindowData(lab_w.hsi, lab_w.lidar, None)
+            data = WindowData(unl)
+            probe_data = WindowData(lab_w)
             net = DiffCLIPNet(preset.model, hsi_bands=scene.hsi_bands,
                               lidar_bands=scene.lidar_bands, seed=args.seed)
             tic = time.perf_counter()

@@ -585,7 +585,7 @@ class _Runner:
         cfg = self.config
         net = DiffCLIPNet(cfg.preset.model, hsi_bands=self.scene.hsi_bands,
                           lidar_bands=self.scene.lidar_bands, seed=seed)
-        return bundle_from_network(net, preset=cfg.preset, stats=self.stats(seed).to_dict(),
+        return bundle_from_network(net, preset=cfg.preset, stats=self.stats(seed),
                                    band_names=self.scene.band_names,
                                    provenance={"seed": seed, "pretrained": False})
 
@@ -613,11 +613,11 @@ class _Runner:
         assert start is not None
         if method == "no-text":
             tic = time.perf_counter()
-            stats = SceneStats.from_dict(start.stats)
+            stats = start.scene_stats
             window = start.config.window
             train = labels.subset(split.train)
             batch = read_windows(self.scene, train.rows, train.cols, size=window, stats=stats)
-            data = WindowData(batch.hsi, batch.lidar, train.index)
+            data = WindowData(batch, train.index)
             model = LinearHeadClassifier(build_network(start), num_classes=len(labels.classes),
                                          seed=seed)
             finetune_linear_head(model, data, cfg.preset.finetune, seed=seed, device=self.device,

@@ -207,7 +207,7 @@ def input_identity(scene: Scene) -> dict[str, Any]:
 def _windows(scene: Scene, rows: np.ndarray, cols: np.ndarray, *, window: int,
              stats: SceneStats, labels: np.ndarray | None = None) -> WindowData:
     batch = read_windows(scene, rows, cols, size=window, stats=stats)
-    return WindowData(batch.hsi, batch.lidar, labels)
+    return WindowData(batch, labels)
 
 
 #: Optimiser steps run per training stage when calibrating: the first
@@ -512,7 +512,7 @@ def pretrain_scene(
     if plan is not None:
         record["plan"] = plan.to_dict()
         record["seconds"] = {"total": round(seconds, 1)}
-    bundle = bundle_from_network(net.cpu(), preset=preset, stats=stats.to_dict(),
+    bundle = bundle_from_network(net.cpu(), preset=preset, stats=stats,
                                  band_names=scene.band_names, wavelengths=scene.wavelengths,
                                  provenance=record)
     return PretrainResult(bundle, net, stats, history, seconds, plan)
@@ -669,15 +669,14 @@ def _prepare(scene: Scene, labels: LabelSet, *, shots: int, preset: Preset,
         pretrained.check_inputs(scene.hsi_bands, scene.lidar_bands,
                                 wavelengths=scene.wavelengths,
                                 band_names=scene.band_names["hsi"])
-        preset = Preset(name=pretrained.preset, model=pretrained.config,
-                        pretrain=pretrained.preset_config.pretrain, finetune=preset.finetune)
+        preset = dataclasses.replace(pretrained.preset_config, finetune=preset.finetune)
     # The prompts first: a bad descriptions file fails before any training.
     template = template or preset.model.template
     prompts = _prompts(labels.classes, template, descriptions, left_out=left_out)
     net = None
     if pretrained is not None:
         net = build_network(pretrained)
-        stats = SceneStats.from_dict(pretrained.stats)
+        stats = pretrained.scene_stats
     else:
         stats = compute_stats(scene, seed=seed)
     tic = time.perf_counter()
@@ -866,7 +865,7 @@ def fewshot_scene(
     }
     if plan is not None:
         record["plan"] = plan.to_dict()
-    bundle = bundle_from_classifier(classifier.cpu(), preset=preset, stats=stats.to_dict(),
+    bundle = bundle_from_classifier(classifier.cpu(), preset=preset, stats=stats,
                                     classes=labels.classes, template=template,
                                     band_names=scene.band_names,
                                     wavelengths=scene.wavelengths, provenance=record)
@@ -925,7 +924,7 @@ def predict_pixels(
     bundle.check_inputs(scene.hsi_bands, scene.lidar_bands)
     engine = TileEngine(classifier or build_classifier(bundle), device=device,
                         batch_size=batch_size)
-    return engine.predict_pixels(scene, rows, cols, stats=SceneStats.from_dict(bundle.stats),
+    return engine.predict_pixels(scene, rows, cols, stats=bundle.scene_stats,
                                  progress=counting(progress, "evaluate"))
 
 

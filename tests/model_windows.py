@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from scenes import SyntheticScene, make_scene
 
+from diffclip_cli.modalities import Modalities
 from diffclip_cli.train.data import WindowData
 
 
@@ -46,9 +47,9 @@ class SceneWindows:
              ) -> WindowData:
         r, c = self.rows[index], self.cols[index]
         return WindowData(
-            hsi=torch.from_numpy(extract(self.hsi, r, c, self.window)),
-            lidar=(torch.from_numpy(extract(self.lidar, r, c, self.window))
-                   if lidar and self.lidar is not None else None),
+            Modalities(torch.from_numpy(extract(self.hsi, r, c, self.window)),
+                       (torch.from_numpy(extract(self.lidar, r, c, self.window))
+                        if lidar and self.lidar is not None else None)),
             labels=torch.from_numpy(self.labels[index].astype(np.int64)) if labels else None,
         )
 

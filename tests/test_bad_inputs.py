@@ -364,8 +364,9 @@ def test_small_classes_zero_pixels_and_one_pixel(tiny, tmp_path):
     assert "left out of the model, so never mapped: 'roof' (1 labelled pixel), 'road' " \
            "(0 labelled pixels)" in text
     bundle = load_model(model)
-    assert [c["name"] for c in bundle.classes] == ["grass", "trees", "water"]
-    assert [c["id"] for c in bundle.classes] == [1, 2, 4]  # ids are kept
+    assert bundle.class_table is not None
+    assert bundle.class_table.names == ["grass", "trees", "water"]
+    assert bundle.class_table.ids == [1, 2, 4]  # ids are kept
     assert bundle.provenance["train_pixels_per_class"] == {"grass": 5, "trees": 5, "water": 2}
     report = json.loads((tmp_path / "m.report.json").read_text())
     assert report["class_names"] == ["grass", "trees", "water"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import rasterio
@@ -65,11 +67,10 @@ def _reference_map(scene, bundle, tile_size):
     normalised, run through the TileEngine, argmax -> class ids (0 where invalid)."""
     from diffclip_cli.infer.engine import TileEngine
     from diffclip_cli.model.modelfile import build_classifier
-    from diffclip_cli.sampling.normalise import SceneStats
     from diffclip_cli.sampling.tiles import iter_tiles, read_tile
 
     engine = TileEngine(build_classifier(bundle))
-    stats = SceneStats.from_dict(bundle.stats)
+    stats = bundle.scene_stats
     ids = np.asarray(bundle.class_table.ids, dtype=np.uint8)
     labels = np.zeros(scene.grid.shape, np.uint8)
     probs = np.full((len(ids), *scene.grid.shape), CONFIDENCE_NODATA, np.float32)
@@ -118,7 +119,7 @@ def test_outputs_must_differ_and_pretrained_models_are_refused(setup, tmp_path):
     with Scene.open(files["hsi"], [files["lidar"]]) as scene:
         with pytest.raises(OutputError, match="are the same file"):
             classify_scene(scene, bundle, tmp_path / "m.tif", confidence=tmp_path / "m.tif")
-        pretrained = type(bundle)(**{**bundle.__dict__, "kind": "pretrained", "classes": None})
+        pretrained = dataclasses.replace(bundle, kind="pretrained", class_table=None)
         with pytest.raises(ModelError, match="pretrained"):
             classify_scene(scene, pretrained, tmp_path / "m.tif")
     assert not (tmp_path / "m.tif").exists()

@@ -11,6 +11,7 @@ from model_windows import extract
 
 from diffclip_cli.errors import ModelError
 from diffclip_cli.infer.engine import TileEngine, tile_windows
+from diffclip_cli.modalities import Modalities
 from diffclip_cli.model.classifier import DiffCLIPClassifier
 from diffclip_cli.model.config import load_preset
 from diffclip_cli.model.inference import InferenceModel, onednn_available
@@ -95,7 +96,7 @@ def tile_of(hsi: np.ndarray, lidar: np.ndarray | None, valid: np.ndarray, tile: 
         return padded[:, tile.row:tile.row + tile.height + 2 * k,
                       tile.col:tile.col + tile.width + 2 * k].copy()
 
-    return TileData(tile, cut(hsi), None if lidar is None else cut(lidar),
+    return TileData(tile, Modalities(cut(hsi), None if lidar is None else cut(lidar)),
                     valid[tile.slices].copy())
 
 
@@ -243,7 +244,9 @@ def test_empty_tile_and_errors(tiny, tiny_hsi):
         engine.predict_tile(tile_of(hsi, lidar, np.ones((9, 9), bool), Tile(0, 0, 9, 9, 3)))
     good = tile_of(hsi, lidar, np.ones((9, 9), bool), Tile(0, 0, 9, 9, 2))
     with pytest.raises(ValueError, match="core plus the halo"):
-        engine.predict_tile(TileData(good.tile, good.hsi, good.lidar[:, 1:], good.valid))
+        engine.predict_tile(TileData(good.tile, Modalities(good.arrays.hsi,
+                                                           good.arrays.lidar[:, 1:]),
+                                     good.valid))
     with pytest.raises(ModelError, match="LiDAR"):
         engine.predict_tile(tile_of(hsi, None, np.ones((9, 9), bool), Tile(0, 0, 9, 9, 2)))
     with pytest.raises(ModelError, match="without LiDAR"):

@@ -11,6 +11,7 @@ from diffclip_cli.errors import ModelError
 from diffclip_cli.infer.fast import FastEngine, has_fast_path
 from diffclip_cli.io.labels import read_labels
 from diffclip_cli.io.raster import Scene
+from diffclip_cli.modalities import Modalities
 from diffclip_cli.model.config import load_preset
 from diffclip_cli.model.modelfile import load_model, save_model
 from diffclip_cli.model.student import (
@@ -22,7 +23,6 @@ from diffclip_cli.model.student import (
     student_to_extras,
 )
 from diffclip_cli.pipeline import fewshot_scene, predict_pixels
-from diffclip_cli.sampling.normalise import SceneStats
 from diffclip_cli.sampling.tiles import Tile, TileData, iter_tiles, read_tile
 from diffclip_cli.sampling.windows import extract_windows, read_windows
 from diffclip_cli.train.distill import (
@@ -80,7 +80,7 @@ def test_distillation_copies_the_teacher_on_held_out_pixels(files, teacher, dist
         rows, cols = np.nonzero(np.ones(scene.grid.shape, bool))
         ref = predict_pixels(scene, teacher.bundle, rows, cols, classifier=teacher.classifier)
         win = read_windows(scene, rows, cols, size=student.window,
-                           stats=SceneStats.from_dict(teacher.bundle.stats))
+                           stats=teacher.bundle.scene_stats)
     fast = FastEngine(student).predict_windows(win.hsi, win.lidar)
     np.testing.assert_allclose(fast.sum(1), 1.0, atol=1e-5)
     assert (fast.argmax(1) == ref.argmax(1)).mean() >= 0.95
@@ -89,7 +89,7 @@ def test_distillation_copies_the_teacher_on_held_out_pixels(files, teacher, dist
 def test_tiles_equal_windows_including_borders(files, teacher, distilled):
     student, _ = distilled
     engine = FastEngine(student)
-    stats = SceneStats.from_dict(teacher.bundle.stats)
+    stats = teacher.bundle.scene_stats
     with Scene.open(files["hsi"], [files["lidar"]]) as scene:
         # 48 = 3 x 13 + 9: full and partial tiles touch every border
         for tile in iter_tiles(scene.grid, tile_size=13, halo=engine.window // 2):
@@ -113,8 +113,9 @@ def test_tiles_equal_windows_including_borders(files, teacher, distilled):
         np.testing.assert_allclose(engine.predict_windows(win.hsi, win.lidar),
                                    whole[:, [0, 20, 47], [47, 20, 0]].T, atol=1e-5)
     with pytest.raises(ValueError, match="halo"):
-        engine.predict_tile(TileData(Tile(0, 0, 4, 4, 0), data.hsi[:, :4, :4],
-                                     data.lidar[:, :4, :4], np.ones((4, 4), bool)))
+        engine.predict_tile(TileData(Tile(0, 0, 4, 4, 0),
+                                     data.arrays.map(lambda a: a[:, :4, :4]),
+                                     np.ones((4, 4), bool)))
 
 
 def test_invalid_pixels_are_zero_and_do_not_change_valid_ones():
@@ -127,12 +128,12 @@ def test_invalid_pixels_are_zero_and_do_not_change_valid_ones():
     padded = np.pad(image, ((0, 0), (half, half), (half, half)), mode="reflect")
     valid = rng.random((17, 19)) > 0.3
     tile = Tile(0, 0, 17, 19, half)
-    probs = engine.predict_tile(TileData(tile, padded, None, valid))
+    probs = engine.predict_tile(TileData(tile, Modalities(padded), valid))
     assert np.all(probs[:, ~valid] == 0)
     rows, cols = np.nonzero(valid)
     ref = engine.predict_windows(extract_windows(image, rows, cols, engine.window), None)
     np.testing.assert_allclose(probs[:, rows, cols].T, ref, atol=1e-5)
-    nothing = engine.predict_tile(TileData(tile, padded, None, np.zeros((17, 19), bool)))
+    nothing = engine.predict_tile(TileData(tile, Modalities(padded), np.zeros((17, 19), bool)))
     assert not nothing.any()
 
 
@@ -140,7 +141,7 @@ def test_model_file_round_trip_gives_identical_fast_predictions(files, teacher, 
     with Scene.open(files["hsi"], [files["lidar"]]) as scene:
         bundle = add_fast_path(scene, teacher.bundle, classifier=teacher.classifier, seed=0,
                                pixels=600, **{**SMALL, "steps": 5})
-        stats = SceneStats.from_dict(bundle.stats)
+        stats = bundle.scene_stats
         data = read_tile(scene, Tile(0, 0, 48, 48, TINY.model.window // 2), stats=stats)
     assert EXTRAS_KEY not in teacher.bundle.extras  # the input bundle is left alone
     assert has_fast_path(bundle) and not has_fast_path(teacher.bundle)
@@ -219,7 +220,7 @@ def test_configurations_round_trip_and_validate():
         StudentConfig(hsi_bands=4, lidar_bands=0, num_classes=2, pool=4)
     cfg = DistillConfig(pixels=100, dilations=[1, 2])
     assert DistillConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(ValueError, match="unknown distillation options"):
+    with pytest.raises(ModelError, match=r"unknown DistillConfig fields \[.pixel.\]"):
         DistillConfig.from_dict({"pixel": 3})
     with pytest.raises(ValueError):
         DistillConfig(holdout=1.0)

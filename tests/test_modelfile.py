@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 
@@ -13,7 +14,7 @@ from diffclip_cli.errors import ModelError, OutputError
 from diffclip_cli.io.atomic import TEMP_PREFIX
 from diffclip_cli.io.classes import ClassTable
 from diffclip_cli.model.classifier import DiffCLIPClassifier
-from diffclip_cli.model.config import load_preset
+from diffclip_cli.model.config import ModelConfig, Preset, load_preset
 from diffclip_cli.model.modelfile import (
     FORMAT_TAG,
     FORMAT_VERSION,
@@ -28,12 +29,14 @@ from diffclip_cli.model.modelfile import (
 from diffclip_cli.model.network import DiffCLIPNet
 from diffclip_cli.model.prompts import build_prompts
 from diffclip_cli.model.text import Vocabulary
+from diffclip_cli.sampling.normalise import SceneStats
 from diffclip_cli.train.finetune import finetune
 from diffclip_cli.train.pretrain import pretrain
 
 PRESET = load_preset("tiny").with_overrides(**{"pretrain.epochs": 1, "finetune.epochs": 3})
-STATS = {"hsi": {"center": [0.1] * 6, "scale": [1.0] * 6, "method": "percentile"},
-         "lidar": {"center": [0.0], "scale": [2.0], "method": "percentile"}}
+STORED_STATS = {"hsi": {"center": [0.1] * 6, "scale": [1.0] * 6, "method": "percentile"},
+                "lidar": {"center": [0.0], "scale": [2.0], "method": "percentile"}}
+STATS = SceneStats.from_dict(STORED_STATS)
 
 
 def _classifier(lidar: bool) -> tuple[DiffCLIPClassifier, ClassTable, torch.Tensor, torch.Tensor]:
@@ -46,7 +49,7 @@ def _classifier(lidar: bool) -> tuple[DiffCLIPClassifier, ClassTable, torch.Tens
     train, test = sw.few_shot(2, seed=0)
     finetune(clf, sw.data(train, labels=True), prompts, PRESET.finetune, seed=1)
     held = sw.data(test[:50])
-    return clf, classes, held.hsi, held.lidar
+    return clf, classes, held.windows.hsi, held.windows.lidar
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +72,8 @@ def test_round_trip_gives_identical_probabilities(trained, tmp_path):
     bundle = load_model(path)
     assert bundle.kind == "classifier" and bundle.format_version == FORMAT_VERSION
     assert bundle.class_table == classes and bundle.prompts == clf.prompts
-    assert bundle.stats == STATS and bundle.band_names["lidar"] == ["DSM"]
+    assert bundle.scene_stats == STATS and bundle.band_names["lidar"] == ["DSM"]
+    assert bundle.stats == STORED_STATS  # the stored form
     assert bundle.provenance["seed"] == 1 and "version" in bundle.provenance
     restored = bundle.preset_config
     assert restored.name == "tiny"
@@ -82,6 +86,68 @@ def test_round_trip_gives_identical_probabilities(trained, tmp_path):
     with pytest.raises(OutputError, match="exists"):
         save_model(bundle, path)
     save_model(bundle, path, overwrite=True)
+
+
+def test_a_model_file_is_parsed_once_into_typed_objects(trained, tmp_path):
+    clf, classes, _, _ = trained
+    bundle = load_model(save_model(_bundle(clf, classes), tmp_path / "m.pt"))
+    assert isinstance(bundle.preset_config, Preset) and bundle.preset == "tiny"
+    assert bundle.config is bundle.preset_config.model  # no re-parsing at each access
+    assert isinstance(bundle.scene_stats, SceneStats) and bundle.scene_stats == STATS
+    assert isinstance(bundle.class_table, ClassTable) and bundle.class_table == classes
+    assert isinstance(bundle.vocabulary, Vocabulary)
+    assert bundle.vocabulary.tokens == clf.vocabulary.tokens
+    # the stored plain forms are views of the typed objects
+    assert bundle.model_config == PRESET.model.to_dict() and bundle.classes == \
+        classes.to_records()
+    assert (bundle.pretrain_config, bundle.finetune_config) == (
+        PRESET.pretrain.to_dict(), PRESET.finetune.to_dict())
+
+
+def test_a_loaded_model_is_written_back_unchanged(trained, tmp_path):
+    clf, classes, _, _ = trained
+    first = save_model(_bundle(clf, classes, extras={"note": "x"}), tmp_path / "a.pt")
+    again = save_model(load_model(first), tmp_path / "b.pt")
+    a, b = (torch.load(p, weights_only=True) for p in (first, again))
+    assert a["metadata"] == b["metadata"] and a["digest"] == b["digest"]
+    assert a["extras"] == b["extras"] and a["state_dict"].keys() == b["state_dict"].keys()
+
+
+def _old_format(payload: dict) -> list[str]:
+    """Turn a payload into what an early diffclip wrote: format 1, no digest, no wavelengths,
+    statistics without their method, a model configuration without the later fields."""
+    meta = json.loads(payload["metadata"])
+    dropped = [k for k in ("masking", "diffusion", "noise_steps", "pixel_readout")
+               if meta["model_config"][k] == getattr(ModelConfig(), k)]
+    for key in dropped:
+        del meta["model_config"][key]
+    del meta["wavelengths"]
+    for stats in meta["stats"].values():
+        del stats["method"]
+    payload["metadata"] = json.dumps(meta, sort_keys=True)
+    payload["format_version"] = 1
+    del payload["digest"]
+    return dropped
+
+
+def test_an_old_format_model_file_loads_into_the_typed_objects(trained, tmp_path):
+    clf, classes, hsi, lidar = trained
+    payload = torch.load(save_model(_bundle(clf, classes), tmp_path / "new.pt"),
+                         weights_only=True)
+    dropped = _old_format(payload)
+    assert dropped  # the tiny preset keeps the defaults of the later fields
+    torch.save(payload, tmp_path / "old.pt")
+    old = load_model(tmp_path / "old.pt")
+    assert old.format_version == 1 and old.wavelengths is None
+    assert old.config == PRESET.model and old.preset_config.pretrain == PRESET.pretrain
+    assert old.scene_stats == STATS and old.scene_stats.hsi.method == "percentile"
+    assert old.class_table == classes and old.vocabulary is not None
+    assert torch.equal(build_classifier(old).predict_proba(hsi, lidar),
+                       clf.predict_proba(hsi, lidar))
+    # re-saved, it is a current file with the same meaning (the defaults written out)
+    resaved = load_model(save_model(old, tmp_path / "resaved.pt"))
+    assert resaved.format_version == FORMAT_VERSION and resaved.config == old.config
+    assert all(k in resaved.model_config for k in dropped)
 
 
 def test_hsi_only_model_end_to_end(tmp_path):

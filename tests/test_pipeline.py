@@ -12,7 +12,6 @@ from diffclip_cli.model.config import load_preset
 from diffclip_cli.model.device import DeviceError, resolve_device
 from diffclip_cli.model.modelfile import build_classifier, load_model, save_model
 from diffclip_cli.pipeline import fewshot_scene, predict_pixels, pretrain_scene
-from diffclip_cli.sampling.normalise import SceneStats
 from diffclip_cli.sampling.tiles import iter_tiles, read_tile
 from diffclip_cli.sampling.windows import read_windows
 
@@ -57,7 +56,7 @@ def test_tile_engine_equals_window_predictions(files, result, tmp_path):
     path = save_model(result.bundle, tmp_path / "m.pt")
     bundle = load_model(path)
     engine = TileEngine(build_classifier(bundle))
-    stats = SceneStats.from_dict(bundle.stats)
+    stats = bundle.scene_stats
     with Scene.open(files["hsi"], [files["lidar"]]) as scene:
         for tile in iter_tiles(scene.grid, tile_size=20, halo=engine.window // 2):
             probs = engine.predict_tile(read_tile(scene, tile, stats=stats))
@@ -76,7 +75,7 @@ def test_pretrained_model_reused_and_band_mismatch_refused(files, tmp_path):
         labels = read_labels(files["labels"], scene.grid, classes=files["classes"])
         res = fewshot_scene(scene, labels, shots=3, preset=TINY, pretrained=stage1.bundle,
                             seed=1, evaluate=False)
-        assert res.bundle.stats == stage1.bundle.stats
+        assert res.bundle.scene_stats == stage1.bundle.scene_stats
         assert res.pretrain_history == []
     with Scene.open(files["hsi"]) as hsi_only, pytest.raises(ModelError, match="LiDAR"):
         fewshot_scene(hsi_only, labels, shots=3, preset=TINY, pretrained=stage1.bundle)

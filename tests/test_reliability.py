@@ -34,7 +34,7 @@ from tinyscene import (
 from diffclip_cli.errors import InputError, LabelError, ModelError, OutputError
 from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.config import load_preset
-from diffclip_cli.model.modelfile import load_model, save_model
+from diffclip_cli.model.modelfile import _digest, load_model, save_model
 from diffclip_cli.pipeline import pretrain_scene
 
 USAGE = 2
@@ -250,22 +250,37 @@ def _damaged_bundle(tiny, tmp_path, change) -> Path:
     return save_model(bundle, tmp_path / "damaged.pt")  # a valid digest of damaged content
 
 
+def _damaged_metadata(tiny, tmp_path, change) -> Path:
+    """The model file after ``change(metadata, weights)`` of its stored form, saved with a
+    valid digest of the damaged content (so the checks after the digest's see it)."""
+    payload = torch.load(tiny.model, weights_only=True)
+    metadata = json.loads(payload["metadata"])
+    change(metadata, payload["state_dict"])
+    payload["metadata"] = json.dumps(metadata, sort_keys=True)
+    payload["digest"] = _digest(payload["metadata"], payload["state_dict"], payload["extras"])
+    torch.save(payload, tmp_path / "damaged.pt")
+    return tmp_path / "damaged.pt"
+
+
 @pytest.mark.parametrize(("change", "words"), [
-    (lambda b: b.stats["hsi"].update(center=b.stats["hsi"]["center"][:3],
-                                     scale=b.stats["hsi"]["scale"][:3]),
+    (lambda m, w: m["stats"]["hsi"].update(center=m["stats"]["hsi"]["center"][:3],
+                                           scale=m["stats"]["hsi"]["scale"][:3]),
      "HSI statistics cover 3 bands, not the model's 8"),
-    (lambda b: b.stats.pop("hsi"), "normalisation statistics are unreadable"),
-    (lambda b: b.stats["hsi"].update(scale=[0.0] * 8), "scale finite and positive"),
-    (lambda b: b.prompts.pop(), "4 classes but 3 prompts"),
-    (lambda b: b.classes.append({"id": 9, "name": "extra"}), "5 classes but 4 prompts"),
-    (lambda b: b.state_dict.__setitem__("prompt_ids", b.state_dict["prompt_ids"] + 10_000),
+    (lambda m, w: m["stats"].pop("hsi"), "normalisation statistics are unreadable"),
+    (lambda m, w: m["stats"]["hsi"].update(scale=[0.0] * 8), "scale finite and positive"),
+    (lambda m, w: m["prompts"].pop(), "4 classes but 3 prompts"),
+    (lambda m, w: m["classes"].append({"id": 9, "name": "extra"}), "5 classes but 4 prompts"),
+    (lambda m, w: w.__setitem__("prompt_ids", w["prompt_ids"] + 10_000),
      "prompt token ids fall outside its vocabulary"),
-    (lambda b: b.state_dict.__setitem__("prompt_ids", b.state_dict["prompt_ids"][:2]),
+    (lambda m, w: w.__setitem__("prompt_ids", w["prompt_ids"][:2]),
      "prompt token ids have shape"),
-    (lambda b: b.band_names["hsi"].pop(), "band names do not match"),
+    (lambda m, w: m["band_names"]["hsi"].pop(), "band names do not match"),
+    (lambda m, w: m["model_config"].update(window=4), "model configuration is invalid"),
+    (lambda m, w: m["pretrain_config"].update(crop_sizes=[7]),
+     "configurations do not fit together"),
 ])
 def test_damaged_metadata_is_a_model_error(tiny, tmp_path, change, words):
-    bad = _damaged_bundle(tiny, tmp_path, change)
+    bad = _damaged_metadata(tiny, tmp_path, change)
     for args in (["info", bad], ["classify", tiny.hsi, tiny.lidar, "--model", bad, "-o",
                                  tmp_path / "m.tif"]):
         line = error_line(invoke(*args, code=ModelError.exit_code))
@@ -287,8 +302,8 @@ def test_weights_that_do_not_fit_the_configuration_name_the_model(tiny, tmp_path
 
 
 def test_unknown_configuration_field_says_a_newer_diffclip_made_it(tiny, tmp_path):
-    bad = _damaged_bundle(tiny, tmp_path,
-                          lambda b: b.model_config.update(rotary_embedding=True))
+    bad = _damaged_metadata(tiny, tmp_path,
+                            lambda m, w: m["model_config"].update(rotary_embedding=True))
     line = error_line(invoke("info", bad, code=ModelError.exit_code))
     assert "rotary_embedding" in line and "a newer diffclip made it" in line
     assert "upgrade diffclip" in line

@@ -8,6 +8,7 @@ import torch
 from model_windows import SceneWindows, scene_windows
 
 from diffclip_cli.errors import LabelError, ModelError
+from diffclip_cli.modalities import Modalities
 from diffclip_cli.model.classifier import DiffCLIPClassifier
 from diffclip_cli.model.config import load_preset
 from diffclip_cli.model.network import DiffCLIPNet
@@ -35,7 +36,7 @@ def _run(sw: SceneWindows, *, lidar: bool, seed: int = SEED) -> dict:
     fine = finetune(clf, sw.data(train, labels=True, lidar=lidar), prompts, TINY.finetune,
                     seed=seed)
     held_out = sw.data(test, labels=True, lidar=lidar)
-    proba = clf.predict_proba(held_out.hsi, held_out.lidar)
+    proba = clf.predict_proba(held_out.windows.hsi, held_out.windows.lidar)
     oa = float((proba.argmax(1) == held_out.labels).float().mean())
     return {"pretrain": pre, "finetune": fine, "oa": oa, "clf": clf, "held_out": held_out,
             "proba": proba}
@@ -77,7 +78,7 @@ def test_lidar_separates_what_hsi_alone_cannot(scene, both):
 
 def test_prediction_is_deterministic(both):
     clf, held = both["clf"], both["held_out"]
-    again = clf.predict_proba(held.hsi, held.lidar)
+    again = clf.predict_proba(held.windows.hsi, held.windows.lidar)
     assert torch.equal(again, both["proba"])
     assert not clf.training
 
@@ -183,14 +184,15 @@ def test_training_refuses_bad_inputs(scene):
     net = DiffCLIPNet(TINY.model, hsi_bands=16, lidar_bands=1, seed=0)
     data = _small(scene, 8)
     with pytest.raises(ModelError, match="LiDAR"):
-        pretrain(net, WindowData(data.hsi), TINY.pretrain, seed=0)
+        pretrain(net, WindowData(Modalities(data.windows.hsi)), TINY.pretrain, seed=0)
     with pytest.raises(ModelError, match="16"):
-        pretrain(net, WindowData(data.hsi[:, :4], data.lidar), TINY.pretrain, seed=0)
+        pretrain(net, WindowData(Modalities(data.windows.hsi[:, :4], data.windows.lidar)),
+                 TINY.pretrain, seed=0)
     prompts = build_prompts(scene.scene.class_names, template="p1")
     clf = DiffCLIPClassifier(net, vocabulary=Vocabulary.build(prompts), seed=0)
     with pytest.raises(LabelError, match="labelled"):
         finetune(clf, data, prompts, TINY.finetune, seed=0)
-    bad = WindowData(data.hsi, data.lidar, torch.full((8,), 7))
+    bad = WindowData(data.windows, torch.full((8,), 7))
     with pytest.raises(LabelError, match=r"0\.\.3"):
         finetune(clf, bad, prompts, TINY.finetune, seed=0)
 

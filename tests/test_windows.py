@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from affine import Affine
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,9 +14,11 @@ from rasterdata import ORIGIN, RES, write_lidar_plane, write_tif
 
 from diffclip_cli.io.grid import Grid
 from diffclip_cli.io.raster import Scene
+from diffclip_cli.modalities import MaskedModalities, Modalities
 from diffclip_cli.sampling.normalise import BandStats, SceneStats, compute_stats
 from diffclip_cli.sampling.tiles import iter_tiles, read_tile
 from diffclip_cli.sampling.windows import extract_windows, read_windows
+from diffclip_cli.train.data import WindowData
 
 
 def naive_windows(array, rows, cols, size):
@@ -85,7 +88,7 @@ def test_read_windows_equals_extract_windows_on_the_whole_scene(scene_files):
         got = read_windows(scene, rows, cols, size=9, stats=stats, tile_size=10)
     ref_h = extract_windows(stats.hsi.apply(whole.hsi), rows, cols, 9)
     ref_l = extract_windows(stats.lidar.apply(whole.lidar), rows, cols, 9)
-    assert got.hsi.dtype == np.float32 and got.hsi.shape == (65, 4, 9, 9) and len(got) == 65
+    assert got.hsi.dtype == np.float32 and got.hsi.shape == (65, 4, 9, 9)
     np.testing.assert_array_equal(got.hsi, ref_h)
     np.testing.assert_array_equal(got.lidar, ref_l)
     assert got.hsi[-1, 2, 4, 4] == 0.0  # the NaN pixel
@@ -116,9 +119,9 @@ def test_read_tile_equals_the_padded_whole_scene(scene_files):
             data = read_tile(scene, tile, stats=stats)
             sl = (slice(None), slice(tile.row, tile.row + tile.height + 2 * halo),
                   slice(tile.col, tile.col + tile.width + 2 * halo))
-            assert data.hsi.shape == (4, tile.height + 2 * halo, tile.width + 2 * halo)
-            np.testing.assert_array_equal(data.hsi, ref_h[sl])
-            np.testing.assert_array_equal(data.lidar, ref_l[sl])
+            assert data.arrays.hsi.shape == (4, tile.height + 2 * halo, tile.width + 2 * halo)
+            np.testing.assert_array_equal(data.arrays.hsi, ref_h[sl])
+            np.testing.assert_array_equal(data.arrays.lidar, ref_l[sl])
             np.testing.assert_array_equal(data.valid, whole.valid[tile.slices])
 
 
@@ -189,7 +192,7 @@ def test_windows_and_tiles_of_scenes_smaller_than_the_window(height, width, size
     assert set(np.unique(got.hsi)) <= set(np.unique(data))  # nothing invented
     for t in tiles:
         np.testing.assert_array_equal(
-            t.hsi, padded[:, t.tile.row:t.tile.row + t.tile.height + 2 * half,
+            t.arrays.hsi, padded[:, t.tile.row:t.tile.row + t.tile.height + 2 * half,
                           t.tile.col:t.tile.col + t.tile.width + 2 * half])
 
 
@@ -201,3 +204,33 @@ def test_reflect_padding_of_tiny_axes_is_pinned():
     np.testing.assert_array_equal(win[0, 0, :, 5], np.ones(11))
     one = np.array([[[7.0]]], np.float32)
     assert (extract_windows(one, np.array([0]), np.array([0]), 11) == 7).all()
+
+
+def test_every_layer_passes_both_modalities_in_one_container(scene_files):
+    with Scene.open(*scene_files) as scene:
+        stats = compute_stats(scene, seed=0, n_samples=500)
+        block = scene.read(((0, 8), (0, 9)))
+        pixels = scene.read_pixels(np.array([0, 5, 7]), np.array([0, 6, 8]))
+        windows = read_windows(scene, np.array([0, 5]), np.array([0, 6]), size=3, stats=stats)
+        tile = read_tile(scene, next(iter_tiles(scene.grid, tile_size=8, halo=1)), stats=stats)
+    # values read from the files carry their validity beside the arrays
+    assert isinstance(block, MaskedModalities) and isinstance(pixels, MaskedModalities)
+    assert block.valid.shape == (8, 9) and pixels.valid.tolist() == [True, False, True]
+    np.testing.assert_array_equal(pixels.hsi, block.hsi[:, [0, 5, 7], [0, 6, 8]].T)
+    assert type(windows) is Modalities and windows.hsi.shape == (2, 4, 3, 3)
+    assert type(tile.arrays) is Modalities and tile.arrays.lidar is not None
+    assert tile.arrays.hsi.shape == (4, 10, 10) and tile.valid.shape == (8, 8)
+    # one way to walk and convert them, whatever the layout
+    assert [name for name, _ in block.items()] == ["hsi", "lidar"] and block.has_lidar
+    hsi_only = Modalities(block.hsi)
+    assert [name for name, _ in hsi_only.items()] == ["hsi"] and not hsi_only.has_lidar
+    data = WindowData(windows, np.array([1, 0]))
+    assert isinstance(data.windows.hsi, torch.Tensor) and (data.hsi_bands, data.lidar_bands,
+                                                           data.window) == (4, 1, 3)
+    first = data.subset(torch.tensor([0]))
+    assert torch.equal(first.windows.lidar, torch.from_numpy(windows.lidar[:1]))
+    assert type(block.map(np.copy)) is Modalities  # the mask does not follow a conversion
+    with pytest.raises(TypeError):
+        MaskedModalities(block.hsi, None, block.valid)  # the mask is keyword-only
+    with pytest.raises(ValueError, match="LiDAR windows"):
+        WindowData(Modalities(windows.hsi, windows.lidar[:1]))

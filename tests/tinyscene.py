@@ -81,7 +81,7 @@ def untrained_models(scene: Scene, folder: Path, *, window: int = 5, suffix: str
                      ) -> tuple[Path, Path]:
     """A pretrained model and a classifier of ``CLASSES`` for ``scene``, without training."""
     preset = load_preset("tiny").with_overrides(**{"model.window": window})
-    stats = compute_stats(scene, seed=0, n_samples=500).to_dict()
+    stats = compute_stats(scene, seed=0, n_samples=500)
     net = DiffCLIPNet(preset.model, hsi_bands=scene.hsi_bands, lidar_bands=scene.lidar_bands,
                       seed=0)
     pretrained = save_model(bundle_from_network(net, preset=preset, stats=stats,

@@ -71,8 +71,8 @@ def tile_windows(data: TileData, window: int) -> tuple[np.ndarray, np.ndarray | 
         view = sliding_window_view(array, (window, window), axis=(1, 2))  # (C, h, w, ww, ww)
         return np.ascontiguousarray(view[:, rows, cols].transpose(1, 0, 2, 3))
 
-    lidar = None if data.lidar is None else gather(data.lidar)
-    return gather(data.hsi), lidar, rows, cols
+    lidar = None if data.arrays.lidar is None else gather(data.arrays.lidar)
+    return gather(data.arrays.hsi), lidar, rows, cols
 
 
 def _check_halo(data: TileData, window: int) -> None:
@@ -237,9 +237,7 @@ class TileEngine:
         rows, cols = np.nonzero(data.valid)
         if rows.size == 0:
             return np.zeros((k, h, wd), dtype=np.float32)
-        arrays = {"hsi": data.hsi}
-        if data.lidar is not None:
-            arrays["lidar"] = data.lidar
+        arrays = dict(data.arrays.items())
         padded = (h + 2 * data.tile.halo, wd + 2 * data.tile.halo)
         for m, array in arrays.items():
             if array.ndim != 3 or array.shape[1:] != padded:

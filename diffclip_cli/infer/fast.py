@@ -154,8 +154,9 @@ class FastEngine:
                 r1 = min(h, r0 + rows)
                 # Stacked strip by strip: a whole stacked tile would be one more copy of it.
                 strip = slice(r0, r1 + 2 * half)
-                x = self._stack(data.hsi[:, strip],
-                                None if data.lidar is None else data.lidar[:, strip])
+                lidar = data.arrays.lidar
+                x = self._stack(data.arrays.hsi[:, strip],
+                                None if lidar is None else lidar[:, strip])
                 part = x.unsqueeze(0).to(self.device)
                 probs = torch.softmax(self.student(part)[0].float(), 0)
                 out[:, r0:r1] = probs.cpu().numpy()

@@ -311,7 +311,7 @@ def _tile_probabilities(inputs: _Inputs, runner: Runner, *, halo: int, shape: tu
     The tile reads its core plus a halo of ``halo`` pixels (less at the scene border, where
     it is reflect-padded as :func:`~diffclip_cli.sampling.tiles.read_tile` does).
     """
-    from diffclip_cli.sampling.normalise import SceneStats
+    from diffclip_cli.modalities import Modalities
     from diffclip_cli.sampling.tiles import Tile, TileData
 
     assert block_info is not None
@@ -322,7 +322,7 @@ def _tile_probabilities(inputs: _Inputs, runner: Runner, *, halo: int, shape: tu
     top, left = r0 - a0, c0 - b0
     h, w = r1 - r0, c1 - c0
     hsi, lidar, private = inputs.window(slice(a0, a1), slice(b0, b1))
-    stats = SceneStats.from_dict(runner.bundle.stats)
+    stats = runner.bundle.scene_stats
     pad = ((0, 0), (halo - top, halo - (a1 - r1)), (halo - left, halo - (b1 - c1)))
     arrays = {}
     valid = np.ones((h, w), bool)
@@ -338,7 +338,8 @@ def _tile_probabilities(inputs: _Inputs, runner: Runner, *, halo: int, shape: tu
         # so the values are the same bit for bit.
         x = band_stats.apply(x, inplace=True)
         arrays[name] = np.pad(x, pad, mode="reflect") if any(map(any, pad)) else x
-    data = TileData(Tile(r0, c0, h, w, halo), arrays["hsi"], arrays.get("lidar"), valid)
+    data = TileData(Tile(r0, c0, h, w, halo), Modalities(arrays["hsi"], arrays.get("lidar")),
+                    valid)
     engine = runner.engine()
     with _compute_slot():
         probs = engine.predict_tile(data)

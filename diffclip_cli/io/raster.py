@@ -14,7 +14,6 @@ import os
 import re
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -32,8 +31,9 @@ from diffclip_cli.errors import GridError, InputError
 from diffclip_cli.io.grid import Grid
 from diffclip_cli.io.names import RasterSource, display_name, is_gdal_name, raster_source
 from diffclip_cli.io.pixels import apply_transform, as_pixel_arrays, group_by_tile
+from diffclip_cli.modalities import MaskedModalities
 
-__all__ = ["RESAMPLING", "Block", "PixelValues", "RasterSource", "Scene", "as_window",
+__all__ = ["RESAMPLING", "RasterSource", "Scene", "as_window",
            "band_wavelengths", "display_name", "is_gdal_name", "open_raster", "raster_source"]
 
 log = logging.getLogger("diffclip")
@@ -47,37 +47,6 @@ RESAMPLING: dict[str, Resampling] = {
 
 PathLike = str | os.PathLike[str]
 WindowLike: TypeAlias = Window | tuple[tuple[int, int], tuple[int, int]]
-
-
-@dataclass(eq=False)
-class Block:
-    """The data of one window of a scene.
-
-    Attributes:
-        hsi: ``(C, h, w)`` float32 HSI values after scale/offset, NaN where nodata.
-        lidar: ``(L, h, w)`` float32 LiDAR values on the HSI grid, or ``None`` without LiDAR.
-        valid: ``(h, w)`` bool, true where every band of every modality has a value (and the
-            LiDAR covers the pixel).
-    """
-
-    hsi: np.ndarray
-    lidar: np.ndarray | None
-    valid: np.ndarray
-
-
-@dataclass(eq=False)
-class PixelValues:
-    """The values of scattered pixels.
-
-    Attributes:
-        hsi: ``(N, C)`` float32.
-        lidar: ``(N, L)`` float32, or ``None`` without LiDAR.
-        valid: ``(N,)`` bool.
-    """
-
-    hsi: np.ndarray
-    lidar: np.ndarray | None
-    valid: np.ndarray
 
 
 def as_window(window: WindowLike, grid: Grid) -> Window:
@@ -528,7 +497,7 @@ class Scene:
 
     # -- reading -------------------------------------------------------------------------
 
-    def read(self, window: WindowLike) -> Block:
+    def read(self, window: WindowLike) -> MaskedModalities:
         """Read one window of every modality on the HSI grid.
 
         Args:
@@ -536,7 +505,10 @@ class Scene:
                 grid.
 
         Returns:
-            The window's :class:`Block`.
+            The window's values: ``hsi`` ``(C, h, w)`` float32 after scale/offset, NaN where
+            nodata; ``lidar`` ``(L, h, w)`` float32 resampled onto the HSI grid, or ``None``
+            without LiDAR; ``valid`` ``(h, w)`` bool, true where every band of every modality
+            has a value (and the LiDAR covers the pixel).
 
         Raises:
             InputError: a read failed (truncated or corrupt file).
@@ -552,7 +524,7 @@ class Scene:
         valid = np.isfinite(hsi).all(axis=0)
         if lidar is not None:
             valid &= np.isfinite(lidar).all(axis=0)
-        return Block(hsi, lidar, valid)
+        return MaskedModalities(hsi, lidar, valid=valid)
 
     def read_bands(self, window: WindowLike, modality: str) -> np.ndarray:
         """Read one window of one modality on the HSI grid.
@@ -584,13 +556,17 @@ class Scene:
 
     def read_pixels(
         self, rows: np.ndarray, cols: np.ndarray, *, tile_size: int = 256
-    ) -> PixelValues:
+    ) -> MaskedModalities:
         """Values of scattered pixels, read tile by tile (one read per tile that has pixels).
 
         Args:
             rows: pixel rows on the HSI grid.
             cols: pixel columns.
             tile_size: pixels are grouped by tiles of this size.
+
+        Returns:
+            ``hsi`` ``(N, C)`` and ``lidar`` ``(N, L)`` float32 (or ``None``), ``valid``
+            ``(N,)`` bool: what :meth:`read` gives at those pixels.
 
         Raises:
             ValueError: a pixel is outside the grid.
@@ -611,7 +587,7 @@ class Scene:
             if lidar is not None and block.lidar is not None:
                 lidar[g.index] = block.lidar[:, lr, lc].T
             valid[g.index] = block.valid[lr, lc]
-        return PixelValues(hsi, lidar, valid)
+        return MaskedModalities(hsi, lidar, valid=valid)
 
     def valid_at(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Whether each pixel is valid (pixels outside the grid are not).

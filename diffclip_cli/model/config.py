@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import numbers
 import os
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,10 +26,12 @@ from diffclip_cli.errors import DiffclipError, ModelError
 
 __all__ = [
     "TEMPLATE_NAMES",
+    "ConfigBase",
     "FinetuneConfig",
     "ModelConfig",
     "Preset",
     "PretrainConfig",
+    "check",
     "list_presets",
     "load_preset",
     "presets_dir",
@@ -34,36 +40,65 @@ __all__ = [
 #: Prompt templates a preset may name (see :mod:`diffclip_cli.model.prompts`).
 TEMPLATE_NAMES: tuple[str, ...] = ("p1", "p2", "p3", "p4", "p5")
 
-_C = TypeVar("_C", bound="_Config")
+_C = TypeVar("_C", bound="ConfigBase")
 
 
-class _Config:
-    """Shared helpers of the configuration dataclasses."""
+class ConfigBase:
+    """The validation base of every configuration dataclass.
+
+    :class:`ModelConfig`, :class:`PretrainConfig`, :class:`FinetuneConfig`, the fast path's
+    :class:`~diffclip_cli.model.student.StudentConfig` and
+    :class:`~diffclip_cli.train.distill.DistillConfig` are frozen dataclasses on this base, so
+    each of them checks, reads and writes its values the same way and reports every error as
+    a :class:`ModelError` worded the same way:
+
+    * on construction (and :func:`dataclasses.replace`), every field's type against its
+      annotation (``int``, ``float``, ``bool``, ``str``, ``tuple[int, ...]``, optionally
+      ``| None``): ``"<field> must be <kind>, got <value>"``; YAML lists become tuples (so
+      configurations stay hashable and comparable) and numpy integers plain ``int``;
+    * then the subclass's :meth:`validate` (ranges and relations), through :func:`check`;
+    * :meth:`from_dict` refuses unknown fields (``"unknown <Class> fields [...]"``, hint: the
+      valid ones) and turns a missing required field into ``"invalid <Class> (...)"``;
+    * :meth:`to_dict` gives plain JSON types (tuples become lists), field by field in
+      declaration order, and :meth:`with_overrides` a validated copy.
+    """
 
     def validate(self) -> None:  # pragma: no cover - overridden
-        """Raise :class:`ModelError` when a value is out of range."""
+        """Raise :class:`ModelError` when a value is out of range (through :func:`check`)."""
 
     def __post_init__(self) -> None:
         self._coerce()
         self.validate()
 
+    @classmethod
+    def field_names(cls) -> list[str]:
+        """The fields, in declaration order."""
+        return [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+
+    @classmethod
+    def unknown_fields(cls, data: Mapping[str, Any]) -> list[str]:
+        """The keys of ``data`` that are not fields of this configuration, sorted."""
+        return sorted(set(data) - set(cls.field_names()))
+
     def _coerce(self) -> None:
-        """Turn YAML lists into tuples so configurations stay hashable and comparable."""
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            if isinstance(value, list):
-                object.__setattr__(self, f.name, tuple(value))
+        """Check every field's type; lists become tuples, numpy numbers plain ones."""
+        hints = _type_hints(type(self))
+        for name in self.field_names():
+            value = getattr(self, name)
+            coerced = _checked(name, value, hints[name])
+            if coerced is not value:
+                object.__setattr__(self, name, coerced)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly dictionary (tuples become lists)."""
         out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
+        for name in self.field_names():
+            value = getattr(self, name)
+            out[name] = list(value) if isinstance(value, tuple) else value
         return out
 
     @classmethod
-    def from_dict(cls: type[_C], data: dict[str, Any], *, source: str | None = None) -> _C:
+    def from_dict(cls: type[_C], data: Mapping[str, Any], *, source: str | None = None) -> _C:
         """Build from a dictionary, refusing unknown keys.
 
         Args:
@@ -71,13 +106,12 @@ class _Config:
             source: the file the values come from, named in error messages.
 
         Raises:
-            ModelError: on an unknown key or an invalid value.
+            ModelError: on an unknown key, a missing required field or an invalid value.
         """
-        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-        unknown = sorted(set(data) - set(names))
+        unknown = cls.unknown_fields(data)
         if unknown:
             raise ModelError(f"unknown {cls.__name__} fields {unknown}", path=source,
-                             hint=f"valid fields are {names}")
+                             hint=f"valid fields are {cls.field_names()}")
         try:
             return cls(**data)
         except ModelError as exc:
@@ -98,13 +132,79 @@ class _Config:
         return type(self).from_dict(data)
 
 
-def _check(ok: bool, message: str, hint: str | None = None) -> None:
+def check(ok: bool, message: str, hint: str | None = None) -> None:
+    """Raise :class:`ModelError` with ``message`` (and ``hint``) unless ``ok``.
+
+    What every :meth:`ConfigBase.validate` reports its range errors with.
+    """
     if not ok:
         raise ModelError(message, hint=hint)
 
 
+#: The resolved annotations of each configuration class (they never change).
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    """The resolved annotations of a configuration class, resolved once."""
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
+
+
+def _checked(name: str, value: Any, hint: Any) -> Any:
+    """``value`` checked against the annotation ``hint``, lists as tuples.
+
+    Raises:
+        ModelError: ``"<name> must be <kind>, got <value>"``.
+    """
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return value
+        (hint,) = [a for a in args if a is not type(None)]
+        args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple:
+        check(isinstance(value, (list, tuple)),
+              f"{name} must be a list of {_KINDS[args[0]][1]}, got {value!r}")
+        items = tuple(_scalar(f"{name} entries", v, args[0]) for v in value)
+        return value if isinstance(value, tuple) and all(
+            a is b for a, b in zip(items, value, strict=True)) else items
+    return _scalar(name, value, hint)
+
+
+#: ``annotation -> (what a value must be, the same for a list's entries)``.
+_KINDS: dict[Any, tuple[str, str]] = {
+    bool: ("true or false", "true/false values"),
+    int: ("an integer", "integers"),
+    float: ("a number", "numbers"),
+    str: ("a text", "texts"),
+}
+
+
+def _scalar(name: str, value: Any, hint: Any) -> Any:
+    """A scalar checked against ``bool``, ``int``, ``float`` or ``str``."""
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        if ok and type(value) is not int:
+            value = int(value)
+    elif hint is float:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if ok and not isinstance(value, (int, float)):
+            value = float(value)
+    elif hint is str:
+        ok = isinstance(value, str)
+    else:  # pragma: no cover - a field type this base does not know
+        raise TypeError(f"{name}: unsupported configuration field type {hint!r}")
+    check(ok, f"{name} must be {_KINDS[hint][0]}, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
-class ModelConfig(_Config):
+class ModelConfig(ConfigBase):
     """The network: image side, text side and the diffusion/masking of pretraining.
 
     Attributes:
@@ -180,47 +280,44 @@ class ModelConfig(_Config):
 
     def validate(self) -> None:
         """Raise :class:`ModelError` when a value is out of range."""
-        _check(self.window >= 1 and self.window % 2 == 1,
-               f"window must be a positive odd number of pixels, got {self.window}",
-               "use e.g. 5, 7 or 11 so the window has a centre pixel")
+        check(self.window >= 1 and self.window % 2 == 1,
+              f"window must be a positive odd number of pixels, got {self.window}",
+              "use e.g. 5, 7 or 11 so the window has a centre pixel")
         for name in ("stem_hidden", "dim", "depth", "heads", "decoder_depth", "decoder_dim",
                      "decoder_heads", "embed_dim", "text_width", "text_layers", "text_heads",
                      "timesteps"):
-            _check(int(getattr(self, name)) >= 1, f"{name} must be at least 1, "
-                   f"got {getattr(self, name)}")
-        _check(self.dim % 4 == 0, f"dim must be a multiple of 4 (2-D sine-cosine positions), "
-               f"got {self.dim}")
-        _check(self.decoder_dim % 4 == 0,
-               f"decoder_dim must be a multiple of 4, got {self.decoder_dim}")
+            check(int(getattr(self, name)) >= 1, f"{name} must be at least 1, "
+                  f"got {getattr(self, name)}")
+        check(self.dim % 4 == 0, f"dim must be a multiple of 4 (2-D sine-cosine positions), "
+              f"got {self.dim}")
+        check(self.decoder_dim % 4 == 0,
+              f"decoder_dim must be a multiple of 4, got {self.decoder_dim}")
         for width, heads in (("dim", "heads"), ("decoder_dim", "decoder_heads"),
                              ("text_width", "text_heads")):
             w, h = getattr(self, width), getattr(self, heads)
-            _check(w % h == 0, f"{width} ({w}) must be divisible by {heads} ({h})",
-                   f"choose {heads} among the divisors of {w}")
-        _check(self.mlp_ratio > 0, f"mlp_ratio must be positive, got {self.mlp_ratio}")
-        _check(0.0 < self.mask_ratio < 1.0,
-               f"mask_ratio must lie strictly between 0 and 1, got {self.mask_ratio}")
+            check(w % h == 0, f"{width} ({w}) must be divisible by {heads} ({h})",
+                  f"choose {heads} among the divisors of {w}")
+        check(self.mlp_ratio > 0, f"mlp_ratio must be positive, got {self.mlp_ratio}")
+        check(0.0 < self.mask_ratio < 1.0,
+              f"mask_ratio must lie strictly between 0 and 1, got {self.mask_ratio}")
         keep = int(self.window * self.window * (1.0 - self.mask_ratio))
-        _check(keep >= 1, f"mask_ratio {self.mask_ratio} masks every token of a "
-               f"{self.window} x {self.window} window", "lower it or use a larger window")
-        for name in ("masking", "diffusion", "pixel_readout"):
-            _check(isinstance(getattr(self, name), bool),
-                   f"{name} must be true or false, got {getattr(self, name)!r}")
-        _check(self.masked_loss_weight >= 0,
-               f"masked_loss_weight must not be negative, got {self.masked_loss_weight}")
-        _check(0 <= int(self.noise_steps) <= self.timesteps,
-               f"noise_steps must lie in 0..timesteps ({self.timesteps}), got {self.noise_steps}",
-               "use 0 for every timestep (the paper) or fewer, e.g. 100")
-        _check(0.0 < self.beta_start <= self.beta_end < 1.0,
-               f"need 0 < beta_start <= beta_end < 1, got {self.beta_start}, {self.beta_end}")
-        _check(self.context_length >= 3,
-               f"context_length must be at least 3, got {self.context_length}")
-        _check(self.init_temperature > 0,
-               f"init_temperature must be positive, got {self.init_temperature}")
-        _check(self.max_logit_scale >= 1.0 / self.init_temperature,
-               f"max_logit_scale ({self.max_logit_scale}) is below 1 / init_temperature")
-        _check(self.template in TEMPLATE_NAMES,
-               f"unknown prompt template {self.template!r}", f"use one of {TEMPLATE_NAMES}")
+        check(keep >= 1, f"mask_ratio {self.mask_ratio} masks every token of a "
+              f"{self.window} x {self.window} window", "lower it or use a larger window")
+        check(self.masked_loss_weight >= 0,
+              f"masked_loss_weight must not be negative, got {self.masked_loss_weight}")
+        check(0 <= int(self.noise_steps) <= self.timesteps,
+              f"noise_steps must lie in 0..timesteps ({self.timesteps}), got {self.noise_steps}",
+              "use 0 for every timestep (the paper) or fewer, e.g. 100")
+        check(0.0 < self.beta_start <= self.beta_end < 1.0,
+              f"need 0 < beta_start <= beta_end < 1, got {self.beta_start}, {self.beta_end}")
+        check(self.context_length >= 3,
+              f"context_length must be at least 3, got {self.context_length}")
+        check(self.init_temperature > 0,
+              f"init_temperature must be positive, got {self.init_temperature}")
+        check(self.max_logit_scale >= 1.0 / self.init_temperature,
+              f"max_logit_scale ({self.max_logit_scale}) is below 1 / init_temperature")
+        check(self.template in TEMPLATE_NAMES,
+              f"unknown prompt template {self.template!r}", f"use one of {TEMPLATE_NAMES}")
 
     @property
     def tokens(self) -> int:
@@ -236,7 +333,7 @@ class ModelConfig(_Config):
 
 
 @dataclass(frozen=True)
-class PretrainConfig(_Config):
+class PretrainConfig(ConfigBase):
     """Stage 1, unsupervised masked diffusion: Adam + cosine annealing with warm restarts.
 
     Attributes:
@@ -264,15 +361,15 @@ class PretrainConfig(_Config):
 
     def validate(self) -> None:
         """Raise :class:`ModelError` when a value is out of range."""
-        _check(self.epochs >= 0, f"epochs must not be negative, got {self.epochs}")
-        _check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
-        _check(self.lr > 0, f"lr must be positive, got {self.lr}")
-        _check(self.weight_decay >= 0, f"weight_decay must not be negative, "
-               f"got {self.weight_decay}")
-        _check(self.t0 >= 1 and self.t_mult >= 1,
-               f"t0 and t_mult must be at least 1, got {self.t0} and {self.t_mult}")
-        _check(all(int(s) >= 1 for s in self.crop_sizes),
-               f"crop_sizes must be positive, got {list(self.crop_sizes)}")
+        check(self.epochs >= 0, f"epochs must not be negative, got {self.epochs}")
+        check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
+        check(self.lr > 0, f"lr must be positive, got {self.lr}")
+        check(self.weight_decay >= 0, f"weight_decay must not be negative, "
+              f"got {self.weight_decay}")
+        check(self.t0 >= 1 and self.t_mult >= 1,
+              f"t0 and t_mult must be at least 1, got {self.t0} and {self.t_mult}")
+        check(all(int(s) >= 1 for s in self.crop_sizes),
+              f"crop_sizes must be positive, got {list(self.crop_sizes)}")
 
     def crops_for(self, window: int) -> tuple[int, ...]:
         """The crop sizes to draw from for ``window``-pixel windows.
@@ -282,13 +379,13 @@ class PretrainConfig(_Config):
         """
         sizes = tuple(int(s) for s in self.crop_sizes) or (max(1, window - 2), window)
         bad = [s for s in sizes if s > window or (window - s) % 2]
-        _check(not bad, f"crop_sizes {list(bad)} do not fit a {window}-pixel window",
-               "use sizes no larger than the window, with the window's parity (e.g. w-2 and w)")
+        check(not bad, f"crop_sizes {list(bad)} do not fit a {window}-pixel window",
+              "use sizes no larger than the window, with the window's parity (e.g. w-2 and w)")
         return sizes
 
 
 @dataclass(frozen=True)
-class FinetuneConfig(_Config):
+class FinetuneConfig(ConfigBase):
     """Stage 2, few-shot contrastive fine-tuning: Adam + MultiStepLR.
 
     Attributes:
@@ -309,14 +406,14 @@ class FinetuneConfig(_Config):
 
     def validate(self) -> None:
         """Raise :class:`ModelError` when a value is out of range."""
-        _check(self.epochs >= 0, f"epochs must not be negative, got {self.epochs}")
-        _check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
-        _check(self.lr > 0, f"lr must be positive, got {self.lr}")
-        _check(self.weight_decay >= 0, f"weight_decay must not be negative, "
-               f"got {self.weight_decay}")
-        _check(list(self.milestones) == sorted(set(self.milestones)),
-               f"milestones must increase, got {list(self.milestones)}")
-        _check(0 < self.gamma <= 1, f"gamma must lie in (0, 1], got {self.gamma}")
+        check(self.epochs >= 0, f"epochs must not be negative, got {self.epochs}")
+        check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
+        check(self.lr > 0, f"lr must be positive, got {self.lr}")
+        check(self.weight_decay >= 0, f"weight_decay must not be negative, "
+              f"got {self.weight_decay}")
+        check(list(self.milestones) == sorted(set(self.milestones)),
+              f"milestones must increase, got {list(self.milestones)}")
+        check(0 < self.gamma <= 1, f"gamma must lie in (0, 1], got {self.gamma}")
 
 
 _SECTIONS = ("model", "pretrain", "finetune")

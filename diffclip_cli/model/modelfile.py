@@ -13,7 +13,6 @@ so a damaged file is refused instead of giving a wrong map.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import hashlib
 import json
@@ -26,19 +25,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
 
 from diffclip_cli import __version__
-from diffclip_cli.errors import DiffclipError, ModelError
+from diffclip_cli.errors import ModelError
 from diffclip_cli.io.atomic import atomic_path
 from diffclip_cli.io.classes import ClassTable
 from diffclip_cli.model.classifier import DiffCLIPClassifier
-from diffclip_cli.model.config import FinetuneConfig, ModelConfig, Preset, PretrainConfig
+from diffclip_cli.model.config import (
+    ConfigBase,
+    FinetuneConfig,
+    ModelConfig,
+    Preset,
+    PretrainConfig,
+)
 from diffclip_cli.model.network import DiffCLIPNet
 from diffclip_cli.model.text import Vocabulary
+
+if TYPE_CHECKING:  # at run time imported where needed: it brings rasterio
+    from diffclip_cli.sampling.normalise import SceneStats
 
 __all__ = [
     "FORMAT_TAG",
@@ -57,6 +65,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("diffclip")
+
+_Cfg = TypeVar("_Cfg", bound=ConfigBase)
 
 #: Identifies diffclip model files.
 FORMAT_TAG = "diffclip-model"
@@ -93,68 +103,91 @@ def _check_plain(value: Any, where: str) -> None:
 
 @dataclass
 class ModelBundle:
-    """Everything a model file holds.
+    """Everything a model file holds, parsed once into typed objects.
+
+    :func:`load_model` checks and parses the file's metadata once; the bundle then holds the
+    configuration, statistics, classes and vocabulary as the objects the library works with,
+    and :func:`save_model` writes them back in the file's plain JSON form (byte for byte what
+    it was: every object round-trips through its ``to_dict``/``from_dict``).
 
     Attributes:
         kind: ``"pretrained"`` or ``"classifier"``.
-        preset: the name of the preset the configuration came from.
-        model_config: :class:`ModelConfig` as a dict (the full configuration, not a reference).
-        pretrain_config: :class:`PretrainConfig` as a dict.
-        finetune_config: :class:`FinetuneConfig` as a dict.
+        preset_config: the full configuration: the preset's name, the network
+            (:attr:`config`, the model's own, not a reference to a preset file), pretraining
+            and fine-tuning. Model files store no preset description.
         hsi_bands: HSI bands the model reads.
         lidar_bands: LiDAR channels (0: HSI only).
         band_names: ``{"hsi": [...], "lidar": [...]}``.
-        stats: the normalisation statistics (opaque JSON-able dict from the sampling layer).
-        classes: ``ClassTable.to_records()``; ``None`` for a pretrained model.
+        scene_stats: the normalisation statistics of both modalities.
+        state_dict: the weights.
+        class_table: the classes, in output order; ``None`` for a pretrained model.
         template: the prompt template (``p1`` .. ``p5`` or a custom text); ``None`` if none.
         prompts: one prompt per class; ``None`` for a pretrained model.
-        vocabulary: ``Vocabulary.to_dict()``; ``None`` for a pretrained model.
+        vocabulary: the prompts' vocabulary; ``None`` for a pretrained model.
         provenance: input files, shots, seed, package version, dates, training times, ...
-        state_dict: the weights.
         extras: further tensors and plain values (e.g. a distilled student).
         format_version: the file format.
         wavelengths: the HSI band centres in nanometres the model was trained on, or
             ``None`` when the training scene did not give them (and in files written before
             diffclip stored them; such files still load).
+
+    The plain forms the file stores are read-only views of these attributes:
+    :attr:`preset` (the name), :attr:`model_config`, :attr:`pretrain_config`,
+    :attr:`finetune_config`, :attr:`stats` and :attr:`classes`.
     """
 
     kind: str
-    preset: str
-    model_config: dict[str, Any]
-    pretrain_config: dict[str, Any]
-    finetune_config: dict[str, Any]
+    preset_config: Preset
     hsi_bands: int
     lidar_bands: int
     band_names: dict[str, list[str]]
-    stats: dict[str, Any]
+    scene_stats: SceneStats
     state_dict: dict[str, torch.Tensor]
-    classes: list[dict[str, Any]] | None = None
+    class_table: ClassTable | None = None
     template: str | None = None
     prompts: list[str] | None = None
-    vocabulary: dict[str, Any] | None = None
+    vocabulary: Vocabulary | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     wavelengths: list[float] | None = None
 
-    # -- typed views --------------------------------------------------------------------------
+    # -- typed shortcuts and the stored plain forms ------------------------------------------
 
     @property
     def config(self) -> ModelConfig:
-        """The model configuration."""
-        return ModelConfig.from_dict(self.model_config)
+        """The model configuration (``preset_config.model``)."""
+        return self.preset_config.model
 
     @property
-    def preset_config(self) -> Preset:
-        """The full preset (model, pretraining and fine-tuning configuration)."""
-        return Preset(name=self.preset, model=self.config,
-                      pretrain=PretrainConfig.from_dict(self.pretrain_config),
-                      finetune=FinetuneConfig.from_dict(self.finetune_config))
+    def preset(self) -> str:
+        """The name of the preset the configuration came from."""
+        return self.preset_config.name
 
     @property
-    def class_table(self) -> ClassTable | None:
-        """The classes, in output order; ``None`` for a pretrained model."""
-        return None if self.classes is None else ClassTable.from_records(self.classes)
+    def model_config(self) -> dict[str, Any]:
+        """The model configuration as stored in the file (plain JSON types; a copy)."""
+        return self.preset_config.model.to_dict()
+
+    @property
+    def pretrain_config(self) -> dict[str, Any]:
+        """The pretraining configuration as stored in the file (a copy)."""
+        return self.preset_config.pretrain.to_dict()
+
+    @property
+    def finetune_config(self) -> dict[str, Any]:
+        """The fine-tuning configuration as stored in the file (a copy)."""
+        return self.preset_config.finetune.to_dict()
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """The normalisation statistics as stored in the file (plain JSON types; a copy)."""
+        return self.scene_stats.to_dict()
+
+    @property
+    def classes(self) -> list[dict[str, Any]] | None:
+        """The class table as stored in the file (``ClassTable.to_records()``; a copy)."""
+        return None if self.class_table is None else self.class_table.to_records()
 
     def require_classes(self) -> ClassTable:
         """The classes, in output order.
@@ -262,6 +295,7 @@ class ModelBundle:
     # -- (de)serialisation ----------------------------------------------------------------------
 
     def _metadata(self) -> dict[str, Any]:
+        """The metadata in the file's plain JSON form."""
         return {
             "kind": self.kind,
             "preset": self.preset,
@@ -275,7 +309,7 @@ class ModelBundle:
             "classes": self.classes,
             "template": self.template,
             "prompts": self.prompts,
-            "vocabulary": self.vocabulary,
+            "vocabulary": None if self.vocabulary is None else self.vocabulary.to_dict(),
             "provenance": self.provenance,
             "wavelengths": self.wavelengths,
         }
@@ -465,42 +499,64 @@ def load_model(path: str | os.PathLike[str]) -> ModelBundle:
         raise ModelError("the model file is damaged (no metadata or weights)", path=path,
                          hint="re-train or re-copy the model")
     _check_digest(payload, version, path)
+    return _parse(payload, version, path)
+
+
+def _parse(payload: dict[str, Any], version: int, path: Path) -> ModelBundle:
+    """The bundle of a checked payload: its metadata parsed once into typed objects.
+
+    Raises:
+        ModelError: the metadata is unreadable, names an unknown kind or configuration field
+            (a newer diffclip made the file), or is inconsistent with itself or the weights.
+    """
     try:
         meta = json.loads(payload["metadata"])
-        bundle = ModelBundle(
-            kind=meta["kind"],
-            preset=meta["preset"],
-            model_config=meta["model_config"],
-            pretrain_config=meta["pretrain_config"],
-            finetune_config=meta["finetune_config"],
-            hsi_bands=int(meta["hsi_bands"]),
-            lidar_bands=int(meta["lidar_bands"]),
-            band_names=meta["band_names"],
-            stats=meta["stats"],
-            state_dict=dict(payload["state_dict"]),
-            classes=meta["classes"],
-            template=meta["template"],
-            prompts=meta["prompts"],
-            vocabulary=meta["vocabulary"],
-            provenance=meta["provenance"],
-            extras=dict(payload.get("extras") or {}),
-            format_version=version,
-            wavelengths=_wavelengths(meta.get("wavelengths"), int(meta["hsi_bands"])),
-        )
-    except DiffclipError:  # the bundle's own checks: a ValueError too, already worded
-        raise
+        kind = meta["kind"]
+        name = meta["preset"]
+        configs = (meta["model_config"], meta["pretrain_config"], meta["finetune_config"])
+        hsi_bands, lidar_bands = int(meta["hsi_bands"]), int(meta["lidar_bands"])
+        band_names = meta["band_names"]
+        stats = meta["stats"]
+        classes = meta["classes"]
+        template = meta["template"]
+        prompts = meta["prompts"]
+        vocabulary = meta["vocabulary"]
+        provenance = meta["provenance"]
+        wavelengths = _wavelengths(meta.get("wavelengths"), hsi_bands)
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"the model file is damaged (metadata: {exc})", path=path,
                          hint="re-train or re-copy the model") from None
-    if bundle.kind not in KINDS:
-        raise ModelError(f"unknown model kind {bundle.kind!r}", path=path,
-                         hint="upgrade diffclip")
-    if bundle.kind == "classifier" and (not bundle.prompts or bundle.vocabulary is None
-                                        or bundle.classes is None):
+    if kind not in KINDS:
+        raise ModelError(f"unknown model kind {kind!r}", path=path, hint="upgrade diffclip")
+    if kind == "classifier" and (not prompts or vocabulary is None or classes is None):
         raise ModelError("the classifier file lacks its classes, prompts or vocabulary",
                          path=path, hint="re-train the model")
-    _validate(bundle, path)
-    return bundle
+    state_dict = dict(payload["state_dict"])
+    model = _config(ModelConfig, "model", configs[0], path)
+    pretrain = _config(PretrainConfig, "pretraining", configs[1], path)
+    finetune = _config(FinetuneConfig, "fine-tuning", configs[2], path)
+    try:
+        preset = Preset(name=str(name), model=model, pretrain=pretrain, finetune=finetune)
+    except ModelError as exc:
+        raise _damaged(f"its configurations do not fit together ({exc.message})",
+                       path) from None
+    if hsi_bands < 1 or lidar_bands < 0:
+        raise _damaged(f"it claims {hsi_bands} HSI bands and {lidar_bands} LiDAR channels",
+                       path)
+    scene_stats = _stats(stats, hsi_bands, lidar_bands, path)
+    if not isinstance(band_names, dict) or [
+            len(band_names.get(k) or []) for k in ("hsi", "lidar")] != [hsi_bands, lidar_bands]:
+        raise _damaged("its band names do not match its band counts", path)
+    table = vocab = None
+    if kind == "classifier":
+        table, vocab = _classes(classes, vocabulary, prompts, state_dict,
+                                model.context_length, path)
+    return ModelBundle(
+        kind=kind, preset_config=preset, hsi_bands=hsi_bands, lidar_bands=lidar_bands,
+        band_names=band_names, scene_stats=scene_stats, state_dict=state_dict,
+        class_table=table, template=template, prompts=prompts, vocabulary=vocab,
+        provenance=provenance, extras=dict(payload.get("extras") or {}),
+        format_version=version, wavelengths=wavelengths)
 
 
 def _span(wavelengths: Sequence[float]) -> str:
@@ -524,40 +580,41 @@ def _damaged(what: str, path: Path) -> ModelError:
                       hint="copy the model again or re-train it")
 
 
-def _validate(bundle: ModelBundle, path: Path) -> None:
-    """Check that the metadata is consistent with itself and with the weights.
+def _config(cls: type[_Cfg], what: str, value: Any, path: Path) -> _Cfg:
+    """One stored configuration, parsed.
 
     Raises:
-        ModelError: a configuration field this diffclip does not know (a newer diffclip made
-            the file), or any inconsistency (the file is damaged), naming what is wrong.
+        ModelError: a field this diffclip does not know (a newer diffclip made the file), or
+            a configuration that is not a mapping or is invalid (the file is damaged).
+    """
+    if not isinstance(value, dict):
+        raise _damaged(f"its {what} configuration is not a mapping", path)
+    unknown = cls.unknown_fields(value)
+    if unknown:
+        raise ModelError(
+            f"its {what} configuration has fields this diffclip {__version__} does not "
+            f"know ({', '.join(unknown)}), so a newer diffclip made it", path=path,
+            hint="upgrade diffclip to use this model")
+    try:
+        return cls.from_dict(value)
+    except ModelError as exc:
+        raise _damaged(f"its {what} configuration is invalid ({exc.message})", path) from None
+
+
+def _stats(value: Any, hsi_bands: int, lidar_bands: int, path: Path) -> SceneStats:
+    """The stored normalisation statistics, parsed and checked against the band counts.
+
+    Raises:
+        ModelError: unreadable statistics, or statistics that do not fit the bands.
     """
     from diffclip_cli.sampling.normalise import SceneStats
 
-    for name, cls, value in (("model", ModelConfig, bundle.model_config),
-                             ("pretraining", PretrainConfig, bundle.pretrain_config),
-                             ("fine-tuning", FinetuneConfig, bundle.finetune_config)):
-        if not isinstance(value, dict):
-            raise _damaged(f"its {name} configuration is not a mapping", path)
-        unknown = sorted(set(value) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ModelError(
-                f"its {name} configuration has fields this diffclip {__version__} does not "
-                f"know ({', '.join(unknown)}), so a newer diffclip made it", path=path,
-                hint="upgrade diffclip to use this model")
-        try:
-            cls.from_dict(value)
-        except ModelError as exc:
-            raise _damaged(f"its {name} configuration is invalid ({exc.message})",
-                           path) from None
-    if bundle.hsi_bands < 1 or bundle.lidar_bands < 0:
-        raise _damaged(f"it claims {bundle.hsi_bands} HSI bands and {bundle.lidar_bands} "
-                       "LiDAR channels", path)
     try:
-        stats = SceneStats.from_dict(bundle.stats)
+        stats = SceneStats.from_dict(value)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise _damaged(f"its normalisation statistics are unreadable ({exc})", path) from None
-    for what, band_stats, count in (("HSI", stats.hsi, bundle.hsi_bands),
-                                    ("LiDAR", stats.lidar, bundle.lidar_bands)):
+    for what, band_stats, count in (("HSI", stats.hsi, hsi_bands),
+                                    ("LiDAR", stats.lidar, lidar_bands)):
         if not count:  # HSI-only model: LiDAR statistics, if any, are never used
             continue
         if band_stats is None:
@@ -570,30 +627,36 @@ def _validate(bundle: ModelBundle, path: Path) -> None:
                 and (band_stats.scale > 0).all()):
             raise _damaged(f"its {what} statistics hold non-finite or non-positive values",
                            path)
-    if not isinstance(bundle.band_names, dict) or [
-            len(bundle.band_names.get(k) or []) for k in ("hsi", "lidar")] != [
-            bundle.hsi_bands, bundle.lidar_bands]:
-        raise _damaged("its band names do not match its band counts", path)
-    if bundle.kind != "classifier":
-        return
+    return stats
+
+
+def _classes(records: Any, vocabulary: Any, prompts: list[str],
+             state_dict: dict[str, torch.Tensor], context: int, path: Path
+             ) -> tuple[ClassTable, Vocabulary]:
+    """A classifier's stored class table and vocabulary, parsed.
+
+    They are checked against the prompts and the prompt token ids.
+
+    Raises:
+        ModelError: unreadable records, or classes, prompts and token ids that disagree.
+    """
     try:
-        table = ClassTable.from_records(bundle.classes or [])
-        vocabulary = Vocabulary.from_dict(bundle.vocabulary or {})
+        table = ClassTable.from_records(records or [])
+        vocab = Vocabulary.from_dict(vocabulary or {})
     except Exception as exc:  # any malformed record: the file is damaged
         raise _damaged(f"its class table or vocabulary is unreadable ({exc})", path) from None
-    prompts = bundle.prompts or []
     if len(prompts) != len(table):
         raise _damaged(f"it has {len(table)} classes but {len(prompts)} prompts", path)
-    ids = bundle.state_dict.get("prompt_ids")
-    context = bundle.config.context_length
+    ids = state_dict.get("prompt_ids")
     if not isinstance(ids, torch.Tensor) or tuple(ids.shape) != (len(table), context):
         shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else None
         raise _damaged(f"its prompt token ids have shape {shape}, not ({len(table)}, "
                        f"{context}) for its {len(table)} classes", path)
     if ids.is_floating_point() or (ids.numel() and (
-            int(ids.min()) < 0 or int(ids.max()) >= len(vocabulary))):
+            int(ids.min()) < 0 or int(ids.max()) >= len(vocab))):
         raise _damaged(f"its prompt token ids fall outside its vocabulary of "
-                       f"{len(vocabulary)} words", path)
+                       f"{len(vocab)} words", path)
+    return table, vocab
 
 
 def _is_zip(path: Path) -> bool:
@@ -651,7 +714,7 @@ def bundle_from_network(
     net: DiffCLIPNet,
     *,
     preset: Preset,
-    stats: dict[str, Any],
+    stats: SceneStats,
     band_names: dict[str, list[str]] | None = None,
     provenance: dict[str, Any] | None = None,
     extras: dict[str, Any] | None = None,
@@ -662,8 +725,8 @@ def bundle_from_network(
     Args:
         net: the pretrained image side.
         preset: the preset used: its name and its pretraining/fine-tuning configuration are
-            stored (the model configuration is the network's own).
-        stats: normalisation statistics (plain JSON types).
+            stored (the model configuration is the network's own; the description is not).
+        stats: the normalisation statistics.
         band_names: ``{"hsi": [...], "lidar": [...]}``; defaults to numbered names.
         provenance: what to record about how the model was made (merged over the package
             name, version and creation date).
@@ -674,14 +737,12 @@ def bundle_from_network(
         raise ValueError(f"{len(wavelengths)} wavelengths for {net.hsi_bands} HSI bands")
     return ModelBundle(
         kind="pretrained",
-        preset=preset.name,
-        model_config=net.config.to_dict(),
-        pretrain_config=preset.pretrain.to_dict(),
-        finetune_config=preset.finetune.to_dict(),
+        preset_config=Preset(name=preset.name, model=net.config, pretrain=preset.pretrain,
+                             finetune=preset.finetune),
         hsi_bands=net.hsi_bands,
         lidar_bands=net.lidar_bands,
         band_names=_check_names(band_names, net.hsi_bands, net.lidar_bands),
-        stats=dict(stats),
+        scene_stats=stats,
         state_dict={k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
         provenance=_provenance(provenance),
         extras=dict(extras or {}),
@@ -693,7 +754,7 @@ def bundle_from_classifier(
     classifier: DiffCLIPClassifier,
     *,
     preset: Preset,
-    stats: dict[str, Any],
+    stats: SceneStats,
     classes: ClassTable,
     template: str | None,
     band_names: dict[str, list[str]] | None = None,
@@ -706,7 +767,7 @@ def bundle_from_classifier(
     Args:
         classifier: the classifier; its prompts are the classes, in ``classes`` order.
         preset: the preset used.
-        stats: normalisation statistics (plain JSON types).
+        stats: the normalisation statistics.
         classes: the class table (same length and order as the prompts).
         template: the prompt template the prompts were built with.
         band_names: ``{"hsi": [...], "lidar": [...]}``; defaults to numbered names.
@@ -725,10 +786,10 @@ def bundle_from_classifier(
                                  provenance=provenance, extras=extras,
                                  wavelengths=wavelengths)
     bundle.kind = "classifier"
-    bundle.classes = classes.to_records()
+    bundle.class_table = classes
     bundle.template = template
     bundle.prompts = classifier.prompts
-    bundle.vocabulary = classifier.vocabulary.to_dict()
+    bundle.vocabulary = classifier.vocabulary
     bundle.state_dict = {k: v.detach().cpu().clone()
                          for k, v in classifier.state_dict().items()}
     return bundle
@@ -767,7 +828,7 @@ def build_classifier(bundle: ModelBundle) -> DiffCLIPClassifier:
                          hint="fine-tune it on labelled pixels first")
     net = DiffCLIPNet(bundle.config, hsi_bands=bundle.hsi_bands,
                       lidar_bands=bundle.lidar_bands)
-    clf = DiffCLIPClassifier(net, vocabulary=Vocabulary.from_dict(bundle.vocabulary))
+    clf = DiffCLIPClassifier(net, vocabulary=bundle.vocabulary)
     ids = bundle.state_dict.get("prompt_ids")
     if ids is None:
         raise ModelError("the classifier weights lack the prompt tokens",

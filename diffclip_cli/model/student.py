@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffclip_cli.errors import DiffclipError, ModelError
+from diffclip_cli.errors import ModelError
+from diffclip_cli.model.config import ConfigBase, check
 from diffclip_cli.model.layers import keeps_global_rng
 from diffclip_cli.model.rng import make_generator
 
@@ -77,8 +78,11 @@ def default_layout(window: int) -> tuple[tuple[int, ...], int]:
 
 
 @dataclass(frozen=True)
-class StudentConfig:
+class StudentConfig(ConfigBase):
     """The student's architecture.
+
+    Checked, read and written by :class:`~diffclip_cli.model.config.ConfigBase` (all fields
+    are stored in the model file's extras; :func:`student_from_extras` reads them back).
 
     Attributes:
         hsi_bands: HSI bands read (the teacher's).
@@ -101,22 +105,20 @@ class StudentConfig:
     heads: int = 8
     spectral: int = 2
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "dilations", tuple(int(d) for d in self.dilations))
-        if self.hsi_bands < 1 or self.lidar_bands < 0:
-            raise ModelError(f"a student needs HSI bands and no negative LiDAR channels, got "
-                             f"{self.hsi_bands} and {self.lidar_bands}")
-        if min(self.num_classes, self.hidden, self.spectral, self.heads) < 1:
-            raise ModelError(f"num_classes, hidden, heads and spectral must be at least 1, "
-                             f"got {self.num_classes}, {self.hidden}, {self.heads} and "
-                             f"{self.spectral}")
-        if self.hidden % self.heads:
-            raise ModelError(f"hidden ({self.hidden}) must be a multiple of heads "
-                             f"({self.heads})")
-        if self.pool < 1 or self.pool % 2 == 0:
-            raise ModelError(f"pool must be a positive odd number, got {self.pool}")
-        if any(d < 1 for d in self.dilations):
-            raise ModelError(f"dilations must be positive, got {list(self.dilations)}")
+    def validate(self) -> None:
+        """Raise :class:`ModelError` when a value is out of range."""
+        check(self.hsi_bands >= 1 and self.lidar_bands >= 0,
+              f"a student needs HSI bands and no negative LiDAR channels, got "
+              f"{self.hsi_bands} and {self.lidar_bands}")
+        check(min(self.num_classes, self.hidden, self.spectral, self.heads) >= 1,
+              f"num_classes, hidden, heads and spectral must be at least 1, got "
+              f"{self.num_classes}, {self.hidden}, {self.heads} and {self.spectral}")
+        check(self.hidden % self.heads == 0,
+              f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
+        check(self.pool >= 1 and self.pool % 2 == 1,
+              f"pool must be a positive odd number, got {self.pool}")
+        check(all(d >= 1 for d in self.dilations),
+              f"dilations must be positive, got {list(self.dilations)}")
 
     @property
     def in_channels(self) -> int:
@@ -136,38 +138,6 @@ class StudentConfig:
                 + 9 * h * h * len(self.dilations)  # local
                 + h * (h + m) + self.pool ** 2 * (h + m) + h  # attention pooling
                 + 2 * h * h + h * self.num_classes)  # head
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON types."""
-        return {"hsi_bands": self.hsi_bands, "lidar_bands": self.lidar_bands,
-                "num_classes": self.num_classes, "hidden": self.hidden,
-                "dilations": list(self.dilations), "pool": self.pool, "heads": self.heads,
-                "spectral": self.spectral}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> StudentConfig:
-        """Rebuild from :meth:`to_dict`.
-
-        Raises:
-            ModelError: unknown or missing fields, or invalid values.
-        """
-        names = {"hsi_bands", "lidar_bands", "num_classes", "hidden", "dilations", "pool",
-                 "heads", "spectral"}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ModelError(f"unknown student configuration fields {unknown}",
-                             hint="the model file was made by a newer diffclip; upgrade it")
-        try:
-            return cls(hsi_bands=int(data["hsi_bands"]), lidar_bands=int(data["lidar_bands"]),
-                       num_classes=int(data["num_classes"]), hidden=int(data["hidden"]),
-                       dilations=tuple(int(d) for d in data["dilations"]),
-                       pool=int(data["pool"]), heads=int(data["heads"]),
-                       spectral=int(data["spectral"]))
-        except DiffclipError:  # a ValueError too, already worded
-            raise
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"the student configuration is damaged ({exc!r})",
-                             hint="re-run diffclip fewshot") from None
 
 
 #: Bound of the content scores of attention pooling (``exp`` stays finite in float32).
@@ -286,7 +256,19 @@ def student_from_extras(extras: Mapping[str, Any]) -> StudentNet:
     if not isinstance(version, int) or version > STUDENT_FORMAT:
         raise ModelError(f"the fast path was stored in an unknown layout ({version!r})",
                          hint="upgrade diffclip or re-run diffclip fewshot")
-    config = StudentConfig.from_dict(entry.get("config") or {})
+    stored = entry.get("config")
+    if not isinstance(stored, Mapping):
+        raise ModelError("the student configuration is damaged (not a mapping)",
+                         hint="re-run diffclip fewshot")
+    unknown = StudentConfig.unknown_fields(stored)
+    if unknown:
+        raise ModelError(f"unknown StudentConfig fields {unknown}",
+                         hint="the model file was made by a newer diffclip; upgrade it")
+    try:
+        config = StudentConfig.from_dict(stored)
+    except ModelError as exc:
+        raise ModelError(f"the student configuration is damaged ({exc.message})",
+                         hint="re-run diffclip fewshot") from None
     student = StudentNet(config)
     try:
         student.load_state_dict(dict(entry["state_dict"]), strict=True)

@@ -10,6 +10,7 @@ from rasterio.windows import Window
 
 from diffclip_cli.io.grid import Grid
 from diffclip_cli.io.raster import Scene
+from diffclip_cli.modalities import Modalities
 from diffclip_cli.sampling.normalise import BandStats, SceneStats
 
 __all__ = ["Tile", "TileData", "iter_tiles", "read_tile"]
@@ -49,20 +50,25 @@ class Tile:
         return (self.height, self.width)
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class TileData:
-    """Normalised data of a tile plus halo.
+    """Normalised arrays of a tile plus halo, and the validity of its core.
+
+    A thin wrapper of :class:`~diffclip_cli.modalities.Modalities` rather than one of them,
+    because its arrays and its mask cover different pixels: the arrays hold the core plus
+    ``tile.halo`` pixels of context on every side (reflect-padded where the tile meets the
+    scene border), the mask only the core, the pixels the tile answers for; the tile says
+    where that core lies in the scene.
 
     Attributes:
         tile: the tile.
-        hsi: ``(C, h + 2 halo, w + 2 halo)`` float32.
-        lidar: ``(L, h + 2 halo, w + 2 halo)`` float32 or ``None``.
+        arrays: ``hsi`` ``(C, h + 2 halo, w + 2 halo)`` and ``lidar``
+            ``(L, h + 2 halo, w + 2 halo)`` float32 (or ``None``), normalised.
         valid: ``(h, w)`` bool validity of the core.
     """
 
     tile: Tile
-    hsi: np.ndarray
-    lidar: np.ndarray | None
+    arrays: Modalities[np.ndarray]
     valid: np.ndarray
 
 
@@ -110,4 +116,4 @@ def read_tile(scene: Scene, tile: Tile, *, stats: SceneStats) -> TileData:
         lidar = normalised(block.lidar, stats.lidar)
     core = block.valid[tile.row - r0:tile.row - r0 + tile.height,
                        tile.col - c0:tile.col - c0 + tile.width]
-    return TileData(tile, hsi, lidar, core.copy())
+    return TileData(tile, Modalities(hsi, lidar), core.copy())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -10,29 +9,14 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from diffclip_cli.io.pixels import as_pixel_arrays, group_by_tile
 from diffclip_cli.io.raster import Scene
+from diffclip_cli.modalities import Modalities
 from diffclip_cli.sampling.normalise import SceneStats
 
-__all__ = ["PadMode", "WindowBatch", "extract_windows", "read_windows"]
+__all__ = ["PadMode", "extract_windows", "read_windows"]
 
 #: The :func:`numpy.pad` modes that need no extra arguments.
 PadMode = Literal["reflect", "symmetric", "edge", "wrap", "constant", "linear_ramp", "maximum",
                   "mean", "median", "minimum"]
-
-
-@dataclass(eq=False)
-class WindowBatch:
-    """Normalised windows of both modalities.
-
-    Attributes:
-        hsi: ``(N, C, size, size)`` float32.
-        lidar: ``(N, L, size, size)`` float32, or ``None`` without LiDAR.
-    """
-
-    hsi: np.ndarray
-    lidar: np.ndarray | None
-
-    def __len__(self) -> int:
-        return int(self.hsi.shape[0])
 
 
 def _check_size(size: int) -> int:
@@ -94,7 +78,7 @@ def read_windows(
     size: int,
     stats: SceneStats,
     tile_size: int = 256,
-) -> WindowBatch:
+) -> Modalities[np.ndarray]:
     """Normalised windows read from the scene, one region per tile of pixels.
 
     Pixels are grouped by ``tile_size`` tiles; for each group only the pixels' bounding box
@@ -111,7 +95,8 @@ def read_windows(
         tile_size: grouping tile edge.
 
     Returns:
-        The windows, in the order of ``rows``/``cols``.
+        The windows, in the order of ``rows``/``cols``: ``hsi`` ``(N, C, size, size)`` and
+        ``lidar`` ``(N, L, size, size)`` float32 (``None`` without LiDAR).
     """
     size = _check_size(size)
     r, c = as_pixel_arrays(rows, cols)
@@ -138,4 +123,4 @@ def read_windows(
         if lidar is not None and block.lidar is not None and stats.lidar is not None:
             lidar[g.index] = _take(np.pad(stats.lidar.apply(block.lidar), pad, mode="reflect"),
                                    lr, lc, size)
-    return WindowBatch(hsi, lidar)
+    return Modalities(hsi, lidar)

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffclip_cli.modalities import Modalities
+
 __all__ = ["WindowData"]
 
 
@@ -18,74 +20,79 @@ def _as_float(x: Any, name: str) -> torch.Tensor:
     return t.float()
 
 
-@dataclass(init=False)
+@dataclass(init=False, eq=False)
 class WindowData:
-    """Normalised windows around pixels, the unit both training stages work on.
+    """Normalised windows around pixels and their labels, the unit both training stages use.
+
+    A thin wrapper of :class:`~diffclip_cli.modalities.Modalities` rather than one of them:
+    it is a training set, so it converts and checks its windows once (float32 tensors,
+    square, as many LiDAR windows of the same size as HSI ones) and keeps the labels of the
+    windows beside them.
 
     Attributes:
-        hsi: ``(N, C, w, w)`` float32 HSI windows.
-        lidar: ``(N, L, w, w)`` float32 LiDAR windows, or ``None`` for HSI only.
+        windows: ``hsi`` ``(N, C, w, w)`` and ``lidar`` ``(N, L, w, w)`` float32 tensors
+            (``lidar`` ``None`` for HSI only).
         labels: ``(N,)`` int64 0-based class indices (the ``ClassTable`` order), or ``None``
             for unlabelled windows.
 
-    Numpy arrays are accepted and converted.
+    Args:
+        windows: the windows; numpy arrays are accepted and converted.
+        labels: the labels, if any.
 
     Raises:
         ValueError: when shapes disagree (sizes, window sides, non-square windows).
     """
 
-    hsi: torch.Tensor
-    lidar: torch.Tensor | None = None
+    windows: Modalities[torch.Tensor]
     labels: torch.Tensor | None = None
 
-    def __init__(self, hsi: torch.Tensor | np.ndarray,
-                 lidar: torch.Tensor | np.ndarray | None = None,
+    def __init__(self, windows: Modalities[torch.Tensor] | Modalities[np.ndarray],
                  labels: torch.Tensor | np.ndarray | None = None) -> None:
-        self.hsi = _as_float(hsi, "HSI")
-        if self.hsi.ndim != 4 or self.hsi.shape[2] != self.hsi.shape[3]:
-            raise ValueError(f"HSI windows must be (N, C, w, w), got {tuple(self.hsi.shape)}")
-        n, w = self.hsi.shape[0], self.hsi.shape[2]
-        self.lidar = None if lidar is None else _as_float(lidar, "LiDAR")
-        if self.lidar is not None and (self.lidar.ndim != 4 or self.lidar.shape[0] != n
-                                       or self.lidar.shape[2:] != (w, w)):
+        hsi = _as_float(windows.hsi, "HSI")
+        if hsi.ndim != 4 or hsi.shape[2] != hsi.shape[3]:
+            raise ValueError(f"HSI windows must be (N, C, w, w), got {tuple(hsi.shape)}")
+        n, w = hsi.shape[0], hsi.shape[2]
+        lidar = None if windows.lidar is None else _as_float(windows.lidar, "LiDAR")
+        if lidar is not None and (lidar.ndim != 4 or lidar.shape[0] != n
+                                  or lidar.shape[2:] != (w, w)):
             raise ValueError(f"LiDAR windows must be ({n}, L, {w}, {w}), "
-                             f"got {tuple(self.lidar.shape)}")
+                             f"got {tuple(lidar.shape)}")
+        self.windows = Modalities(hsi, lidar)
         self.labels = None if labels is None else torch.as_tensor(labels).long()
         if self.labels is not None and self.labels.shape != (n,):
             raise ValueError(f"labels must be ({n},), got {tuple(self.labels.shape)}")
 
     def __len__(self) -> int:
-        return int(self.hsi.shape[0])
+        return int(self.windows.hsi.shape[0])
 
     @property
     def window(self) -> int:
         """The window side ``w``."""
-        return int(self.hsi.shape[2])
+        return int(self.windows.hsi.shape[2])
 
     @property
     def hsi_bands(self) -> int:
         """HSI bands."""
-        return int(self.hsi.shape[1])
+        return int(self.windows.hsi.shape[1])
 
     @property
     def lidar_bands(self) -> int:
         """LiDAR channels (0 without LiDAR)."""
-        return 0 if self.lidar is None else int(self.lidar.shape[1])
+        lidar = self.windows.lidar
+        return 0 if lidar is None else int(lidar.shape[1])
 
     def subset(self, index: torch.Tensor | Any) -> WindowData:
         """The windows at ``index`` (an index array or boolean mask)."""
         index = torch.as_tensor(index)
-        return WindowData(
-            hsi=self.hsi[index],
-            lidar=None if self.lidar is None else self.lidar[index],
-            labels=None if self.labels is None else self.labels[index],
-        )
+        return WindowData(self.windows.map(lambda x: x[index]),
+                          None if self.labels is None else self.labels[index])
 
     def batch(self, index: torch.Tensor, device: str | torch.device
               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """``(hsi, lidar, labels)`` of the windows at ``index``, on ``device`` (copies)."""
+        lidar = self.windows.lidar
         return (
-            self.hsi[index].to(device),
-            None if self.lidar is None else self.lidar[index].to(device),
+            self.windows.hsi[index].to(device),
+            None if lidar is None else lidar[index].to(device),
             None if self.labels is None else self.labels[index].to(device),
         )

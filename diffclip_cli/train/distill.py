@@ -23,7 +23,6 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +34,7 @@ from diffclip_cli import __version__
 from diffclip_cli.infer.engine import TileEngine
 from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.classifier import DiffCLIPClassifier
+from diffclip_cli.model.config import ConfigBase, check
 from diffclip_cli.model.device import resolve_device
 from diffclip_cli.model.modelfile import ModelBundle, build_classifier
 from diffclip_cli.model.rng import derive_seed
@@ -62,8 +62,12 @@ _PATCH_SIZES = (1, 3, 5, 7, 11, 15, 23, 31)
 
 
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(ConfigBase):
     """How the student is distilled.
+
+    Checked, read and written by :class:`~diffclip_cli.model.config.ConfigBase`: an invalid
+    value or an unknown field is a :class:`~diffclip_cli.errors.ModelError` (a
+    ``ValueError``).
 
     Attributes:
         pixels: unlabelled pixels the teacher labels (its cost dominates: about 330 MFLOP a
@@ -112,39 +116,15 @@ class DistillConfig:
     dilations: tuple[int, ...] | None = None
     pool: int | None = None
 
-    def __post_init__(self) -> None:
-        if self.dilations is not None:
-            object.__setattr__(self, "dilations", tuple(int(d) for d in self.dilations))
-        if self.pixels < 2:
-            raise ValueError(f"pixels must be at least 2, got {self.pixels}")
-        if not 0.0 <= self.holdout < 1.0:
-            raise ValueError(f"holdout must lie in [0, 1), got {self.holdout}")
-        if (self.steps is not None and self.steps < 0) or min(
-                self.batch_pixels, self.crop, self.hidden, self.block) < 1:
-            raise ValueError("steps must not be negative, batch_pixels, crop, hidden and "
-                             "block positive")
-        if self.lr <= 0 or self.weight_decay < 0 or self.temperature <= 0:
-            raise ValueError("lr and temperature must be positive, weight_decay not negative")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON types."""
-        out = dataclasses.asdict(self)
-        out["dilations"] = None if self.dilations is None else list(self.dilations)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DistillConfig:
-        """Rebuild from :meth:`to_dict` (or any subset of the fields).
-
-        Raises:
-            ValueError: an unknown field or an invalid value.
-        """
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown distillation options {unknown}; valid are "
-                             f"{sorted(names)}")
-        return cls(**dict(data))
+    def validate(self) -> None:
+        """Raise :class:`ModelError` when a value is out of range."""
+        check(self.pixels >= 2, f"pixels must be at least 2, got {self.pixels}")
+        check(0.0 <= self.holdout < 1.0, f"holdout must lie in [0, 1), got {self.holdout}")
+        positive = min(self.batch_pixels, self.crop, self.hidden, self.block) >= 1
+        check((self.steps is None or self.steps >= 0) and positive,
+              "steps must not be negative, batch_pixels, crop, hidden and block positive")
+        check(self.lr > 0 and self.weight_decay >= 0 and self.temperature > 0,
+              "lr and temperature must be positive, weight_decay not negative")
 
 
 @dataclass
@@ -498,7 +478,7 @@ def distill_student(
     torch_device = resolve_device(device)
     teacher = TileEngine(classifier if classifier is not None else build_classifier(bundle),
                          device=torch_device, batch_size=batch_size)
-    stats = SceneStats.from_dict(bundle.stats)
+    stats = bundle.scene_stats
     seconds: dict[str, float] = {}
 
     # 1. Pixels in small blocks spread over the valid area; the teacher labels them.

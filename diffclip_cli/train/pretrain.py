@@ -108,7 +108,7 @@ def _fingerprint(net: DiffCLIPNet, data: WindowData, cfg: PretrainConfig, seed: 
 def data_digest(data: WindowData) -> str:
     """SHA-256 of the training windows: equal exactly when the data are (same scene, sample)."""
     h = hashlib.sha256()
-    for x in (data.hsi, data.lidar):
+    for x in (data.windows.hsi, data.windows.lidar):
         if x is None:
             h.update(b"none")
             continue

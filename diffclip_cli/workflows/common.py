@@ -55,7 +55,7 @@ def warn_if_out_of_distribution(scene: Scene, bundle: Any, *, model: Path) -> No
     """
     from diffclip_cli.sampling.drift import describe_shift, distribution_shift
 
-    shifts = distribution_shift(scene, bundle.stats)
+    shifts = distribution_shift(scene, bundle.scene_stats)
     for modality, label, files, count in (
             ("hsi", "HSI", [scene.hsi_path], bundle.hsi_bands),
             ("lidar", "LiDAR", list(scene.lidar_paths), bundle.lidar_bands)):

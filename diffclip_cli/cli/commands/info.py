@@ -33,7 +33,7 @@ def describe_model(bundle: ModelBundle) -> dict[str, Any]:
         "lidar_bands": bundle.lidar_bands,
         "band_names": bundle.band_names,
         "wavelengths_nm": bundle.wavelengths,
-        "normalisation": bundle.stats.get("hsi", {}).get("method") if bundle.stats else None,
+        "normalisation": bundle.scene_stats.hsi.method,
         "template": bundle.template,
         "classes": None if classes is None else [
             {"id": c.id, "name": c.name, "prompt": prompts[i] if i < len(prompts) else None,
@@ -68,11 +68,11 @@ def info(
     if as_json:
         console.print_json(json.dumps(data, default=str))
         return
-    arch = bundle.model_config
+    arch = bundle.config
     table = Table(title=f"{model}", show_header=False)
     table.add_row("kind", f"{bundle.kind} (format {bundle.format_version})")
-    table.add_row("preset", f"{bundle.preset}: window {arch.get('window')}, width "
-                  f"{arch.get('dim')}, depth {arch.get('depth')}, {data['parameters']:,} "
+    table.add_row("preset", f"{bundle.preset}: window {arch.window}, width "
+                  f"{arch.dim}, depth {arch.depth}, {data['parameters']:,} "
                   "parameters")
     table.add_row("HSI bands", f"{bundle.hsi_bands} ({_bands(bundle.band_names.get('hsi', []))})")
     if bundle.wavelengths:
