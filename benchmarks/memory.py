@@ -119,7 +119,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(int(spec["threads"]))
     import diffclip_cli.infer.predict as predict_mod
-    from diffclip_cli.infer.classify import classify_scene
+    from diffclip_cli.infer.classify import RunOptions, WriteOptions, classify_scene
     from diffclip_cli.io.maps import RasterWriter
     from diffclip_cli.io.raster import Scene
     from diffclip_cli.model.modelfile import load_model
@@ -154,8 +154,10 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     with Scene.open(spec["hsi"], [spec["lidar"]]) as scene:
         setup = current_rss()
         start = time.perf_counter()
-        result = classify_scene(scene, bundle, spec["output"], fast=bool(spec["fast"]),
-                                tile_size=spec["tile_size"], overwrite=True,
+        result = classify_scene(scene, bundle, spec["output"],
+                                write=WriteOptions(overwrite=True),
+                                run=RunOptions(fast=bool(spec["fast"]),
+                                               tile_size=spec["tile_size"]),
                                 progress=progress)
         wall = time.perf_counter() - start
         end = current_rss()

@@ -14,6 +14,8 @@ from diffclip_cli.infer.classify import (
     CONFIDENCE_NODATA,
     DEFAULT_TILE_SIZE,
     TILE_BYTES,
+    RunOptions,
+    WriteOptions,
     auto_tile_size,
     classify_scene,
 )
@@ -45,10 +47,12 @@ def _read(path):
 def test_map_does_not_depend_on_tiling_and_matches_pixel_predictions(setup, tmp_path):
     files, bundle = setup
     with Scene.open(files["hsi"], [files["lidar"]]) as scene:
-        a = classify_scene(scene, bundle, tmp_path / "a.tif", probabilities=tmp_path / "pa.tif",
-                           tile_size=16)
-        b = classify_scene(scene, bundle, tmp_path / "b.tif", probabilities=tmp_path / "pb.tif",
-                           tile_size=64)
+        a = classify_scene(scene, bundle, tmp_path / "a.tif",
+                           write=WriteOptions(probabilities=tmp_path / "pa.tif"),
+                           run=RunOptions(tile_size=16))
+        b = classify_scene(scene, bundle, tmp_path / "b.tif",
+                           write=WriteOptions(probabilities=tmp_path / "pb.tif"),
+                           run=RunOptions(tile_size=64))
         rows, cols = np.nonzero(np.ones(scene.grid.shape, bool))
         probs = predict_pixels(scene, bundle, rows, cols)
     assert a.tiles == 9 and b.tiles == 1
@@ -87,8 +91,9 @@ def test_map_is_identical_to_the_tile_loop_it_replaced(setup, tmp_path, tile_siz
     files, bundle = setup
     with Scene.open(files["hsi"], [files["lidar"]]) as scene:
         labels, probs = _reference_map(scene, bundle, tile_size)
-        classify_scene(scene, bundle, tmp_path / "m.tif", probabilities=tmp_path / "p.tif",
-                       tile_size=tile_size)
+        classify_scene(scene, bundle, tmp_path / "m.tif",
+                       write=WriteOptions(probabilities=tmp_path / "p.tif"),
+                       run=RunOptions(tile_size=tile_size))
     np.testing.assert_array_equal(_read(tmp_path / "m.tif")[0], labels)
     np.testing.assert_array_equal(_read(tmp_path / "p.tif"), probs)
 
@@ -109,7 +114,8 @@ def test_failure_midway_leaves_no_output(setup, tmp_path, monkeypatch):
     monkeypatch.setattr(mod, "_tile_probabilities", flaky)
     out = tmp_path / "map.tif"
     with Scene.open(files["hsi"], [files["lidar"]]) as scene, pytest.raises(RuntimeError):
-        classify_scene(scene, bundle, out, confidence=tmp_path / "c.tif", tile_size=16)
+        classify_scene(scene, bundle, out, write=WriteOptions(confidence=tmp_path / "c.tif"),
+                       run=RunOptions(tile_size=16))
     assert list(tmp_path.iterdir()) == []
     assert not list(tmp_path.glob(TEMP_PREFIX + "*"))
 
@@ -118,7 +124,8 @@ def test_outputs_must_differ_and_pretrained_models_are_refused(setup, tmp_path):
     files, bundle = setup
     with Scene.open(files["hsi"], [files["lidar"]]) as scene:
         with pytest.raises(OutputError, match="are the same file"):
-            classify_scene(scene, bundle, tmp_path / "m.tif", confidence=tmp_path / "m.tif")
+            classify_scene(scene, bundle, tmp_path / "m.tif",
+                           write=WriteOptions(confidence=tmp_path / "m.tif"))
         pretrained = dataclasses.replace(bundle, kind="pretrained", class_table=None)
         with pytest.raises(ModelError, match="pretrained"):
             classify_scene(scene, pretrained, tmp_path / "m.tif")
@@ -128,8 +135,10 @@ def test_outputs_must_differ_and_pretrained_models_are_refused(setup, tmp_path):
 def test_confidence_is_top_probability(setup, tmp_path):
     files, bundle = setup
     with Scene.open(files["hsi"], [files["lidar"]]) as scene:
-        classify_scene(scene, bundle, tmp_path / "m.tif", confidence=tmp_path / "c.tif",
-                       probabilities=tmp_path / "p.tif", tile_size=20)
+        classify_scene(scene, bundle, tmp_path / "m.tif",
+                       write=WriteOptions(confidence=tmp_path / "c.tif",
+                                          probabilities=tmp_path / "p.tif"),
+                       run=RunOptions(tile_size=20))
     conf, probs = _read(tmp_path / "c.tif")[0], _read(tmp_path / "p.tif")
     np.testing.assert_allclose(conf, probs.max(0), atol=1e-6)
     np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
@@ -143,15 +152,17 @@ def test_distributed_run_equals_local_run(setup, tmp_path, processes):
     distributed = pytest.importorskip("distributed")
     files, bundle = setup
     with Scene.open(files["hsi"], [files["lidar"]]) as scene:
-        classify_scene(scene, bundle, tmp_path / "local.tif", probabilities=tmp_path / "pl.tif",
-                       confidence=tmp_path / "cl.tif", tile_size=16)
+        classify_scene(scene, bundle, tmp_path / "local.tif",
+                       write=WriteOptions(probabilities=tmp_path / "pl.tif",
+                                          confidence=tmp_path / "cl.tif"),
+                       run=RunOptions(tile_size=16))
         with distributed.LocalCluster(n_workers=1 + processes, threads_per_worker=1,
                                       processes=processes, dashboard_address=None) as cluster, \
                 distributed.Client(cluster) as client:
             result = classify_scene(scene, bundle, tmp_path / "dist.tif",
-                                    probabilities=tmp_path / "pd.tif",
-                                    confidence=tmp_path / "cd.tif", tile_size=16,
-                                    scheduler=client)
+                                    write=WriteOptions(probabilities=tmp_path / "pd.tif",
+                                                       confidence=tmp_path / "cd.tif"),
+                                    run=RunOptions(tile_size=16, scheduler=client))
     assert result.tiles == 9 and result.valid_pixels == 45 * 38
     np.testing.assert_array_equal(_read(tmp_path / "local.tif"), _read(tmp_path / "dist.tif"))
     np.testing.assert_array_equal(_read(tmp_path / "pl.tif"), _read(tmp_path / "pd.tif"))
@@ -202,7 +213,7 @@ def test_memory_tiles_in_flight_are_bounded_with_a_bounded_gdal_cache(
     outer = 4 * mod.GDAL_CACHE_MAX
     with rasterio.Env(GDAL_CACHEMAX=outer), \
             Scene.open(files["hsi"], [files["lidar"]]) as scene:
-        result = classify_scene(scene, bundle, tmp_path / "m.tif", tile_size=16)
+        result = classify_scene(scene, bundle, tmp_path / "m.tif", run=RunOptions(tile_size=16))
         assert get_gdal_config("GDAL_CACHEMAX") == outer  # restored
     assert result.tiles == state["computed"] == state["written"] == 9
     assert max(ahead) <= 3, ahead

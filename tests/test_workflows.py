@@ -12,6 +12,12 @@ from diffclip_cli.data import salinas_a_dir
 from diffclip_cli.errors import DeviceError, OutputError
 from diffclip_cli.model.config import load_preset
 from diffclip_cli.model.modelfile import load_model
+from diffclip_cli.workflows.classify import (
+    ClassifyOptions,
+    RunOptions,
+    WriteOptions,
+    run_classify,
+)
 from diffclip_cli.workflows.demo import DemoOptions, run_demo
 from diffclip_cli.workflows.pretrain import PretrainOptions, checkpoint_path, run_pretrain
 
@@ -79,3 +85,49 @@ def test_demo_from_python_writes_every_output(tmp_path, one_torch_thread):
         assert outcome.valid_pixels == int((m.read(1) > 0).sum()) > 0
     report = json.loads(outcome.report_paths["json"].read_text())
     assert report["metadata"]["preset"] == "my tiny" and report["metadata"]["shots"] == 3
+
+
+@pytest.mark.parametrize(("bad", "words"), [
+    ({"tile_size": 15}, "tile_size must be at least 16, not 15"),
+    ({"batch_size": 0}, "batch_size must be at least 1, not 0"),
+    ({"threads": 0}, "threads must be at least 1, not 0"),
+    ({"precision": "fp16"}, "precision must be one of fp32, bf16, not 'fp16'"),
+])
+def test_run_options_refuse_values_out_of_range(bad, words):
+    with pytest.raises(ValueError, match=words):
+        RunOptions(**bad)
+
+
+def test_write_options_keep_checked_creation_options_as_a_mapping():
+    options = WriteOptions(creation_options=["compress=ZSTD", " zstd_level = 3"])
+    assert options.creation_options == {"COMPRESS": "ZSTD", "ZSTD_LEVEL": "3"}
+    assert WriteOptions().creation_options == {}
+    with pytest.raises(ValueError, match="NOPE"):
+        WriteOptions(creation_options={"COMPRESS": "NOPE"})
+
+
+def test_classify_hands_its_option_objects_down_with_the_device_resolved(tiny, tmp_path,
+                                                                       monkeypatch):
+    """What is written and how it runs reach classify_scene as the objects built, so an
+    option added to them needs no other change; only the device is resolved on the way."""
+    from diffclip_cli.workflows import classify as workflow
+
+    seen = {}
+    real = workflow.classify_scene
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(workflow, "classify_scene", spy)
+    write = WriteOptions(confidence=tmp_path / "c.tif", creation_options={"COMPRESS": "LZW"})
+    run = RunOptions(tile_size=16, batch_size=64, device="cpu", threads=1)
+    summary = run_classify(tiny.hsi, [tiny.lidar], tmp_path / "m.tif",
+                           options=ClassifyOptions(model=tiny.model, write=write, run=run))
+    assert seen["write"] is write
+    assert seen["run"] == RunOptions(tile_size=16, batch_size=64, device=torch.device("cpu"),
+                                     threads=1)
+    assert summary["confidence"] == str(tmp_path / "c.tif")
+    with rasterio.open(tmp_path / "m.tif") as m:
+        assert m.compression is not None and m.compression.name == "lzw"
+    assert ClassifyOptions(model=tiny.model).run.device == "auto"  # as the commands default

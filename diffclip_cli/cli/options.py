@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +24,7 @@ __all__ = [
     "QuietOpt",
     "SeedOpt",
     "VerboseOpt",
+    "creation_option_errors",
     "parse_creation_options",
     "verbosity",
 ]
@@ -135,25 +138,37 @@ def verbosity(verbose: bool, quiet: bool) -> int:
     return 1 if verbose else (-1 if quiet else 0)
 
 
-def parse_creation_options(values: list[str] | None, *, cog: bool = False) -> dict[str, str]:
-    """``["COMPRESS=ZSTD", ...]`` -> ``{"COMPRESS": "ZSTD"}``, checked.
+def parse_creation_options(values: list[str] | None) -> dict[str, str]:
+    """``["COMPRESS=ZSTD", ...]`` -> ``{"COMPRESS": "ZSTD"}`` (GDAL checks them later).
 
-    Malformed items, and options or values GDAL does not know (it would ignore them
-    silently), are usage errors.
+    A malformed item is a usage error here; options or values GDAL refuses are refused when
+    the write options are built (:func:`creation_option_errors`).
 
     Raises:
-        typer.BadParameter: an item is not NAME=VALUE, or GDAL refuses it.
+        typer.BadParameter: an item is not NAME=VALUE.
     """
-    from diffclip_cli.io.maps import check_creation_options
-
     options: dict[str, str] = {}
     for item in values or []:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
             raise typer.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--co")
         options[name.strip().upper()] = value.strip()
+    return options
+
+
+@contextlib.contextmanager
+def creation_option_errors() -> Iterator[None]:
+    """Around building the write options: what GDAL refuses is a usage error of ``--co``.
+
+    :class:`~diffclip_cli.infer.classify.WriteOptions` checks its creation options with GDAL
+    itself (GDAL would otherwise ignore an unknown option or value silently) and raises
+    ``ValueError``; nothing else in it can.
+
+    Raises:
+        typer.BadParameter: GDAL refuses an option.
+    """
     try:
-        return check_creation_options(options, cog=cog)
+        yield
     except ValueError as exc:
         raise typer.BadParameter(f"GDAL refuses these creation options: {exc}",
                                  param_hint="--co") from None

@@ -6,6 +6,10 @@ task per tile, a halo of ``window // 2``), and its blocks are written as they ar
 on dask's local threads by :func:`dask.array.store` into the open writers (one lock), or, with
 ``scheduler``, computed on a ``distributed`` cluster and written here as they arrive. Memory
 depends on the tile size, not on the scene size; the outputs appear only when complete.
+
+What is written (:class:`WriteOptions`) and how it runs (:class:`RunOptions`) are two small
+frozen option objects, checked once when built; the classify workflow builds them from the
+command's options and hands them down unchanged.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from diffclip_cli.infer.predict import (
     _CHECKED,
     CONFIDENCE_NODATA,
     DEFAULT_TILE_SIZE,
+    MIN_TILE_SIZE,
     TILE_BYTES,
     Engine,
     auto_tile_size,
@@ -50,9 +55,12 @@ if TYPE_CHECKING:
 __all__ = [
     "CONFIDENCE_NODATA",
     "DEFAULT_TILE_SIZE",
+    "MIN_TILE_SIZE",
     "TILE_BYTES",
     "ClassifyResult",
     "Engine",
+    "RunOptions",
+    "WriteOptions",
     "auto_tile_size",
     "classify_scene",
     "make_engine",
@@ -67,6 +75,82 @@ log = logging.getLogger("diffclip")
 #: neighbouring tiles share (which costs time on compressed many-band inputs).
 #: ``GDAL_CACHEMAX`` set in the environment is left alone.
 GDAL_CACHE_MAX = 64 * 2**20
+
+
+@dataclass(frozen=True, kw_only=True)
+class WriteOptions:
+    """What :func:`classify_scene` writes besides the class map, and how.
+
+    Attributes:
+        confidence: also write the top-class probability here (float32 GeoTIFF, nodata -1).
+        probabilities: also write one probability band per class here (float32, nodata -1).
+        cog: write Cloud-Optimized GeoTIFFs (internal tiling, overviews).
+        creation_options: GDAL creation options overriding the defaults, as
+            ``["KEY=VALUE", ...]`` or a mapping; kept as a mapping with upper-case keys,
+            checked by GDAL itself when built
+            (:func:`~diffclip_cli.io.maps.check_creation_options`, with ``cog``).
+        overwrite: replace existing outputs.
+
+    Raises:
+        ValueError: GDAL refuses a creation option (its reason and the common options).
+    """
+
+    confidence: str | Path | None = None
+    probabilities: str | Path | None = None
+    cog: bool = False
+    creation_options: Mapping[str, str] | Sequence[str] = field(default_factory=dict)
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        from diffclip_cli.io.maps import check_creation_options
+
+        object.__setattr__(self, "creation_options",
+                           check_creation_options(self.creation_options, cog=self.cog))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """How :func:`classify_scene` computes the map: tiles, engine, device and scheduler.
+
+    Attributes:
+        tile_size: core edge of the tiles in pixels (memory grows with its square);
+            ``None``: :func:`auto_tile_size` of the scene's band count.
+        batch_size: windows per forward pass (faithful engine) / pixels per strip (fast);
+            ``None``: by device.
+        device: a :class:`torch.device` or a name the tiles run on (this machine's; with a
+            ``scheduler`` the workers use their CPUs).
+        fast: use the model's distilled fast path.
+        precision: ``"fp32"`` or ``"bf16"`` products (faithful engine); ``None``: by device.
+        threads: torch intra-op threads while a tile runs (faithful engine); ``None``:
+            torch's setting.
+        scheduler: a dask.distributed scheduler address (or ``Client``) to compute the tiles
+            on; ``None``: dask's local threads. The workers read the scene's files by their
+            paths.
+
+    Raises:
+        ValueError: a size below its minimum (:data:`MIN_TILE_SIZE` pixels per tile, one
+            window per batch, one thread) or an unknown precision.
+    """
+
+    tile_size: int | None = None
+    batch_size: int | None = None
+    device: str | torch.device = "cpu"
+    fast: bool = False
+    precision: str | None = None
+    threads: int | None = None
+    scheduler: str | Any | None = None
+
+    def __post_init__(self) -> None:
+        for name, minimum in (("tile_size", MIN_TILE_SIZE), ("batch_size", 1), ("threads", 1)):
+            value = getattr(self, name)
+            if value is not None and value < minimum:
+                raise ValueError(f"{name} must be at least {minimum}, not {value}")
+        if self.precision is not None:
+            from diffclip_cli.model.inference import PRECISIONS
+
+            if self.precision not in PRECISIONS:
+                raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not "
+                                 f"{self.precision!r}")
 
 
 @dataclass
@@ -229,18 +313,8 @@ def classify_scene(
     bundle: ModelBundle,
     output: str | Path,
     *,
-    confidence: str | Path | None = None,
-    probabilities: str | Path | None = None,
-    tile_size: int | None = None,
-    batch_size: int | None = None,
-    device: str | torch.device = "cpu",
-    fast: bool = False,
-    precision: str | None = None,
-    threads: int | None = None,
-    cog: bool = False,
-    creation_options: Sequence[str] | Mapping[str, Any] | None = None,
-    overwrite: bool = False,
-    scheduler: str | Any | None = None,
+    write: WriteOptions | None = None,
+    run: RunOptions | None = None,
     metadata: Mapping[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ClassifyResult:
@@ -256,21 +330,10 @@ def classify_scene(
         bundle: a ``classifier`` model.
         output: the class map (GeoTIFF): uint8 (uint16 above 255 classes), nodata 0 on
             invalid pixels, a colour table, class names in tags and a sidecar JSON.
-        confidence: optional float32 raster of the top class probability (nodata -1).
-        probabilities: optional float32 raster with one band per class (nodata -1).
-        tile_size: core edge of the tiles (memory grows with its square); default
-            :func:`auto_tile_size` of the scene's band count.
-        batch_size: windows per forward pass (faithful engine).
-        device: a :class:`torch.device` or a name (tiles run on this machine's device; with
-            ``scheduler`` on the workers' CPUs).
-        fast: use the model's distilled fast path.
-        precision: ``"fp32"`` or ``"bf16"`` products (faithful engine; default by device).
-        threads: torch intra-op threads while a tile runs (faithful engine).
-        cog: write Cloud-Optimized GeoTIFFs (internal tiling, overviews).
-        creation_options: GDAL creation options overriding the defaults.
-        overwrite: replace existing outputs.
-        scheduler: a dask.distributed scheduler address (or Client) to compute the tiles on;
-            default dask's local threads. The workers read the scene's files by their paths.
+        write: the side rasters (confidence, probabilities), COG, creation options and
+            overwriting; default ``WriteOptions()``: the map alone, never replacing a file.
+        run: tile size, batch size, device, engine, precision, threads and scheduler;
+            default ``RunOptions()``: the faithful engine on the CPU, on dask's local threads.
         metadata: extra facts for the map's sidecar JSON (e.g. the model path).
         progress: called with ``(classified pixels so far, pixels in the scene)``.
 
@@ -279,65 +342,52 @@ def classify_scene(
 
     Raises:
         ModelError: the model does not fit the scene or has no classes / fast path.
-        OutputError: an output exists (without ``overwrite``), is one of the scene's files
-            or collides with another output, or cannot be written. The outputs appear
+        OutputError: an output exists (without ``write.overwrite``), is one of the scene's
+            files or collides with another output, or cannot be written. The outputs appear
             together, only when all are complete.
     """
     start = time.perf_counter()
+    write = WriteOptions() if write is None else write
+    run = RunOptions() if run is None else run
     bundle.check_inputs(scene.hsi_bands, scene.lidar_bands, wavelengths=scene.wavelengths,
                         band_names=scene.band_names["hsi"])
     bundle.require_classes()
     # Checked against each other and the scene's files now; renamed together at the end.
     outputs = output_set(
-        {"map": map_files(output), "confidence raster": confidence,
-         "probability raster": probabilities},
+        {"map": map_files(output), "confidence raster": write.confidence,
+         "probability raster": write.probabilities},
         inputs={"the HSI": scene.hsi_path, "a LiDAR raster": list(scene.lidar_paths)},
-        overwrite=overwrite)
+        overwrite=write.overwrite)
     with outputs:
-        return _classify(scene, bundle, output, start=start, confidence=confidence,
-                         probabilities=probabilities, tile_size=tile_size,
-                         batch_size=batch_size, device=device, fast=fast,
-                         precision=precision, threads=threads, cog=cog,
-                         creation_options=creation_options, overwrite=overwrite,
-                         scheduler=scheduler, metadata=metadata, progress=progress)
+        return _classify(scene, bundle, output, write, run, start=start, metadata=metadata,
+                         progress=progress)
 
 
 def _classify(
     scene: Scene,
     bundle: ModelBundle,
     output: str | Path,
+    write: WriteOptions,
+    run: RunOptions,
     *,
     start: float,
-    confidence: str | Path | None,
-    probabilities: str | Path | None,
-    tile_size: int | None,
-    batch_size: int | None,
-    device: str | torch.device,
-    fast: bool,
-    precision: str | None,
-    threads: int | None,
-    cog: bool,
-    creation_options: Sequence[str] | Mapping[str, Any] | None,
-    overwrite: bool,
-    scheduler: str | Any | None,
     metadata: Mapping[str, Any] | None,
     progress: Callable[[int, int], None] | None,
 ) -> ClassifyResult:
     """:func:`classify_scene` once its outputs are checked (same arguments)."""
     classes = bundle.require_classes()
+    tile_size = run.tile_size
     if tile_size is None:
         tile_size = auto_tile_size(scene.hsi_bands + scene.lidar_bands)
-    if tile_size < 16:
-        raise ValueError(f"tile size must be at least 16 pixels, got {tile_size}")
     # The tiles read their own windows; chunks larger than a tile let most windows (core and
     # halo) be one read. Nothing computes these arrays whole.
     arrays = scene_arrays(scene, chunks=max(1024, tile_size))
     token = _CHECKED.set(True)  # classify_scene checked the bands (and warned) already
     try:
-        result = predict(bundle, arrays.hsi, arrays.lidar, probabilities=True, fast=fast,
-                         tile_size=tile_size, batch_size=batch_size,
-                         device=device if scheduler is None else "cpu", precision=precision,
-                         threads=threads)
+        result = predict(bundle, arrays.hsi, arrays.lidar, probabilities=True, fast=run.fast,
+                         tile_size=tile_size, batch_size=run.batch_size,
+                         device=run.device if run.scheduler is None else "cpu",
+                         precision=run.precision, threads=run.threads)
     finally:
         _CHECKED.reset(token)
     labels = result["classes"].data
@@ -345,7 +395,7 @@ def _classify(
         "software": f"diffclip {__version__}",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "inputs": {"hsi": str(scene.hsi_path), "lidar": [str(p) for p in scene.lidar_paths]},
-        "engine": "fast" if fast else "faithful",
+        "engine": "fast" if run.fast else "faithful",
         "model": {"preset": bundle.preset, "provenance": bundle.provenance},
         **dict(metadata or {}),
     }
@@ -369,26 +419,28 @@ def _classify(
         stack.enter_context(_bounded_gdal_cache(GDAL_CACHE_MAX))
         sources: list[Any] = [labels]
         sinks = [_Sink(stack.enter_context(MapWriter(
-            output, grid, classes, metadata=meta, overwrite=overwrite, cog=cog,
-            creation_options=creation_options)), seen=seen)]
-        if confidence is not None:
+            output, grid, classes, metadata=meta, overwrite=write.overwrite, cog=write.cog,
+            creation_options=write.creation_options)), seen=seen)]
+        if write.confidence is not None:
             sources.append(result["confidence"].data)
             sinks.append(_Sink(stack.enter_context(RasterWriter(
-                confidence, grid, count=1, dtype="float32", nodata=CONFIDENCE_NODATA,
+                write.confidence, grid, count=1, dtype="float32", nodata=CONFIDENCE_NODATA,
                 band_descriptions=["confidence (top class probability)"],
-                tags={"DIFFCLIP_VERSION": __version__}, overwrite=overwrite, cog=cog,
-                creation_options=creation_options)), fill=CONFIDENCE_NODATA))
-        if probabilities is not None:
+                tags={"DIFFCLIP_VERSION": __version__}, overwrite=write.overwrite,
+                cog=write.cog, creation_options=write.creation_options)),
+                fill=CONFIDENCE_NODATA))
+        if write.probabilities is not None:
             sources.append(result["probabilities"].data)
             sinks.append(_Sink(stack.enter_context(RasterWriter(
-                probabilities, grid, count=len(classes), dtype="float32",
+                write.probabilities, grid, count=len(classes), dtype="float32",
                 nodata=CONFIDENCE_NODATA, band_descriptions=[f"p({n})" for n in names],
-                tags={"DIFFCLIP_VERSION": __version__}, overwrite=overwrite, cog=cog,
-                creation_options=creation_options)), fill=CONFIDENCE_NODATA))
-        if scheduler is None:
+                tags={"DIFFCLIP_VERSION": __version__}, overwrite=write.overwrite,
+                cog=write.cog, creation_options=write.creation_options)),
+                fill=CONFIDENCE_NODATA))
+        if run.scheduler is None:
             _store_local(sources, sinks)
         else:
-            _store_distributed(scheduler, sources, sinks)
+            _store_distributed(run.scheduler, sources, sinks)
 
     valid = int(counts[1:].sum())
     seconds = time.perf_counter() - start
@@ -401,12 +453,12 @@ def _classify(
                  total - valid, total)
     return ClassifyResult(
         output=Path(output),
-        confidence=None if confidence is None else Path(confidence),
-        probabilities=None if probabilities is None else Path(probabilities),
+        confidence=None if write.confidence is None else Path(write.confidence),
+        probabilities=None if write.probabilities is None else Path(write.probabilities),
         pixels=total,
         valid_pixels=valid,
         class_pixels={n: int(c) for n, c in zip(names, counts[1:], strict=True)},
         tiles=int(labels.npartitions),
         seconds=seconds,
-        engine="fast" if fast else "faithful",
+        engine="fast" if run.fast else "faithful",
     )

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONFIDENCE_NODATA",
     "DEFAULT_TILE_SIZE",
+    "MIN_TILE_SIZE",
     "TILE_BYTES",
     "Engine",
     "Prediction",
@@ -68,6 +69,8 @@ log = logging.getLogger("diffclip")
 CONFIDENCE_NODATA = -1.0
 #: Largest default tile edge in pixels.
 DEFAULT_TILE_SIZE = 256
+#: The smallest tile edge in pixels.
+MIN_TILE_SIZE = 16
 #: The default tile edge keeps one tile's float32 input (all bands) within this many bytes, so
 #: the memory a tile holds does not depend on the band count (``benchmarks/memory.py``: with
 #: 256 px tiles a 144-band scene peaks 1.45x higher than a scene smaller than one tile).
@@ -613,8 +616,8 @@ def predict(
         and not isinstance(names, str) and len(names) == h.shape[0] else None)
     if tile_size is None:
         tile_size = auto_tile_size(int(h.shape[0]) + (0 if lid is None else int(lid.shape[0])))
-    if tile_size < 16:
-        raise ValueError(f"tile size must be at least 16 pixels, got {tile_size}")
+    if tile_size < MIN_TILE_SIZE:
+        raise ValueError(f"tile size must be at least {MIN_TILE_SIZE} pixels, got {tile_size}")
     lazy = isinstance(h.data, da.Array) or (lid is not None and isinstance(lid.data, da.Array))
 
     def dask_data(array: xr.DataArray) -> da.Array:

@@ -87,7 +87,7 @@ def run_scene(job: SceneJob, *, options: ClassifyOptions,
     if job.labels is not None:  # the report is checked before the map is made
         check_outputs({"report": list(report_paths(report_stem(report_path(job))).values())},
                       inputs={"the labels": job.labels, "the classes table": job.classes},
-                      overwrite=options.overwrite)
+                      overwrite=options.write.overwrite)
     if job.model is not None:
         options = dataclasses.replace(options, model=job.model)
     summary = run_classify(job.hsi, job.lidar, job.output, options=options, progress=progress)
@@ -96,6 +96,6 @@ def run_scene(job: SceneJob, *, options: ClassifyOptions,
     evaluation, _ = run_evaluate(
         job.output, job.labels, report_path(job),
         options=EvaluateOptions(classes=job.classes, class_field=job.class_field,
-                                layer=job.layer, overwrite=options.overwrite))
+                                layer=job.layer, overwrite=options.write.overwrite))
     return SceneRow(pixels=summary["valid_pixels"], seconds=summary["seconds"],
                     oa=evaluation.report.overall_accuracy, kappa=evaluation.report.kappa)

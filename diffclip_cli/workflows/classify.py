@@ -5,64 +5,44 @@ What ``diffclip classify`` and each scene of ``diffclip batch`` run.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from diffclip_cli.errors import ModelError
-from diffclip_cli.infer.classify import classify_scene
+from diffclip_cli.infer.classify import RunOptions, WriteOptions, classify_scene
 from diffclip_cli.progress import Progress, counting
 from diffclip_cli.workflows.common import about_model, open_scene, warn_if_out_of_distribution
 
-if TYPE_CHECKING:
-    import torch
+__all__ = ["ClassifyOptions", "RunOptions", "WriteOptions", "run_classify"]
 
-__all__ = ["ClassifyOptions", "run_classify"]
+
+def _run_anywhere() -> RunOptions:
+    """The execution a command gets by default: the device chosen by ``auto``."""
+    return RunOptions(device="auto")
 
 
 @dataclass(frozen=True, kw_only=True)
 class ClassifyOptions:
-    """How to classify a scene: the model, the optional side outputs and the execution.
+    """How to classify a scene: the model, the quicklook, what is written and how it runs.
 
     Attributes:
         model: the model file (from ``diffclip fewshot``); it must have classes.
-        confidence: also write the top-class probability here (float32 GeoTIFF).
-        probabilities: also write one probability band per class here.
         quicklook: also draw the map as a PNG with a legend here.
-        tile_size: tile edge in pixels (``None``: from the band count).
-        batch_size: windows per forward pass (``None``: by device).
-        cog: write Cloud-Optimized GeoTIFFs.
-        creation_options: GDAL creation options, already checked
-            (:func:`~diffclip_cli.io.maps.check_creation_options`).
-        fast: use the model's distilled fast path.
-        scheduler: address of a dask.distributed scheduler to run the tiles on.
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (or a :class:`torch.device`),
-            resolved once by :func:`run_classify`.
-        overwrite: replace existing outputs.
-
-    Raises:
-        ValueError: a size below its minimum (16 pixels per tile, 1 window per batch).
+        write: the side rasters, COG, creation options and overwriting
+            (:class:`~diffclip_cli.infer.classify.WriteOptions`, checked when built);
+            ``write.overwrite`` also covers the quicklook.
+        run: tile size, batch size, device, engine, precision, threads and scheduler
+            (:class:`~diffclip_cli.infer.classify.RunOptions`, checked when built); its
+            device (default ``auto``) is resolved once by :func:`run_classify`.
     """
 
     model: Path
-    confidence: Path | None = None
-    probabilities: Path | None = None
     quicklook: Path | None = None
-    tile_size: int | None = None
-    batch_size: int | None = None
-    cog: bool = False
-    creation_options: Mapping[str, str] = field(default_factory=dict)
-    fast: bool = False
-    scheduler: str | None = None
-    device: str | torch.device = "auto"
-    overwrite: bool = False
-
-    def __post_init__(self) -> None:
-        if self.tile_size is not None and self.tile_size < 16:
-            raise ValueError(f"tile_size must be at least 16, not {self.tile_size}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, not {self.batch_size}")
+    write: WriteOptions = field(default_factory=WriteOptions)
+    run: RunOptions = field(default_factory=_run_anywhere)
 
 
 def run_classify(hsi: str | Path, lidar: Sequence[str | Path] | None, output: Path, *,
@@ -74,7 +54,7 @@ def run_classify(hsi: str | Path, lidar: Sequence[str | Path] | None, output: Pa
         hsi: the hyperspectral raster (path or GDAL dataset name); its grid is the map's.
         lidar: LiDAR rasters stacked as channels, or ``None``.
         output: the class map (GeoTIFF).
-        options: the model, side outputs and execution.
+        options: the model, the quicklook, what is written and how it runs.
         progress: called with the ``classify`` stage's pixel counts.
 
     Returns:
@@ -91,13 +71,13 @@ def run_classify(hsi: str | Path, lidar: Sequence[str | Path] | None, output: Pa
     from diffclip_cli.model.modelfile import load_model
     from diffclip_cli.report.quicklook import quicklook as draw_quicklook
 
-    model, quicklook = options.model, options.quicklook
-    confidence, probabilities = options.confidence, options.probabilities
+    model, quicklook, write = options.model, options.quicklook, options.write
+    confidence, probabilities = write.confidence, write.probabilities
     outputs = {"map": map_files(output), "confidence raster": confidence,
                "probability raster": probabilities, "quicklook": quicklook}
     inputs = {"the HSI": hsi, "a LiDAR raster": lidar, "the model": model}
     # An output that would destroy an input is named first, then one of another format.
-    with output_set(outputs, inputs=inputs, overwrite=options.overwrite) as outs:
+    with output_set(outputs, inputs=inputs, overwrite=write.overwrite) as outs:
         for raster in (p for p in (output, confidence, probabilities) if p is not None):
             check_geotiff_name(raster)
         if not model.exists():
@@ -111,27 +91,22 @@ def run_classify(hsi: str | Path, lidar: Sequence[str | Path] | None, output: Pa
             raise ModelError(exc.message, path=model,
                              hint="fine-tune it first with `diffclip fewshot --pretrained "
                                   f"{model}` and classify with that model") from None
-        if options.fast:
+        if options.run.fast:
             from diffclip_cli.infer.fast import load_student
 
             with about_model(model):
                 load_student(bundle)
-        device = resolve_device(options.device)
+        run = dataclasses.replace(options.run, device=resolve_device(options.run.device))
         with open_scene(hsi, lidar) as scene:
             bundle.check_inputs(scene.hsi_bands, scene.lidar_bands, path=model)
             warn_if_out_of_distribution(scene, bundle, model=model)
             with about_model(model):
-                result = classify_scene(
-                    scene, bundle, output, confidence=confidence, probabilities=probabilities,
-                    tile_size=options.tile_size, batch_size=options.batch_size, device=device,
-                    fast=options.fast, cog=options.cog,
-                    creation_options=dict(options.creation_options),
-                    overwrite=options.overwrite, scheduler=options.scheduler,
-                    metadata={"model_file": str(model)},
-                    progress=counting(progress, "classify"))
+                result = classify_scene(scene, bundle, output, write=write, run=run,
+                                        metadata={"model_file": str(model)},
+                                        progress=counting(progress, "classify"))
             if quicklook is not None:  # drawn from the complete map before it is renamed
                 draw_quicklook(outs.pending(output), classes, quicklook,
-                               overwrite=options.overwrite, title=output.name)
+                               overwrite=write.overwrite, title=output.name)
     return {
         "output": str(result.output),
         "confidence": None if result.confidence is None else str(result.confidence),

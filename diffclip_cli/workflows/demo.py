@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from diffclip_cli.infer.classify import classify_scene
+from diffclip_cli.infer.classify import RunOptions, WriteOptions, classify_scene
 from diffclip_cli.pipeline import BASELINE_METHOD, FewshotResult, PlanFn, fewshot_scene
 from diffclip_cli.progress import Progress, counting
 from diffclip_cli.workflows.common import open_scene
@@ -152,8 +152,10 @@ def run_demo(output: Path, *, options: DemoOptions, progress: Progress | None = 
                                    provenance={"labels": str(data / "labels.gpkg")},
                                    on_plan=on_plan)
             save_model(result.bundle, model_path, overwrite=overwrite)
-            mapped = classify_scene(scene, result.bundle, map_path, device=device,
-                                    overwrite=overwrite, progress=counting(progress, "classify"),
+            mapped = classify_scene(scene, result.bundle, map_path,
+                                    write=WriteOptions(overwrite=overwrite),
+                                    run=RunOptions(device=device),
+                                    progress=counting(progress, "classify"),
                                     metadata={"model_file": str(model_path)})
         if result.report is None:  # every labelled pixel was a shot
             raise LabelError("no labelled pixel is left to score the model on",

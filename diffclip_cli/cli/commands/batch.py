@@ -22,6 +22,7 @@ from diffclip_cli.cli.options import (
     QuietOpt,
     TileSizeOpt,
     VerboseOpt,
+    creation_option_errors,
     parse_creation_options,
 )
 from diffclip_cli.errors import BatchError, DiffclipError
@@ -70,14 +71,17 @@ def batch(
     OUTPUT.log; a summary table ends the run. Exit code 8 if any scene failed.
     """
     from diffclip_cli.workflows.batch import check_manifest, run_scene
-    from diffclip_cli.workflows.classify import ClassifyOptions
+    from diffclip_cli.workflows.classify import ClassifyOptions, RunOptions, WriteOptions
 
     level = start(verbose, quiet)
     jobs = read_manifest(manifest)
     check_manifest(manifest, jobs, model)
-    options = ClassifyOptions(model=model, tile_size=tile_size, batch_size=batch_size, cog=cog,
-                              creation_options=parse_creation_options(co, cog=cog), fast=fast,
-                              device=device, overwrite=overwrite)
+    with creation_option_errors():
+        write = WriteOptions(cog=cog, creation_options=parse_creation_options(co),
+                             overwrite=overwrite)
+    options = ClassifyOptions(model=model, write=write,
+                              run=RunOptions(tile_size=tile_size, batch_size=batch_size,
+                                             device=device, fast=fast))
     table = Table(title=f"Batch {manifest.name}: {len(jobs)} scenes")
     for col in ("scene", "status", "pixels", "seconds", "OA", "kappa", "message"):
         table.add_column(col)

@@ -21,6 +21,7 @@ from diffclip_cli.cli.options import (
     QuietOpt,
     TileSizeOpt,
     VerboseOpt,
+    creation_option_errors,
     parse_creation_options,
 )
 
@@ -70,14 +71,20 @@ def classify(
     names in its tags and a sidecar MAP.json. Tiles are processed lazily, so memory does not
     grow with the scene; outputs appear only when complete.
     """
-    from diffclip_cli.workflows.classify import ClassifyOptions, run_classify
+    from diffclip_cli.workflows.classify import (
+        ClassifyOptions,
+        RunOptions,
+        WriteOptions,
+        run_classify,
+    )
 
     level = start(verbose, quiet)
-    options = ClassifyOptions(
-        model=model, confidence=confidence, probabilities=probabilities, quicklook=quicklook,
-        tile_size=tile_size, batch_size=batch_size, cog=cog,
-        creation_options=parse_creation_options(co, cog=cog), fast=fast, scheduler=scheduler,
-        device=device, overwrite=overwrite)
+    with creation_option_errors():
+        write = WriteOptions(confidence=confidence, probabilities=probabilities, cog=cog,
+                             creation_options=parse_creation_options(co), overwrite=overwrite)
+    run = RunOptions(tile_size=tile_size, batch_size=batch_size, device=device, fast=fast,
+                     scheduler=scheduler)
+    options = ClassifyOptions(model=model, quicklook=quicklook, write=write, run=run)
     with interruptible(), StageProgress(enabled=level >= 0) as progress:
         summary = run_classify(hsi, lidar, output, options=options, progress=progress)
     console.print(f"Map: {summary['output']}  ({summary['valid_pixels']:,} of "
