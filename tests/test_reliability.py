@@ -611,6 +611,24 @@ def test_fewshot_options_are_checked_before_work(tiny, tmp_path, monkeypatch, ar
     assert not (tmp_path / "m.pt").exists()
 
 
+@pytest.mark.parametrize("preset", [[], ["--preset", "tiny"]])
+@pytest.mark.parametrize("window", [5, 7])
+def test_window_with_a_pretrained_model_is_a_usage_error(tiny, tmp_path, monkeypatch,
+                                                         preset, window):
+    """The pretrained model fixes the architecture: --window was silently dropped (issue 16),
+    even when it equals the pretrained model's own window (5), with or without --preset."""
+    monkeypatch.setattr("diffclip_cli.workflows.fewshot.fewshot_scene",
+                        lambda *a, **k: (_ for _ in ()).throw(RuntimeError("work started")))
+    assert load_model(tiny.pretrained).config.window == 5
+    r = invoke("fewshot", tiny.hsi, tiny.lidar, "--labels", tiny.labels, "--shots", 2,
+               "--pretrained", tiny.pretrained, "--window", window, *preset, "-o",
+               tmp_path / "m.pt", code=USAGE)
+    text = " ".join(r.output.replace("│", " ").split())
+    assert (f"Invalid value for --window: {window} cannot be used with a pretrained model: "
+            "the pretrained model fixes the architecture, its window included") in text
+    assert "Traceback" not in r.output and not list(tmp_path.iterdir())
+
+
 def test_p5_takes_its_descriptions_from_a_classes_table(tiny, tmp_path):
     """p5 without --descriptions is fine when the --classes table describes the classes."""
     data = np.zeros((24, 28), np.uint8)

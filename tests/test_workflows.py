@@ -18,7 +18,9 @@ from diffclip_cli.workflows.classify import (
     WriteOptions,
     run_classify,
 )
+from diffclip_cli.workflows.common import OverrideError
 from diffclip_cli.workflows.demo import DemoOptions, run_demo
+from diffclip_cli.workflows.fewshot import FewshotOptions
 from diffclip_cli.workflows.pretrain import PretrainOptions, checkpoint_path, run_pretrain
 
 TINY = load_preset("tiny").with_overrides(**{"pretrain.epochs": 1})
@@ -131,3 +133,16 @@ def test_classify_hands_its_option_objects_down_with_the_device_resolved(tiny, t
     with rasterio.open(tmp_path / "m.tif") as m:
         assert m.compression is not None and m.compression.name == "lzw"
     assert ClassifyOptions(model=tiny.model).run.device == "auto"  # as the commands default
+
+
+def test_fewshot_options_refuse_architecture_overrides_with_a_pretrained_model(tmp_path):
+    pretrained = tmp_path / "p.pt"
+    with pytest.raises(OverrideError, match="fixes the architecture, its window") as refused:
+        FewshotOptions(labels="l.gpkg", shots=2, pretrained=pretrained,
+                       overrides={"finetune.epochs": 3, "model.window": 7})
+    assert (refused.value.key, refused.value.value) == ("model.window", 7)
+    # the fine-tuning recipe is the run's own, and without a pretrained model any field is
+    assert FewshotOptions(labels="l.gpkg", shots=2, pretrained=pretrained,
+                          overrides={"finetune.epochs": 3}).overrides == {"finetune.epochs": 3}
+    assert FewshotOptions(labels="l.gpkg", shots=2, preset=TINY,
+                          overrides={"model.window": 7}).pretrained is None

@@ -86,19 +86,30 @@ def read_label_file(path: str | Path, scene_or_grid: Any, *, classes: Path | Non
 
 
 class OverrideError(ValueError):
-    """An override does not fit a preset (a usage error of the option that set it).
+    """An override that cannot apply (a usage error of the option that set it).
 
     Attributes:
         key: the preset field, e.g. ``model.window``.
         value: the value refused.
-        preset: the preset's name.
-        error: why, as the preset said it.
+        reason: why (the message; the command adds the option's name).
     """
 
-    def __init__(self, key: str, value: Any, preset: str, error: ModelError) -> None:
-        self.key, self.value, self.preset, self.error = key, value, preset, error
-        super().__init__(f"{value} does not fit the preset {preset!r}: {error.message}"
-                         + (f"; {error.hint}" if error.hint else ""))
+    def __init__(self, key: str, value: Any, reason: str) -> None:
+        self.key, self.value, self.reason = key, value, reason
+        super().__init__(reason)
+
+    @classmethod
+    def misfit(cls, key: str, value: Any, preset: str, error: ModelError) -> OverrideError:
+        """``value`` does not fit the preset ``preset``, for the preset's ``error``."""
+        return cls(key, value, f"{value} does not fit the preset {preset!r}: {error.message}"
+                   + (f"; {error.hint}" if error.hint else ""))
+
+    @classmethod
+    def fixed_by_pretrained(cls, key: str, value: Any) -> OverrideError:
+        """``key`` belongs to the architecture, which a pretrained model fixes."""
+        return cls(key, value, f"{value} cannot be used with a pretrained model: the "
+                   "pretrained model fixes the architecture, its "
+                   f"{key.partition('.')[2]} included")
 
 
 def override_preset(preset: Preset, overrides: Mapping[str, Any]) -> Preset:
@@ -111,5 +122,5 @@ def override_preset(preset: Preset, overrides: Mapping[str, Any]) -> Preset:
         try:
             preset = preset.with_overrides(**{key: value})
         except ModelError as exc:
-            raise OverrideError(key, value, preset.name, exc) from None
+            raise OverrideError.misfit(key, value, preset.name, exc) from None
     return preset

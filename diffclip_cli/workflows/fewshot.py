@@ -17,6 +17,7 @@ from diffclip_cli.pipeline import BASELINE_METHOD, FewshotResult, PlanFn, fewsho
 from diffclip_cli.progress import Progress
 from diffclip_cli.sampling.defaults import DEFAULT_PRETRAIN_SAMPLES
 from diffclip_cli.workflows.common import (
+    OverrideError,
     open_scene,
     override_preset,
     read_label_file,
@@ -48,6 +49,8 @@ class FewshotOptions:
             own recipe, with ``overrides`` applied to it.
         overrides: preset fields set explicitly (``{"model.window": 7}``); applied to the
             pretrained model's recipe when ``preset`` is ``None`` (else already in ``preset``).
+            With a pretrained model, none of the architecture (``model.*``): it is the
+            pretrained model's.
         pretrain_samples: unlabelled windows for stage 1 (``None``: the default).
         prompt: prompt template ``p1``..``p5`` or a text with ``{class}`` (``None``: the
             preset's).
@@ -65,6 +68,8 @@ class FewshotOptions:
         overwrite: replace existing outputs.
 
     Raises:
+        OverrideError: an override of the architecture (``model.*``) with a pretrained
+            model, which fixes it (a ``ValueError``).
         ValueError: an option out of its range, an unknown split, or neither a preset nor a
             pretrained model.
     """
@@ -97,6 +102,10 @@ class FewshotOptions:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {self.split!r}")
         if self.preset is None and self.pretrained is None:
             raise ValueError("give a preset, or a pretrained model whose recipe to use")
+        if self.pretrained is not None:
+            for key, value in self.overrides.items():
+                if key.startswith("model."):
+                    raise OverrideError.fixed_by_pretrained(key, value)
         for name in ("pretrain_samples", "fast_steps", "batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:

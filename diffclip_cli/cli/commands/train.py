@@ -329,14 +329,17 @@ def fewshot(
     config = None  # (None: the pretrained model's recipe, read by the workflow)
     if pretrained is None or preset is not None:
         config = _overridden(preset_option(name), overrides)
-    options = FewshotOptions(
-        labels=labels, shots=shots, classes=classes, class_field=class_field, layer=layer,
-        pretrained=pretrained, preset=config, overrides=overrides,
-        pretrain_samples=pretrain_samples, prompt=prompt, descriptions=descriptions,
-        split=split, fast=fast, fast_steps=fast_steps, batch_size=batch_size, seed=seed,
-        device=dev, budget=budget, overwrite=overwrite,
-        pinned=_pinned(pretrain_windows=pretrain_samples, pretrain_epochs=pretrain_epochs,
-                       finetune_epochs=epochs, distill_steps=fast_steps))
+    try:  # --window with --pretrained: the pretrained model fixes the architecture
+        options = FewshotOptions(
+            labels=labels, shots=shots, classes=classes, class_field=class_field,
+            layer=layer, pretrained=pretrained, preset=config, overrides=overrides,
+            pretrain_samples=pretrain_samples, prompt=prompt, descriptions=descriptions,
+            split=split, fast=fast, fast_steps=fast_steps, batch_size=batch_size, seed=seed,
+            device=dev, budget=budget, overwrite=overwrite,
+            pinned=_pinned(pretrain_windows=pretrain_samples, pretrain_epochs=pretrain_epochs,
+                           finetune_epochs=epochs, distill_steps=fast_steps))
+    except OverrideError as exc:
+        raise _usage_error(exc) from None
     printer = _PlanPrinter(level=level, budget=budget, device=dev.type,
                            shorten=" or fewer --pretrain-samples/--pretrain-epochs")
     try:
