@@ -645,14 +645,40 @@ class _Prepared:
     pretrained: bool
 
 
-def _prepare(scene: Scene, labels: LabelSet, *, shots: int, preset: Preset,
-             pretrained: ModelBundle | None, template: str | None,
-             descriptions: Mapping[str, str] | str | Path | None, split: str | Split,
-             seed: int) -> _Prepared:
+@dataclass(frozen=True, kw_only=True)
+class _Request:
+    """What :func:`fewshot_scene` or :func:`plan_fewshot` was asked, built once and passed down.
+
+    It is all that :func:`_prepare` and :func:`_plan_prepared` are given, so a training option
+    is threaded through one object, not through each signature. The fields are the arguments
+    of the same names (``plan_fewshot`` has no pretrained model, template or descriptions),
+    except ``device`` (resolved) and ``distill`` (the fast path's settings from ``fast``;
+    ``None``: no fast path).
+    """
+
+    shots: int
+    preset: Preset
+    pretrained: ModelBundle | None = None
+    pretrain_samples: int
+    template: str | None = None
+    descriptions: Mapping[str, str] | str | Path | None = None
+    split: str | Split
+    seed: int
+    device: torch.device
+    evaluate: bool
+    batch_size: int | None
+    distill: DistillConfig | None
+    budget: float | None
+    pinned: Collection[str]
+
+
+def _prepare(scene: Scene, labels: LabelSet, request: _Request) -> _Prepared:
     """The split, the prompts, the statistics and the training windows of :func:`fewshot_scene`.
 
     The network is the pretrained one, or ``None`` (stage 1 builds it).
     """
+    split, seed, pretrained = request.split, request.seed, request.pretrained
+    preset = request.preset
     given = split if isinstance(split, Split) else None
     if given is not None:
         given = _given_split(given, labels, scene)
@@ -663,7 +689,7 @@ def _prepare(scene: Scene, labels: LabelSet, *, shots: int, preset: Preset,
     if given is not None:
         chosen = given
     else:
-        labels, chosen = _split(labels, shots, seed=seed, mode=str(split))
+        labels, chosen = _split(labels, request.shots, seed=seed, mode=str(split))
     left_out = [n for n in all_classes if n not in labels.classes.names]
     if pretrained is not None:
         pretrained.check_inputs(scene.hsi_bands, scene.lidar_bands,
@@ -671,8 +697,8 @@ def _prepare(scene: Scene, labels: LabelSet, *, shots: int, preset: Preset,
                                 band_names=scene.band_names["hsi"])
         preset = dataclasses.replace(pretrained.preset_config, finetune=preset.finetune)
     # The prompts first: a bad descriptions file fails before any training.
-    template = template or preset.model.template
-    prompts = _prompts(labels.classes, template, descriptions, left_out=left_out)
+    template = request.template or preset.model.template
+    prompts = _prompts(labels.classes, template, request.descriptions, left_out=left_out)
     net = None
     if pretrained is not None:
         net = build_network(pretrained)
@@ -687,21 +713,21 @@ def _prepare(scene: Scene, labels: LabelSet, *, shots: int, preset: Preset,
                      time.perf_counter() - tic, pretrained is not None)
 
 
-def _plan_prepared(scene: Scene, prep: _Prepared, *, pretrain_samples: int, evaluate: bool,
-                   distill: DistillConfig | None, budget: float | None,
-                   pinned: Collection[str], seed: int, device: torch.device,
-                   batch_size: int | None, started: float) -> Plan:
+def _plan_prepared(scene: Scene, prep: _Prepared, request: _Request, *, started: float
+                   ) -> Plan:
     """:func:`plan_training` for a prepared few-shot run."""
     net = prep.net
     if net is None:  # the network stage 1 will build (only copies of it are trained here)
         net = DiffCLIPNet(prep.preset.model, hsi_bands=scene.hsi_bands,
-                          lidar_bands=scene.lidar_bands, seed=seed)
+                          lidar_bands=scene.lidar_bands, seed=request.seed)
     return plan_training(
         scene, preset=prep.preset, net=net, stats=prep.stats,
-        pretrain_samples=0 if prep.pretrained else pretrain_samples, train=prep.train,
-        prompts=prep.prompts, score_pixels=int(prep.chosen.test.size) if evaluate else 0,
-        distill=distill, budget=budget, pinned=pinned, seed=seed, device=device,
-        batch_size=batch_size, started=started)
+        pretrain_samples=0 if prep.pretrained else request.pretrain_samples, train=prep.train,
+        prompts=prep.prompts,
+        score_pixels=int(prep.chosen.test.size) if request.evaluate else 0,
+        distill=request.distill, budget=request.budget, pinned=request.pinned,
+        seed=request.seed, device=request.device, batch_size=request.batch_size,
+        started=started)
 
 
 def _distill_config(fast: bool | Mapping[str, Any]) -> DistillConfig | None:
@@ -734,13 +760,11 @@ def plan_fewshot(
     leave torch at one thread, where the estimate holds (see :func:`plan_training`).
     """
     begin = time.perf_counter()
-    device = resolve_device(device)
-    prep = _prepare(scene, labels, shots=shots, preset=preset, pretrained=None, template=None,
-                    descriptions=None, split=split, seed=seed)
-    distill = _distill_config(fast)
-    return _plan_prepared(scene, prep, pretrain_samples=pretrain_samples, evaluate=evaluate,
-                          distill=distill, budget=budget, pinned=pinned, seed=seed,
-                          device=device, batch_size=batch_size, started=begin)
+    request = _Request(shots=shots, preset=preset, pretrain_samples=pretrain_samples,
+                       split=split, seed=seed, device=resolve_device(device),
+                       evaluate=evaluate, batch_size=batch_size, distill=_distill_config(fast),
+                       budget=budget, pinned=pinned)
+    return _plan_prepared(scene, _prepare(scene, labels, request), request, started=begin)
 
 
 @_restores_threads
@@ -815,19 +839,20 @@ def fewshot_scene(
     """
     begin = time.perf_counter()
     timings: dict[str, float] = {}
-    device = resolve_device(device)
-    prep = _prepare(scene, labels, shots=shots, preset=preset, pretrained=pretrained,
-                    template=template, descriptions=descriptions, split=split, seed=seed)
+    request = _Request(shots=shots, preset=preset, pretrained=pretrained,
+                       pretrain_samples=pretrain_samples, template=template,
+                       descriptions=descriptions, split=split, seed=seed,
+                       device=resolve_device(device), evaluate=evaluate, batch_size=batch_size,
+                       distill=_distill_config(fast), budget=budget, pinned=pinned)
+    device, distill = request.device, request.distill
+    prep = _prepare(scene, labels, request)
     labels, chosen, given, preset, template, prompts = (
         prep.labels, prep.chosen, prep.given, prep.preset, prep.template, prep.prompts)
     stats, net, train = prep.stats, prep.net, prep.train
     pre_history: list[dict[str, Any]] = []
-    distill = _distill_config(fast)
     plan = None
     if budget is not None or on_plan is not None:
-        plan = _plan_prepared(scene, prep, pretrain_samples=pretrain_samples,
-                              evaluate=evaluate, distill=distill, budget=budget, pinned=pinned,
-                              seed=seed, device=device, batch_size=batch_size, started=begin)
+        plan = _plan_prepared(scene, prep, request, started=begin)
         preset = scaled_preset(preset, plan.recipe)
         if pretrained is None:
             pretrain_samples = plan.recipe.pretrain_windows
