@@ -629,6 +629,23 @@ def test_window_with_a_pretrained_model_is_a_usage_error(tiny, tmp_path, monkeyp
     assert "Traceback" not in r.output and not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(("args", "option"), [
+    (["--pretrain-epochs", "3"], "--epochs/--pretrain-epochs"),
+    (["--pretrain-samples", "300"], "--pretrain-samples"),
+])
+def test_stage1_options_with_a_pretrained_model_are_a_usage_error(tiny, tmp_path, monkeypatch,
+                                                                   args, option):
+    """A pretrained model skips stage 1: its options would be silently ignored."""
+    monkeypatch.setattr("diffclip_cli.workflows.fewshot.fewshot_scene",
+                        lambda *a, **k: (_ for _ in ()).throw(RuntimeError("work started")))
+    r = invoke("fewshot", tiny.hsi, tiny.lidar, "--labels", tiny.labels, "--shots", 2,
+               "--pretrained", tiny.pretrained, *args, "-o", tmp_path / "m.pt", code=USAGE)
+    text = " ".join(r.output.replace("│", " ").split())
+    assert (f"Invalid value for {option}: {args[1]} cannot be used with a pretrained model: "
+            "stage 1 (pretraining) is skipped") in text
+    assert "Traceback" not in r.output and not list(tmp_path.iterdir())
+
+
 def test_p5_takes_its_descriptions_from_a_classes_table(tiny, tmp_path):
     """p5 without --descriptions is fine when the --classes table describes the classes."""
     data = np.zeros((24, 28), np.uint8)

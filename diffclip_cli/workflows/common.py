@@ -111,6 +111,12 @@ class OverrideError(ValueError):
                    "pretrained model fixes the architecture, its "
                    f"{key.partition('.')[2]} included")
 
+    @classmethod
+    def skipped_by_pretrained(cls, key: str, value: Any) -> OverrideError:
+        """``key`` sets stage 1, which a pretrained model skips (it would be ignored)."""
+        return cls(key, value, f"{value} cannot be used with a pretrained model: stage 1 "
+                   "(pretraining) is skipped, so it would be ignored")
+
 
 def override_preset(preset: Preset, overrides: Mapping[str, Any]) -> Preset:
     """``preset`` with ``overrides`` (``{"model.window": 7, ...}``), applied one at a time.

@@ -69,7 +69,8 @@ class FewshotOptions:
 
     Raises:
         OverrideError: an override of the architecture (``model.*``) with a pretrained
-            model, which fixes it (a ``ValueError``).
+            model, which fixes it, or of stage 1 (``pretrain.*``, ``pretrain_samples``),
+            which it skips (a ``ValueError``).
         ValueError: an option out of its range, an unknown split, or neither a preset nor a
             pretrained model.
     """
@@ -106,6 +107,11 @@ class FewshotOptions:
             for key, value in self.overrides.items():
                 if key.startswith("model."):
                     raise OverrideError.fixed_by_pretrained(key, value)
+                if key.startswith("pretrain."):
+                    raise OverrideError.skipped_by_pretrained(key, value)
+            if self.pretrain_samples is not None:
+                raise OverrideError.skipped_by_pretrained("pretrain.samples",
+                                                          self.pretrain_samples)
         for name in ("pretrain_samples", "fast_steps", "batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:

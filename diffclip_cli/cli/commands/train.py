@@ -178,6 +178,7 @@ def _preset(name: str, *, window: int | None = None, mask_ratio: float | None = 
 #: The command-line option of each preset override.
 _OPTION_OF = {"model.window": "--window", "model.mask_ratio": "--mask-ratio",
               "pretrain.epochs": "--epochs/--pretrain-epochs",
+              "pretrain.samples": "--pretrain-samples",
               "finetune.epochs": "--finetune-epochs"}
 
 
