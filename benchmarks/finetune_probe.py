@@ -48,8 +48,8 @@ from diffclip_cli.train.pretrain import pretrain
 
 
 @torch.no_grad()
-def logreg_oa(net: DiffCLIPNet, tw, ew, ytr: np.ndarray, yte: np.ndarray) -> float:
-    """OA of a logistic regression on the frozen, standardised class-token features."""
+def logreg_proba(net: DiffCLIPNet, tw, ew, ytr: np.ndarray) -> np.ndarray:
+    """Class probabilities of a logistic regression on the frozen, standardised features."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -62,7 +62,12 @@ def logreg_oa(net: DiffCLIPNet, tw, ew, ytr: np.ndarray, yte: np.ndarray) -> flo
     ftr, fte = feats(tw), feats(ew)
     sc = StandardScaler().fit(ftr)
     clf = LogisticRegression(max_iter=3000).fit(sc.transform(ftr), ytr)
-    return 100 * float((clf.predict(sc.transform(fte)) == yte).mean())
+    return clf.predict_proba(sc.transform(fte))
+
+
+def logreg_oa(net: DiffCLIPNet, tw, ew, ytr: np.ndarray, yte: np.ndarray) -> float:
+    """OA of a logistic regression on the frozen, standardised features."""
+    return 100 * float((logreg_proba(net, tw, ew, ytr).argmax(1) == yte).mean())
 
 
 def main() -> None:
@@ -185,6 +190,11 @@ def main() -> None:
                         proba = clf.predict_proba(torch.from_numpy(ew.hsi),
                                                   None if ew.lidar is None
                                                   else torch.from_numpy(ew.lidar))
+                        if ft_name.startswith("ens"):
+                            # average with a probe on the frozen features of the encoder
+                            # before fine-tuning (an output ensemble, WiSE-FT-like)
+                            frozen = logreg_proba(net, tw, ew, y_all[train])
+                            proba = 0.5 * proba + 0.5 * torch.from_numpy(frozen).float()
                         oa = 100 * float((proba.argmax(1).numpy() == y_all[test]).mean())
                         table.setdefault((pre_name, ft_name, k), []).append(oa)
                         print(f"{folder.name} seed {seed} k={k} pre={pre_name:<10} "
