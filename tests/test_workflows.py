@@ -32,6 +32,19 @@ def test_pretrain_options_refuse_values_out_of_range(bad):
         PretrainOptions(preset=TINY, **bad)
 
 
+@pytest.mark.parametrize("budget", [0.0, -60.0, float("nan")])
+@pytest.mark.parametrize("make", [
+    lambda budget: PretrainOptions(preset=TINY, budget=budget),
+    lambda budget: FewshotOptions(labels="l.gpkg", shots=2, preset=TINY, budget=budget),
+], ids=["pretrain", "fewshot"])
+def test_every_training_option_object_checks_its_budget_the_same_way(make, budget):
+    """The shared TrainingOptions base checks the budget once for both trainings (fewshot's
+    options did not check it before)."""
+    with pytest.raises(ValueError, match="budget must be a positive number of seconds"):
+        make(budget)
+    assert make(90.0).budget == 90.0
+
+
 def test_pretrain_from_python_saves_the_model_and_drops_the_checkpoint(tiny, tmp_path,
                                                                       one_torch_thread):
     out = tmp_path / "p.pt"

@@ -8,17 +8,21 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from diffclip_cli.errors import InputError, ModelError
 
 if TYPE_CHECKING:
+    import torch
+
     from diffclip_cli.io.labels import LabelSet
     from diffclip_cli.io.raster import Scene
     from diffclip_cli.model.config import Preset
 
-__all__ = ["OverrideError", "about_model", "open_scene", "override_preset", "read_label_file",
+__all__ = ["OverrideError", "TrainingOptions", "about_model", "open_scene", "override_preset",
+           "read_label_file",
            "warn_if_out_of_distribution"]
 
 log = logging.getLogger("diffclip")
@@ -83,6 +87,38 @@ def read_label_file(path: str | Path, scene_or_grid: Any, *, classes: Path | Non
     if not is_gdal_name(path) and not Path(path).exists():
         raise InputError("label file not found", path=path, hint="check the --labels path")
     return read_labels(path, grid, class_field=class_field, layer=layer, classes=table)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingOptions:
+    """How a training workflow runs: the fields every training's options share.
+
+    The base of :class:`~diffclip_cli.workflows.fewshot.FewshotOptions` and
+    :class:`~diffclip_cli.workflows.pretrain.PretrainOptions`, so each is declared and checked
+    once.
+
+    Attributes:
+        seed: the seed of every random choice.
+        device: where to train: a :class:`torch.device` (as the command resolves it) or a
+            name (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``), resolved once by the
+            workflow.
+        budget: a time budget in seconds the schedule is sized to, or ``None``.
+        pinned: recipe fields set explicitly, which a budget never changes.
+        overwrite: replace existing outputs.
+
+    Raises:
+        ValueError: a budget that is not a positive number of seconds.
+    """
+
+    seed: int = 0
+    device: str | torch.device = "cpu"
+    budget: float | None = None
+    pinned: tuple[str, ...] = ()
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.budget is not None and not self.budget > 0:
+            raise ValueError(f"budget must be a positive number of seconds, not {self.budget}")
 
 
 class OverrideError(ValueError):

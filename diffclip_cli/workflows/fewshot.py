@@ -18,6 +18,7 @@ from diffclip_cli.progress import Progress
 from diffclip_cli.sampling.defaults import DEFAULT_PRETRAIN_SAMPLES
 from diffclip_cli.workflows.common import (
     OverrideError,
+    TrainingOptions,
     open_scene,
     override_preset,
     read_label_file,
@@ -25,7 +26,6 @@ from diffclip_cli.workflows.common import (
 )
 
 if TYPE_CHECKING:
-    import torch
 
     from diffclip_cli.model.config import Preset
 
@@ -35,7 +35,7 @@ SPLITS = ("random", "spatial")
 
 
 @dataclass(frozen=True, kw_only=True)
-class FewshotOptions:
+class FewshotOptions(TrainingOptions):
     """What to train on and how: labels, shots, recipe, prompts, fast path, execution.
 
     Attributes:
@@ -59,20 +59,16 @@ class FewshotOptions:
         fast: also distil the fast path.
         fast_steps: optimiser steps of the distillation (``None``: by the recipe).
         batch_size: windows per forward pass (``None``: by device).
-        seed: the seed of every random choice.
-        device: where to train: a :class:`torch.device` (as the command resolves it) or a
-            name (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``), resolved once by
-            :func:`run_fewshot`.
-        budget: a time budget in seconds the schedule is sized to, or ``None``.
-        pinned: recipe fields set explicitly, which a budget never changes.
-        overwrite: replace existing outputs.
+
+    With the :class:`~diffclip_cli.workflows.common.TrainingOptions` fields (seed, device,
+    budget, pinned, overwrite).
 
     Raises:
         OverrideError: an override of the architecture (``model.*``) with a pretrained
             model, which fixes it, or of stage 1 (``pretrain.*``, ``pretrain_samples``),
             which it skips (a ``ValueError``).
-        ValueError: an option out of its range, an unknown split, or neither a preset nor a
-            pretrained model.
+        ValueError: an option out of its range (a budget that is not positive included), an
+            unknown split, or neither a preset nor a pretrained model.
     """
 
     labels: str | Path
@@ -90,13 +86,9 @@ class FewshotOptions:
     fast: bool = True
     fast_steps: int | None = None
     batch_size: int | None = None
-    seed: int = 0
-    device: str | torch.device = "cpu"
-    budget: float | None = None
-    pinned: tuple[str, ...] = ()
-    overwrite: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.shots < 1:
             raise ValueError(f"shots must be at least 1, not {self.shots}")
         if self.split not in SPLITS:

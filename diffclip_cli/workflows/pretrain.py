@@ -16,10 +16,9 @@ from typing import TYPE_CHECKING
 from diffclip_cli.pipeline import PlanFn, PretrainResult, pretrain_scene
 from diffclip_cli.progress import Progress
 from diffclip_cli.sampling.defaults import DEFAULT_PRETRAIN_SAMPLES
-from diffclip_cli.workflows.common import open_scene
+from diffclip_cli.workflows.common import TrainingOptions, open_scene
 
 if TYPE_CHECKING:
-    import torch
 
     from diffclip_cli.model.config import Preset
 
@@ -27,7 +26,7 @@ __all__ = ["PretrainOptions", "checkpoint_path", "run_pretrain"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class PretrainOptions:
+class PretrainOptions(TrainingOptions):
     """What to pretrain and how: the recipe, the sample, resuming and the execution.
 
     Attributes:
@@ -35,14 +34,9 @@ class PretrainOptions:
         samples: unlabelled windows drawn over the scene (``None``: the default,
             :data:`~diffclip_cli.sampling.defaults.DEFAULT_PRETRAIN_SAMPLES`).
         resume: continue an interrupted run from its checkpoint (:func:`checkpoint_path`).
-        seed: the seed of every random choice.
-        device: where to train: a :class:`torch.device` (as the command resolves it) or a
-            name (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``), resolved once by
-            :func:`run_pretrain`.
-        budget: a time budget in seconds the schedule is sized to, or ``None``.
-        pinned: recipe fields set explicitly (``pretrain_windows``, ``pretrain_epochs``),
-            which a budget never changes.
-        overwrite: replace an existing model file.
+
+    With the :class:`~diffclip_cli.workflows.common.TrainingOptions` fields (seed, device,
+    budget, pinned: here ``pretrain_windows``/``pretrain_epochs``, overwrite).
 
     Raises:
         ValueError: ``samples`` below 1 or a budget that is not positive.
@@ -51,17 +45,11 @@ class PretrainOptions:
     preset: Preset
     samples: int | None = None
     resume: bool = False
-    seed: int = 0
-    device: str | torch.device = "cpu"
-    budget: float | None = None
-    pinned: tuple[str, ...] = ()
-    overwrite: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.samples is not None and self.samples < 1:
             raise ValueError(f"samples must be at least 1, not {self.samples}")
-        if self.budget is not None and not self.budget > 0:
-            raise ValueError(f"budget must be a positive number of seconds, not {self.budget}")
 
 
 def checkpoint_path(output: Path) -> Path:
