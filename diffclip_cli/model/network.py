@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import cast
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from diffclip_cli.errors import ModelError
@@ -355,24 +354,6 @@ class DiffCLIPNet(nn.Module):
             total = total + loss
             losses[m] = float(loss.detach())
             preds[m] = pred.transpose(1, 2).reshape(n, -1, w, w)
-        if c.view_contrast_weight > 0 and n > 1:
-            # a second masked view of the same noised windows (drawn after every draw of the
-            # method, so those stay the same); class tokens of the two views should match
-            seqs2 = []
-            for m, x in noised.items():
-                kept2, _, _ = random_masking(self.tokens(x, m), c.kept_tokens,
-                                             generator=generator)
-                seqs2.append(torch.cat([self.cls_token[m] + temb, kept2], dim=1))
-            latents2 = self.encode(torch.cat(seqs2, dim=0)).split(n, dim=0)
-            target_ids = torch.arange(n, device=device)
-            for m, a, b in zip(inputs, latents, latents2, strict=True):
-                z1 = F.normalize(a[:, 0], dim=-1)
-                z2 = F.normalize(b[:, 0], dim=-1)
-                logits = z1 @ z2.T / 0.1
-                nce = 0.5 * (F.cross_entropy(logits, target_ids)
-                             + F.cross_entropy(logits.T, target_ids))
-                total = total + c.view_contrast_weight * nce
-                losses[f"{m}_views"] = float(nce.detach())
         return PretrainOutput(
             loss=total,
             losses=losses,
