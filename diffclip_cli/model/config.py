@@ -231,10 +231,6 @@ class ModelConfig(ConfigBase):
             paper's "w/o diffusion" ablation: the encoder sees the clean input at ``t = 0``
             and the stage is plain masked reconstruction; only for ablation studies.
         masked_loss_weight: weight of the masked-token MSE (visible tokens weigh 1).
-        view_consistency_weight: weight of a SimSiam-style term (no negatives): the class
-            token of one masked view, through a small predictor, should match the class token
-            of another masked view of the same windows (stop-gradient); 0 (the paper) leaves
-            it out. An experiment: docs/model.md section 7.
         timesteps: diffusion steps ``T``.
         noise_steps: pretraining draws its timesteps uniformly from ``0 .. noise_steps - 1``;
             0 means all ``timesteps`` (the paper). Classification encodes clean windows at
@@ -273,7 +269,6 @@ class ModelConfig(ConfigBase):
     masking: bool = True
     diffusion: bool = True
     masked_loss_weight: float = 0.1
-    view_consistency_weight: float = 0.0
     timesteps: int = 1000
     noise_steps: int = 0
     pixel_readout: bool = False
@@ -310,8 +305,6 @@ class ModelConfig(ConfigBase):
               f"{self.window} x {self.window} window", "lower it or use a larger window")
         check(self.masked_loss_weight >= 0,
               f"masked_loss_weight must not be negative, got {self.masked_loss_weight}")
-        check(self.view_consistency_weight >= 0, "view_consistency_weight must not be "
-              f"negative, got {self.view_consistency_weight}")
         check(0 <= int(self.noise_steps) <= self.timesteps,
               f"noise_steps must lie in 0..timesteps ({self.timesteps}), got {self.noise_steps}",
               "use 0 for every timestep (the paper) or fewer, e.g. 100")

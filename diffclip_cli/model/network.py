@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import cast
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from diffclip_cli.errors import ModelError
@@ -193,9 +192,6 @@ class DiffCLIPNet(nn.Module):
         if c.pixel_readout:
             self.pixel_norm = nn.ModuleDict({m: nn.LayerNorm(c.dim) for m in self.modalities})
         self.decoders = nn.ModuleDict({m: _Decoder(c, bands[m]) for m in self.modalities})
-        if c.view_consistency_weight > 0:
-            self.view_predictor = nn.Sequential(nn.Linear(c.dim, c.dim), nn.GELU(),
-                                                nn.Linear(c.dim, c.dim))
 
         abar = torch.cumprod(1.0 - linear_betas(c.timesteps, c.beta_start, c.beta_end), 0)
         self.register_buffer("sqrt_abar", abar.sqrt().float(), persistent=False)
@@ -358,22 +354,6 @@ class DiffCLIPNet(nn.Module):
             total = total + loss
             losses[m] = float(loss.detach())
             preds[m] = pred.transpose(1, 2).reshape(n, -1, w, w)
-        if c.view_consistency_weight > 0:
-            # a second masked view of the same noised windows (drawn after every draw of the
-            # method); SimSiam: predict one view's class token from the other's, stop-gradient
-            seqs2 = []
-            for m, x in noised.items():
-                kept2, _, _ = random_masking(self.tokens(x, m), c.kept_tokens,
-                                             generator=generator)
-                seqs2.append(torch.cat([self.cls_token[m] + temb, kept2], dim=1))
-            latents2 = self.encode(torch.cat(seqs2, dim=0)).split(n, dim=0)
-            for m, a, b in zip(inputs, latents, latents2, strict=True):
-                z1, z2 = a[:, 0], b[:, 0]
-                p1, p2 = self.view_predictor(z1), self.view_predictor(z2)
-                sim = 0.5 * (F.cosine_similarity(p1, z2.detach(), dim=-1).mean()
-                             + F.cosine_similarity(p2, z1.detach(), dim=-1).mean())
-                total = total + c.view_consistency_weight * (1.0 - sim)
-                losses[f"{m}_views"] = float(1.0 - sim.detach())
         return PretrainOutput(
             loss=total,
             losses=losses,
