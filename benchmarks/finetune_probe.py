@@ -70,6 +70,20 @@ def logreg_oa(net: DiffCLIPNet, tw, ew, ytr: np.ndarray, yte: np.ndarray) -> flo
     return 100 * float((logreg_proba(net, tw, ew, ytr).argmax(1) == yte).mean())
 
 
+def load_encoder(net: DiffCLIPNet, state: dict[str, torch.Tensor], problem: str) -> None:
+    """Load pretrained weights into ``net``, which may hold the readout's LayerNorm beside them.
+
+    Stage 1 never trains ``pixel_norm`` (encoders cached before ``pixel_readout`` lack it, and a
+    variant that turns the readout on adds it), so only its keys may be missing.
+
+    Raises:
+        SystemExit: with ``problem`` when any other weight is missing.
+    """
+    missing = net.load_state_dict(state, strict=False).missing_keys
+    if any(not k.startswith("pixel_norm.") for k in missing):
+        raise SystemExit(problem)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("scene")
@@ -115,12 +129,8 @@ def main() -> None:
                 tic = time.perf_counter()
                 if pre_name != "random":
                     if path.exists():
-                        # encoders cached before pixel_readout lack only its LayerNorm,
-                        # which stage 1 never trains
-                        missing = net.load_state_dict(torch.load(path, weights_only=True),
-                                                      strict=False).missing_keys
-                        if any(not k.startswith("pixel_norm.") for k in missing):
-                            raise SystemExit(f"cached encoder {path} does not fit {pre_name}")
+                        load_encoder(net, torch.load(path, weights_only=True),
+                                     f"cached encoder {path} does not fit {pre_name}")
                     else:
                         ur, uc = sample_unlabelled(scene, args.samples, seed=seed)
                         unl = read_windows(scene, ur, uc, size=w, stats=stats)
@@ -156,10 +166,8 @@ def main() -> None:
                         # pretrained weights (modules the variant adds keep their init)
                         net_copy = DiffCLIPNet(preset.model, hsi_bands=scene.hsi_bands,
                                                lidar_bands=scene.lidar_bands, seed=seed)
-                        missing = net_copy.load_state_dict(copy.deepcopy(net.state_dict()),
-                                                           strict=False).missing_keys
-                        if any(not k.startswith("pixel_norm.") for k in missing):
-                            raise SystemExit(f"variant {ft_name} changes pretrained weights")
+                        load_encoder(net_copy, copy.deepcopy(net.state_dict()),
+                                     f"variant {ft_name} changes pretrained weights")
                         if ft_name.startswith("sp"):
                             # shrink towards a fresh initialisation: w = lam w_pre + (1-lam) w_0
                             lam = float(ft_name[2:])
