@@ -85,13 +85,16 @@ MaskRatioOpt = Annotated[
 _SAMPLES_HELP = "Unlabelled windows drawn over the scene for pretraining."
 _EPOCHS_HELP = "Pretraining epochs; default the preset's."
 _SAMPLES_DEFAULT = f" Default {DEFAULT_PRETRAIN_SAMPLES:,} (fewer to fit a time budget)."
+_NOT_PRETRAINED = " Not with --pretrained, which skips pretraining."
 PretrainSamplesOpt = Annotated[
-    int | None, typer.Option("--pretrain-samples", min=1, help=_SAMPLES_HELP + _SAMPLES_DEFAULT,
+    int | None, typer.Option("--pretrain-samples", min=1,
+                             help=_SAMPLES_HELP + _SAMPLES_DEFAULT + _NOT_PRETRAINED,
                              rich_help_panel=_MODEL, show_default=False)
 ]
 PretrainEpochsOpt = Annotated[
     int | None,
-    typer.Option("--pretrain-epochs", min=1, help=_EPOCHS_HELP, rich_help_panel=_MODEL,
+    typer.Option("--pretrain-epochs", min=1, help=_EPOCHS_HELP + _NOT_PRETRAINED,
+                 rich_help_panel=_MODEL,
                  show_default=False),
 ]
 SamplesOpt = Annotated[
