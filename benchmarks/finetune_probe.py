@@ -203,6 +203,14 @@ def main() -> None:
                             # before fine-tuning (an output ensemble, WiSE-FT-like)
                             frozen = logreg_proba(net, tw, ew, y_all[train])
                             proba = 0.5 * proba + 0.5 * torch.from_numpy(frozen).float()
+                        if ft_name.startswith("rawens"):
+                            # average with a logistic regression on the raw centre pixel
+                            from sklearn.linear_model import LogisticRegression
+                            c0 = w // 2
+                            lr = LogisticRegression(max_iter=3000).fit(
+                                tw.hsi[:, :, c0, c0], y_all[train])
+                            raw = lr.predict_proba(ew.hsi[:, :, c0, c0])
+                            proba = 0.5 * proba + 0.5 * torch.from_numpy(raw).float()
                         oa = 100 * float((proba.argmax(1).numpy() == y_all[test]).mean())
                         table.setdefault((pre_name, ft_name, k), []).append(oa)
                         print(f"{folder.name} seed {seed} k={k} pre={pre_name:<10} "
