@@ -4,7 +4,11 @@ For a scene folder (hsi.tif, optional lidar.tif, labels.tif, classes.csv): per s
 pretraining per pretraining variant (cached in ``--cache``), then every fine-tuning variant is
 run from a copy of it on the same k-shot split, and scored on up to ``--test-pixels`` other
 labelled pixels. ``random`` as a pretraining variant is the untrained encoder (the protocol's
-``clip`` row). Variants are preset overrides, ``name=section.field:value,...``.
+``clip`` row). Variants are preset overrides, ``name=section.field:value,...``. Some
+fine-tuning names do more: ``logreg`` (no fine-tuning: logistic regression on the frozen
+features), ``ens*`` (the fine-tuned output averaged with ``logreg``'s), ``rawens*`` (averaged
+with a logistic regression on the raw centre pixel), ``sp<lam>`` (weights shrunk towards a
+fresh initialisation first), ``stems*`` / ``blocks*`` (keep only the pretrained stems / blocks).
 
 Example::
 
@@ -63,6 +67,19 @@ def logreg_proba(net: DiffCLIPNet, tw, ew, ytr: np.ndarray) -> np.ndarray:
     sc = StandardScaler().fit(ftr)
     clf = LogisticRegression(max_iter=3000).fit(sc.transform(ftr), ytr)
     return clf.predict_proba(sc.transform(fte))
+
+
+def raw_pixel_proba(tw, ew, ytr: np.ndarray) -> np.ndarray:
+    """Class probabilities of a logistic regression on the windows' centre pixels.
+
+    The pixels are the windows' values, standardised with the scene's statistics (not the
+    few training pixels'); scikit-learn's default L2 penalty (C = 1).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    c = tw.hsi.shape[-1] // 2
+    clf = LogisticRegression(max_iter=3000).fit(tw.hsi[:, :, c, c], ytr)
+    return clf.predict_proba(ew.hsi[:, :, c, c])
 
 
 def logreg_oa(net: DiffCLIPNet, tw, ew, ytr: np.ndarray, yte: np.ndarray) -> float:
@@ -205,11 +222,7 @@ def main() -> None:
                             proba = 0.5 * proba + 0.5 * torch.from_numpy(frozen).float()
                         if ft_name.startswith("rawens"):
                             # average with a logistic regression on the raw centre pixel
-                            from sklearn.linear_model import LogisticRegression
-                            c0 = w // 2
-                            lr = LogisticRegression(max_iter=3000).fit(
-                                tw.hsi[:, :, c0, c0], y_all[train])
-                            raw = lr.predict_proba(ew.hsi[:, :, c0, c0])
+                            raw = raw_pixel_proba(tw, ew, y_all[train])
                             proba = 0.5 * proba + 0.5 * torch.from_numpy(raw).float()
                         oa = 100 * float((proba.argmax(1).numpy() == y_all[test]).mean())
                         table.setdefault((pre_name, ft_name, k), []).append(oa)

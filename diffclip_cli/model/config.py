@@ -231,13 +231,6 @@ class ModelConfig(ConfigBase):
             paper's "w/o diffusion" ablation: the encoder sees the clean input at ``t = 0``
             and the stage is plain masked reconstruction; only for ablation studies.
         masked_loss_weight: weight of the masked-token MSE (visible tokens weigh 1).
-        cluster_weight: weight of a cluster-prediction term in stage 1: the encoded class
-            token of each (noised, masked) window predicts which of ``cluster_count`` k-means
-            clusters of the scene its clean centre 3 x 3 spectrum belongs to (the clusters are
-            fitted once on the unlabelled windows). The reconstruction loss never asks the
-            class token to summarise the window; this asks it to name the labelled pixel's
-            spectral group. 0 (the paper) leaves it out. See docs/model.md.
-        cluster_count: k-means clusters for ``cluster_weight``.
         timesteps: diffusion steps ``T``.
         noise_steps: pretraining draws its timesteps uniformly from ``0 .. noise_steps - 1``;
             0 means all ``timesteps`` (the paper). Classification encodes clean windows at
@@ -276,13 +269,9 @@ class ModelConfig(ConfigBase):
     masking: bool = True
     diffusion: bool = True
     masked_loss_weight: float = 0.1
-    cluster_weight: float = 0.0
-    cluster_count: int = 32
     timesteps: int = 1000
     noise_steps: int = 0
     pixel_readout: bool = False
-    spectral_readout: bool = False
-    readout_layernorm: bool = True
     beta_start: float = 1e-4
     beta_end: float = 0.02
     init_temperature: float = 0.07
@@ -316,10 +305,6 @@ class ModelConfig(ConfigBase):
               f"{self.window} x {self.window} window", "lower it or use a larger window")
         check(self.masked_loss_weight >= 0,
               f"masked_loss_weight must not be negative, got {self.masked_loss_weight}")
-        check(self.cluster_weight >= 0,
-              f"cluster_weight must not be negative, got {self.cluster_weight}")
-        check(int(self.cluster_count) >= 2,
-              f"cluster_count must be at least 2, got {self.cluster_count}")
         check(0 <= int(self.noise_steps) <= self.timesteps,
               f"noise_steps must lie in 0..timesteps ({self.timesteps}), got {self.noise_steps}",
               "use 0 for every timestep (the paper) or fewer, e.g. 100")

@@ -21,12 +21,10 @@ all modalities go through the shared encoder as one batch.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import cast
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from diffclip_cli.errors import ModelError
@@ -164,7 +162,6 @@ class DiffCLIPNet(nn.Module):
 
     # buffers
     pos_embed: torch.Tensor
-    cluster_centroids: torch.Tensor
     sqrt_abar: torch.Tensor
     sqrt_one_minus_abar: torch.Tensor
 
@@ -193,14 +190,8 @@ class DiffCLIPNet(nn.Module):
         self.blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp_ratio) for _ in range(c.depth))
         self.norm = nn.LayerNorm(c.dim)
         if c.pixel_readout:
-            self.pixel_norm = nn.ModuleDict({m: nn.LayerNorm(c.dim) if c.readout_layernorm
-                                             else nn.Identity() for m in self.modalities})
+            self.pixel_norm = nn.ModuleDict({m: nn.LayerNorm(c.dim) for m in self.modalities})
         self.decoders = nn.ModuleDict({m: _Decoder(c, bands[m]) for m in self.modalities})
-        if c.cluster_weight > 0:
-            self.cluster_head = nn.Linear(c.dim * len(self.modalities), c.cluster_count)
-            # fitted by stage 1 on the unlabelled windows (fit_clusters)
-            self.register_buffer("cluster_centroids", torch.zeros(
-                c.cluster_count, self.hsi_bands + self.lidar_bands))
 
         abar = torch.cumprod(1.0 - linear_betas(c.timesteps, c.beta_start, c.beta_end), 0)
         self.register_buffer("sqrt_abar", abar.sqrt().float(), persistent=False)
@@ -212,8 +203,7 @@ class DiffCLIPNet(nn.Module):
     def feature_dim(self) -> int:
         """Width of :meth:`features`: ``dim`` per modality, twice that with ``pixel_readout``."""
         per = 2 if self.config.pixel_readout else 1
-        raw = (self.hsi_bands + self.lidar_bands) if self.config.spectral_readout else 0
-        return self.config.dim * len(self.modalities) * per + raw
+        return self.config.dim * len(self.modalities) * per
 
     def reset_parameters(self, seed: int) -> None:
         """(Re)initialise every weight from ``seed`` alone."""
@@ -285,15 +275,9 @@ class DiffCLIPNet(nn.Module):
                 for m, tok in tokens.items()]
         cls = self.encode(torch.cat(seqs, dim=0))[:, 0].split(n, dim=0)
         if not self.config.pixel_readout:
-            parts = list(cls)
-        else:
-            parts = [part for m, c in zip(tokens, cls, strict=True)
-                     for part in (c, self.pixel_norm[m](self.centre_mean(tokens[m])))]
-        if self.config.spectral_readout:
-            lo, hi = centre_slice(self.config.window)
-            d = self.config.dim
-            parts += [x[:, :, lo:hi, lo:hi].mean(dim=(2, 3)) * math.sqrt(d / x.shape[1])
-                      for x in inputs.values()]
+            return torch.cat(cls, dim=1)
+        parts = [part for m, c in zip(tokens, cls, strict=True)
+                 for part in (c, self.pixel_norm[m](self.centre_mean(tokens[m])))]
         return torch.cat(parts, dim=1)
 
     def centre_mean(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -310,33 +294,6 @@ class DiffCLIPNet(nn.Module):
         return tokens.view(tokens.shape[0], w, w, -1)[:, lo:hi, lo:hi].mean(dim=(1, 2))
 
     # -- pretraining -------------------------------------------------------------------------
-
-    def cluster_descriptor(self, hsi: torch.Tensor, lidar: torch.Tensor | None = None
-                           ) -> torch.Tensor:
-        """The centre 3 x 3 mean spectrum of clean windows, each modality scaled to unit weight.
-
-        Returns:
-            ``(N, hsi_bands + lidar_bands)``: each modality's centre mean divided by the square
-            root of its band count, so that both modalities weigh alike in a distance.
-        """
-        lo, hi = centre_slice(self.config.window)
-        parts = [x[:, :, lo:hi, lo:hi].mean(dim=(2, 3)) / math.sqrt(x.shape[1])
-                 for x in self._check(hsi, lidar).values()]
-        return torch.cat(parts, dim=1)
-
-    def fit_clusters(self, hsi: torch.Tensor, lidar: torch.Tensor | None = None, *,
-                     seed: int) -> None:
-        """Fit the k-means centroids that ``cluster_weight`` asks the class token to predict."""
-        from sklearn.cluster import KMeans
-
-        desc = self.cluster_descriptor(hsi, lidar).detach().cpu().double().numpy()
-        k = min(self.config.cluster_count, len(desc))
-        km = KMeans(k, n_init=3, random_state=seed).fit(desc)
-        centroids = torch.zeros_like(self.cluster_centroids)
-        centroids[:k] = torch.from_numpy(km.cluster_centers_).float()
-        if k < len(centroids):  # fewer windows than clusters: unused centroids far away
-            centroids[k:] = float("inf")
-        self.cluster_centroids.copy_(centroids)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Forward diffusion: ``sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise`` per sample."""
@@ -397,14 +354,6 @@ class DiffCLIPNet(nn.Module):
             total = total + loss
             losses[m] = float(loss.detach())
             preds[m] = pred.transpose(1, 2).reshape(n, -1, w, w)
-        if c.cluster_weight > 0:
-            with torch.no_grad():
-                target = torch.cdist(self.cluster_descriptor(hsi, lidar),
-                                     self.cluster_centroids).argmin(dim=1)
-            logits = self.cluster_head(torch.cat([lat[:, 0] for lat in latents], dim=1))
-            ce = F.cross_entropy(logits, target)
-            total = total + c.cluster_weight * ce
-            losses["clusters"] = float(ce.detach())
         return PretrainOutput(
             loss=total,
             losses=losses,

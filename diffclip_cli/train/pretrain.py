@@ -253,9 +253,6 @@ def pretrain(
         log.info("resuming pretraining from %s after epoch %d", path, start)
     elif resume:
         log.info("no checkpoint to resume from; pretraining from the start")
-    if start == 0 and net.config.cluster_weight > 0:
-        windows = data.windows
-        net.fit_clusters(windows.hsi, windows.lidar, seed=seed)
 
     def forward(idx: torch.Tensor) -> Step:
         hsi, lidar, _ = data.batch(idx, device)
