@@ -324,3 +324,25 @@ def test_ablation_switches_change_the_pretraining_as_intended():
     weightless = dataclasses.replace(no_mask, masked_loss_weight=0.0)
     assert float(_pretrain_step(weightless, hsi, lidar)[0].loss.detach()) == pytest.approx(
         float(out.loss.detach()))
+
+
+def test_paired_differences_pool_runs_files_seed_by_seed(run, tmp_path):
+    from benchmarks.paired import paired_differences
+
+    rows = read_runs(run["out"] / "runs.csv")
+    got = {(d.shots, d.method): d for d in paired_differences(rows)}
+    assert set(got) == {(str(k), m) for k in SHOTS for m in METHODS if m != "diffclip"}
+    for (k, method), d in got.items():
+        ours = {r["seed"]: r["oa"] for r in rows if r["method"] == "diffclip" and r["shots"] == k}
+        theirs = {r["seed"]: r["oa"] for r in rows if r["method"] == method and r["shots"] == k}
+        diffs = np.array([ours[s] - theirs[s] for s in SEEDS])
+        assert d.seeds == len(SEEDS)
+        assert d.mean == pytest.approx(diffs.mean())
+        assert d.stderr == pytest.approx(diffs.std(ddof=1) / np.sqrt(len(diffs)))
+        assert d.ahead == int((diffs > 0).sum())
+    # a seed only one method ran is left out, not paired with another seed
+    extra = dict(rows[0], method="rf", seed=99, oa=0.0)
+    assert all(d.seeds == len(SEEDS) for d in paired_differences([*rows, extra]))
+    # the same run pooled twice is an error, not twice the evidence
+    with pytest.raises(ValueError, match="appears twice"):
+        paired_differences(rows + rows)
