@@ -403,8 +403,6 @@ class FinetuneConfig(ConfigBase):
     weight_decay: float = 1e-5
     milestones: tuple[int, ...] = (100, 131)
     gamma: float = 0.1
-    augment: bool = False
-    band_dropout: float = 0.0
 
     def validate(self) -> None:
         """Raise :class:`ModelError` when a value is out of range."""

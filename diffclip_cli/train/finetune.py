@@ -56,31 +56,6 @@ def class_contrastive_loss(logits: torch.Tensor, labels: torch.Tensor
     return (image_to_text + text_to_image) / 2, image_to_text, text_to_image
 
 
-def dihedral(hsi: torch.Tensor, lidar: torch.Tensor | None, *, generator: torch.Generator
-             ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Rotate each window by a random multiple of 90 degrees and maybe flip it.
-
-    Both modalities alike: a land-cover label does not depend on the window's orientation.
-    """
-    n = hsi.shape[0]
-    turns = torch.randint(0, 4, (n,), generator=generator)
-    flips = torch.randint(0, 2, (n,), generator=generator).bool()
-    out = []
-    for x in (hsi, lidar):
-        if x is None:
-            out.append(None)
-            continue
-        y = x.clone()
-        for k in range(4):
-            for f in (False, True):
-                sel = ((turns == k) & (flips == f)).to(x.device)
-                if sel.any():
-                    v = torch.rot90(x[sel], k, dims=(2, 3))
-                    y[sel] = torch.flip(v, dims=(3,)) if f else v
-        out.append(y)
-    return out[0], out[1]
-
-
 def make_optimizer(model: nn.Module, cfg: FinetuneConfig
                    ) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.MultiStepLR]:
     """The fine-tuning optimiser and its learning-rate schedule.
@@ -170,11 +145,6 @@ def finetune(
 
     def forward(idx: torch.Tensor) -> Step:
         hsi, lidar, _ = data.batch(idx, device)
-        if cfg.augment:
-            hsi, lidar = dihedral(hsi, lidar, generator=gen)
-        if cfg.band_dropout > 0:
-            keep = (torch.rand(hsi.shape[:2], generator=gen) >= cfg.band_dropout).to(hsi)
-            hsi = hsi * keep[:, :, None, None] / (1 - cfg.band_dropout)
         labels = targets[idx].to(device)
         logits = classifier.scale() * classifier.encode_image(hsi, lidar) @ \
             classifier.encode_text().T
