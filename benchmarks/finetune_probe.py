@@ -6,9 +6,11 @@ run from a copy of it on the same k-shot split, and scored on up to ``--test-pix
 labelled pixels. ``random`` as a pretraining variant is the untrained encoder (the protocol's
 ``clip`` row). Variants are preset overrides, ``name=section.field:value,...``. Some
 fine-tuning names do more: ``logreg`` (no fine-tuning: logistic regression on the frozen
-features), ``ens*`` (the fine-tuned output averaged with ``logreg``'s), ``rawens*`` (averaged
-with a logistic regression on the raw centre pixel), ``sp<lam>`` (weights shrunk towards a
-fresh initialisation first), ``stems*`` / ``blocks*`` (keep only the pretrained stems / blocks).
+features, standardised on the training windows), ``flr<C>`` (the same on the features as
+they are, L2 penalty C), ``ens*`` (the fine-tuned output averaged with ``logreg``'s),
+``rawens*`` (averaged with a logistic regression on the raw centre pixel), ``sp<lam>``
+(weights shrunk towards a fresh initialisation first), ``stems*`` / ``blocks*`` (keep only
+the pretrained stems / blocks).
 
 Example::
 
@@ -52,8 +54,14 @@ from diffclip_cli.train.pretrain import pretrain
 
 
 @torch.no_grad()
-def logreg_proba(net: DiffCLIPNet, tw, ew, ytr: np.ndarray) -> np.ndarray:
-    """Class probabilities of a logistic regression on the frozen, standardised features."""
+def logreg_proba(net: DiffCLIPNet, tw, ew, ytr: np.ndarray, *, c: float = 1.0,
+                 standardise: bool = True) -> np.ndarray:
+    """Class probabilities of a logistic regression (L2 penalty ``c``) on the frozen features.
+
+    With ``standardise`` the features are standardised with the training windows' statistics
+    (2-5 per class: noisy); without, they are used as the network gives them (its class
+    tokens and readout leave LayerNorms, so every part is already on a unit scale).
+    """
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -64,9 +72,11 @@ def logreg_proba(net: DiffCLIPNet, tw, ew, ytr: np.ndarray) -> np.ndarray:
                             None if b.lidar is None else torch.from_numpy(b.lidar)).numpy()
 
     ftr, fte = feats(tw), feats(ew)
-    sc = StandardScaler().fit(ftr)
-    clf = LogisticRegression(max_iter=3000).fit(sc.transform(ftr), ytr)
-    return clf.predict_proba(sc.transform(fte))
+    if standardise:
+        sc = StandardScaler().fit(ftr)
+        ftr, fte = sc.transform(ftr), sc.transform(fte)
+    clf = LogisticRegression(C=c, max_iter=5000).fit(ftr, ytr)
+    return clf.predict_proba(fte)
 
 
 def raw_pixel_proba(tw, ew, ytr: np.ndarray) -> np.ndarray:
@@ -80,11 +90,6 @@ def raw_pixel_proba(tw, ew, ytr: np.ndarray) -> np.ndarray:
     c = tw.hsi.shape[-1] // 2
     clf = LogisticRegression(max_iter=3000).fit(tw.hsi[:, :, c, c], ytr)
     return clf.predict_proba(ew.hsi[:, :, c, c])
-
-
-def logreg_oa(net: DiffCLIPNet, tw, ew, ytr: np.ndarray, yte: np.ndarray) -> float:
-    """OA of a logistic regression on the frozen, standardised features."""
-    return 100 * float((logreg_proba(net, tw, ew, ytr).argmax(1) == yte).mean())
 
 
 def load_encoder(net: DiffCLIPNet, state: dict[str, torch.Tensor], problem: str) -> None:
@@ -170,11 +175,17 @@ def main() -> None:
                                       stats=stats)
                     for ft_spec in args.ft or ["paper="]:
                         ft_name, ft_over = parse_variant(ft_spec)
-                        if ft_name == "logreg":  # frozen class tokens, standardised, logreg
-                            oa = logreg_oa(net, tw, ew, y_all[train], y_all[test])
+                        if ft_name == "logreg" or ft_name.startswith("flr"):
+                            # frozen features: standardised, C = 1 (logreg); as they are,
+                            # C = <value> (flr<value>)
+                            proba = (logreg_proba(net, tw, ew, y_all[train])
+                                     if ft_name == "logreg" else
+                                     logreg_proba(net, tw, ew, y_all[train],
+                                                  c=float(ft_name[3:]), standardise=False))
+                            oa = 100 * float((proba.argmax(1) == y_all[test]).mean())
                             table.setdefault((pre_name, ft_name, k), []).append(oa)
                             print(f"{folder.name} seed {seed} k={k} pre={pre_name:<10} "
-                                  f"ft=logreg       OA {oa:6.2f}", flush=True)
+                                  f"ft={ft_name:<12} OA {oa:6.2f}", flush=True)
                             continue
                         preset = pre_preset.with_overrides(**ft_over)
                         prompts = build_prompts([names[i] for i in ids],
