@@ -403,8 +403,6 @@ class FinetuneConfig(ConfigBase):
     weight_decay: float = 1e-5
     milestones: tuple[int, ...] = (100, 131)
     gamma: float = 0.1
-    frozen_epochs: int = 0
-    encoder_lr_scale: float = 1.0
 
     def validate(self) -> None:
         """Raise :class:`ModelError` when a value is out of range."""

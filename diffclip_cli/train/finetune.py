@@ -63,13 +63,8 @@ def make_optimizer(model: nn.Module, cfg: FinetuneConfig
     Adam over every parameter but the pretraining decoders (unused after stage 1), with the
     recipe's step decay (stepped once per epoch).
     """
-    named = [(name, p) for name, p in model.named_parameters()
-             if not name.startswith("net.decoders.")]
-    enc = [p for name, p in named if name.startswith("net.")]
-    rest = [p for name, p in named if not name.startswith("net.")]
-    scale = getattr(cfg, "encoder_lr_scale", 1.0)
-    optimizer = torch.optim.Adam([{"params": enc, "lr": cfg.lr * scale}, {"params": rest}],
-                                 lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = [p for name, p in model.named_parameters() if not name.startswith("net.decoders.")]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
         optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
     return optimizer, scheduler
@@ -148,21 +143,11 @@ def finetune(
     optimizer, scheduler = make_optimizer(classifier, cfg)
     gen = make_generator(seed, "finetune")
 
-    steps_per_epoch = -(-len(data) // cfg.batch_size)
-    calls = [0]
-
     def forward(idx: torch.Tensor) -> Step:
         hsi, lidar, _ = data.batch(idx, device)
         labels = targets[idx].to(device)
-        frozen = calls[0] // steps_per_epoch < cfg.frozen_epochs
-        calls[0] += 1
-        if frozen:
-            with torch.no_grad():
-                feats = classifier.net.features(hsi, lidar)
-            image = F.normalize(classifier.image_projection(feats), dim=-1)
-        else:
-            image = classifier.encode_image(hsi, lidar)
-        logits = classifier.scale() * image @ classifier.encode_text().T
+        logits = classifier.scale() * classifier.encode_image(hsi, lidar) @ \
+            classifier.encode_text().T
         loss, i2t, t2i = class_contrastive_loss(logits, labels)
         b = len(idx)
         return Step(loss, b, {"loss_i2t": float(i2t.detach()) * b,
