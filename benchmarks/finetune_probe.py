@@ -178,11 +178,11 @@ def main() -> None:
                         if ft_name == "logreg" or ft_name.startswith("flr"):
                             # frozen features: standardised, C = 1 (logreg); as they are,
                             # C = <value> (flr<value>)
-                            proba = (logreg_proba(net, tw, ew, y_all[train])
+                            probe = (logreg_proba(net, tw, ew, y_all[train])
                                      if ft_name == "logreg" else
                                      logreg_proba(net, tw, ew, y_all[train],
                                                   c=float(ft_name[3:]), standardise=False))
-                            oa = 100 * float((proba.argmax(1) == y_all[test]).mean())
+                            oa = 100 * float((probe.argmax(1) == y_all[test]).mean())
                             table.setdefault((pre_name, ft_name, k), []).append(oa)
                             print(f"{folder.name} seed {seed} k={k} pre={pre_name:<10} "
                                   f"ft={ft_name:<12} OA {oa:6.2f}", flush=True)
