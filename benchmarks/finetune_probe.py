@@ -149,13 +149,13 @@ def main() -> None:
                 # A stable name (str hash() changes with every process).
                 path = cache / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
                 tic = time.perf_counter()
-                ur, uc = sample_unlabelled(scene, args.samples, seed=seed)
-                unl = read_windows(scene, ur, uc, size=w, stats=stats)
                 if pre_name != "random":
                     if path.exists():
                         load_encoder(net, torch.load(path, weights_only=True),
                                      f"cached encoder {path} does not fit {pre_name}")
                     else:
+                        ur, uc = sample_unlabelled(scene, args.samples, seed=seed)
+                        unl = read_windows(scene, ur, uc, size=w, stats=stats)
                         pretrain(net, WindowData(unl), pre_preset.pretrain,
                                  seed=seed)
                         torch.save(net.state_dict(), path)
@@ -178,11 +178,11 @@ def main() -> None:
                         if ft_name == "logreg" or ft_name.startswith("flr"):
                             # frozen features: standardised, C = 1 (logreg); as they are,
                             # C = <value> (flr<value>)
-                            proba = (logreg_proba(net, tw, ew, y_all[train])
+                            probe = (logreg_proba(net, tw, ew, y_all[train])
                                      if ft_name == "logreg" else
                                      logreg_proba(net, tw, ew, y_all[train],
                                                   c=float(ft_name[3:]), standardise=False))
-                            oa = 100 * float((proba.argmax(1) == y_all[test]).mean())
+                            oa = 100 * float((probe.argmax(1) == y_all[test]).mean())
                             table.setdefault((pre_name, ft_name, k), []).append(oa)
                             print(f"{folder.name} seed {seed} k={k} pre={pre_name:<10} "
                                   f"ft={ft_name:<12} OA {oa:6.2f}", flush=True)
@@ -221,8 +221,7 @@ def main() -> None:
                                                  seed=seed)
                         tic = time.perf_counter()
                         hist = finetune(clf, WindowData(tw, y_all[train]),
-                                        prompts, preset.finetune, seed=seed,
-                                        unlabelled=WindowData(unl))
+                                        prompts, preset.finetune, seed=seed)
                         ft_s = time.perf_counter() - tic
                         proba = clf.predict_proba(torch.from_numpy(ew.hsi),
                                                   None if ew.lidar is None

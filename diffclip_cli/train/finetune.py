@@ -101,7 +101,6 @@ def finetune(
     seed: int,
     progress: Progress | None = None,
     device: str | torch.device = "cpu",
-    unlabelled: WindowData | None = None,
 ) -> list[dict[str, Any]]:
     """Fine-tune the classifier on a few labelled windows per class.
 
@@ -144,46 +143,20 @@ def finetune(
     optimizer, scheduler = make_optimizer(classifier, cfg)
     gen = make_generator(seed, "finetune")
 
-    center = cfg.center_embeddings and unlabelled is not None
-    if center:
-        assert unlabelled is not None
-        pick = torch.randperm(len(unlabelled), generator=make_generator(seed, "center"))[:512]
-        u_hsi, u_lidar, _ = unlabelled.batch(pick, device)
-
-    def scene_mean() -> torch.Tensor:
-        # the mean of the class means of the labelled windows (balanced by construction)
-        was = classifier.net.training
-        classifier.net.eval()
-        with torch.no_grad():
-            h, li, _ = data.batch(torch.arange(len(data)), device)
-            f = classifier.net.features(h, li)
-            m = torch.stack([f[targets == c].mean(0) for c in targets.unique()]).mean(0)
-        classifier.net.train(was)
-        return m
-
     def forward(idx: torch.Tensor) -> Step:
         hsi, lidar, _ = data.batch(idx, device)
         labels = targets[idx].to(device)
-        if center:
-            f = classifier.net.features(hsi, lidar) - scene_mean()
-            image = F.normalize(F.linear(f, classifier.image_projection.weight), dim=-1)
-        else:
-            image = classifier.encode_image(hsi, lidar)
-        logits = classifier.scale() * image @ classifier.encode_text().T
+        logits = classifier.scale() * classifier.encode_image(hsi, lidar) @ \
+            classifier.encode_text().T
         loss, i2t, t2i = class_contrastive_loss(logits, labels)
         b = len(idx)
         return Step(loss, b, {"loss_i2t": float(i2t.detach()) * b,
                               "loss_t2i": float(t2i.detach()) * b,
                               "train_accuracy": float((logits.argmax(1) == labels).sum())})
 
-    history = train_epochs(
+    return train_epochs(
         classifier, forward, samples=len(data), batch_size=cfg.batch_size, epochs=cfg.epochs,
         optimizer=optimizer, scheduler=scheduler, generator=gen, stage="finetune",
         progress=progress,
         extras=lambda: {"temperature": float(1.0 / classifier.scale().detach())})
-    if center:  # fold the scene's mean into the projection's bias: inference is unchanged
-        with torch.no_grad():
-            proj = classifier.image_projection
-            proj.bias.copy_(-F.linear(scene_mean(), proj.weight))
-    return history
 
