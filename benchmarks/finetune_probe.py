@@ -8,7 +8,9 @@ labelled pixels. ``random`` as a pretraining variant is the untrained encoder (t
 fine-tuning names do more: ``logreg`` (no fine-tuning: logistic regression on the frozen
 features, standardised on the training windows), ``flr<C>`` (the same on the features as
 they are, L2 penalty C), ``ens*`` (the fine-tuned output averaged with ``logreg``'s),
-``rawens*`` (averaged with a logistic regression on the raw centre pixel), ``sp<lam>``
+``rawens*`` (averaged with a logistic regression on the raw centre pixel), ``lin*`` (the
+protocol's ``no-text`` ablation: a linear head and cross-entropy instead of the prompts),
+``sp<lam>``
 (weights shrunk towards a fresh initialisation first), ``stems*`` / ``blocks*`` (keep only
 the pretrained stems / blocks).
 
@@ -38,6 +40,7 @@ import numpy as np
 import rasterio
 import torch
 
+from benchmarks.ablations import LinearHeadClassifier, finetune_linear_head
 from benchmarks.pretrain_probe import parse_variant
 from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.classifier import DiffCLIPClassifier
@@ -217,15 +220,23 @@ def main() -> None:
                             state.update({k: v for k, v in fresh.state_dict().items()
                                           if k.startswith(part)})
                             net_copy.load_state_dict(state)
-                        clf = DiffCLIPClassifier(net_copy, vocabulary=Vocabulary.build(prompts),
-                                                 seed=seed)
                         tic = time.perf_counter()
-                        hist = finetune(clf, WindowData(tw, y_all[train]),
-                                        prompts, preset.finetune, seed=seed)
+                        if ft_name.startswith("lin"):
+                            # the no-text ablation: a linear head, cross-entropy
+                            head = LinearHeadClassifier(net_copy, num_classes=len(ids), seed=seed)
+                            hist = finetune_linear_head(head, WindowData(tw, y_all[train]),
+                                                        preset.finetune, seed=seed)
+                            proba = torch.from_numpy(head.predict_proba(ew.hsi, ew.lidar))
+                        else:
+                            clf = DiffCLIPClassifier(net_copy,
+                                                     vocabulary=Vocabulary.build(prompts),
+                                                     seed=seed)
+                            hist = finetune(clf, WindowData(tw, y_all[train]),
+                                            prompts, preset.finetune, seed=seed)
+                            proba = clf.predict_proba(torch.from_numpy(ew.hsi),
+                                                      None if ew.lidar is None
+                                                      else torch.from_numpy(ew.lidar))
                         ft_s = time.perf_counter() - tic
-                        proba = clf.predict_proba(torch.from_numpy(ew.hsi),
-                                                  None if ew.lidar is None
-                                                  else torch.from_numpy(ew.lidar))
                         if ft_name.startswith("ens"):
                             # average with a probe on the frozen features of the encoder
                             # before fine-tuning (an output ensemble, WiSE-FT-like)
