@@ -403,7 +403,6 @@ class FinetuneConfig(ConfigBase):
     weight_decay: float = 1e-5
     milestones: tuple[int, ...] = (100, 131)
     gamma: float = 0.1
-    text_to_image: bool = True
 
     def validate(self) -> None:
         """Raise :class:`ModelError` when a value is out of range."""

@@ -149,8 +149,6 @@ def finetune(
         logits = classifier.scale() * classifier.encode_image(hsi, lidar) @ \
             classifier.encode_text().T
         loss, i2t, t2i = class_contrastive_loss(logits, labels)
-        if not cfg.text_to_image:
-            loss = i2t
         b = len(idx)
         return Step(loss, b, {"loss_i2t": float(i2t.detach()) * b,
                               "loss_t2i": float(t2i.detach()) * b,
