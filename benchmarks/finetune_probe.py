@@ -10,9 +10,8 @@ features, standardised on the training windows), ``flr<C>`` (the same on the fea
 they are, L2 penalty C), ``ens*`` (the fine-tuned output averaged with ``logreg``'s),
 ``rawens*`` (averaged with a logistic regression on the raw centre pixel), ``lin*`` (the
 protocol's ``no-text`` ablation: a linear head and cross-entropy instead of the prompts),
-``sp<lam>``
-(weights shrunk towards a fresh initialisation first), ``stems*`` / ``blocks*`` (keep only
-the pretrained stems / blocks).
+``sp<lam>`` (weights shrunk towards a fresh initialisation first), ``stems*`` / ``blocks*``
+(keep only the pretrained stems / blocks).
 
 Example::
 
