@@ -33,8 +33,13 @@ Example::
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from pathlib import Path
+
+# Run by path, the script's folder is on sys.path, not the repository root (as finetune_probe).
+if not __package__:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import rasterio
@@ -46,6 +51,9 @@ from sklearn.neighbors import NearestCentroid
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
+
+from diffclip_cli.model.config import load_preset
+from diffclip_cli.train.finetune import class_contrastive_loss
 
 Scores = dict[str, list[float]]
 
@@ -75,43 +83,42 @@ def _aa(pred: np.ndarray, y: np.ndarray) -> float:
     return 100 * float(np.mean([(pred[y == c] == c).mean() for c in np.unique(y)]))
 
 
-def adam_head(xtr: np.ndarray, ytr: np.ndarray, *, kind: str, seed: int, width: int = 32,
-              epochs: int = 60, lr: float = 1e-3, milestones: tuple[int, int] = (40, 52),
-              temperature: float = 0.07) -> Callable[[np.ndarray], np.ndarray]:
+def adam_head(xtr: np.ndarray, ytr: np.ndarray, *, kind: str, seed: int,
+              preset: str = "cpu") -> Callable[[np.ndarray], np.ndarray]:
     """Train a linear head as diffclip's fine-tuning trains its heads; return its predictor.
 
     Args:
         xtr: ``(n, bands)`` training features; ``ytr``: ``(n,)`` class indices ``0..K-1``.
-        kind: ``"cos"`` (cosine to learnt class vectors, learnt temperature, the symmetric
-            class-contrastive loss) or ``"lin"`` (a linear layer, cross-entropy).
+        kind: ``"cos"`` (cosine to learnt class vectors, learnt temperature, diffclip's
+            symmetric class-contrastive loss) or ``"lin"`` (a linear layer, cross-entropy).
         seed: the initialisation (normal, std 0.02, as diffclip's linear layers).
+        preset: whose embedding width, initial temperature and fine-tuning schedule (epochs,
+            learning rate, step decay) to use; no weight decay.
     """
+    model_cfg, cfg = (p := load_preset(preset)).model, p.finetune
+    width = model_cfg.embed_dim
     gen = torch.Generator().manual_seed(seed)
     k = int(ytr.max()) + 1
     proj = torch.nn.Linear(xtr.shape[1], width)
     torch.nn.init.normal_(proj.weight, std=0.02, generator=gen)
     torch.nn.init.zeros_(proj.bias)
     classes = torch.nn.Parameter(torch.randn(k, width, generator=gen) * 0.02)
-    log_scale = torch.nn.Parameter(torch.tensor(float(np.log(1 / temperature))))
-    opt = torch.optim.Adam([*proj.parameters(), classes, log_scale], lr=lr)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(milestones), 0.1)
+    log_scale = torch.nn.Parameter(torch.tensor(float(np.log(1 / model_cfg.init_temperature))))
+    opt = torch.optim.Adam([*proj.parameters(), classes, log_scale], lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.milestones), cfg.gamma)
     x, y = torch.from_numpy(xtr), torch.from_numpy(ytr).long()
 
     def logits(v: torch.Tensor) -> torch.Tensor:
         z = proj(v)
         if kind == "lin":
             return z @ classes.T
-        scale = log_scale.clamp(0, float(np.log(100))).exp()
+        scale = log_scale.clamp(0, float(np.log(model_cfg.max_logit_scale))).exp()
         return scale * F.normalize(z, dim=-1) @ F.normalize(classes, dim=-1).T
 
-    for _ in range(epochs):
+    for _ in range(cfg.epochs):
         out = logits(x)
-        loss = F.cross_entropy(out, y)
-        if kind == "cos":  # the text-to-image half of diffclip's loss
-            present = y.unique()
-            log_p = F.log_softmax(out.T[present], dim=1)
-            pos = (y[None] == present[:, None]).float()
-            loss = (loss - ((log_p * pos).sum(1) / pos.sum(1)).mean()) / 2
+        loss = (class_contrastive_loss(out, y)[0] if kind == "cos"
+                else F.cross_entropy(out, y))
         opt.zero_grad()
         loss.backward()
         opt.step()
