@@ -11,7 +11,9 @@ they are, L2 penalty C), ``ens*`` (the fine-tuned output averaged with ``logreg`
 ``rawens*`` (averaged with a logistic regression on the raw centre pixel), ``lin*`` (the
 protocol's ``no-text`` ablation: a linear head and cross-entropy instead of the prompts),
 ``sp<lam>`` (weights shrunk towards a fresh initialisation first), ``stems*`` / ``blocks*``
-(keep only the pretrained stems / blocks).
+(keep only the pretrained stems / blocks), ``fens<M>`` (M fine-tunes with their own head
+initialisations and batch orders, random encoders with their own initialisations too, outputs
+averaged; each member's own score is reported as ``fens<M>-member``).
 
 Example::
 
@@ -220,7 +222,34 @@ def main() -> None:
                                           if k.startswith(part)})
                             net_copy.load_state_dict(state)
                         tic = time.perf_counter()
-                        if ft_name.startswith("lin"):
+                        if ft_name.startswith("fens"):
+                            # an ensemble of M fine-tunes: each member its own head init and
+                            # batch order; for the random encoder, its own encoder init too
+                            members = int(ft_name[4:])
+                            proba = torch.zeros(len(test), len(ids))
+                            for j in range(members):
+                                mseed = 1000 * (seed + 1) + j
+                                member = DiffCLIPNet(preset.model, hsi_bands=scene.hsi_bands,
+                                                     lidar_bands=scene.lidar_bands,
+                                                     seed=mseed if pre_name == "random"
+                                                     else seed)
+                                if pre_name != "random":
+                                    load_encoder(member, copy.deepcopy(net.state_dict()),
+                                                 f"variant {ft_name} changes weights")
+                                clf = DiffCLIPClassifier(member,
+                                                         vocabulary=Vocabulary.build(prompts),
+                                                         seed=mseed)
+                                hist = finetune(clf, WindowData(tw, y_all[train]),
+                                                prompts, preset.finetune, seed=mseed)
+                                p_j = clf.predict_proba(
+                                    torch.from_numpy(ew.hsi),
+                                    None if ew.lidar is None else torch.from_numpy(ew.lidar))
+                                proba += p_j
+                                # each member alone, to tell the ensemble from seed luck
+                                table.setdefault((pre_name, ft_name + "-member", k), []).append(
+                                    100 * float((p_j.argmax(1).numpy() == y_all[test]).mean()))
+                            proba /= members
+                        elif ft_name.startswith("lin"):
                             # the no-text ablation: a linear head, cross-entropy
                             head = LinearHeadClassifier(net_copy, num_classes=len(ids), seed=seed)
                             hist = finetune_linear_head(head, WindowData(tw, y_all[train]),
