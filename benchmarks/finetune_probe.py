@@ -11,9 +11,12 @@ they are, L2 penalty C), ``ens*`` (the fine-tuned output averaged with ``logreg`
 ``rawens*`` (averaged with a logistic regression on the raw centre pixel), ``lin*`` (the
 protocol's ``no-text`` ablation: a linear head and cross-entropy instead of the prompts),
 ``sp<lam>`` (weights shrunk towards a fresh initialisation first), ``stems*`` / ``blocks*``
-(keep only the pretrained stems / blocks), ``fens<M>`` (M fine-tunes with their own head
-initialisations and batch orders, random encoders with their own initialisations too, outputs
-averaged; each member's own score is reported as ``fens<M>-member``).
+(keep only the pretrained stems / blocks), ``proto*`` (free class vectors in place of
+the prompts' embeddings, everything else as the recipe), ``i2t*`` (the image-to-text half
+of the loss alone), ``fens<M>`` (M fine-tunes with
+their own head initialisations and batch orders, random encoders with their own
+initialisations too, outputs averaged; each member's own score is reported as
+``fens<M>-member``).
 
 Example::
 
@@ -27,10 +30,12 @@ import argparse
 import copy
 import csv
 import hashlib
+import importlib
 import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 # Run by path (python benchmarks/finetune_probe.py), the script's folder is on sys.path, not the
 # repository root that holds the 'benchmarks' package; with python -m it already is.
@@ -53,8 +58,38 @@ from diffclip_cli.sampling.normalise import compute_stats
 from diffclip_cli.sampling.unlabelled import sample_unlabelled
 from diffclip_cli.sampling.windows import read_windows
 from diffclip_cli.train.data import WindowData
-from diffclip_cli.train.finetune import finetune
+from diffclip_cli.train.finetune import class_contrastive_loss, finetune
 from diffclip_cli.train.pretrain import pretrain
+
+# the module itself (diffclip_cli.train re-exports the function under the same name)
+ft_module: Any = importlib.import_module("diffclip_cli.train.finetune")
+
+
+class PrototypeClassifier(DiffCLIPClassifier):
+    """The recipe's head with free class vectors in place of the text encoder's prompts.
+
+    Cosine logits, the learnable temperature and the symmetric loss stay: only where the
+    class embeddings come from changes (a research control, not a method).
+    """
+
+    def __init__(self, net: DiffCLIPNet, *, vocabulary: Vocabulary, classes: int,
+                 seed: int) -> None:
+        super().__init__(net, vocabulary=vocabulary, seed=seed)
+        gen = torch.Generator().manual_seed(seed)
+        self.prototypes = torch.nn.Parameter(
+            torch.randn(classes, net.config.embed_dim, generator=gen))
+
+    def encode_text(self, ids: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.nn.functional.normalize(self.prototypes, dim=-1)
+
+    def text_features(self) -> torch.Tensor:
+        return self.encode_text()
+
+
+def _image_to_text_only(logits: torch.Tensor, labels: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    i2t = torch.nn.functional.cross_entropy(logits, labels)
+    return i2t, i2t, torch.zeros_like(i2t)
 
 
 @torch.no_grad()
@@ -121,6 +156,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--test-pixels", type=int, default=3000)
+    ap.add_argument("--head-seeds", type=int, default=1,
+                    help="fine-tune every variant this many times per split, each with its "
+                         "own head initialisation and batch order; the table averages them")
     ap.add_argument("--cache", default="/tmp/ftprobe-cache")
     ap.add_argument("--out", help="append CSV rows here")
     args = ap.parse_args()
@@ -191,99 +229,115 @@ def main() -> None:
                             print(f"{folder.name} seed {seed} k={k} pre={pre_name:<10} "
                                   f"ft={ft_name:<12} OA {oa:6.2f}", flush=True)
                             continue
-                        preset = pre_preset.with_overrides(**ft_over)
-                        prompts = build_prompts([names[i] for i in ids],
-                                                template=preset.model.template)
-                        # a fresh network of the variant's configuration holding the
-                        # pretrained weights (modules the variant adds keep their init)
-                        net_copy = DiffCLIPNet(preset.model, hsi_bands=scene.hsi_bands,
-                                               lidar_bands=scene.lidar_bands, seed=seed)
-                        load_encoder(net_copy, copy.deepcopy(net.state_dict()),
-                                     f"variant {ft_name} changes pretrained weights")
-                        if ft_name.startswith("sp"):
-                            # shrink towards a fresh initialisation: w = lam w_pre + (1-lam) w_0
-                            lam = float(ft_name[2:])
-                            fresh = DiffCLIPNet(pre_preset.model, hsi_bands=scene.hsi_bands,
-                                                lidar_bands=scene.lidar_bands, seed=seed)
-                            f_state = fresh.state_dict()
-                            state = {k: (lam * v + (1 - lam) * f_state[k])
-                                     if v.is_floating_point() else v
-                                     for k, v in net_copy.state_dict().items()}
-                            net_copy.load_state_dict(state)
-                        if ft_name.startswith(("stems", "blocks")):
-                            # keep only the pretrained stems (or only the blocks): the other
-                            # part comes from a fresh network with the same seed
-                            fresh = DiffCLIPNet(pre_preset.model, hsi_bands=scene.hsi_bands,
-                                                lidar_bands=scene.lidar_bands, seed=seed)
-                            part = ("stems.", "token_embed.") if ft_name.startswith("blocks") \
-                                else ("blocks.", "norm.", "cls_token.", "time_embed.")
-                            state = net_copy.state_dict()
-                            state.update({k: v for k, v in fresh.state_dict().items()
-                                          if k.startswith(part)})
-                            net_copy.load_state_dict(state)
-                        tic = time.perf_counter()
-                        if ft_name.startswith("fens"):
-                            # an ensemble of M fine-tunes: each member its own head init and
-                            # batch order; for the random encoder, its own encoder init too
-                            members = int(ft_name[4:])
-                            proba = torch.zeros(len(test), len(ids))
-                            for j in range(members):
-                                mseed = 1000 * (seed + 1) + j
-                                member = DiffCLIPNet(preset.model, hsi_bands=scene.hsi_bands,
-                                                     lidar_bands=scene.lidar_bands,
-                                                     seed=mseed if pre_name == "random"
-                                                     else seed)
-                                if pre_name != "random":
-                                    load_encoder(member, copy.deepcopy(net.state_dict()),
-                                                 f"variant {ft_name} changes weights")
-                                clf = DiffCLIPClassifier(member,
-                                                         vocabulary=Vocabulary.build(prompts),
-                                                         seed=mseed)
-                                hist = finetune(clf, WindowData(tw, y_all[train]),
-                                                prompts, preset.finetune, seed=mseed)
-                                p_j = clf.predict_proba(
-                                    torch.from_numpy(ew.hsi),
-                                    None if ew.lidar is None else torch.from_numpy(ew.lidar))
-                                proba += p_j
-                                # each member alone, to tell the ensemble from seed luck
-                                table.setdefault((pre_name, ft_name + "-member", k), []).append(
-                                    100 * float((p_j.argmax(1).numpy() == y_all[test]).mean()))
-                            proba /= members
-                        elif ft_name.startswith("lin"):
-                            # the no-text ablation: a linear head, cross-entropy
-                            head = LinearHeadClassifier(net_copy, num_classes=len(ids), seed=seed)
-                            hist = finetune_linear_head(head, WindowData(tw, y_all[train]),
-                                                        preset.finetune, seed=seed)
-                            proba = torch.from_numpy(head.predict_proba(ew.hsi, ew.lidar))
-                        else:
-                            clf = DiffCLIPClassifier(net_copy,
-                                                     vocabulary=Vocabulary.build(prompts),
-                                                     seed=seed)
-                            hist = finetune(clf, WindowData(tw, y_all[train]),
-                                            prompts, preset.finetune, seed=seed)
-                            proba = clf.predict_proba(torch.from_numpy(ew.hsi),
-                                                      None if ew.lidar is None
-                                                      else torch.from_numpy(ew.lidar))
-                        ft_s = time.perf_counter() - tic
-                        if ft_name.startswith("ens"):
-                            # average with a probe on the frozen features of the encoder
-                            # before fine-tuning (an output ensemble, WiSE-FT-like)
-                            frozen = logreg_proba(net, tw, ew, y_all[train])
-                            proba = 0.5 * proba + 0.5 * torch.from_numpy(frozen).float()
-                        if ft_name.startswith("rawens"):
-                            # average with a logistic regression on the raw centre pixel
-                            raw = raw_pixel_proba(tw, ew, y_all[train])
-                            proba = 0.5 * proba + 0.5 * torch.from_numpy(raw).float()
-                        oa = 100 * float((proba.argmax(1).numpy() == y_all[test]).mean())
-                        table.setdefault((pre_name, ft_name, k), []).append(oa)
-                        print(f"{folder.name} seed {seed} k={k} pre={pre_name:<10} "
-                              f"ft={ft_name:<12} OA {oa:6.2f} (train acc "
-                              f"{hist[-1]['train_accuracy']:.2f}, pre {pre_s:.0f} s, "
-                              f"ft {ft_s:.0f} s)", flush=True)
-                        if args.out:
-                            with open(args.out, "a") as fh:
-                                fh.write(f"{folder.name},{seed},{k},{pre_name},{ft_name},"
-                                         f"{oa:.3f},{ft_s:.1f}\n")
+                        for j in range(args.head_seeds):
+                            # head seed j: its own head initialisation and batch order (a random
+                            # encoder its own initialisation too); j = 0 is the split's seed
+                            hseed = seed if j == 0 else 1000 * (seed + 1) + j
+                            preset = pre_preset.with_overrides(**ft_over)
+                            prompts = build_prompts([names[i] for i in ids],
+                                                    template=preset.model.template)
+                            # a fresh network of the variant's configuration holding the
+                            # pretrained weights (modules the variant adds keep their init)
+                            net_copy = DiffCLIPNet(preset.model, hsi_bands=scene.hsi_bands,
+                                                   lidar_bands=scene.lidar_bands, seed=hseed)
+                            if pre_name != "random" or j == 0:
+                                load_encoder(net_copy, copy.deepcopy(net.state_dict()),
+                                             f"variant {ft_name} changes pretrained weights")
+                            if ft_name.startswith("sp"):
+                                # shrink towards a fresh initialisation: w = lam w_pre + (1-lam) w_0
+                                lam = float(ft_name[2:])
+                                fresh = DiffCLIPNet(pre_preset.model, hsi_bands=scene.hsi_bands,
+                                                    lidar_bands=scene.lidar_bands, seed=seed)
+                                f_state = fresh.state_dict()
+                                state = {k: (lam * v + (1 - lam) * f_state[k])
+                                         if v.is_floating_point() else v
+                                         for k, v in net_copy.state_dict().items()}
+                                net_copy.load_state_dict(state)
+                            if ft_name.startswith(("stems", "blocks")):
+                                # keep only the pretrained stems (or only the blocks): the other
+                                # part comes from a fresh network with the same seed
+                                fresh = DiffCLIPNet(pre_preset.model, hsi_bands=scene.hsi_bands,
+                                                    lidar_bands=scene.lidar_bands, seed=seed)
+                                part = ("stems.", "token_embed.") if ft_name.startswith("blocks") \
+                                    else ("blocks.", "norm.", "cls_token.", "time_embed.")
+                                state = net_copy.state_dict()
+                                state.update({k: v for k, v in fresh.state_dict().items()
+                                              if k.startswith(part)})
+                                net_copy.load_state_dict(state)
+                            tic = time.perf_counter()
+                            if ft_name.startswith("fens"):
+                                # an ensemble of M fine-tunes: each member its own head init and
+                                # batch order; for the random encoder, its own encoder init too
+                                members = int(ft_name[4:])
+                                proba = torch.zeros(len(test), len(ids))
+                                for j in range(members):
+                                    mseed = 1000 * (seed + 1) + j
+                                    member = DiffCLIPNet(preset.model, hsi_bands=scene.hsi_bands,
+                                                         lidar_bands=scene.lidar_bands,
+                                                         seed=mseed if pre_name == "random"
+                                                         else seed)
+                                    if pre_name != "random":
+                                        load_encoder(member, copy.deepcopy(net.state_dict()),
+                                                     f"variant {ft_name} changes weights")
+                                    clf = DiffCLIPClassifier(member,
+                                                             vocabulary=Vocabulary.build(prompts),
+                                                             seed=mseed)
+                                    hist = finetune(clf, WindowData(tw, y_all[train]),
+                                                    prompts, preset.finetune, seed=mseed)
+                                    p_j = clf.predict_proba(
+                                        torch.from_numpy(ew.hsi),
+                                        None if ew.lidar is None else torch.from_numpy(ew.lidar))
+                                    proba += p_j
+                                    # each member alone, to tell the ensemble from seed luck
+                                    table.setdefault((pre_name, ft_name + "-member", k), []).append(
+                                        100 * float((p_j.argmax(1).numpy() == y_all[test]).mean()))
+                                proba /= members
+                            elif ft_name.startswith("lin"):
+                                # the no-text ablation: a linear head, cross-entropy
+                                head = LinearHeadClassifier(net_copy, num_classes=len(ids),
+                                                            seed=hseed)
+                                hist = finetune_linear_head(head, WindowData(tw, y_all[train]),
+                                                            preset.finetune, seed=hseed)
+                                proba = torch.from_numpy(head.predict_proba(ew.hsi, ew.lidar))
+                            else:
+                                clf = (PrototypeClassifier(net_copy,
+                                                           vocabulary=Vocabulary.build(prompts),
+                                                           classes=len(ids), seed=hseed)
+                                       if ft_name.startswith("proto") else
+                                       DiffCLIPClassifier(net_copy,
+                                                          vocabulary=Vocabulary.build(prompts),
+                                                          seed=hseed))
+                                if ft_name.startswith("i2t"):
+                                    # the image-to-text half of the loss alone
+                                    ft_module.class_contrastive_loss = _image_to_text_only
+                                try:
+                                    hist = finetune(clf, WindowData(tw, y_all[train]),
+                                                    prompts, preset.finetune, seed=hseed)
+                                finally:
+                                    ft_module.class_contrastive_loss = class_contrastive_loss
+                                proba = clf.predict_proba(torch.from_numpy(ew.hsi),
+                                                          None if ew.lidar is None
+                                                          else torch.from_numpy(ew.lidar))
+                            ft_s = time.perf_counter() - tic
+                            if ft_name.startswith("ens"):
+                                # average with a probe on the frozen features of the encoder
+                                # before fine-tuning (an output ensemble, WiSE-FT-like)
+                                frozen = logreg_proba(net, tw, ew, y_all[train])
+                                proba = 0.5 * proba + 0.5 * torch.from_numpy(frozen).float()
+                            if ft_name.startswith("rawens"):
+                                # average with a logistic regression on the raw centre pixel
+                                raw = raw_pixel_proba(tw, ew, y_all[train])
+                                proba = 0.5 * proba + 0.5 * torch.from_numpy(raw).float()
+                            oa = 100 * float((proba.argmax(1).numpy() == y_all[test]).mean())
+                            table.setdefault((pre_name, ft_name, k), []).append(oa)
+                            print(f"{folder.name} seed {seed} k={k} pre={pre_name:<10} "
+                                  f"ft={ft_name:<12} OA {oa:6.2f} (train acc "
+                                  f"{hist[-1]['train_accuracy']:.2f}, pre {pre_s:.0f} s, "
+                                  f"ft {ft_s:.0f} s)", flush=True)
+                            if args.out:
+                                with open(args.out, "a") as fh:
+                                    fh.write(f"{folder.name},{seed},{k},{pre_name},{ft_name},"
+                                             f"{oa:.3f},{ft_s:.1f}\n")
     print(f"\n{folder.name}: mean OA over {args.seeds} seeds")
     for (pre_name, ft_name, k), v in sorted(table.items()):
         print(f"  k={k} pre={pre_name:<10} ft={ft_name:<12} {np.mean(v):6.2f} "

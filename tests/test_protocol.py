@@ -346,3 +346,29 @@ def test_paired_differences_pool_runs_files_seed_by_seed(run, tmp_path):
     # the same run pooled twice is an error, not twice the evidence
     with pytest.raises(ValueError, match="appears twice"):
         paired_differences(rows + rows)
+
+
+def test_noisy_scene_adds_noise_of_the_asked_size_and_copies_the_rest(salinas_dir, tmp_path):
+    import rasterio
+
+    from benchmarks.noisy_scene import main
+
+    target = tmp_path / "noisy"
+    assert main([str(salinas_dir), str(target), "--alpha", "2", "--seed", "3"]) == 0
+    with rasterio.open(salinas_dir / "hsi.tif") as src, rasterio.open(target / "hsi.tif") as out:
+        clean, noisy = src.read().astype(np.float64), out.read().astype(np.float64)
+        assert (out.transform, out.crs, out.count, out.dtypes[0]) == \
+            (src.transform, src.crs, src.count, "float32")
+    band_std = clean.reshape(clean.shape[0], -1).std(axis=1)
+    ratio = (noisy - clean).reshape(clean.shape[0], -1).std(axis=1) / band_std
+    assert np.allclose(ratio, 2.0, atol=0.1)
+    for name in ("labels.tif", "classes.csv", "labels.gpkg"):
+        assert (target / name).read_bytes() == (salinas_dir / name).read_bytes()
+    assert not (target / "lidar.tif").exists()
+    # the same seed gives the same scene; an existing folder is refused, left as it was
+    again = tmp_path / "again"
+    main([str(salinas_dir), str(again), "--alpha", "2", "--seed", "3"])
+    assert (again / "hsi.tif").read_bytes() == (target / "hsi.tif").read_bytes()
+    before = (target / "hsi.tif").read_bytes()
+    assert main([str(salinas_dir), str(target), "--alpha", "1"]) == 2
+    assert (target / "hsi.tif").read_bytes() == before
