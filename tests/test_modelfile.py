@@ -117,8 +117,7 @@ def _old_format(payload: dict) -> list[str]:
     """Turn a payload into what an early diffclip wrote: format 1, no digest, no wavelengths,
     statistics without their method, a model configuration without the later fields."""
     meta = json.loads(payload["metadata"])
-    dropped = [k for k in ("masking", "diffusion", "noise_steps", "pixel_readout",
-                           "centre_text")
+    dropped = [k for k in ("masking", "diffusion", "noise_steps", "pixel_readout")
                if meta["model_config"][k] == getattr(ModelConfig(), k)]
     for key in dropped:
         del meta["model_config"][key]

@@ -105,10 +105,7 @@ class DiffCLIPClassifier(nn.Module):
         ids = self.prompt_ids if ids is None else ids
         if ids.shape[0] == 0:
             raise ModelError("the classifier has no class prompts", hint="call set_prompts")
-        text = self.text(ids.to(self.logit_scale.device))
-        if self.config.centre_text and text.shape[0] > 1:
-            text = F.normalize(text - text.mean(0, keepdim=True), dim=-1)
-        return text
+        return self.text(ids.to(self.logit_scale.device))
 
     def text_features(self) -> torch.Tensor:
         """The class prompts' embeddings; cached outside training until a weight changes."""

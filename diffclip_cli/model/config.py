@@ -244,13 +244,6 @@ class ModelConfig(ConfigBase):
             pixel reaches the classifier only through attention over the whole window, and a
             per-pixel SVM beats the window model where classes are small or mixed
             (docs/model.md). ``False`` is the paper.
-        centre_text: subtract the mean of the K class-prompt embeddings from each before
-            its L2 normalisation. The text encoder is trained from scratch and every prompt
-            is mostly its template: at initialisation the class embeddings are nearly one
-            direction (cosine 0.95-0.999), so the image-to-text logits barely differ between
-            classes and the text-to-image half of the loss is dominated by a component no
-            class owns. Centring scores the class-specific parts only (docs/model.md).
-            ``False`` is the paper.
         beta_start: first beta of the linear schedule.
         beta_end: last beta of the linear schedule.
         init_temperature: initial softmax temperature ``tau`` (learnable).
@@ -279,7 +272,6 @@ class ModelConfig(ConfigBase):
     timesteps: int = 1000
     noise_steps: int = 0
     pixel_readout: bool = False
-    centre_text: bool = False
     beta_start: float = 1e-4
     beta_end: float = 0.02
     init_temperature: float = 0.07
