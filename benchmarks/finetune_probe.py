@@ -11,12 +11,12 @@ they are, L2 penalty C), ``ens*`` (the fine-tuned output averaged with ``logreg`
 ``rawens*`` (averaged with a logistic regression on the raw centre pixel), ``lin*`` (the
 protocol's ``no-text`` ablation: a linear head and cross-entropy instead of the prompts),
 ``sp<lam>`` (weights shrunk towards a fresh initialisation first), ``stems*`` / ``blocks*``
-(keep only the pretrained stems / blocks), ``proto*`` (free class vectors in place of
-the prompts' embeddings, everything else as the recipe), ``i2t*`` (the image-to-text half
-of the loss alone), ``fens<M>`` (M fine-tunes with
-their own head initialisations and batch orders, random encoders with their own
-initialisations too, outputs averaged; each member's own score is reported as
-``fens<M>-member``).
+(keep only the pretrained stems / blocks), ``proto*`` (free class vectors in place of the
+prompts' embeddings, everything else as the recipe), ``ctn*`` (the prompts' mean embedding
+subtracted, not renormalised: only the text-to-image loss changes), ``i2t*`` (the
+image-to-text half of the loss alone), ``fens<M>`` (M fine-tunes with their own head
+initialisations and batch orders, random encoders with their own initialisations too,
+outputs averaged; each member's own score is reported as ``fens<M>-member``).
 
 Example::
 
@@ -90,6 +90,18 @@ def _image_to_text_only(logits: torch.Tensor, labels: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     i2t = torch.nn.functional.cross_entropy(logits, labels)
     return i2t, i2t, torch.zeros_like(i2t)
+
+
+class CentredTextClassifier(DiffCLIPClassifier):
+    """The recipe's head with the mean of the K prompt embeddings subtracted, not renormalised.
+
+    The image-to-text softmax is unchanged (a shift common to every class); only the
+    text-to-image half of the loss loses the component no class owns (a research control).
+    """
+
+    def encode_text(self, ids: torch.Tensor | None = None) -> torch.Tensor:
+        text = super().encode_text(ids)
+        return text - text.mean(0, keepdim=True)
 
 
 @torch.no_grad()
@@ -300,12 +312,14 @@ def main() -> None:
                                                             preset.finetune, seed=hseed)
                                 proba = torch.from_numpy(head.predict_proba(ew.hsi, ew.lidar))
                             else:
-                                clf = (PrototypeClassifier(net_copy,
-                                                           vocabulary=Vocabulary.build(prompts),
+                                vocab = Vocabulary.build(prompts)
+                                clf = (PrototypeClassifier(net_copy, vocabulary=vocab,
                                                            classes=len(ids), seed=hseed)
                                        if ft_name.startswith("proto") else
-                                       DiffCLIPClassifier(net_copy,
-                                                          vocabulary=Vocabulary.build(prompts),
+                                       CentredTextClassifier(net_copy, vocabulary=vocab,
+                                                             seed=hseed)
+                                       if ft_name.startswith("ctn") else
+                                       DiffCLIPClassifier(net_copy, vocabulary=vocab,
                                                           seed=hseed))
                                 if ft_name.startswith("i2t"):
                                     # the image-to-text half of the loss alone
