@@ -395,13 +395,6 @@ class FinetuneConfig(ConfigBase):
         weight_decay: Adam weight decay.
         milestones: epochs at which the learning rate is multiplied by ``gamma``.
         gamma: the factor applied at each milestone.
-        centre_prompts: score the batch against the class-prompt embeddings minus their mean
-            over the K classes. The text encoder is trained from scratch and every prompt is
-            mostly its shared template: at the start the K embeddings are nearly one
-            direction (cosine 0.9-0.999), and the text-to-image half of the loss ranks images
-            by their likeness to the template, which no class owns. The image-to-text half
-            and the classifier's predictions do not change (a shift common to every class).
-            ``False`` is the paper (docs/model.md, "What pretraining does, measured").
     """
 
     epochs: int = 150
@@ -410,7 +403,6 @@ class FinetuneConfig(ConfigBase):
     weight_decay: float = 1e-5
     milestones: tuple[int, ...] = (100, 131)
     gamma: float = 0.1
-    centre_prompts: bool = False
 
     def validate(self) -> None:
         """Raise :class:`ModelError` when a value is out of range."""

@@ -146,12 +146,8 @@ def finetune(
     def forward(idx: torch.Tensor) -> Step:
         hsi, lidar, _ = data.batch(idx, device)
         labels = targets[idx].to(device)
-        text = classifier.encode_text()
-        if cfg.centre_prompts:
-            # the K prompts' shared part (mostly the template) out of the text-to-image half;
-            # the image-to-text half and the predictions are shift-invariant
-            text = text - text.mean(0, keepdim=True)
-        logits = classifier.scale() * classifier.encode_image(hsi, lidar) @ text.T
+        logits = classifier.scale() * classifier.encode_image(hsi, lidar) @ \
+            classifier.encode_text().T
         loss, i2t, t2i = class_contrastive_loss(logits, labels)
         b = len(idx)
         return Step(loss, b, {"loss_i2t": float(i2t.detach()) * b,
