@@ -16,7 +16,8 @@ prompts' embeddings, everything else as the recipe), ``ctn*`` (the prompts' mean
 subtracted, not renormalised: only the text-to-image loss changes), ``i2t*`` (the
 image-to-text half of the loss alone), ``fens<M>`` (M fine-tunes with their own head
 initialisations and batch orders, random encoders with their own initialisations too,
-outputs averaged; each member's own score is reported as ``fens<M>-member``).
+outputs averaged, once per split whatever ``--head-seeds`` says; each member's own score is
+reported as ``fens<M>-member``).
 
 Example::
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import functools
 import hashlib
 import importlib
 import json
@@ -50,7 +52,7 @@ from benchmarks.ablations import LinearHeadClassifier, finetune_linear_head
 from benchmarks.pretrain_probe import parse_variant
 from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.classifier import DiffCLIPClassifier
-from diffclip_cli.model.config import load_preset
+from diffclip_cli.model.config import Preset, load_preset
 from diffclip_cli.model.network import DiffCLIPNet
 from diffclip_cli.model.prompts import build_prompts
 from diffclip_cli.model.text import Vocabulary
@@ -157,6 +159,64 @@ def load_encoder(net: DiffCLIPNet, state: dict[str, torch.Tensor], problem: str)
         raise SystemExit(problem)
 
 
+def fine_tune_one(ft_name: str, preset: Preset, pre_preset: Preset, net: DiffCLIPNet,
+                  hsi_bands: int, lidar_bands: int, prompts: list[str], tw: Any, ew: Any,
+                  ytr: np.ndarray, *, seed: int, hseed: int, random_encoder: bool,
+                  ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """One fine-tuning of variant ``ft_name`` from ``net`` on the training windows ``tw``: the
+    probabilities of ``ew`` and the epoch records. ``hseed`` seeds the head; with
+    ``random_encoder`` (``net`` is the split's untrained encoder) a head seed other than the
+    split's ``seed`` also draws a new random encoder."""
+    # a fresh network of the variant's configuration holding the pretrained weights
+    # (modules the variant adds keep their init)
+    net_copy = DiffCLIPNet(preset.model, hsi_bands=hsi_bands, lidar_bands=lidar_bands,
+                           seed=hseed)
+    if not random_encoder or hseed == seed:
+        load_encoder(net_copy, copy.deepcopy(net.state_dict()),
+                     f"variant {ft_name} changes pretrained weights")
+    if ft_name.startswith("sp"):
+        # shrink towards a fresh initialisation: w = lam w_pre + (1-lam) w_0
+        lam = float(ft_name[2:])
+        fresh = DiffCLIPNet(pre_preset.model, hsi_bands=hsi_bands, lidar_bands=lidar_bands,
+                            seed=seed)
+        f_state = fresh.state_dict()
+        state = {k: (lam * v + (1 - lam) * f_state[k]) if v.is_floating_point() else v
+                 for k, v in net_copy.state_dict().items()}
+        net_copy.load_state_dict(state)
+    if ft_name.startswith(("stems", "blocks")):
+        # keep only the pretrained stems (or only the blocks): the other part comes from a
+        # fresh network with the same seed
+        fresh = DiffCLIPNet(pre_preset.model, hsi_bands=hsi_bands, lidar_bands=lidar_bands,
+                            seed=seed)
+        part = ("stems.", "token_embed.") if ft_name.startswith("blocks") \
+            else ("blocks.", "norm.", "cls_token.", "time_embed.")
+        state = net_copy.state_dict()
+        state.update({k: v for k, v in fresh.state_dict().items() if k.startswith(part)})
+        net_copy.load_state_dict(state)
+    data = WindowData(tw, ytr)
+    if ft_name.startswith("lin"):
+        # the no-text ablation: a linear head, cross-entropy
+        head = LinearHeadClassifier(net_copy, num_classes=int(ytr.max()) + 1, seed=hseed)
+        hist = finetune_linear_head(head, data, preset.finetune, seed=hseed)
+        return torch.from_numpy(head.predict_proba(ew.hsi, ew.lidar)), hist
+    vocab = Vocabulary.build(prompts)
+    clf = (PrototypeClassifier(net_copy, vocabulary=vocab, classes=len(prompts), seed=hseed)
+           if ft_name.startswith("proto") else
+           CentredTextClassifier(net_copy, vocabulary=vocab, seed=hseed)
+           if ft_name.startswith("ctn") else
+           DiffCLIPClassifier(net_copy, vocabulary=vocab, seed=hseed))
+    if ft_name.startswith("i2t"):
+        # the image-to-text half of the loss alone
+        ft_module.class_contrastive_loss = _image_to_text_only
+    try:
+        hist = finetune(clf, data, prompts, preset.finetune, seed=hseed)
+    finally:
+        ft_module.class_contrastive_loss = class_contrastive_loss
+    proba = clf.predict_proba(torch.from_numpy(ew.hsi),
+                              None if ew.lidar is None else torch.from_numpy(ew.lidar))
+    return proba, hist
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("scene")
@@ -241,97 +301,33 @@ def main() -> None:
                             print(f"{folder.name} seed {seed} k={k} pre={pre_name:<10} "
                                   f"ft={ft_name:<12} OA {oa:6.2f}", flush=True)
                             continue
-                        for j in range(args.head_seeds):
-                            # head seed j: its own head initialisation and batch order (a random
-                            # encoder its own initialisation too); j = 0 is the split's seed
+                        preset = pre_preset.with_overrides(**ft_over)
+                        prompts = build_prompts([names[i] for i in ids],
+                                                template=preset.model.template)
+
+                        one = functools.partial(
+                            fine_tune_one, ft_name, preset, pre_preset, net, scene.hsi_bands,
+                            scene.lidar_bands, prompts, tw, ew, y_all[train], seed=seed,
+                            random_encoder=pre_name == "random")
+
+                        members = int(ft_name[4:]) if ft_name.startswith("fens") else 0
+                        for j in range(1 if members else args.head_seeds):
+                            # head seed j: its own head initialisation (a random encoder its
+                            # own initialisation too); j = 0 is the split's seed
                             hseed = seed if j == 0 else 1000 * (seed + 1) + j
-                            preset = pre_preset.with_overrides(**ft_over)
-                            prompts = build_prompts([names[i] for i in ids],
-                                                    template=preset.model.template)
-                            # a fresh network of the variant's configuration holding the
-                            # pretrained weights (modules the variant adds keep their init)
-                            net_copy = DiffCLIPNet(preset.model, hsi_bands=scene.hsi_bands,
-                                                   lidar_bands=scene.lidar_bands, seed=hseed)
-                            if pre_name != "random" or j == 0:
-                                load_encoder(net_copy, copy.deepcopy(net.state_dict()),
-                                             f"variant {ft_name} changes pretrained weights")
-                            if ft_name.startswith("sp"):
-                                # shrink towards a fresh initialisation: w = lam w_pre + (1-lam) w_0
-                                lam = float(ft_name[2:])
-                                fresh = DiffCLIPNet(pre_preset.model, hsi_bands=scene.hsi_bands,
-                                                    lidar_bands=scene.lidar_bands, seed=seed)
-                                f_state = fresh.state_dict()
-                                state = {k: (lam * v + (1 - lam) * f_state[k])
-                                         if v.is_floating_point() else v
-                                         for k, v in net_copy.state_dict().items()}
-                                net_copy.load_state_dict(state)
-                            if ft_name.startswith(("stems", "blocks")):
-                                # keep only the pretrained stems (or only the blocks): the other
-                                # part comes from a fresh network with the same seed
-                                fresh = DiffCLIPNet(pre_preset.model, hsi_bands=scene.hsi_bands,
-                                                    lidar_bands=scene.lidar_bands, seed=seed)
-                                part = ("stems.", "token_embed.") if ft_name.startswith("blocks") \
-                                    else ("blocks.", "norm.", "cls_token.", "time_embed.")
-                                state = net_copy.state_dict()
-                                state.update({k: v for k, v in fresh.state_dict().items()
-                                              if k.startswith(part)})
-                                net_copy.load_state_dict(state)
                             tic = time.perf_counter()
-                            if ft_name.startswith("fens"):
-                                # an ensemble of M fine-tunes: each member its own head init and
-                                # batch order; for the random encoder, its own encoder init too
-                                members = int(ft_name[4:])
-                                proba = torch.zeros(len(test), len(ids))
-                                for j in range(members):
-                                    mseed = 1000 * (seed + 1) + j
-                                    member = DiffCLIPNet(preset.model, hsi_bands=scene.hsi_bands,
-                                                         lidar_bands=scene.lidar_bands,
-                                                         seed=mseed if pre_name == "random"
-                                                         else seed)
-                                    if pre_name != "random":
-                                        load_encoder(member, copy.deepcopy(net.state_dict()),
-                                                     f"variant {ft_name} changes weights")
-                                    clf = DiffCLIPClassifier(member,
-                                                             vocabulary=Vocabulary.build(prompts),
-                                                             seed=mseed)
-                                    hist = finetune(clf, WindowData(tw, y_all[train]),
-                                                    prompts, preset.finetune, seed=mseed)
-                                    p_j = clf.predict_proba(
-                                        torch.from_numpy(ew.hsi),
-                                        None if ew.lidar is None else torch.from_numpy(ew.lidar))
-                                    proba += p_j
+                            if members:
+                                # an ensemble of M fine-tunes, each with its own head seed
+                                parts = [one(hseed=1000 * (seed + 1) + m) for m in range(members)]
+                                for p_m, _ in parts:
                                     # each member alone, to tell the ensemble from seed luck
-                                    table.setdefault((pre_name, ft_name + "-member", k), []).append(
-                                        100 * float((p_j.argmax(1).numpy() == y_all[test]).mean()))
-                                proba /= members
-                            elif ft_name.startswith("lin"):
-                                # the no-text ablation: a linear head, cross-entropy
-                                head = LinearHeadClassifier(net_copy, num_classes=len(ids),
-                                                            seed=hseed)
-                                hist = finetune_linear_head(head, WindowData(tw, y_all[train]),
-                                                            preset.finetune, seed=hseed)
-                                proba = torch.from_numpy(head.predict_proba(ew.hsi, ew.lidar))
+                                    table.setdefault((pre_name, ft_name + "-member", k),
+                                                     []).append(100 * float(
+                                        (p_m.argmax(1).numpy() == y_all[test]).mean()))
+                                proba = torch.stack([p_m for p_m, _ in parts]).mean(0)
+                                hist = parts[-1][1]
                             else:
-                                vocab = Vocabulary.build(prompts)
-                                clf = (PrototypeClassifier(net_copy, vocabulary=vocab,
-                                                           classes=len(ids), seed=hseed)
-                                       if ft_name.startswith("proto") else
-                                       CentredTextClassifier(net_copy, vocabulary=vocab,
-                                                             seed=hseed)
-                                       if ft_name.startswith("ctn") else
-                                       DiffCLIPClassifier(net_copy, vocabulary=vocab,
-                                                          seed=hseed))
-                                if ft_name.startswith("i2t"):
-                                    # the image-to-text half of the loss alone
-                                    ft_module.class_contrastive_loss = _image_to_text_only
-                                try:
-                                    hist = finetune(clf, WindowData(tw, y_all[train]),
-                                                    prompts, preset.finetune, seed=hseed)
-                                finally:
-                                    ft_module.class_contrastive_loss = class_contrastive_loss
-                                proba = clf.predict_proba(torch.from_numpy(ew.hsi),
-                                                          None if ew.lidar is None
-                                                          else torch.from_numpy(ew.lidar))
+                                proba, hist = one(hseed=hseed)
                             ft_s = time.perf_counter() - tic
                             if ft_name.startswith("ens"):
                                 # average with a probe on the frozen features of the encoder
