@@ -12,7 +12,8 @@ they are, L2 penalty C), ``ens*`` (the fine-tuned output averaged with ``logreg`
 protocol's ``no-text`` ablation: a linear head and cross-entropy instead of the prompts),
 ``sp<lam>`` (weights shrunk towards a fresh initialisation first), ``stems*`` / ``blocks*``
 (keep only the pretrained stems / blocks), ``proto*`` (free class vectors in place of the
-prompts' embeddings, everything else as the recipe), ``ctn*`` (the prompts' mean embedding
+prompts' embeddings, everything else as the recipe), ``bias*`` (a learnt logit offset per
+class added to the prompts' logits), ``ctn*`` (the prompts' mean embedding
 subtracted, not renormalised: only the text-to-image loss changes), ``i2t*`` (the
 image-to-text half of the loss alone), ``fens<M>`` (M fine-tunes with their own head
 initialisations and batch orders, random encoders with their own initialisations too,
@@ -86,6 +87,38 @@ class PrototypeClassifier(DiffCLIPClassifier):
 
     def text_features(self) -> torch.Tensor:
         return self.encode_text()
+
+
+class BiasedClassifier(DiffCLIPClassifier):
+    """The recipe's head plus a learnt logit offset per class (initially 0).
+
+    ``scale * (z_img . z_txt) + scale * beta_c``, written as one more embedding dimension (1
+    on the image side, ``beta_c`` on the text side) so that the recipe's loss and predictions
+    use it unchanged. A cosine head gives every class a unit vector and no offset; a linear
+    head can widen a class whose windows spread (a research control).
+    """
+
+    def __init__(self, net: DiffCLIPNet, *, vocabulary: Vocabulary, classes: int,
+                 seed: int) -> None:
+        super().__init__(net, vocabulary=vocabulary, seed=seed)
+        self.beta = torch.nn.Parameter(torch.zeros(classes))
+
+    def encode_image(self, hsi: torch.Tensor, lidar: torch.Tensor | None = None
+                     ) -> torch.Tensor:
+        z = super().encode_image(hsi, lidar)
+        return torch.cat([z, torch.ones_like(z[:, :1])], dim=1)
+
+    def encode_text(self, ids: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.cat([super().encode_text(ids), self.beta[:, None]], dim=1)
+
+    def text_features(self) -> torch.Tensor:
+        return self.encode_text()
+
+    @torch.no_grad()
+    def predict_proba(self, hsi: torch.Tensor, lidar: torch.Tensor | None = None,
+                      **_: Any) -> torch.Tensor:
+        self.eval()
+        return torch.softmax(self(hsi, lidar), dim=-1)
 
 
 def _image_to_text_only(logits: torch.Tensor, labels: torch.Tensor
@@ -202,6 +235,8 @@ def fine_tune_one(ft_name: str, preset: Preset, pre_preset: Preset, net: DiffCLI
     vocab = Vocabulary.build(prompts)
     clf = (PrototypeClassifier(net_copy, vocabulary=vocab, classes=len(prompts), seed=hseed)
            if ft_name.startswith("proto") else
+           BiasedClassifier(net_copy, vocabulary=vocab, classes=len(prompts), seed=hseed)
+           if ft_name.startswith("bias") else
            CentredTextClassifier(net_copy, vocabulary=vocab, seed=hseed)
            if ft_name.startswith("ctn") else
            DiffCLIPClassifier(net_copy, vocabulary=vocab, seed=hseed))
