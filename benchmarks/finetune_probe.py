@@ -13,7 +13,8 @@ protocol's ``no-text`` ablation: a linear head and cross-entropy instead of the 
 ``sp<lam>`` (weights shrunk towards a fresh initialisation first), ``stems*`` / ``blocks*``
 (keep only the pretrained stems / blocks), ``proto*`` (free class vectors in place of the
 prompts' embeddings, everything else as the recipe), ``bias*`` (a learnt logit offset per
-class added to the prompts' logits), ``ctn*`` (the prompts' mean embedding
+class added to the prompts' logits), ``unnorm*`` (the image embedding not L2-normalised),
+``ctn*`` (the prompts' mean embedding
 subtracted, not renormalised: only the text-to-image loss changes), ``i2t*`` (the
 image-to-text half of the loss alone), ``fens<M>`` (M fine-tunes with their own head
 initialisations and batch orders, random encoders with their own initialisations too,
@@ -113,6 +114,22 @@ class BiasedClassifier(DiffCLIPClassifier):
 
     def text_features(self) -> torch.Tensor:
         return self.encode_text()
+
+    @torch.no_grad()
+    def predict_proba(self, hsi: torch.Tensor, lidar: torch.Tensor | None = None,
+                      **_: Any) -> torch.Tensor:
+        self.eval()
+        return torch.softmax(self(hsi, lidar), dim=-1)
+
+
+class UnnormalisedImageClassifier(DiffCLIPClassifier):
+    """The recipe's head without the image embedding's L2 normalisation (the prompts keep
+    theirs): a window's embedding length scales its logits, as in a linear head (a research
+    control)."""
+
+    def encode_image(self, hsi: torch.Tensor, lidar: torch.Tensor | None = None
+                     ) -> torch.Tensor:
+        return self.image_projection(self.net.features(hsi, lidar))
 
     @torch.no_grad()
     def predict_proba(self, hsi: torch.Tensor, lidar: torch.Tensor | None = None,
@@ -237,6 +254,8 @@ def fine_tune_one(ft_name: str, preset: Preset, pre_preset: Preset, net: DiffCLI
            if ft_name.startswith("proto") else
            BiasedClassifier(net_copy, vocabulary=vocab, classes=len(prompts), seed=hseed)
            if ft_name.startswith("bias") else
+           UnnormalisedImageClassifier(net_copy, vocabulary=vocab, seed=hseed)
+           if ft_name.startswith("unnorm") else
            CentredTextClassifier(net_copy, vocabulary=vocab, seed=hseed)
            if ft_name.startswith("ctn") else
            DiffCLIPClassifier(net_copy, vocabulary=vocab, seed=hseed))
