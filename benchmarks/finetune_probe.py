@@ -246,7 +246,7 @@ def fine_tune_one(ft_name: str, preset: Preset, pre_preset: Preset, net: DiffCLI
     data = WindowData(tw, ytr)
     if ft_name.startswith("lin"):
         # the no-text ablation: a linear head, cross-entropy
-        head = LinearHeadClassifier(net_copy, num_classes=int(ytr.max()) + 1, seed=hseed)
+        head = LinearHeadClassifier(net_copy, num_classes=len(prompts), seed=hseed)
         hist = finetune_linear_head(head, data, preset.finetune, seed=hseed)
         return torch.from_numpy(head.predict_proba(ew.hsi, ew.lidar)), hist
     vocab = Vocabulary.build(prompts)
