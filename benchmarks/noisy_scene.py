@@ -47,13 +47,14 @@ def write_noisy_scene(source: Path, target: Path, *, alpha: float, seed: int = 0
         raise ValueError(f"alpha must be at least 0, got {alpha}")
     target.mkdir(parents=True, exist_ok=False)
     with rasterio.open(source / "hsi.tif") as src:
-        cube = src.read().astype(np.float64)
+        cube = src.read().astype(np.float32)
         profile = src.profile
+    # float32 throughout: the scenes of docs/benchmarks.md (g) were written this way
     std = cube.reshape(cube.shape[0], -1).std(axis=1)[:, None, None]
-    noise = np.random.default_rng(seed).standard_normal(cube.shape)
+    noise = np.random.default_rng(seed).standard_normal(cube.shape).astype(np.float32)
     profile.update(dtype="float32", nodata=None)
     with rasterio.open(target / "hsi.tif", "w", **profile) as dst:
-        dst.write((cube + alpha * std * noise).astype(np.float32))
+        dst.write(cube + np.float32(alpha) * std * noise)
     for name in COPIED:
         if (source / name).exists():
             shutil.copyfile(source / name, target / name)
