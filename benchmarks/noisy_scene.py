@@ -25,10 +25,15 @@ import numpy as np
 import rasterio
 
 COPIED = ("labels.tif", "classes.csv", "lidar.tif", "labels.gpkg")
+#: The noise seed of the scenes in docs/benchmarks.md (g).
+SEED = 12345
 
 
-def write_noisy_scene(source: Path, target: Path, *, alpha: float, seed: int = 0) -> Path:
+def write_noisy_scene(source: Path, target: Path, *, alpha: float, seed: int = SEED) -> Path:
     """Write ``target`` as a copy of ``source`` with noise added to its ``hsi.tif``.
+
+    Pixels equal to the cube's nodata value stay nodata, and the band statistics leave them
+    out.
 
     Args:
         source: a scene folder with ``hsi.tif``.
@@ -41,20 +46,30 @@ def write_noisy_scene(source: Path, target: Path, *, alpha: float, seed: int = 0
 
     Raises:
         FileExistsError: ``target`` exists.
+        FileNotFoundError: ``source`` has no ``hsi.tif``.
         ValueError: ``alpha`` is negative.
     """
     if alpha < 0:
         raise ValueError(f"alpha must be at least 0, got {alpha}")
-    target.mkdir(parents=True, exist_ok=False)
+    if target.exists():
+        raise FileExistsError(f"{target} exists; give a new folder")
+    if not (source / "hsi.tif").is_file():
+        raise FileNotFoundError(f"{source / 'hsi.tif'} does not exist; give a scene folder")
     with rasterio.open(source / "hsi.tif") as src:
-        cube = src.read().astype(np.float32)
+        # float32 throughout: the scenes of docs/benchmarks.md (g) were written this way
+        cube = src.read(masked=True).astype(np.float32)
         profile = src.profile
-    # float32 throughout: the scenes of docs/benchmarks.md (g) were written this way
-    std = cube.reshape(cube.shape[0], -1).std(axis=1)[:, None, None]
+    flat = cube.reshape(cube.shape[0], -1)
+    std = np.ma.getdata(flat.std(axis=1)).astype(np.float32)[:, None, None]
     noise = np.random.default_rng(seed).standard_normal(cube.shape).astype(np.float32)
-    profile.update(dtype="float32", nodata=None)
+    noisy = np.ma.getdata(cube) + np.float32(alpha) * std * noise
+    nodata = profile.get("nodata")
+    if nodata is not None:
+        noisy[np.ma.getmaskarray(cube)] = nodata
+    profile.update(dtype="float32")
+    target.mkdir(parents=True)
     with rasterio.open(target / "hsi.tif", "w", **profile) as dst:
-        dst.write(cube + np.float32(alpha) * std * noise)
+        dst.write(noisy)
     for name in COPIED:
         if (source / name).exists():
             shutil.copyfile(source / name, target / name)
@@ -66,11 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("source", type=Path)
     ap.add_argument("target", type=Path)
     ap.add_argument("--alpha", type=float, default=2.0)
-    ap.add_argument("--seed", type=int, default=12345)
+    ap.add_argument("--seed", type=int, default=SEED)
     args = ap.parse_args(argv)
     try:
         write_noisy_scene(args.source, args.target, alpha=args.alpha, seed=args.seed)
-    except (FileExistsError, ValueError) as exc:
+    except (FileExistsError, FileNotFoundError, ValueError) as exc:
         print(f"noisy_scene: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {args.target}")

@@ -372,3 +372,30 @@ def test_noisy_scene_adds_noise_of_the_asked_size_and_copies_the_rest(salinas_di
     before = (target / "hsi.tif").read_bytes()
     assert main([str(salinas_dir), str(target), "--alpha", "1"]) == 2
     assert (target / "hsi.tif").read_bytes() == before
+
+
+def test_noisy_scene_keeps_nodata_and_refuses_a_folder_without_a_cube(tmp_path):
+    import rasterio
+    from rasterdata import write_tif
+
+    from benchmarks.noisy_scene import main
+
+    source = tmp_path / "scene"
+    source.mkdir()
+    rng = np.random.default_rng(0)
+    cube = rng.normal(100.0, 10.0, (3, 40, 50)).astype(np.float32)
+    cube[:, :5, :] = -9999.0  # a strip of nodata
+    cube[:, 5:, :] += 1e4     # far from nodata: a band statistic that took it in would be huge
+    write_tif(source / "hsi.tif", cube, nodata=-9999.0)
+    write_tif(source / "labels.tif", np.ones((40, 50), np.uint8), nodata=0)
+    assert main([str(source), str(tmp_path / "out"), "--alpha", "1"]) == 0
+    with rasterio.open(tmp_path / "out" / "hsi.tif") as out:
+        noisy = out.read()
+        assert out.nodata == -9999.0
+    assert (noisy[:, :5, :] == -9999.0).all()
+    added = (noisy - cube)[:, 5:, :]
+    assert 8.0 < float(added.std()) < 12.0  # one band std (10) of the valid pixels, not more
+    missing = tmp_path / "empty"
+    missing.mkdir()
+    assert main([str(missing), str(tmp_path / "never"), "--alpha", "1"]) == 2
+    assert not (tmp_path / "never").exists()
