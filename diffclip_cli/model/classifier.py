@@ -161,7 +161,7 @@ class DiffCLIPClassifier(nn.Module):
                 h = torch.as_tensor(hsi[sl], dtype=torch.float32).to(device)
                 li = None if lidar is None else torch.as_tensor(
                     lidar[sl], dtype=torch.float32).to(device)
-                z = F.normalize(self.image_projection(self.net.features(h, li)), dim=-1)
+                z = self.encode_image(h, li)
                 out[sl] = torch.softmax(scale * z @ text.T, dim=-1).float().cpu()
                 if progress is not None:
                     progress(min(n, start + batch_size), n)
