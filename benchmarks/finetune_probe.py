@@ -14,12 +14,11 @@ protocol's ``no-text`` ablation: a linear head and cross-entropy instead of the 
 (keep only the pretrained stems / blocks), ``proto*`` (free class vectors in place of the
 prompts' embeddings, everything else as the recipe), ``bias*`` (a learnt logit offset per
 class added to the prompts' logits), ``unnorm*`` (the image embedding not L2-normalised),
-``ctn*`` (the prompts' mean embedding
-subtracted, not renormalised: only the text-to-image loss changes), ``i2t*`` (the
-image-to-text half of the loss alone), ``fens<M>`` (M fine-tunes with their own head
-initialisations and batch orders, random encoders with their own initialisations too,
-outputs averaged, once per split whatever ``--head-seeds`` says; each member's own score is
-reported as ``fens<M>-member``).
+``ctn*`` (the prompts' mean embedding subtracted, not renormalised: only the text-to-image
+loss changes), ``i2t*`` (the image-to-text half of the loss alone), ``fens<M>`` (M
+fine-tunes with their own head initialisations and batch orders, random encoders with their
+own initialisations too, outputs averaged, once per split whatever ``--head-seeds`` says;
+each member's own score is reported as ``fens<M>-member``).
 
 Example::
 
@@ -115,12 +114,6 @@ class BiasedClassifier(DiffCLIPClassifier):
     def text_features(self) -> torch.Tensor:
         return self.encode_text()
 
-    @torch.no_grad()
-    def predict_proba(self, hsi: torch.Tensor, lidar: torch.Tensor | None = None,
-                      **_: Any) -> torch.Tensor:
-        self.eval()
-        return torch.softmax(self(hsi, lidar), dim=-1)
-
 
 class UnnormalisedImageClassifier(DiffCLIPClassifier):
     """The recipe's head without the image embedding's L2 normalisation (the prompts keep
@@ -130,12 +123,6 @@ class UnnormalisedImageClassifier(DiffCLIPClassifier):
     def encode_image(self, hsi: torch.Tensor, lidar: torch.Tensor | None = None
                      ) -> torch.Tensor:
         return self.image_projection(self.net.features(hsi, lidar))
-
-    @torch.no_grad()
-    def predict_proba(self, hsi: torch.Tensor, lidar: torch.Tensor | None = None,
-                      **_: Any) -> torch.Tensor:
-        self.eval()
-        return torch.softmax(self(hsi, lidar), dim=-1)
 
 
 def _image_to_text_only(logits: torch.Tensor, labels: torch.Tensor
