@@ -21,9 +21,13 @@ light (no torch, no xarray).
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+try:  # the one place the version lives is pyproject.toml; this reads the installed metadata
+    __version__ = version("diffclip")
+except PackageNotFoundError:  # pragma: no cover - a bare source tree, never installed
+    __version__ = "0+unknown"
 
 __all__ = ["__version__", "load_model", "predict"]
 

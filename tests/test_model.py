@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +18,6 @@ from diffclip_cli.model.config import (
 from diffclip_cli.model.network import DiffCLIPNet, random_masking
 from diffclip_cli.model.rng import make_generator
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = load_preset("tiny").model
 
 
@@ -223,19 +221,3 @@ def test_config_is_plain_and_round_trips():
     assert ModelConfig.from_dict(d) == ModelConfig()
     assert all(isinstance(v, (int, float, str, bool, list)) for v in d.values())
 
-
-def test_presets_found_in_an_installed_wheel_layout(tmp_path, monkeypatch):
-    import importlib.machinery
-    import shutil
-
-    from diffclip_cli.model import config
-
-    folder = tmp_path / "diffclip_cli" / "presets"
-    folder.mkdir(parents=True)
-    shutil.copy(ROOT / "models" / "tiny.yaml", folder / "tiny.yaml")
-    spec = importlib.machinery.ModuleSpec("diffclip_cli.presets", None, is_package=True)
-    spec.submodule_search_locations = [str(folder)]
-    monkeypatch.setattr(config.importlib.util, "find_spec", lambda name: spec)
-    assert config.presets_dir() == folder
-    assert config.list_presets() == ["tiny"]
-    assert config.load_preset("tiny") == load_preset(ROOT / "models" / "tiny.yaml")

@@ -1,8 +1,11 @@
 """The package installs, exposes its console script and keeps README and CI in sync."""
 
 import re
+import shutil
 import subprocess
 import sys
+import tarfile
+import zipfile
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -80,3 +83,54 @@ def test_embedded_sample_scene_ships() -> None:
     folder = salinas_a_dir()
     for name in ("hsi.tif", "labels.gpkg", "labels.tif", "classes.csv", "README.md"):
         assert (folder / name).is_file()
+
+
+def _built_distributions(tmp_path: Path) -> tuple[Path, Path]:
+    """Build the sdist, then the wheel from that sdist, as ``python -m build`` does for a release."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copytree(ROOT / "diffclip_cli", src / "diffclip_cli",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    out = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(src)],
+                   capture_output=True, text=True, check=True)
+    (sdist,) = out.glob("*.tar.gz")
+    (wheel,) = out.glob("*.whl")
+    return sdist, wheel
+
+
+def test_wheel_holds_every_package_and_its_data(tmp_path: Path) -> None:
+    sdist, wheel = _built_distributions(tmp_path)
+    with zipfile.ZipFile(wheel) as zf:
+        in_wheel = {name for name in zf.namelist() if name.startswith("diffclip_cli/")}
+        metadata = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+        version_line = next(line for line in zf.read(metadata).decode().splitlines()
+                            if line.startswith("Version: "))
+    package = ROOT / "diffclip_cli"
+    expected = {
+        path.relative_to(ROOT).as_posix()
+        for path in package.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+    }
+    missing = sorted(expected - in_wheel)
+    assert not missing, f"not in the wheel: {missing}"
+    # every folder holding Python modules is a package in the wheel (the workflows/ regression)
+    for folder in {p.parent for p in package.rglob("*.py")}:
+        assert f"{folder.relative_to(ROOT).as_posix()}/__init__.py" in in_wheel
+    assert "diffclip_cli/presets/cpu.yaml" in in_wheel
+    assert "diffclip_cli/data/salinas_a/hsi.tif" in in_wheel
+    # the version in the wheel's metadata is the one the installed command prints
+    assert version_line == f"Version: {__version__}"
+    with tarfile.open(sdist) as tf:
+        names = tf.getnames()
+    assert any(name.endswith("/diffclip_cli/workflows/__init__.py") for name in names)
+
+
+def test_version_comes_from_the_installed_metadata() -> None:
+    from importlib.metadata import version
+
+    assert __version__ == version("diffclip")
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    assert "## [Unreleased]" in changelog and "## [0.1.0]" in changelog

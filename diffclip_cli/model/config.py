@@ -1,16 +1,14 @@
-"""Model and training configuration, and the named presets that ship in ``models/``.
+"""Model and training configuration, and the named presets that ship in ``diffclip_cli/presets/``.
 
 A preset is a YAML file with four parts: ``name``/``description``, ``model`` (the network),
-``pretrain`` (masked-diffusion stage) and ``finetune`` (few-shot stage). Presets ship inside the
-wheel as the package ``diffclip_cli.presets``; in a source or editable checkout, where that
-package is not importable, they are read from ``<repo>/models/``. Every field can be overridden
+``pretrain`` (masked-diffusion stage) and ``finetune`` (few-shot stage). The presets are data files of
+the package (``diffclip_cli/presets/``, in the wheel as in a checkout). Every field can be overridden
 with :func:`dataclasses.replace` or the ``with_overrides`` methods, which validate the result.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import numbers
 import os
 import types
@@ -506,21 +504,8 @@ class Preset:
 
 
 def presets_dir() -> Path:
-    """The folder holding the preset files.
-
-    The installed package ``diffclip_cli.presets`` when importable (wheels), otherwise the
-    ``models/`` folder of the source checkout this package runs from.
-    """
-    try:
-        spec = importlib.util.find_spec("diffclip_cli.presets")
-    except (ImportError, ValueError):
-        spec = None
-    # A data-only folder in the wheel: an implicit namespace package with search locations.
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for location in locations:
-        if Path(location).is_dir():
-            return Path(location)
-    return Path(__file__).resolve().parents[2] / "models"
+    """The folder holding the preset files (``diffclip_cli/presets/``, shipped in the wheel)."""
+    return Path(__file__).resolve().parents[1] / "presets"
 
 
 def list_presets() -> list[str]:
