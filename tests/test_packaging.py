@@ -86,7 +86,7 @@ def test_embedded_sample_scene_ships() -> None:
 
 
 def _built_distributions(tmp_path: Path) -> tuple[Path, Path]:
-    """Build the sdist, then the wheel from that sdist, as ``python -m build`` does for a release."""
+    """Build the sdist, then the wheel from that sdist, as a release does."""
     src = tmp_path / "src"
     src.mkdir()
     shutil.copytree(ROOT / "diffclip_cli", src / "diffclip_cli",
@@ -94,8 +94,10 @@ def _built_distributions(tmp_path: Path) -> tuple[Path, Path]:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
     out = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(src)],
-                   capture_output=True, text=True, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(src)],
+        capture_output=True, text=True, check=True,
+    )
     (sdist,) = out.glob("*.tar.gz")
     (wheel,) = out.glob("*.whl")
     return sdist, wheel

@@ -1,9 +1,10 @@
-"""Model and training configuration, and the named presets that ship in ``diffclip_cli/presets/``.
+"""Model and training configuration, and the named presets that ship with the package.
 
 A preset is a YAML file with four parts: ``name``/``description``, ``model`` (the network),
-``pretrain`` (masked-diffusion stage) and ``finetune`` (few-shot stage). The presets are data files of
-the package (``diffclip_cli/presets/``, in the wheel as in a checkout). Every field can be overridden
-with :func:`dataclasses.replace` or the ``with_overrides`` methods, which validate the result.
+``pretrain`` (masked-diffusion stage) and ``finetune`` (few-shot stage). The presets are data
+files of the package (``diffclip_cli/presets/``, in the wheel as in a checkout). Every field can
+be overridden with :func:`dataclasses.replace` or the ``with_overrides`` methods, which validate
+the result.
 """
 
 from __future__ import annotations
