@@ -80,11 +80,18 @@ from diffclip_cli.model.modelfile import (
 from diffclip_cli.model.network import DiffCLIPNet
 from diffclip_cli.pipeline import DEFAULT_PRETRAIN_SAMPLES, fewshot_scene, pretrain_scene
 from diffclip_cli.progress import ProgressEvent
+from diffclip_cli.report.baseline import (
+    SPATIAL_COMPONENTS,
+    SPATIAL_SCALES,
+    spectral_spatial_svm,
+)
 from diffclip_cli.report.metrics import AccuracyReport, summarize
+from diffclip_cli.sampling.context import read_context, scene_projection
 from diffclip_cli.sampling.normalise import SceneStats, compute_stats
 from diffclip_cli.sampling.shots import Split, sample_shots
 from diffclip_cli.sampling.windows import read_windows
 from diffclip_cli.train.data import WindowData
+from diffclip_cli.train.spatial import ContextChoice, choose_context
 
 __all__ = [
     "ALL_METHODS",
@@ -104,8 +111,9 @@ __all__ = [
 
 log = logging.getLogger("diffclip")
 
-#: Methods run by default: the full method, the paper's "CLIP" row and the two baselines.
-DEFAULT_METHODS: tuple[str, ...] = ("diffclip", "clip", "rf", "svm")
+#: Methods run by default: the full method, the paper's "CLIP" row, the two per-pixel baselines
+#: and the spectral-spatial one (``report.baseline.spectral_spatial_svm``).
+DEFAULT_METHODS: tuple[str, ...] = ("diffclip", "clip", "rf", "svm", "ss-svm")
 #: Every method the runner knows: the defaults and the ablations.
 ALL_METHODS: tuple[str, ...] = (*DEFAULT_METHODS, *ABLATIONS)
 #: The paper's name of our methods, to put its published rows beside ours.
@@ -119,6 +127,7 @@ CSV_FIELDS: tuple[str, ...] = (
     "pretrain_id", "pretrain_s", "train_s", "evaluate_s", "device",
 )
 _NEURAL = frozenset(PRETRAIN_VARIANTS)
+_BASELINES = frozenset({"rf", "svm", "ss-svm"})
 _CHUNK = 4096
 _ALL = 0  # shots value meaning "every pixel of the fixed training map"
 
@@ -433,6 +442,13 @@ def _split(labels: LabelSet, k: int, seed: int, *, mode: str, n_train_map: int) 
 # ------------------------------------------------------------------------------------- records
 
 
+def _context_id(stats: SceneStats) -> str:
+    """``""`` without spatial context, else ``"-ctx<largest scale>"`` (a file-name part)."""
+    if stats.context is None:
+        return ""
+    return f"-ctx{stats.context.scales[-1]:g}"
+
+
 def _shots_text(k: int) -> str:
     return "all" if k == _ALL else str(k)
 
@@ -516,6 +532,8 @@ class _Runner:
             self.labels, self.n_train_map = _all_labels(scene, inputs), 0
         self._features: np.ndarray | None = None
         self._stats: dict[int, SceneStats] = {}
+        self._context: dict[tuple[int, int], ContextChoice] = {}
+        self._spatial: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.pretrain_seconds: dict[str, float] = {}
 
     def emit(self, event: ProtocolEvent) -> None:
@@ -542,6 +560,28 @@ class _Runner:
             self._stats = {seed: compute_stats(self.scene, seed=seed)}
         return self._stats[seed]
 
+    def context(self, k: int, seed: int, split: Split) -> ContextChoice:
+        """The spatial context the networks of this split get (chosen on its shots)."""
+        key = (k, seed)
+        if key not in self._context:
+            lab = self.labels
+            self._context = {key: choose_context(
+                self.scene, self.stats(seed), self.config.preset.model,
+                lab.rows[split.train], lab.cols[split.train], lab.class_ids[split.train],
+                seed=seed)}
+        return self._context[key]
+
+    def spatial_features(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """The spectral-spatial baseline's features of every labelled pixel."""
+        if seed not in self._spatial:
+            stats = self.stats(seed)
+            projection = scene_projection(self.scene, stats,
+                                          n_components=SPATIAL_COMPONENTS, seed=seed)
+            self._spatial = {seed: read_context(self.scene, self.labels.rows, self.labels.cols,
+                                                stats=stats, projection=projection,
+                                                scales=SPATIAL_SCALES)}
+        return self._spatial[seed]
+
     def features(self) -> np.ndarray:
         """Per-pixel HSI + LiDAR values of every labelled pixel (the baselines' input)."""
         if self._features is None:
@@ -550,10 +590,13 @@ class _Runner:
             self._features = np.concatenate(parts, axis=1)
         return self._features
 
-    def pretrained(self, variant: str, seed: int) -> tuple[ModelBundle, str, float]:
-        """The pretrained model of a variant and seed: loaded if saved, else trained."""
+    def pretrained(self, variant: str, seed: int, stats: SceneStats
+                   ) -> tuple[ModelBundle, str, float]:
+        """The pretrained model of a variant, seed and input context: loaded if saved, else
+        trained (one per seed and context: the splits of a seed share it when their shots
+        chose the same context)."""
         cfg = self.config
-        pid = f"{variant}-s{seed}"
+        pid = f"{variant}-s{seed}" + _context_id(stats)
         path = self.out / "models" / f"pretrained-{pid}.pt"
         if path.exists():
             bundle = load_model(path)
@@ -569,7 +612,7 @@ class _Runner:
                                         total=event.total, variant=variant))
 
             stage1 = pretrain_scene(self.scene, preset=preset, samples=cfg.pretrain_samples,
-                                    seed=seed, stats=self.stats(seed), checkpoint=ckpt,
+                                    seed=seed, stats=stats, checkpoint=ckpt,
                                     resume=True, device=self.device, progress=report)
             seconds = stage1.seconds
             bundle = stage1.bundle
@@ -580,12 +623,13 @@ class _Runner:
         self.pretrain_seconds[pid] = seconds
         return bundle, pid, seconds
 
-    def random_init(self, seed: int) -> ModelBundle:
+    def random_init(self, seed: int, stats: SceneStats) -> ModelBundle:
         """The ``clip`` method's starting point: an image encoder never pretrained."""
         cfg = self.config
         net = DiffCLIPNet(cfg.preset.model, hsi_bands=self.scene.hsi_bands,
-                          lidar_bands=self.scene.lidar_bands, seed=seed)
-        return bundle_from_network(net, preset=cfg.preset, stats=self.stats(seed),
+                          lidar_bands=self.scene.lidar_bands, seed=seed,
+                          context_bands=stats.context_bands())
+        return bundle_from_network(net, preset=cfg.preset, stats=stats,
                                    band_names=self.scene.band_names,
                                    provenance={"seed": seed, "pretrained": False})
 
@@ -600,6 +644,15 @@ class _Runner:
             self.emit(ProtocolEvent("stage", seed, method=method, shots=k, stage=event.stage,
                                     done=event.done, total=event.total))
 
+        if method == "ss-svm":
+            bands, smooth = self.spatial_features(seed)
+            tic = time.perf_counter()
+            predicted, _ = spectral_spatial_svm(
+                (bands[split.train], smooth[split.train]), labels.class_ids[split.train],
+                (bands[split.test], smooth[split.test]))
+            test = labels.subset(split.test)
+            return (AccuracyReport.from_labels(test.class_ids, predicted, labels.classes),
+                    {"train": time.perf_counter() - tic})
         if method in ("rf", "svm"):
             x = self.features()
             tic = time.perf_counter()
@@ -868,22 +921,24 @@ def run_protocol(
                                           total=total))
             if not todo:
                 continue
-            variants = list(dict.fromkeys(v for _, m in todo if m in _NEURAL
-                                          for v in [PRETRAIN_VARIANTS[m]] if v))
-            starts: dict[str, tuple[ModelBundle, str, float]] = {
-                v: runner.pretrained(v, seed) for v in variants}
-            random_start = (runner.random_init(seed) if any(m == "clip" for _, m in todo)
-                            else None)
             for k in cfg.shots:
                 split = runner.split(k, seed)
+                stats = None
+                if any(m in _NEURAL and _run_key(m, _shots_text(k), seed) not in done
+                       for m in cfg.methods):
+                    stats = runner.context(k, seed, split).stats
                 for method in cfg.methods:
                     if _run_key(method, _shots_text(k), seed) in done:
                         continue
                     variant = PRETRAIN_VARIANTS.get(method)
-                    start, pid, pre_s = (starts[variant] if variant
-                                         else (random_start, "", 0.0))
-                    if method in ("rf", "svm"):
-                        start = None
+                    start: ModelBundle | None = None
+                    pid, pre_s = "", 0.0
+                    if method not in _BASELINES:
+                        assert stats is not None
+                        if variant:
+                            start, pid, pre_s = runner.pretrained(variant, seed, stats)
+                        else:
+                            start = runner.random_init(seed, stats)
                     log.info("run %s, k=%s, seed %d", method, _shots_text(k), seed)
                     report, timings = runner.run(method, k, seed, split, start)
                     report.extra = {"protocol": {"dataset": inputs.name, "method": method,

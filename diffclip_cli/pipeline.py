@@ -44,6 +44,7 @@ from diffclip_cli.model.prompts import build_prompts, class_words, read_descript
 from diffclip_cli.model.rng import derive_seed
 from diffclip_cli.model.text import Vocabulary
 from diffclip_cli.progress import Progress, counting
+from diffclip_cli.report.baseline import SPATIAL_COMPONENTS, Baseline, score_baselines
 from diffclip_cli.report.metrics import AccuracyReport
 from diffclip_cli.sampling.defaults import DEFAULT_PRETRAIN_SAMPLES
 from diffclip_cli.sampling.normalise import SceneStats, compute_stats
@@ -69,14 +70,13 @@ from diffclip_cli.train.distill import (
 )
 from diffclip_cli.train.finetune import finetune
 from diffclip_cli.train.pretrain import checkpoint_fingerprint, pretrain
+from diffclip_cli.train.spatial import ContextChoice, choose_context
 
 __all__ = [
-    "BASELINE_METHOD",
     "DEFAULT_PRETRAIN_SAMPLES",
     "FewshotResult",
     "PlanFn",
     "PretrainResult",
-    "baseline_pixels",
     "evaluate_pixels",
     "fewshot_scene",
     "input_identity",
@@ -93,9 +93,6 @@ _R = TypeVar("_R")
 #: Called once with the :class:`~diffclip_cli.train.budget.Plan`, before any training.
 PlanFn = Callable[[Plan], None]
 
-#: What :func:`baseline_pixels` is, in the reports' words.
-BASELINE_METHOD = ("random forest (200 trees) on each pixel's own HSI and LiDAR values, no "
-                   "spatial context, trained on the same shots")
 
 
 @dataclass
@@ -130,8 +127,9 @@ class FewshotResult:
         split: training (shots) and test indices into ``labels``.
         report: accuracy on the test pixels (every labelled pixel not trained on), or ``None``
             when there are none or evaluation was not asked for.
-        baseline: the per-pixel baseline's accuracy on the same test pixels
-            (:func:`baseline_pixels`), or ``None`` (no report, or not asked for).
+        baselines: the classical baselines' accuracy on the same test pixels
+            (:func:`~diffclip_cli.report.baseline.score_baselines`: per-pixel, then
+            spectral-spatial); empty without a report or when not asked for.
         pretrain_history: stage-1 records (empty with a given pretrained model).
         finetune_history: stage-2 records.
         timings: seconds per stage (``total``: the whole call).
@@ -146,37 +144,8 @@ class FewshotResult:
     pretrain_history: list[dict[str, Any]] = field(default_factory=list)
     finetune_history: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
-    baseline: AccuracyReport | None = None
+    baselines: list[Baseline] = field(default_factory=list)
     plan: Plan | None = None
-
-
-def baseline_pixels(scene: Scene, labels: LabelSet, split: Split, *, seed: int = 0
-                    ) -> AccuracyReport:
-    """A per-pixel random forest trained on the shots and scored on the test pixels.
-
-    The classical alternative DiffCLIP has to beat: each pixel is classified from its own
-    band values (HSI then LiDAR, as read, no normalisation needed by a forest), with no
-    spatial context and no text; the same training and test pixels as the model's.
-
-    Args:
-        scene: the scene.
-        labels: the labelled pixels (valid ones).
-        split: training and test indices into ``labels``.
-        seed: the forest's seed.
-
-    Returns:
-        The baseline's accuracy on the test pixels, with the labels' classes.
-    """
-    from diffclip_cli.report.baseline import random_forest
-
-    def features(index: np.ndarray) -> np.ndarray:
-        values = scene.read_pixels(labels.rows[index], labels.cols[index])
-        parts = [values.hsi] if values.lidar is None else [values.hsi, values.lidar]
-        return np.nan_to_num(np.concatenate(parts, axis=1))
-
-    predicted = random_forest(features(split.train), labels.class_ids[split.train],
-                              features(split.test), seed=seed)
-    return AccuracyReport.from_labels(labels.class_ids[split.test], predicted, labels.classes)
 
 
 def _inputs(scene: Scene) -> dict[str, Any]:
@@ -413,7 +382,7 @@ def plan_training(
     if distill is not None and train is not None:
         probe = probe_distillation(scene, window=preset.model.window,
                                    num_classes=len(prompts), config=distill, seed=seed,
-                                   device=device)
+                                   device=device, context_bands=stats.context_bands())
         read = probe.read_pixels / preset.model.window ** 2 * costs.window_read
         costs = dataclasses.replace(costs, distill_step=probe.step_s, distill_read=read)
     setup = time.perf_counter() - (tic if started is None else started)
@@ -481,7 +450,7 @@ def pretrain_scene(
     device = resolve_device(device)
     stats = stats or compute_stats(scene, seed=seed)
     net = DiffCLIPNet(preset.model, hsi_bands=scene.hsi_bands, lidar_bands=scene.lidar_bands,
-                      seed=seed)
+                      seed=seed, context_bands=stats.context_bands())
     plan = None
     resumed = checkpoint_fingerprint(checkpoint) if resume and checkpoint else None
     if resumed is not None and (budget is not None or on_plan is not None):
@@ -643,6 +612,7 @@ class _Prepared:
     train: WindowData
     read_seconds: float
     pretrained: bool
+    context: ContextChoice | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -700,17 +670,23 @@ def _prepare(scene: Scene, labels: LabelSet, request: _Request) -> _Prepared:
     template = request.template or preset.model.template
     prompts = _prompts(labels.classes, template, request.descriptions, left_out=left_out)
     net = None
+    context: ContextChoice | None = None
     if pretrained is not None:
         net = build_network(pretrained)
         stats = pretrained.scene_stats
     else:
-        stats = compute_stats(scene, seed=seed)
+        # The spatial context the network reads is chosen on the shots (train/spatial.py).
+        train_px = chosen.train
+        context = choose_context(scene, compute_stats(scene, seed=seed), preset.model,
+                                 labels.rows[train_px], labels.cols[train_px],
+                                 labels.class_ids[train_px], seed=seed)
+        stats = context.stats
     tic = time.perf_counter()
     train = _windows(scene, labels.rows[chosen.train], labels.cols[chosen.train],
                      window=preset.model.window, stats=stats,
                      labels=labels.index[chosen.train])
     return _Prepared(labels, chosen, given, preset, template, prompts, stats, net, train,
-                     time.perf_counter() - tic, pretrained is not None)
+                     time.perf_counter() - tic, pretrained is not None, context)
 
 
 def _plan_prepared(scene: Scene, prep: _Prepared, request: _Request, *, started: float
@@ -719,7 +695,8 @@ def _plan_prepared(scene: Scene, prep: _Prepared, request: _Request, *, started:
     net = prep.net
     if net is None:  # the network stage 1 will build (only copies of it are trained here)
         net = DiffCLIPNet(prep.preset.model, hsi_bands=scene.hsi_bands,
-                          lidar_bands=scene.lidar_bands, seed=request.seed)
+                          lidar_bands=scene.lidar_bands, seed=request.seed,
+                          context_bands=prep.stats.context_bands())
     return plan_training(
         scene, preset=prep.preset, net=net, stats=prep.stats,
         pretrain_samples=0 if prep.pretrained else request.pretrain_samples, train=prep.train,
@@ -821,8 +798,8 @@ def fewshot_scene(
         progress: called with :class:`~diffclip_cli.progress.ProgressEvent` s of the stages
             ``"pretrain"``, ``"finetune"`` (optimiser steps), with the fast path
             ``"teacher"`` (pixels) and ``"distill"`` (steps), and ``"evaluate"`` (pixels).
-        baseline: with the report, also score the per-pixel baseline
-            (:func:`baseline_pixels`) on the same test pixels.
+        baseline: with the report, also score the classical baselines
+            (:func:`~diffclip_cli.report.baseline.score_baselines`) on the same test pixels.
         fast: also distil the fast path (``classify --fast``) into the bundle; a mapping
             gives :class:`~diffclip_cli.train.distill.DistillConfig` options.
         budget: seconds the whole call may take (training, fast path, scoring): the schedule
@@ -884,6 +861,7 @@ def fewshot_scene(
                                                                      strict=True)},
         "pretrained": None if pretrained is None else pretrained.provenance,
         "pretrain_samples": None if pretrained is not None else pretrain_samples,
+        "context": None if prep.context is None else prep.context.to_dict(),
         "seconds": {k: round(v, 1) for k, v in timings.items()},
         "version": __version__,
         **dict(provenance or {}),
@@ -907,10 +885,14 @@ def fewshot_scene(
                                  batch_size=batch_size, progress=progress,
                                  classifier=classifier)
         timings["evaluate"] = time.perf_counter() - start
-    base = None
+    bases: list[Baseline] = []
     if report is not None and baseline:
         start = time.perf_counter()
-        base = baseline_pixels(scene, labels, chosen, seed=seed)
+        reuse = (prep.context is not None
+                 and preset.model.context_components == SPATIAL_COMPONENTS)
+        bases = score_baselines(scene, labels, chosen, stats=stats, seed=seed,
+                                projection=prep.context.projection if reuse and prep.context
+                                else None)
         timings["baseline"] = time.perf_counter() - start
     timings["total"] = time.perf_counter() - begin
     seconds = {k: round(v, 1) for k, v in timings.items()}
@@ -919,7 +901,7 @@ def fewshot_scene(
         log.info("Took %s (estimated %s).", format_seconds(timings["total"]),
                  format_seconds(plan.total_s))
     return FewshotResult(bundle, classifier, labels, chosen, report, pre_history, history,
-                         timings, baseline=base, plan=plan)
+                         timings, baselines=bases, plan=plan)
 
 
 def predict_pixels(

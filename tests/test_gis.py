@@ -27,6 +27,7 @@ from diffclip_cli.io.grid import Grid
 from diffclip_cli.io.maps import MapWriter, class_colormap
 from diffclip_cli.io.raster import band_wavelengths, is_gdal_name
 from diffclip_cli.model.modelfile import _digest, load_model
+from diffclip_cli.report.baseline import Baseline
 from diffclip_cli.report.metrics import AccuracyReport
 from diffclip_cli.report.quicklook import nice_length, quicklook_figure
 from diffclip_cli.report.render import baseline_verdict, confusion_figure
@@ -458,17 +459,23 @@ def test_the_cli_imports_no_heavy_library_until_a_command_runs():
         subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
 
 
-# ------------------------------------------------------------------ the per-pixel baseline
-def test_every_fewshot_report_scores_the_per_pixel_baseline(model):
+# ------------------------------------------------------------------ the classical baselines
+def test_every_fewshot_report_scores_the_per_pixel_and_spatial_baselines(model):
     report = json.loads(model.with_name("model.report.json").read_text())
-    base = report["baseline"]
-    assert "random forest" in base["method"]
-    # the same held-out pixels as the model's report
-    assert base["n_pixels"] == report["n_pixels"]
-    assert np.asarray(base["confusion_matrix"]).sum() == report["n_pixels"]
-    assert base["better_than_model"] == (base["overall_accuracy"] > report["overall_accuracy"])
+    pixel, spatial = report["baselines"]
+    assert pixel["name"] == "per-pixel baseline" and "random forest" in pixel["method"]
+    assert spatial["name"] == "spectral-spatial baseline" and "SVM" in spatial["method"]
+    assert set(spatial["scales"]) <= {1.0, 2.0, 4.0, 8.0, 16.0}
+    assert spatial["cv"] in ("leave-one-out", "10-fold")
     markdown = model.with_name("model.report.md").read_text()
-    assert "## Per-pixel baseline" in markdown and base["verdict"] in markdown
+    assert "## Baselines" in markdown
+    for base in (pixel, spatial):
+        # the same held-out pixels as the model's report
+        assert base["n_pixels"] == report["n_pixels"]
+        assert np.asarray(base["confusion_matrix"]).sum() == report["n_pixels"]
+        assert base["better_than_model"] == (
+            base["overall_accuracy"] > report["overall_accuracy"])
+        assert base["verdict"] in markdown
 
 
 def test_fewshot_says_plainly_when_the_baseline_is_better(messy, tmp_path):
@@ -478,7 +485,7 @@ def test_fewshot_says_plainly_when_the_baseline_is_better(messy, tmp_path):
                "--preset", "tiny", "--pretrain-samples", 50, "--pretrain-epochs", 1,
                "--finetune-epochs", 1, "--no-fast", "-o", tmp_path / "weak.pt", "-q")
     report = json.loads((tmp_path / "weak.report.json").read_text())
-    assert report["baseline"]["better_than_model"] is True
+    assert report["baselines"][0]["better_than_model"] is True
     assert "The per-pixel baseline is better than DiffCLIP" in " ".join(r.output.split())
     assert "better than DiffCLIP" in (tmp_path / "weak.report.md").read_text()
 
@@ -491,6 +498,8 @@ def test_baseline_verdict_names_the_better_one():
     assert baseline_verdict(good, poor).startswith("DiffCLIP is better than the per-pixel")
     assert baseline_verdict(poor, good).startswith("The per-pixel baseline is better")
     assert "as accurate as" in baseline_verdict(good, good)
+    assert baseline_verdict(poor, good, name="spectral-spatial baseline").startswith(
+        "The spectral-spatial baseline is better")
 
 
 # ----------------------------------------------------------------------------- report polish
@@ -499,7 +508,8 @@ def test_report_png_title_fits_above_the_heatmap_and_colour_bar():
     report = AccuracyReport.from_labels(np.array([1, 1, 2, 2]), np.array([1, 2, 2, 2]), classes)
     title = ("Held-out accuracy: 123456 labelled pixels not used for training "
              "(5 shots per class, seed 0)")
-    fig = confusion_figure(report, title=title, baseline=report)
+    fig = confusion_figure(report, title=title,
+                           baselines=[Baseline("per-pixel baseline", "a forest", report)])
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     box = fig._suptitle.get_window_extent(renderer)

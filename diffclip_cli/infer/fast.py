@@ -55,12 +55,13 @@ def load_student(bundle: ModelBundle) -> StudentNet:
     student = student_from_extras(bundle.extras)
     cfg = student.config
     k = len(classes)
-    if (cfg.hsi_bands, cfg.lidar_bands, cfg.num_classes) != (bundle.hsi_bands,
-                                                             bundle.lidar_bands, k):
+    ctx_hsi, ctx_lidar = bundle.scene_stats.context_bands()
+    reads = (bundle.hsi_bands + ctx_hsi, bundle.lidar_bands + ctx_lidar)
+    if (cfg.hsi_bands, cfg.lidar_bands, cfg.num_classes) != (*reads, k):
         raise ModelError(
             f"the fast path was made for {cfg.hsi_bands} HSI bands, {cfg.lidar_bands} LiDAR "
-            f"channels and {cfg.num_classes} classes but the model has {bundle.hsi_bands}, "
-            f"{bundle.lidar_bands} and {k}", hint="re-run diffclip fewshot")
+            f"channels and {cfg.num_classes} classes but the model reads {reads[0]}, "
+            f"{reads[1]} and {k}", hint="re-run diffclip fewshot")
     return student
 
 

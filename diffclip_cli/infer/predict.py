@@ -314,35 +314,37 @@ def _tile_probabilities(inputs: _Inputs, runner: Runner, *, halo: int, shape: tu
     The tile reads its core plus a halo of ``halo`` pixels (less at the scene border, where
     it is reflect-padded as :func:`~diffclip_cli.sampling.tiles.read_tile` does).
     """
-    from diffclip_cli.modalities import Modalities
+    from diffclip_cli.sampling.context import context_halo, model_inputs
     from diffclip_cli.sampling.tiles import Tile, TileData
 
     assert block_info is not None
     (r0, r1), (c0, c1) = block_info[None]["array-location"][1:]
     height, width = shape
-    a0, a1 = max(0, r0 - halo), min(height, r1 + halo)
-    b0, b1 = max(0, c0 - halo), min(width, c1 + halo)
+    stats = runner.bundle.scene_stats
+    # The context (if the model reads one) needs its own reach beyond the windows' halo.
+    reach = halo + (context_halo(stats.context.scales) if stats.context is not None else 0)
+    a0, a1 = max(0, r0 - reach), min(height, r1 + reach)
+    b0, b1 = max(0, c0 - reach), min(width, c1 + reach)
     top, left = r0 - a0, c0 - b0
     h, w = r1 - r0, c1 - c0
     hsi, lidar, private = inputs.window(slice(a0, a1), slice(b0, b1))
-    stats = runner.bundle.scene_stats
-    pad = ((0, 0), (halo - top, halo - (a1 - r1)), (halo - left, halo - (b1 - c1)))
-    arrays = {}
-    valid = np.ones((h, w), bool)
-    for name, block, dec, band_stats in (("hsi", hsi, decode[0], stats.hsi),
-                                         ("lidar", lidar, decode[1], stats.lidar)):
+    pad = ((reach - top, reach - (a1 - r1)), (reach - left, reach - (b1 - c1)))
+    decoded = {}
+    valid_all = None
+    for name, block, dec in (("hsi", hsi, decode[0]), ("lidar", lidar, decode[1])):
         if block is None:
             continue
         x = (dec or _Decode())(block, private=private)
-        valid &= np.isfinite(x[:, top:top + h, left:left + w]).all(axis=0)
-        if band_stats is None:
-            raise ValueError("the scene has LiDAR but the statistics have none")
-        # Normalised in place (ours), padded only at the scene border: what read_tile did,
-        # so the values are the same bit for bit.
-        x = band_stats.apply(x, inplace=True)
-        arrays[name] = np.pad(x, pad, mode="reflect") if any(map(any, pad)) else x
-    data = TileData(Tile(r0, c0, h, w, halo), Modalities(arrays["hsi"], arrays.get("lidar")),
-                    valid)
+        ok = np.isfinite(x).all(axis=0)
+        valid_all = ok if valid_all is None else valid_all & ok
+        decoded[name] = x
+    assert valid_all is not None
+    valid = valid_all[top:top + h, left:left + w]
+    # Normalised in place (ours), padded only at the scene border: what read_tile does, so
+    # the values are the same bit for bit.
+    arrays = model_inputs(decoded["hsi"], decoded.get("lidar"), valid_all, stats=stats,
+                          pad=pad, inplace=True)
+    data = TileData(Tile(r0, c0, h, w, halo), arrays, valid)
     engine = runner.engine()
     with _compute_slot():
         probs = engine.predict_tile(data)

@@ -807,7 +807,8 @@ def _load_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None
 def build_network(bundle: ModelBundle) -> DiffCLIPNet:
     """The image side of a bundle (either kind), weights loaded, in eval mode."""
     net = DiffCLIPNet(bundle.config, hsi_bands=bundle.hsi_bands,
-                      lidar_bands=bundle.lidar_bands)
+                      lidar_bands=bundle.lidar_bands,
+                      context_bands=bundle.scene_stats.context_bands())
     if bundle.kind == "pretrained":
         _load_state(net, bundle.state_dict)
     else:
@@ -827,7 +828,8 @@ def build_classifier(bundle: ModelBundle) -> DiffCLIPClassifier:
         raise ModelError("this is a pretrained model without classes",
                          hint="fine-tune it on labelled pixels first")
     net = DiffCLIPNet(bundle.config, hsi_bands=bundle.hsi_bands,
-                      lidar_bands=bundle.lidar_bands)
+                      lidar_bands=bundle.lidar_bands,
+                      context_bands=bundle.scene_stats.context_bands())
     clf = DiffCLIPClassifier(net, vocabulary=bundle.vocabulary)
     ids = bundle.state_dict.get("prompt_ids")
     if ids is None:

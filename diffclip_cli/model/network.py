@@ -154,6 +154,9 @@ class DiffCLIPNet(nn.Module):
         hsi_bands: HSI bands (at least 1).
         lidar_bands: LiDAR channels; 0 for an HSI-only network.
         seed: seeds the weight initialisation (no global random state is used).
+        context_bands: channels of spatial context that follow the HSI bands and the LiDAR
+            channels in the input windows (``SceneStats.context_bands()``; docs/model.md).
+            They are read and reconstructed like bands.
 
     Attributes:
         modalities: ``("hsi",)`` or ``("hsi", "lidar")``, the order of the concatenated
@@ -167,16 +170,21 @@ class DiffCLIPNet(nn.Module):
 
     @keeps_global_rng
     def __init__(self, config: ModelConfig, *, hsi_bands: int, lidar_bands: int = 0,
-                 seed: int = 0) -> None:
+                 seed: int = 0, context_bands: tuple[int, int] = (0, 0)) -> None:
         super().__init__()
-        if hsi_bands < 1 or lidar_bands < 0:
-            raise ModelError(f"need at least one HSI band and no negative LiDAR channel count, "
-                             f"got {hsi_bands} and {lidar_bands}")
+        if hsi_bands < 1 or lidar_bands < 0 or min(context_bands) < 0 or (
+                context_bands[1] and not lidar_bands):
+            raise ModelError(f"need at least one HSI band and no negative LiDAR or context "
+                             f"channel count, got {hsi_bands}, {lidar_bands} and "
+                             f"{context_bands}")
         c = config
         self.config = config
         self.hsi_bands = int(hsi_bands)
         self.lidar_bands = int(lidar_bands)
-        bands = {"hsi": self.hsi_bands, "lidar": self.lidar_bands}
+        self.context_bands = (int(context_bands[0]), int(context_bands[1]))
+        bands = {"hsi": self.hsi_bands + self.context_bands[0],
+                 "lidar": self.lidar_bands + self.context_bands[1]}
+        self.input_bands = bands
         self.modalities: tuple[str, ...] = ("hsi", "lidar") if lidar_bands else ("hsi",)
         self.stems = nn.ModuleDict({m: SpectralStem(bands[m], c.stem_hidden)
                                     for m in self.modalities})
@@ -231,7 +239,7 @@ class DiffCLIPNet(nn.Module):
         elif lidar is not None:
             raise ModelError("this network was built without LiDAR but LiDAR windows were given")
         for m, x in inputs.items():
-            want = self.hsi_bands if m == "hsi" else self.lidar_bands
+            want = self.input_bands[m]
             if x.ndim != 4 or x.shape[1] != want or x.shape[2:] != (w, w):
                 raise ModelError(f"{m} windows must be (N, {want}, {w}, {w}), "
                                  f"got {tuple(x.shape)}")

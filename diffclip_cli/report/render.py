@@ -8,6 +8,7 @@ import io
 import json
 import os
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from diffclip_cli.io.atomic import atomic_path, output_set
+from diffclip_cli.report.baseline import Baseline
 from diffclip_cli.report.metrics import AccuracyReport
 
-__all__ = ["baseline_record", "baseline_verdict", "confusion_csv", "confusion_figure",
-           "report_paths", "rich_table", "write_report"]
+__all__ = ["baseline_record", "baseline_verdict", "baseline_verdicts", "confusion_csv",
+           "confusion_figure", "report_paths", "rich_table", "write_report"]
 
 
 def report_paths(stem: str | os.PathLike[str]) -> dict[str, Path]:
@@ -54,13 +56,14 @@ def _pct(value: float | None) -> str:
 
 
 def baseline_verdict(report: AccuracyReport, baseline: AccuracyReport, *,
-                     model: str = "DiffCLIP") -> str:
-    """One plain sentence: which of the model and the per-pixel baseline is more accurate.
+                     model: str = "DiffCLIP", name: str = "per-pixel baseline") -> str:
+    """One plain sentence: which of the model and a baseline is more accurate.
 
     Args:
         report: the model's accuracy.
         baseline: the baseline's accuracy on the same reference pixels.
         model: how to call the model.
+        name: how to call the baseline.
 
     Returns:
         E.g. ``"The per-pixel baseline is better than DiffCLIP on these pixels: OA 93.10 %
@@ -70,30 +73,37 @@ def baseline_verdict(report: AccuracyReport, baseline: AccuracyReport, *,
     figures = (f"OA {_pct(theirs)} % against {_pct(ours)} %, kappa {_pct(baseline.kappa)} "
                f"against {_pct(report.kappa)}")
     if theirs > ours:
-        return (f"The per-pixel baseline is better than {model} on these pixels: {figures}. "
+        return (f"The {name} is better than {model} on these pixels: {figures}. "
                 "Use the baseline's kind of map, or give more shots or pretraining samples.")
     if theirs == ours:
-        return f"The per-pixel baseline is as accurate as {model} on these pixels: {figures}."
-    return (f"{model} is better than the per-pixel baseline on these pixels: OA {_pct(ours)} % "
+        return f"The {name} is as accurate as {model} on these pixels: {figures}."
+    return (f"{model} is better than the {name} on these pixels: OA {_pct(ours)} % "
             f"against {_pct(theirs)} %, kappa {_pct(report.kappa)} against "
             f"{_pct(baseline.kappa)}.")
 
 
-def baseline_record(report: AccuracyReport, baseline: AccuracyReport, method: str
-                    ) -> dict[str, Any]:
-    """The JSON entry ``"baseline"`` of a report: what it is, its figures, which is better."""
+def baseline_record(report: AccuracyReport, baseline: Baseline) -> dict[str, Any]:
+    """One entry of a report's ``"baselines"``: what it is, its figures, which is better."""
+    theirs = baseline.report
     return {
-        "method": method,
-        "overall_accuracy": baseline.overall_accuracy,
-        "average_accuracy": baseline.average_accuracy,
-        "kappa": baseline.kappa,
-        "per_class": baseline.per_class(),
-        "confusion_matrix": [[int(v) for v in r] for r in baseline.confusion_matrix],
-        "n_pixels": baseline.n_pixels,
-        "better_than_model": (baseline.overall_accuracy or 0.0)
+        "name": baseline.name,
+        "method": baseline.method,
+        **baseline.details,
+        "overall_accuracy": theirs.overall_accuracy,
+        "average_accuracy": theirs.average_accuracy,
+        "kappa": theirs.kappa,
+        "per_class": theirs.per_class(),
+        "confusion_matrix": [[int(v) for v in r] for r in theirs.confusion_matrix],
+        "n_pixels": theirs.n_pixels,
+        "better_than_model": (theirs.overall_accuracy or 0.0)
         > (report.overall_accuracy or 0.0),
-        "verdict": baseline_verdict(report, baseline),
+        "verdict": baseline_verdict(report, theirs, name=baseline.name),
     }
+
+
+def baseline_verdicts(report: AccuracyReport, baselines: Sequence[Baseline]) -> list[str]:
+    """:func:`baseline_verdict` for each baseline, in order."""
+    return [baseline_verdict(report, b.report, name=b.name) for b in baselines]
 
 
 def write_report(
@@ -103,8 +113,7 @@ def write_report(
     overwrite: bool = False,
     title: str | None = None,
     metadata: dict[str, Any] | None = None,
-    baseline: AccuracyReport | None = None,
-    baseline_method: str = "per-pixel baseline",
+    baselines: Sequence[Baseline] = (),
 ) -> dict[str, Path]:
     """Write ``stem.json``, ``stem.md``, ``stem.csv`` and ``stem.png`` (confusion-matrix heatmap).
 
@@ -119,10 +128,9 @@ def write_report(
         title: a title for the Markdown and the figure (also stored in the JSON).
         metadata: JSON-serialisable facts stored in the JSON under ``"metadata"`` (map, labels,
             model, seed...) and listed in the Markdown.
-        baseline: a baseline's accuracy on the same reference pixels: stored under
-            ``"baseline"`` (:func:`baseline_record`), a Markdown section saying plainly which
-            is better, and its OA in the figure.
-        baseline_method: what the baseline is, in words.
+        baselines: classical baselines scored on the same reference pixels: stored under
+            ``"baselines"`` (:func:`baseline_record`), a Markdown section saying plainly which
+            is better, and their OA in the figure.
 
     Returns:
         ``{"json": path, "markdown": path, "csv": path, "png": path}``.
@@ -137,19 +145,26 @@ def write_report(
         data["title"] = title
     if metadata:
         data["metadata"] = metadata
-    if baseline is not None:
-        data["baseline"] = baseline_record(report, baseline, baseline_method)
+    if baselines:
+        data["baselines"] = [baseline_record(report, b) for b in baselines]
     text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False, default=str) + "\n"
     markdown = report.to_markdown(title=title)
-    if baseline is not None:
+    if baselines:
+        head = "| | model | " + " | ".join(b.name for b in baselines) + " |\n"
+        rule = "|---|---:|" + "---:|" * len(baselines) + "\n"
+
+        def row(label: str, ours: float | None, key: str) -> str:
+            cells = " | ".join(_pct(getattr(b.report, key)) for b in baselines)
+            return f"| {label} | {_pct(ours)} | {cells} |\n"
+
         markdown += (
-            "\n## Per-pixel baseline\n\n"
-            f"**{baseline_verdict(report, baseline)}**\n\n"
-            f"Baseline: {baseline_method}.\n\n"
-            "| | model | baseline |\n|---|---:|---:|\n"
-            f"| OA % | {_pct(report.overall_accuracy)} | {_pct(baseline.overall_accuracy)} |\n"
-            f"| AA % | {_pct(report.average_accuracy)} | {_pct(baseline.average_accuracy)} |\n"
-            f"| kappa × 100 | {_pct(report.kappa)} | {_pct(baseline.kappa)} |\n")
+            "\n## Baselines\n\n"
+            + "".join(f"**{v}**\n\n" for v in baseline_verdicts(report, baselines))
+            + "".join(f"- {b.name}: {b.method}.\n" for b in baselines) + "\n"
+            + head + rule
+            + row("OA %", report.overall_accuracy, "overall_accuracy")
+            + row("AA %", report.average_accuracy, "average_accuracy")
+            + row("kappa × 100", report.kappa, "kappa"))
     if metadata:
         markdown += "\n## Run\n\n" + "\n".join(
             f"- {key}: {value}" for key, value in metadata.items()
@@ -160,13 +175,13 @@ def write_report(
         tmp["json"].write_text(text, encoding="utf-8")
         tmp["markdown"].write_text(markdown, encoding="utf-8")
         tmp["csv"].write_text(confusion_csv(report), encoding="utf-8")
-        fig = confusion_figure(report, title=title, baseline=baseline)
+        fig = confusion_figure(report, title=title, baselines=baselines)
         fig.savefig(tmp["png"], format="png", dpi=100, bbox_inches="tight", pad_inches=0.15)
     return paths
 
 
 def confusion_figure(report: AccuracyReport, *, title: str | None = None,
-                     baseline: AccuracyReport | None = None) -> Any:
+                     baselines: Sequence[Baseline] = ()) -> Any:
     """A matplotlib figure of the confusion matrix (Agg canvas, no window, no pyplot state).
 
     Colours are row-normalised (each reference class sums to 1, so the diagonal reads as the
@@ -176,7 +191,7 @@ def confusion_figure(report: AccuracyReport, *, title: str | None = None,
     Args:
         report: the accuracy report.
         title: the figure title; OA, AA and kappa are always shown under it.
-        baseline: a per-pixel baseline on the same pixels; its OA is shown too.
+        baselines: baselines scored on the same pixels; their OA is shown too.
 
     Returns:
         A :class:`matplotlib.figure.Figure`.
@@ -228,8 +243,8 @@ def confusion_figure(report: AccuracyReport, *, title: str | None = None,
 
     summary = (f"OA {pct(report.overall_accuracy)} %   AA {pct(report.average_accuracy)} %   "
                f"kappa {pct(report.kappa)}   n = {report.n_pixels}")
-    if baseline is not None:
-        summary += f"\nper-pixel baseline: OA {pct(baseline.overall_accuracy)} %"
+    for b in baselines:
+        summary += f"\n{b.name}: OA {pct(b.report.overall_accuracy)} %"
     heading = title.replace("$", r"\$") if title else None
     # Above the heatmap *and* its colour bar, wrapped to the figure's width: a long title
     # (the held-out report's names pixels, shots and seed) must not run into the colour bar.

@@ -11,7 +11,8 @@ from diffclip_cli.errors import InputError
 from diffclip_cli.io.raster import Scene
 from diffclip_cli.sampling.unlabelled import sample_unlabelled
 
-__all__ = ["METHODS", "BandStats", "SceneStats", "band_stats", "compute_stats"]
+__all__ = ["METHODS", "BandStats", "ContextStats", "Projection", "SceneStats", "band_stats",
+           "compute_stats"]
 
 #: Normalisation methods: robust percentiles (default) or mean and standard deviation.
 METHODS = ("percentile", "meanstd")
@@ -101,29 +102,149 @@ class BandStats:
                    str(data.get("method", "percentile")))
 
 
+@dataclass(frozen=True, eq=False)
+class Projection:
+    """A linear map of normalised HSI bands onto their leading principal components.
+
+    Attributes:
+        mean: ``(C,)`` mean of the normalised bands.
+        components: ``(n, C)`` orthonormal rows, the leading principal axes (each with its
+            largest coefficient positive, so a fit is reproducible to the sign).
+    """
+
+    mean: np.ndarray
+    components: np.ndarray
+
+    def __post_init__(self) -> None:
+        mean = np.asarray(self.mean, np.float64).ravel()
+        comp = np.asarray(self.components, np.float64)
+        if comp.ndim != 2 or comp.shape[1] != mean.size or comp.shape[0] < 1:
+            raise ValueError("components must be (n, C) with one mean per band")
+        if not (np.isfinite(mean).all() and np.isfinite(comp).all()):
+            raise ValueError("a projection must be finite")
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "components", comp)
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Projection) and np.array_equal(self.mean, other.mean)
+                and np.array_equal(self.components, other.components))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def bands(self) -> int:
+        """Bands it projects."""
+        return int(self.mean.size)
+
+    @property
+    def size(self) -> int:
+        """Components it keeps."""
+        return int(self.components.shape[0])
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """``(C, h, w)`` normalised bands -> ``(n, h, w)`` float32 components."""
+        if x.ndim != 3 or x.shape[0] != self.bands:
+            raise ValueError(f"expected ({self.bands}, h, w), got {x.shape}")
+        c, h, w = x.shape
+        flat = x.reshape(c, h * w).astype(np.float32, copy=False)
+        comp = self.components.astype(np.float32)
+        out = comp @ flat - (comp @ self.mean.astype(np.float32))[:, None]
+        return out.reshape(self.size, h, w)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types."""
+        return {"mean": [float(v) for v in self.mean],
+                "components": [[float(v) for v in row] for row in self.components]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Projection:
+        """Rebuild from :meth:`to_dict`."""
+        return cls(np.asarray(data["mean"], np.float64),
+                   np.asarray(data["components"], np.float64))
+
+
+@dataclass(frozen=True)
+class ContextStats:
+    """The spatial context a model reads beside each pixel's bands (docs/model.md).
+
+    The HSI modality gets the scene's leading principal components smoothed at every scale,
+    the LiDAR modality its channels smoothed at every scale, each smoothed channel normalised
+    like a band (:mod:`diffclip_cli.sampling.context` computes them).
+
+    Attributes:
+        scales: Gaussian standard deviations in pixels, increasing.
+        projection: the HSI bands' principal components.
+        hsi: statistics of the ``projection.size * len(scales)`` smoothed HSI channels.
+        lidar: statistics of the ``L * len(scales)`` smoothed LiDAR channels, or ``None``.
+    """
+
+    scales: tuple[float, ...]
+    projection: Projection
+    hsi: BandStats
+    lidar: BandStats | None = None
+
+    def __post_init__(self) -> None:
+        scales = tuple(float(s) for s in self.scales)
+        if not scales or any(not s > 0 for s in scales) or list(scales) != sorted(set(scales)):
+            raise ValueError("context scales must be positive and increasing")
+        object.__setattr__(self, "scales", scales)
+        if self.hsi.bands != self.projection.size * len(scales):
+            raise ValueError("the HSI context statistics do not match the projection and scales")
+        if self.lidar is not None and self.lidar.bands % len(scales):
+            raise ValueError("the LiDAR context statistics do not match the scales")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types."""
+        return {"scales": list(self.scales), "projection": self.projection.to_dict(),
+                "hsi": self.hsi.to_dict(),
+                "lidar": None if self.lidar is None else self.lidar.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ContextStats:
+        """Rebuild from :meth:`to_dict`."""
+        lidar = data.get("lidar")
+        return cls(tuple(data["scales"]), Projection.from_dict(data["projection"]),
+                   BandStats.from_dict(data["hsi"]),
+                   None if lidar is None else BandStats.from_dict(lidar))
+
+
 @dataclass(frozen=True)
 class SceneStats:
-    """Normalisation statistics of both modalities.
+    """Normalisation statistics of both modalities, and the spatial context, if any.
 
     Attributes:
         hsi: HSI band statistics.
         lidar: LiDAR channel statistics, or ``None`` without LiDAR.
+        context: the spatial context appended to each modality's bands, or ``None``.
     """
 
     hsi: BandStats
     lidar: BandStats | None = None
+    context: ContextStats | None = None
+
+    def context_bands(self) -> tuple[int, int]:
+        """Channels the context appends to the HSI and to the LiDAR bands."""
+        if self.context is None:
+            return (0, 0)
+        lidar = 0 if self.context.lidar is None else self.context.lidar.bands
+        return (self.context.hsi.bands, lidar)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON types."""
-        return {"hsi": self.hsi.to_dict(),
-                "lidar": None if self.lidar is None else self.lidar.to_dict()}
+        """Plain JSON types (no ``context`` key without context, as files before it)."""
+        out: dict[str, Any] = {"hsi": self.hsi.to_dict(),
+                               "lidar": None if self.lidar is None else self.lidar.to_dict()}
+        if self.context is not None:
+            out["context"] = self.context.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SceneStats:
         """Rebuild from :meth:`to_dict`."""
         lidar = data.get("lidar")
+        context = data.get("context")
         return cls(BandStats.from_dict(data["hsi"]),
-                   None if lidar is None else BandStats.from_dict(lidar))
+                   None if lidar is None else BandStats.from_dict(lidar),
+                   None if context is None else ContextStats.from_dict(context))
 
 
 def band_stats(

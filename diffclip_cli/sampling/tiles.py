@@ -11,7 +11,8 @@ from rasterio.windows import Window
 from diffclip_cli.io.grid import Grid
 from diffclip_cli.io.raster import Scene
 from diffclip_cli.modalities import Modalities
-from diffclip_cli.sampling.normalise import BandStats, SceneStats
+from diffclip_cli.sampling.context import context_halo, model_inputs
+from diffclip_cli.sampling.normalise import SceneStats
 
 __all__ = ["Tile", "TileData", "iter_tiles", "read_tile"]
 
@@ -91,29 +92,22 @@ def iter_tiles(grid: Grid, *, tile_size: int = 256, halo: int = 5) -> Iterator[T
 def read_tile(scene: Scene, tile: Tile, *, stats: SceneStats) -> TileData:
     """Read a tile plus halo, normalised; reflect-padded only where it meets the scene border.
 
-    Only the tile and its halo are read, so memory depends on the tile size, not the scene.
-    The arrays equal the whole normalised scene reflect-padded by ``halo``, cut at the tile.
+    Only the tile and its halo (plus the context's reach, with context) are read, so memory
+    depends on the tile size, not the scene. The arrays equal the whole scene's model inputs
+    (:func:`~diffclip_cli.sampling.context.model_inputs`) reflect-padded by ``halo``, cut at
+    the tile.
     """
     h, w = scene.grid.shape
-    k = tile.halo
+    k = tile.halo + (context_halo(stats.context.scales) if stats.context is not None else 0)
     r0, r1 = max(0, tile.row - k), min(h, tile.row + tile.height + k)
     c0, c1 = max(0, tile.col - k), min(w, tile.col + tile.width + k)
     block = scene.read(((r0, r1), (c0, c1)))
-    pad = ((0, 0), (k - (tile.row - r0), k - (r1 - tile.row - tile.height)),
+    pad = ((k - (tile.row - r0), k - (r1 - tile.row - tile.height)),
            (k - (tile.col - c0), k - (c1 - tile.col - tile.width)))
-
-    def normalised(array: np.ndarray, band_stats: BandStats) -> np.ndarray:
-        # The block is ours: normalise it in place, and copy it into a padded array only at
-        # the scene border (a tile of 144 bands is 40 MB; each copy counts in the peak).
-        array = band_stats.apply(array, inplace=True)
-        return np.pad(array, pad, mode="reflect") if any(map(any, pad)) else array
-
-    hsi = normalised(block.hsi, stats.hsi)
-    lidar = None
-    if block.lidar is not None:
-        if stats.lidar is None:
-            raise ValueError("the scene has LiDAR but the statistics have none")
-        lidar = normalised(block.lidar, stats.lidar)
+    # The block is ours: normalised in place, copied into a padded array only at the scene
+    # border (a tile of 144 bands is 40 MB; each copy counts in the peak).
+    arrays = model_inputs(block.hsi, block.lidar, block.valid, stats=stats, pad=pad,
+                          inplace=True)
     core = block.valid[tile.row - r0:tile.row - r0 + tile.height,
                        tile.col - c0:tile.col - c0 + tile.width]
-    return TileData(tile, Modalities(hsi, lidar), core.copy())
+    return TileData(tile, arrays, core.copy())

@@ -10,6 +10,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from diffclip_cli.io.pixels import as_pixel_arrays, group_by_tile
 from diffclip_cli.io.raster import Scene
 from diffclip_cli.modalities import Modalities
+from diffclip_cli.sampling.context import context_halo, model_inputs
 from diffclip_cli.sampling.normalise import SceneStats
 
 __all__ = ["PadMode", "extract_windows", "read_windows"]
@@ -82,9 +83,10 @@ def read_windows(
     """Normalised windows read from the scene, one region per tile of pixels.
 
     Pixels are grouped by ``tile_size`` tiles; for each group only the pixels' bounding box
-    plus ``size // 2`` around it is read, normalised (NaN -> 0) and reflect-padded where it
-    meets the scene border. The result equals :func:`extract_windows` on the whole normalised
-    scene.
+    plus ``size // 2`` around it (and the context's reach, with context) is read, normalised
+    (NaN -> 0), reflect-padded where it meets the scene border and given its context
+    (:func:`~diffclip_cli.sampling.context.model_inputs`). The result equals
+    :func:`extract_windows` on the whole scene's model inputs.
 
     Args:
         scene: the scene.
@@ -96,7 +98,8 @@ def read_windows(
 
     Returns:
         The windows, in the order of ``rows``/``cols``: ``hsi`` ``(N, C, size, size)`` and
-        ``lidar`` ``(N, L, size, size)`` float32 (``None`` without LiDAR).
+        ``lidar`` ``(N, L, size, size)`` float32 (``None`` without LiDAR); with context, its
+        channels follow each modality's bands.
     """
     size = _check_size(size)
     r, c = as_pixel_arrays(rows, cols)
@@ -107,20 +110,23 @@ def read_windows(
             scene.has_lidar and (stats.lidar is None or stats.lidar.bands != scene.lidar_bands)):
         raise ValueError("the normalisation statistics do not match the scene's band counts")
     half = size // 2
-    hsi = np.empty((r.size, scene.hsi_bands, size, size), np.float32)
-    lidar = (np.empty((r.size, scene.lidar_bands, size, size), np.float32)
+    extra = context_halo(stats.context.scales) if stats.context is not None else 0
+    reach = half + extra
+    hsi_ctx, lidar_ctx = stats.context_bands()
+    hsi = np.empty((r.size, scene.hsi_bands + hsi_ctx, size, size), np.float32)
+    lidar = (np.empty((r.size, scene.lidar_bands + lidar_ctx, size, size), np.float32)
              if scene.has_lidar else None)
     for g in group_by_tile(r, c, tile_size=tile_size):
-        r0, r1 = max(0, g.row_start - half), min(h, g.row_stop + half)
-        c0, c1 = max(0, g.col_start - half), min(w, g.col_stop + half)
+        r0, r1 = max(0, g.row_start - reach), min(h, g.row_stop + reach)
+        c0, c1 = max(0, g.col_start - reach), min(w, g.col_stop + reach)
         block = scene.read(((r0, r1), (c0, c1)))
-        pad = ((0, 0), (half - (g.row_start - r0), half - (r1 - g.row_stop)),
-               (half - (g.col_start - c0), half - (c1 - g.col_stop)))
+        pad = ((reach - (g.row_start - r0), reach - (r1 - g.row_stop)),
+               (reach - (g.col_start - c0), reach - (c1 - g.col_stop)))
+        arrays = model_inputs(block.hsi, block.lidar, block.valid, stats=stats, pad=pad,
+                              inplace=True)
         lr = r[g.index] - g.row_start
         lc = c[g.index] - g.col_start
-        hsi[g.index] = _take(np.pad(stats.hsi.apply(block.hsi), pad, mode="reflect"), lr, lc,
-                             size)
-        if lidar is not None and block.lidar is not None and stats.lidar is not None:
-            lidar[g.index] = _take(np.pad(stats.lidar.apply(block.lidar), pad, mode="reflect"),
-                                   lr, lc, size)
+        hsi[g.index] = _take(arrays.hsi, lr, lc, size)
+        if lidar is not None and arrays.lidar is not None:
+            lidar[g.index] = _take(arrays.lidar, lr, lc, size)
     return Modalities(hsi, lidar)

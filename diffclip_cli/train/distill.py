@@ -319,14 +319,18 @@ def _crops(patches: _Patches, train_map: torch.Tensor, index: np.ndarray, top: n
     return x, train_map[idx, t_rows, t_cols]
 
 
-def _student_config(scene: Scene, window: int, num_classes: int, cfg: DistillConfig
-                    ) -> StudentConfig:
-    """The student of a teacher with ``window`` x ``window`` windows and ``num_classes``."""
+def _student_config(scene: Scene, window: int, num_classes: int, cfg: DistillConfig,
+                    context_bands: tuple[int, int] = (0, 0)) -> StudentConfig:
+    """The student of a teacher with ``window`` x ``window`` windows and ``num_classes``.
+
+    It reads what the teacher reads: the bands, then the context channels of each modality.
+    """
     dilations, pool = default_layout(window)
     if cfg.dilations is not None:
         dilations = cfg.dilations
         pool = max(1, window - 2 * sum(dilations))
-    return StudentConfig(hsi_bands=scene.hsi_bands, lidar_bands=scene.lidar_bands,
+    return StudentConfig(hsi_bands=scene.hsi_bands + context_bands[0],
+                         lidar_bands=scene.lidar_bands + context_bands[1],
                          num_classes=num_classes, hidden=cfg.hidden, dilations=dilations,
                          pool=cfg.pool or pool, heads=cfg.heads, spectral=cfg.spectral)
 
@@ -366,8 +370,8 @@ class DistillProbe:
 
 def probe_distillation(scene: Scene, *, window: int, num_classes: int,
                        config: DistillConfig | None = None, seed: int = 0,
-                       device: str | torch.device = "cpu", steps_timed: int = 8
-                       ) -> DistillProbe:
+                       device: str | torch.device = "cpu", steps_timed: int = 8,
+                       context_bands: tuple[int, int] = (0, 0)) -> DistillProbe:
     """Plan a distillation without running the teacher: its sizes and the cost of a step.
 
     Draws the same pixels :func:`distill_student` will (same seed), and times
@@ -382,6 +386,7 @@ def probe_distillation(scene: Scene, *, window: int, num_classes: int,
         seed: the fewshot seed.
         device: a :class:`torch.device` or a name.
         steps_timed: steps to run (the first two are a warm-up, the others timed).
+        context_bands: the teacher's context channels (``SceneStats.context_bands()``).
     """
     cfg = config or DistillConfig()
     rows, cols, group = _sample_pixels(scene, cfg.pixels, block=cfg.block,
@@ -390,7 +395,7 @@ def probe_distillation(scene: Scene, *, window: int, num_classes: int,
     train_pixels = int((~held).sum())
     steps = cfg.steps if cfg.steps is not None else distill_steps_for(train_pixels,
                                                                       cfg.batch_pixels)
-    student_cfg = _student_config(scene, window, num_classes, cfg)
+    student_cfg = _student_config(scene, window, num_classes, cfg, context_bands)
     half = student_cfg.window // 2
     h, w = scene.grid.shape
     p = _patch_size(rows, cols, (h, w), half)
@@ -407,7 +412,7 @@ def probe_distillation(scene: Scene, *, window: int, num_classes: int,
         # cropped and stepped exactly as distill_student does.
         gen = torch.Generator().manual_seed(seed)
         m = min(n_patches, 64)
-        channels = scene.hsi_bands + scene.lidar_bands
+        channels = student_cfg.in_channels
         fake = _Patches(torch.randn((m, channels, p + 2 * half, p + 2 * half), generator=gen),
                         torch.zeros((m, p, p), dtype=torch.int64), p)
         density = min(1.0, train_pixels / (n_patches * p * p))
@@ -500,7 +505,8 @@ def distill_student(
     if steps is None:
         steps = distill_steps_for(int((~held).sum()), cfg.batch_pixels)
         cfg = dataclasses.replace(cfg, steps=steps)
-    student_cfg = _student_config(scene, teacher.window, teacher.num_classes, cfg)
+    student_cfg = _student_config(scene, teacher.window, teacher.num_classes, cfg,
+                                  stats.context_bands())
     student = StudentNet(student_cfg, seed=seed).to(torch_device)
     patches = _read_patches(scene, rows, cols, half=student.window // 2, stats=stats)
     log_p = np.log(np.clip(probs, 1e-12, None)) / cfg.temperature

@@ -48,12 +48,14 @@ def check_data(net: DiffCLIPNet, data: WindowData) -> None:
     if data.window != w:
         raise ModelError(f"the windows are {data.window} x {data.window} pixels but the model "
                          f"uses {w} x {w}", hint="extract windows of the model's size")
-    if data.hsi_bands != net.hsi_bands:
-        raise ModelError(f"the windows have {data.hsi_bands} HSI bands but the model has "
-                         f"{net.hsi_bands}", hint="use the scene the model was built for")
-    if data.lidar_bands != net.lidar_bands:
-        raise ModelError(f"the windows have {data.lidar_bands} LiDAR channels but the model has "
-                         f"{net.lidar_bands}", hint="give the same LiDAR inputs as the model")
+    # With spatial context the windows carry the context channels after the bands.
+    if data.hsi_bands != net.input_bands["hsi"]:
+        raise ModelError(f"the windows have {data.hsi_bands} HSI channels but the model reads "
+                         f"{net.input_bands['hsi']}", hint="use the scene the model was built for")
+    if data.lidar_bands != (net.input_bands["lidar"] if net.lidar_bands else 0):
+        raise ModelError(f"the windows have {data.lidar_bands} LiDAR channels but the model reads "
+                         f"{net.input_bands['lidar']}",
+                         hint="give the same LiDAR inputs as the model")
 
 
 def centre_crop_resize(

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from diffclip_cli.infer.classify import RunOptions, WriteOptions, classify_scene
-from diffclip_cli.pipeline import BASELINE_METHOD, FewshotResult, PlanFn, fewshot_scene
+from diffclip_cli.pipeline import FewshotResult, PlanFn, fewshot_scene
 from diffclip_cli.progress import Progress, counting
 from diffclip_cli.workflows.common import open_scene
 
@@ -165,7 +165,7 @@ def run_demo(output: Path, *, options: DemoOptions, progress: Progress | None = 
         reports = write_report(result.report, report_stem, overwrite=overwrite, title=title,
                                metadata={"scene": "Salinas-A", "shots": shots, "seed": seed,
                                          "preset": options.preset_label},
-                               baseline=result.baseline, baseline_method=BASELINE_METHOD)
+                               baselines=result.baselines)
         quicklook(outs.pending(map_path), result.bundle.require_classes(), png_path,
                   overwrite=overwrite, title="Salinas-A land cover (diffclip demo)")
     return DemoOutcome(result, result.report, title, model_path, map_path, png_path,

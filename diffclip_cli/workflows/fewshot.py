@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from diffclip_cli.pipeline import BASELINE_METHOD, FewshotResult, PlanFn, fewshot_scene
+from diffclip_cli.pipeline import FewshotResult, PlanFn, fewshot_scene
 from diffclip_cli.progress import Progress
 from diffclip_cli.sampling.defaults import DEFAULT_PRETRAIN_SAMPLES
 from diffclip_cli.workflows.common import (
@@ -201,5 +201,5 @@ def run_fewshot(hsi: str | Path, lidar: list[str] | list[Path] | None, output: P
                              metadata={"model": str(output), "shots": options.shots,
                                        "seed": options.seed, "split": options.split,
                                        "labels": str(options.labels)},
-                             baseline=result.baseline, baseline_method=BASELINE_METHOD)
+                             baselines=result.baselines)
     return FewshotOutcome(result, title, paths)

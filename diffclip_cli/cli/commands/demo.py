@@ -56,7 +56,7 @@ def demo(
     on every labelled pixel not used for training, and a quicklook PNG, all in OUTPUT/.
     Salinas-A has no LiDAR, so the model is HSI-only.
     """
-    from diffclip_cli.report.render import baseline_verdict, rich_table
+    from diffclip_cli.report.render import baseline_verdicts, rich_table
     from diffclip_cli.workflows.demo import DemoOptions, run_demo
 
     level = start(verbose, quiet)
@@ -74,9 +74,8 @@ def demo(
     result = outcome.result
     if level >= 0:
         console.print(rich_table(outcome.report, title=outcome.title))
-    if result.baseline is not None:
-        console.print(baseline_verdict(outcome.report, result.baseline), highlight=False,
-                      soft_wrap=True)
+    for verdict in baseline_verdicts(outcome.report, result.baselines):
+        console.print(verdict, highlight=False, soft_wrap=True)
     seconds = time.perf_counter() - began
     console.print(f"Done in {seconds:.0f} s. Model: {outcome.model}  Map: {outcome.map} "
                   f"({outcome.valid_pixels:,} pixels)  Quicklook: {outcome.quicklook}")

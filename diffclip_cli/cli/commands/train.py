@@ -316,7 +316,7 @@ def fewshot(
     --preset the tiny recipe is sized to a 10-minute budget; --time-budget sets another.
     """
     from diffclip_cli.model.device import resolve_device
-    from diffclip_cli.report.render import baseline_verdict, rich_table
+    from diffclip_cli.report.render import baseline_verdicts, rich_table
     from diffclip_cli.workflows.common import OverrideError
     from diffclip_cli.workflows.fewshot import FewshotOptions, run_fewshot
 
@@ -362,7 +362,6 @@ def fewshot(
         return
     if level >= 0:
         console.print(rich_table(result.report, title=outcome.title))
-    if result.baseline is not None:
-        console.print(baseline_verdict(result.report, result.baseline), highlight=False,
-                      soft_wrap=True)
+    for verdict in baseline_verdicts(result.report, result.baselines):
+        console.print(verdict, highlight=False, soft_wrap=True)
     console.print("Report: " + ", ".join(str(p) for p in outcome.report_paths.values()))

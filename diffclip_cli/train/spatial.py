@@ -1,0 +1,96 @@
+"""Which spatial context a scene gets: decided from its labelled pixels, before any training.
+
+The network can read, beside each pixel's bands, the scene's leading principal components
+smoothed at a few scales (:mod:`diffclip_cli.sampling.context`). That is worth 20 OA points
+where land cover comes in wide fields and costs points where classes are small or mixed, and
+nothing in the unlabelled pixels says which. The labelled ones do: the spectral-spatial
+baseline (:func:`~diffclip_cli.report.baseline.spectral_spatial_svm`) scores, by
+leave-one-out on the shots alone, an SVM on the bands alone and on the bands with the context
+up to each scale, and the network gets the context the best of those had (none when the bands
+alone win or tie). No test pixel is looked at.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from diffclip_cli.io.raster import Scene
+from diffclip_cli.model.config import ModelConfig
+from diffclip_cli.report.baseline import SpatialChoice, spectral_spatial_svm
+from diffclip_cli.sampling.context import compute_context, read_context, scene_projection
+from diffclip_cli.sampling.normalise import Projection, SceneStats
+
+__all__ = ["ContextChoice", "choose_context"]
+
+log = logging.getLogger("diffclip")
+
+
+@dataclass(frozen=True)
+class ContextChoice:
+    """The statistics a network trains with, and how the context in them was chosen.
+
+    Attributes:
+        stats: the band statistics with the chosen context (or none).
+        choice: the cross-validation behind it; ``None`` when the configuration offers no
+            context (nothing was compared).
+        projection: the scene's principal components (``None`` without candidates), for the
+            spectral-spatial baseline to reuse.
+    """
+
+    stats: SceneStats
+    choice: SpatialChoice | None
+    projection: Projection | None
+
+    def to_dict(self) -> dict[str, object]:
+        """What a model's provenance records of the choice."""
+        if self.choice is None:
+            return {"scales": []}
+        return {"scales": list(self.choice.scales), "folds": self.choice.folds,
+                "cv_accuracy": {str(k): round(v, 4) for k, v in self.choice.scores.items()}}
+
+
+def choose_context(
+    scene: Scene,
+    stats: SceneStats,
+    config: ModelConfig,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    class_ids: np.ndarray,
+    *,
+    seed: int,
+) -> ContextChoice:
+    """The context of ``config.context_scales`` that the shots at ``rows``/``cols`` support.
+
+    Args:
+        scene: the scene.
+        stats: its band statistics (any context in them is replaced).
+        config: the network's configuration (its candidate scales and components).
+        rows: rows of the training pixels.
+        cols: their columns.
+        class_ids: their classes.
+        seed: the seed of the projection's and the statistics' pixel samples.
+
+    Returns:
+        The statistics with the chosen context, and the choice.
+    """
+    scales = tuple(float(s) for s in config.context_scales)
+    base = SceneStats(stats.hsi, stats.lidar)
+    if not scales:
+        return ContextChoice(base, None, None)
+    projection = scene_projection(scene, base, n_components=config.context_components,
+                                  seed=seed)
+    bands, smooth = read_context(scene, rows, cols, stats=base, projection=projection,
+                                 scales=scales)
+    _, choice = spectral_spatial_svm((bands, smooth), np.asarray(class_ids), None,
+                                     scales=scales)
+    log.info("Spatial context: %s (cross-validated accuracy on the shots: %s).",
+             f"scales up to {choice.scales[-1]:g} px" if choice.scales else "none",
+             ", ".join(f"{'bands' if k == 0 else f'<= {k:g}'} {100 * v:.0f} %"
+                       for k, v in choice.scores.items()))
+    chosen = compute_context(scene, base, choice.scales,
+                             n_components=config.context_components, seed=seed,
+                             projection=projection)
+    return ContextChoice(chosen, choice, projection)
