@@ -567,16 +567,14 @@ class _Runner:
             lab = self.labels
             self._context = {key: choose_context(
                 self.scene, self.stats(seed), self.config.preset.model,
-                lab.rows[split.train], lab.cols[split.train], lab.class_ids[split.train],
-                seed=seed)}
+                lab.rows[split.train], lab.cols[split.train], lab.class_ids[split.train])}
         return self._context[key]
 
     def spatial_features(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """The spectral-spatial baseline's features of every labelled pixel."""
         if seed not in self._spatial:
             stats = self.stats(seed)
-            projection = scene_projection(self.scene, stats,
-                                          n_components=SPATIAL_COMPONENTS, seed=seed)
+            projection = scene_projection(self.scene, stats, n_components=SPATIAL_COMPONENTS)
             self._spatial = {seed: read_context(self.scene, self.labels.rows, self.labels.cols,
                                                 stats=stats, projection=projection,
                                                 scales=SPATIAL_SCALES)}

@@ -679,7 +679,7 @@ def _prepare(scene: Scene, labels: LabelSet, request: _Request) -> _Prepared:
         train_px = chosen.train
         context = choose_context(scene, compute_stats(scene, seed=seed), preset.model,
                                  labels.rows[train_px], labels.cols[train_px],
-                                 labels.class_ids[train_px], seed=seed)
+                                 labels.class_ids[train_px])
         stats = context.stats
     tic = time.perf_counter()
     train = _windows(scene, labels.rows[chosen.train], labels.cols[chosen.train],

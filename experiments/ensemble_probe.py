@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import lab  # noqa: E402
+import lab
 
-from diffclip_cli.model.config import load_preset  # noqa: E402
-from diffclip_cli.pipeline import fewshot_scene, predict_pixels, pretrain_scene  # noqa: E402
-from diffclip_cli.sampling.normalise import compute_stats  # noqa: E402
-from diffclip_cli.train.spatial import choose_context  # noqa: E402
+from diffclip_cli.model.config import load_preset
+from diffclip_cli.pipeline import fewshot_scene, predict_pixels, pretrain_scene
+from diffclip_cli.sampling.normalise import compute_stats
+from diffclip_cli.train.spatial import choose_context
 
 
 def main() -> None:
@@ -53,7 +53,7 @@ def main() -> None:
             seed = 1000 * split_seed + pseed
             ctx = choose_context(s.scene, compute_stats(s.scene, seed=seed), preset.model,
                                  lab_.rows[split.train], lab_.cols[split.train],
-                                 lab_.class_ids[split.train], seed=seed)
+                                 lab_.class_ids[split.train])
             stage1 = pretrain_scene(s.scene, preset=preset, samples=args.samples, seed=seed,
                                     stats=ctx.stats)
             probs = []

@@ -17,17 +17,17 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import lab  # noqa: E402
+import lab
 
-from benchmarks.baselines import rbf_svm  # noqa: E402
-from diffclip_cli.report.baseline import (  # noqa: E402
+from benchmarks.baselines import rbf_svm
+from diffclip_cli.report.baseline import (
     SPATIAL_COMPONENTS,
     SPATIAL_SCALES,
     _svm_predict,
     spectral_spatial_svm,
 )
-from diffclip_cli.sampling.context import read_context, scene_projection  # noqa: E402
-from diffclip_cli.sampling.normalise import compute_stats  # noqa: E402
+from diffclip_cli.sampling.context import read_context, scene_projection
+from diffclip_cli.sampling.normalise import compute_stats
 
 CELLS = {"indian_pines": (2, 5, 10), "salinas_a": (2,), "jasper_ridge": (2, 5),
          "eo_learn": (2, 5)}

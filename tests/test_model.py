@@ -170,8 +170,8 @@ def test_noise_steps_limits_the_timesteps_drawn_and_keeps_the_signal():
     assert torch.equal(paper.sqrt_abar, limited.sqrt_abar)
     cpu = load_preset("cpu")
     assert cpu.model.noise_steps == 100 and load_preset("paper").model.noise_steps == 0
-    assert dataclasses.replace(cpu.model, noise_steps=0, pixel_readout=False, context_scales=()) \
-        == load_preset("tiny").model
+    assert dataclasses.replace(cpu.model, noise_steps=0, pixel_readout=False, context_scales=(),
+                               context_components=30) == load_preset("tiny").model
 
 
 def test_any_channel_counts_and_hsi_only():

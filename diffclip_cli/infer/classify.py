@@ -378,7 +378,9 @@ def _classify(
     classes = bundle.require_classes()
     tile_size = run.tile_size
     if tile_size is None:
-        tile_size = auto_tile_size(scene.hsi_bands + scene.lidar_bands)
+        # the network's input channels: the bands and any spatial context the model reads
+        tile_size = auto_tile_size(scene.hsi_bands + scene.lidar_bands
+                                   + sum(bundle.scene_stats.context_bands()))
     # The tiles read their own windows; chunks larger than a tile let most windows (core and
     # halo) be one read. Nothing computes these arrays whole.
     arrays = scene_arrays(scene, chunks=max(1024, tile_size))

@@ -78,7 +78,7 @@ TILE_BYTES = 12 * 2**20
 
 
 def auto_tile_size(channels: int) -> int:
-    """The default tile edge for inputs of ``channels`` bands in all (HSI plus LiDAR).
+    """The default tile edge for inputs of ``channels`` bands in all (HSI, LiDAR, context).
 
     The largest multiple of 32 between 64 and :data:`DEFAULT_TILE_SIZE` whose float32 tile
     fits :data:`TILE_BYTES`: 256 up to 48 bands, 128 for 144 + 1, 96 for 204.
@@ -617,7 +617,8 @@ def predict(
         band_names=list(names) if spectrum and isinstance(names, Sequence)
         and not isinstance(names, str) and len(names) == h.shape[0] else None)
     if tile_size is None:
-        tile_size = auto_tile_size(int(h.shape[0]) + (0 if lid is None else int(lid.shape[0])))
+        tile_size = auto_tile_size(int(h.shape[0]) + (0 if lid is None else int(lid.shape[0]))
+                                   + sum(bundle.scene_stats.context_bands()))
     if tile_size < MIN_TILE_SIZE:
         raise ValueError(f"tile size must be at least {MIN_TILE_SIZE} pixels, got {tile_size}")
     lazy = isinstance(h.data, da.Array) or (lid is not None and isinstance(lid.data, da.Array))

@@ -251,7 +251,10 @@ class ModelConfig(ConfigBase):
             cross-validation of the spectral-spatial baseline (docs/model.md, "Spatial
             context"). Where fields are wide (Indian Pines) it is worth 20 OA points; where
             classes are small or mixed the choice is none.
-        context_components: principal components of the HSI bands the context smooths.
+        context_components: principal components of the HSI bands the context smooths; 0:
+            all of them (every spectral direction, each smoothed channel normalised on its
+            own: the noise of the minor components averages out at field scale, and what is
+            left separates crops the leading ones do not; docs/model.md).
         beta_start: first beta of the linear schedule.
         beta_end: last beta of the linear schedule.
         init_temperature: initial softmax temperature ``tau`` (learnable).
@@ -324,8 +327,8 @@ class ModelConfig(ConfigBase):
         check(all(s > 0 for s in scales) and scales == sorted(set(scales)),
               f"context_scales must be positive and increasing, got {scales}",
               "use e.g. [1, 2, 4, 8, 16], or [] for no spatial context")
-        check(self.context_components >= 1,
-              f"context_components must be at least 1, got {self.context_components}")
+        check(self.context_components >= 0,
+              f"context_components must be 0 (all) or more, got {self.context_components}")
         check(self.context_length >= 3,
               f"context_length must be at least 3, got {self.context_length}")
         check(self.init_temperature > 0,

@@ -272,8 +272,8 @@ def score_baselines(scene: Scene, labels: LabelSet, split: Split, *, stats: Scen
         labels: the labelled pixels (valid ones).
         split: training and test indices into ``labels``.
         stats: the scene's band statistics (the spatial baseline's normalisation).
-        seed: the forest's seed and the projection's sample seed.
-        projection: the scene's principal components, when already fitted (same seed).
+        seed: the forest's seed.
+        projection: the scene's principal components, when already fitted.
 
     Returns:
         The per-pixel baseline, then the spectral-spatial one.
@@ -292,7 +292,7 @@ def score_baselines(scene: Scene, labels: LabelSet, split: Split, *, stats: Scen
     forest = random_forest(values(train), train.class_ids, values(test), seed=seed)
     base = _Stats(stats.hsi, stats.lidar)
     if projection is None:
-        projection = scene_projection(scene, base, n_components=SPATIAL_COMPONENTS, seed=seed)
+        projection = scene_projection(scene, base, n_components=SPATIAL_COMPONENTS)
     features = [read_context(scene, part.rows, part.cols, stats=base, projection=projection,
                              scales=SPATIAL_SCALES) for part in (train, test)]
     svm, choice = spectral_spatial_svm(features[0], train.class_ids, features[1])

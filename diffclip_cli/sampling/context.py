@@ -40,6 +40,8 @@ from diffclip_cli.sampling.normalise import (
 from diffclip_cli.sampling.unlabelled import sample_unlabelled
 
 __all__ = [
+    "CONTEXT_SAMPLES",
+    "SCENE_SEED",
     "TRUNCATE",
     "compute_context",
     "context_halo",
@@ -52,6 +54,12 @@ __all__ = [
 
 #: Gaussian kernels are cut at this many standard deviations (0.3 % of the weight beyond).
 TRUNCATE = 3.0
+#: Pixels sampled to fit the projection and the context's statistics (every valid pixel of a
+#: scene with fewer), drawn with :data:`SCENE_SEED`: these describe the scene, not a run, so
+#: a run's seed does not move them (nor, through them, the context a split is given).
+CONTEXT_SAMPLES = 50_000
+#: The seed of those samples.
+SCENE_SEED = 0
 
 
 def context_halo(scales: Sequence[float]) -> int:
@@ -62,18 +70,20 @@ def context_halo(scales: Sequence[float]) -> int:
 def fit_projection(values: np.ndarray, n_components: int) -> Projection:
     """Principal axes of ``(N, C)`` normalised band values (``min(n_components, C, N)`` kept).
 
+    ``n_components = 0`` keeps them all (a rotation of the bands).
+
     Raises:
-        ValueError: fewer than two samples or ``n_components < 1``.
+        ValueError: fewer than two samples or ``n_components < 0``.
     """
     v = np.asarray(values, np.float64)
     if v.ndim != 2 or v.shape[0] < 2:
         raise ValueError(f"need (N, C) values with N >= 2, got shape {v.shape}")
-    if n_components < 1:
-        raise ValueError("n_components must be at least 1")
+    if n_components < 0:
+        raise ValueError("n_components must be 0 (all) or more")
     v = np.nan_to_num(v)
     mean = v.mean(axis=0)
     _, _, vt = np.linalg.svd(v - mean, full_matrices=False)
-    comp = vt[: min(n_components, vt.shape[0])]
+    comp = vt[: min(n_components or vt.shape[0], vt.shape[0])]
     signs = np.sign(comp[np.arange(comp.shape[0]), np.abs(comp).argmax(axis=1)])
     return Projection(mean, comp * np.where(signs == 0, 1.0, signs)[:, None])
 
@@ -82,8 +92,8 @@ def _sample(scene: Scene, samples: int, seed: int) -> tuple[np.ndarray, np.ndarr
     return sample_unlabelled(scene, samples, seed=seed, warn=False)
 
 
-def scene_projection(scene: Scene, stats: SceneStats, *, n_components: int, seed: int,
-                     samples: int = 20_000) -> Projection:
+def scene_projection(scene: Scene, stats: SceneStats, *, n_components: int,
+                     seed: int = SCENE_SEED, samples: int = CONTEXT_SAMPLES) -> Projection:
     """:func:`fit_projection` on a seeded sample of the scene's valid pixels (read by tiles)."""
     rows, cols = _sample(scene, samples, seed)
     values = scene.read_pixels(rows, cols)
@@ -256,9 +266,9 @@ def compute_context(
     scales: Sequence[float],
     *,
     n_components: int,
-    seed: int,
+    seed: int = SCENE_SEED,
     projection: Projection | None = None,
-    samples: int = 20_000,
+    samples: int = CONTEXT_SAMPLES,
 ) -> SceneStats:
     """``stats`` with the spatial context at ``scales`` (none for empty ``scales``).
 

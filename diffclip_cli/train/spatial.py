@@ -59,8 +59,6 @@ def choose_context(
     rows: np.ndarray,
     cols: np.ndarray,
     class_ids: np.ndarray,
-    *,
-    seed: int,
 ) -> ContextChoice:
     """The context of ``config.context_scales`` that the shots at ``rows``/``cols`` support.
 
@@ -71,7 +69,6 @@ def choose_context(
         rows: rows of the training pixels.
         cols: their columns.
         class_ids: their classes.
-        seed: the seed of the projection's and the statistics' pixel samples.
 
     Returns:
         The statistics with the chosen context, and the choice.
@@ -80,8 +77,9 @@ def choose_context(
     base = SceneStats(stats.hsi, stats.lidar)
     if not scales:
         return ContextChoice(base, None, None)
-    projection = scene_projection(scene, base, n_components=config.context_components,
-                                  seed=seed)
+    # The projection and the context's statistics describe the scene: fixed samples
+    # (sampling/context.py), so a run's seed does not change the choice for a given split.
+    projection = scene_projection(scene, base, n_components=config.context_components)
     bands, smooth = read_context(scene, rows, cols, stats=base, projection=projection,
                                  scales=scales)
     _, choice = spectral_spatial_svm((bands, smooth), np.asarray(class_ids), None,
@@ -91,6 +89,5 @@ def choose_context(
              ", ".join(f"{'bands' if k == 0 else f'<= {k:g}'} {100 * v:.0f} %"
                        for k, v in choice.scores.items()))
     chosen = compute_context(scene, base, choice.scales,
-                             n_components=config.context_components, seed=seed,
-                             projection=projection)
+                             n_components=config.context_components, projection=projection)
     return ContextChoice(chosen, choice, projection)
