@@ -86,11 +86,11 @@ def engine_alone(hsi: Path, lidar: Path, model: Path, repeats: int) -> float:
     """Seconds of ``predict_tile`` over the scene's tiles (read beforehand), best repeat."""
     from diffclip_cli.infer.engine import TileEngine
     from diffclip_cli.io.raster import Scene
-    from diffclip_cli.model.modelfile import build_classifier, load_model
+    from diffclip_cli.model.modelfile import build_classifiers, load_model
     from diffclip_cli.sampling.tiles import iter_tiles, read_tile
 
     bundle = load_model(model)
-    engine = TileEngine(build_classifier(bundle))
+    engine = TileEngine(build_classifiers(bundle))
     stats = bundle.scene_stats
     with Scene.open(hsi, lidar) as scene:
         tiles = [read_tile(scene, t, stats=stats)

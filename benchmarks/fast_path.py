@@ -50,7 +50,7 @@ from diffclip_cli.infer.fast import FastEngine
 from diffclip_cli.io.labels import read_labels
 from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.config import load_preset
-from diffclip_cli.model.modelfile import build_classifier, load_model, save_model
+from diffclip_cli.model.modelfile import build_classifiers, load_model, save_model
 from diffclip_cli.pipeline import fewshot_scene
 from diffclip_cli.report.metrics import AccuracyReport
 from diffclip_cli.sampling.shots import sample_shots
@@ -106,14 +106,14 @@ def run_scene(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         if cached:  # quick iterations on the student only; the reported run has no cache
             assert cache is not None
             teacher_bundle = load_model(cache / f"{name}-teacher.pt")
-            classifier = build_classifier(teacher_bundle)
+            classifier = build_classifiers(teacher_bundle)
             labels = labels.drop_invalid(scene)
             split = sample_shots(labels, args.shots, seed=args.seed)
         else:
             res = fewshot_scene(scene, labels, shots=args.shots, preset=preset,
                                 pretrain_samples=args.pretrain_samples, seed=args.seed,
                                 evaluate=False)
-            teacher_bundle, classifier = res.bundle, res.classifier
+            teacher_bundle, classifier = res.bundle, res.members
             labels, split = res.labels, res.split
             if cache is not None:
                 cache.mkdir(parents=True, exist_ok=True)

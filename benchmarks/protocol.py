@@ -78,7 +78,12 @@ from diffclip_cli.model.modelfile import (
     save_model,
 )
 from diffclip_cli.model.network import DiffCLIPNet
-from diffclip_cli.pipeline import DEFAULT_PRETRAIN_SAMPLES, fewshot_scene, pretrain_scene
+from diffclip_cli.pipeline import (
+    DEFAULT_PRETRAIN_SAMPLES,
+    fewshot_scene,
+    member_seed,
+    pretrain_scene,
+)
 from diffclip_cli.progress import ProgressEvent
 from diffclip_cli.report.baseline import (
     SPATIAL_COMPONENTS,
@@ -505,15 +510,19 @@ def _device_text(dev: torch.device) -> str:
             f"{torch.get_num_threads()} torch threads)")
 
 
-def _score_linear_head(scene: Scene, model: LinearHeadClassifier, test: LabelSet, *,
-                       window: int, stats: SceneStats, batch_size: int | None) -> AccuracyReport:
+def _score_linear_head(scene: Scene, models: Sequence[LinearHeadClassifier], test: LabelSet,
+                       *, window: int, stats: SceneStats, batch_size: int | None
+                       ) -> AccuracyReport:
+    """The mean probabilities of the members (as the full method's ensemble is scored)."""
     ids = np.asarray(test.classes.ids)
     predicted = np.empty(len(test), np.int64)
     for start in range(0, len(test), _CHUNK):
         sl = slice(start, start + _CHUNK)
         batch = read_windows(scene, test.rows[sl], test.cols[sl], size=window, stats=stats)
-        probs = model.predict_proba(batch.hsi, batch.lidar, batch_size=batch_size or 1024)
-        predicted[sl] = ids[probs.argmax(axis=1)]
+        probs = sum(np.asarray(m.predict_proba(batch.hsi, batch.lidar,
+                                               batch_size=batch_size or 1024))
+                    for m in models)
+        predicted[sl] = ids[np.asarray(probs).argmax(axis=1)]
     return AccuracyReport.from_labels(test.class_ids, predicted, test.classes)
 
 
@@ -669,13 +678,18 @@ class _Runner:
             train = labels.subset(split.train)
             batch = read_windows(self.scene, train.rows, train.cols, size=window, stats=stats)
             data = WindowData(batch, train.index)
-            model = LinearHeadClassifier(build_network(start), num_classes=len(labels.classes),
-                                         seed=seed)
-            finetune_linear_head(model, data, cfg.preset.finetune, seed=seed, device=self.device,
-                                 progress=report)
+            # As many members as the full method averages, each with its own head seed.
+            models = []
+            for member in range(cfg.preset.finetune.members):
+                s = member_seed(seed, member)
+                model = LinearHeadClassifier(build_network(start),
+                                             num_classes=len(labels.classes), seed=s)
+                finetune_linear_head(model, data, cfg.preset.finetune, seed=s,
+                                     device=self.device, progress=report)
+                models.append(model)
             timings = {"train": time.perf_counter() - tic}
             tic = time.perf_counter()
-            result = _score_linear_head(self.scene, model, labels.subset(split.test),
+            result = _score_linear_head(self.scene, models, labels.subset(split.test),
                                         window=window, stats=stats,
                                         batch_size=cfg.batch_size)
             timings["evaluate"] = time.perf_counter() - tic

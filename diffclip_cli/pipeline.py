@@ -34,7 +34,7 @@ from diffclip_cli.model.config import Preset
 from diffclip_cli.model.device import resolve_device
 from diffclip_cli.model.modelfile import (
     ModelBundle,
-    build_classifier,
+    build_classifiers,
     build_network,
     bundle_from_classifier,
     bundle_from_network,
@@ -106,6 +106,8 @@ class PretrainResult:
         history: one record per epoch.
         seconds: wall time of the stage.
         plan: the schedule planned before training (with a budget or ``on_plan``).
+        members: every fine-tuned classifier (``finetune.members`` of them; the model's
+            probabilities are their mean).
     """
 
     bundle: ModelBundle
@@ -122,7 +124,7 @@ class FewshotResult:
 
     Attributes:
         bundle: the ``classifier`` model, ready to save.
-        classifier: the fine-tuned classifier.
+        classifier: the fine-tuned classifier (an ensemble's first member).
         labels: the labels used (invalid pixels dropped).
         split: training (shots) and test indices into ``labels``.
         report: accuracy on the test pixels (every labelled pixel not trained on), or ``None``
@@ -134,6 +136,8 @@ class FewshotResult:
         finetune_history: stage-2 records.
         timings: seconds per stage (``total``: the whole call).
         plan: the schedule planned before training (with a budget or ``on_plan``).
+        members: every fine-tuned classifier (``finetune.members`` of them; the model's
+            probabilities are their mean).
     """
 
     bundle: ModelBundle
@@ -146,6 +150,7 @@ class FewshotResult:
     timings: dict[str, float] = field(default_factory=dict)
     baselines: list[Baseline] = field(default_factory=list)
     plan: Plan | None = None
+    members: list[DiffCLIPClassifier] = field(default_factory=list)
 
 
 def _inputs(scene: Scene) -> dict[str, Any]:
@@ -397,7 +402,8 @@ def plan_training(
         finetune_batch=preset.finetune.batch_size,
         distill_steps=0 if probe is None else probe.steps,
         distill_pixels=0 if probe is None else probe.pixels,
-        score_pixels=max(0, score_pixels))
+        score_pixels=max(0, score_pixels),
+        members=preset.finetune.members)
     if budget is None:
         recipe, fits = full, True
     else:
@@ -744,6 +750,31 @@ def plan_fewshot(
     return _plan_prepared(scene, _prepare(scene, labels, request), request, started=begin)
 
 
+def member_seed(seed: int, member: int) -> int:
+    """The seed of an ensemble member's head (member 0 keeps the run's seed)."""
+    return seed if member == 0 else derive_seed(seed, f"finetune/member{member}")
+
+
+def _finetune_members(net: DiffCLIPNet, train: WindowData, prompts: Sequence[str],
+                      preset: Preset, *, seed: int, device: torch.device,
+                      progress: Progress | None
+                      ) -> list[tuple[DiffCLIPClassifier, list[dict[str, Any]]]]:
+    """``preset.finetune.members`` classifiers fine-tuned from copies of ``net``."""
+    n = preset.finetune.members
+    log.info("Fine-tuning %s on %d labelled windows (%d classes).",
+             "one classifier" if n == 1 else f"{n} classifiers (averaged)", len(train),
+             len(prompts))
+    out = []
+    for member in range(n):
+        start = net if member == n - 1 else copy.deepcopy(net)  # the last takes the original
+        s = member_seed(seed, member)
+        classifier = DiffCLIPClassifier(start, vocabulary=Vocabulary.build(prompts), seed=s)
+        history = finetune(classifier, train, prompts, preset.finetune, seed=s,
+                           device=device, progress=progress)
+        out.append((classifier, history))
+    return out
+
+
 @_restores_threads
 def fewshot_scene(
     scene: Scene,
@@ -844,11 +875,10 @@ def fewshot_scene(
         timings["pretrain"] = stage1.seconds
 
     start = time.perf_counter()
-    classifier = DiffCLIPClassifier(net, vocabulary=Vocabulary.build(prompts), seed=seed)
-    log.info("Fine-tuning on %d labelled windows (%d classes).", len(train),
-             len(labels.classes))
-    history = finetune(classifier, train, prompts, preset.finetune, seed=seed, device=device,
-                       progress=progress)
+    members = _finetune_members(net, train, prompts, preset, seed=seed, device=device,
+                                progress=progress)
+    classifier, history = members[0]
+    classifiers = [m for m, _ in members]
     timings["finetune"] = time.perf_counter() - start + prep.read_seconds
 
     counts = np.bincount(labels.index[chosen.train], minlength=len(labels.classes))
@@ -868,13 +898,13 @@ def fewshot_scene(
     }
     if plan is not None:
         record["plan"] = plan.to_dict()
-    bundle = bundle_from_classifier(classifier.cpu(), preset=preset, stats=stats,
+    bundle = bundle_from_classifier([c.cpu() for c in classifiers], preset=preset, stats=stats,
                                     classes=labels.classes, template=template,
                                     band_names=scene.band_names,
                                     wavelengths=scene.wavelengths, provenance=record)
     if distill is not None:
         start = time.perf_counter()
-        bundle = add_fast_path(scene, bundle, classifier=classifier, seed=seed, device=device,
+        bundle = add_fast_path(scene, bundle, classifier=classifiers, seed=seed, device=device,
                                batch_size=batch_size, progress=progress,
                                config=distill)
         timings["fast path"] = time.perf_counter() - start
@@ -883,7 +913,7 @@ def fewshot_scene(
         start = time.perf_counter()
         report = evaluate_pixels(scene, bundle, labels.subset(chosen.test), device=device,
                                  batch_size=batch_size, progress=progress,
-                                 classifier=classifier)
+                                 classifier=classifiers)
         timings["evaluate"] = time.perf_counter() - start
     bases: list[Baseline] = []
     if report is not None and baseline:
@@ -901,7 +931,7 @@ def fewshot_scene(
         log.info("Took %s (estimated %s).", format_seconds(timings["total"]),
                  format_seconds(plan.total_s))
     return FewshotResult(bundle, classifier, labels, chosen, report, pre_history, history,
-                         timings, baselines=bases, plan=plan)
+                         timings, baselines=bases, plan=plan, members=classifiers)
 
 
 def predict_pixels(
@@ -913,7 +943,7 @@ def predict_pixels(
     device: str | torch.device = "cpu",
     batch_size: int | None = None,
     progress: Progress | None = None,
-    classifier: DiffCLIPClassifier | None = None,
+    classifier: DiffCLIPClassifier | Sequence[DiffCLIPClassifier] | None = None,
 ) -> np.ndarray:
     """Class probabilities ``(N, K)`` of scattered pixels, reading their windows in chunks.
 
@@ -926,10 +956,11 @@ def predict_pixels(
         batch_size: windows per forward pass.
         progress: called with ``"evaluate"`` :class:`~diffclip_cli.progress.ProgressEvent` s
             (pixels).
-        classifier: the bundle's classifier when already built (skips rebuilding it).
+        classifier: the bundle's classifier (or its ensemble's members) when already built
+            (skips rebuilding them).
     """
     bundle.check_inputs(scene.hsi_bands, scene.lidar_bands)
-    engine = TileEngine(classifier or build_classifier(bundle), device=device,
+    engine = TileEngine(classifier or build_classifiers(bundle), device=device,
                         batch_size=batch_size)
     return engine.predict_pixels(scene, rows, cols, stats=bundle.scene_stats,
                                  progress=counting(progress, "evaluate"))
@@ -943,7 +974,7 @@ def evaluate_pixels(
     device: str | torch.device = "cpu",
     batch_size: int | None = None,
     progress: Progress | None = None,
-    classifier: DiffCLIPClassifier | None = None,
+    classifier: DiffCLIPClassifier | Sequence[DiffCLIPClassifier] | None = None,
 ) -> AccuracyReport:
     """Score a classifier on labelled pixels (their classes must be the model's classes).
 

@@ -20,7 +20,7 @@ there and the probabilities come back once per tile; products run in bfloat16 th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -100,11 +100,15 @@ def _num_threads(threads: int | None) -> Iterator[None]:
 
 
 class TileEngine:
-    """Runs a fine-tuned classifier over tiles or windows, deterministically.
+    """Runs a fine-tuned classifier (or an ensemble of them) over tiles or windows.
+
+    Deterministic. With several classifiers (the members of an ensemble,
+    ``finetune.members``) the probabilities are their mean.
 
     Args:
-        classifier: the fine-tuned classifier (moved to ``device``, put in eval mode). Its
-            weights are read when a prediction is made; a change of weights is picked up.
+        classifier: the fine-tuned classifier, or the members of an ensemble (moved to
+            ``device``, put in eval mode; they read the same windows). Their weights are read
+            when a prediction is made; a change of weights is picked up.
         device: a torch device or ``auto``/``cpu``/``cuda[:N]``/``mps``.
         batch_size: windows per forward pass; default by device (:func:`default_batch_size`).
         precision: ``"fp32"`` or ``"bf16"`` (matrix products and attention in bfloat16,
@@ -120,11 +124,22 @@ class TileEngine:
         ValueError: an unknown precision or a non-positive batch size or thread count.
     """
 
-    def __init__(self, classifier: DiffCLIPClassifier, *, device: str | torch.device = "cpu",
-                 batch_size: int | None = None, precision: str | None = None,
-                 threads: int | None = None, onednn: bool | None = None) -> None:
+    def __init__(self, classifier: DiffCLIPClassifier | Sequence[DiffCLIPClassifier], *,
+                 device: str | torch.device = "cpu", batch_size: int | None = None,
+                 precision: str | None = None, threads: int | None = None,
+                 onednn: bool | None = None) -> None:
         self.device = resolve_device(device)
-        self.classifier = classifier.to(self.device).eval()
+        members = [classifier] if isinstance(classifier, DiffCLIPClassifier) else list(classifier)
+        if not members:
+            raise ValueError("an engine needs at least one classifier")
+        self.members = [m.to(self.device).eval() for m in members]
+        self.classifier = self.members[0]
+        first = self.classifier
+        for other in self.members[1:]:
+            if (other.config.window, other.num_classes, other.net.input_bands) != (
+                    first.config.window, first.num_classes, first.net.input_bands):
+                raise ValueError("the members of an ensemble must read the same windows and "
+                                 "have the same classes")
         self.batch_size = batch_size or default_batch_size(self.device)
         self.precision = precision or default_precision(self.device)
         if self.precision not in PRECISIONS:
@@ -133,8 +148,8 @@ class TileEngine:
             raise ValueError("batch_size and threads must be positive")
         self.threads = threads
         self._onednn = onednn
-        self._model: InferenceModel | None = None
-        self._key: tuple[object, ...] | None = None
+        self._models: list[InferenceModel | None] = [None] * len(self.members)
+        self._keys: list[tuple[object, ...] | None] = [None] * len(self.members)
 
     @property
     def window(self) -> int:
@@ -146,16 +161,17 @@ class TileEngine:
         """Number of classes (probability planes)."""
         return self.classifier.num_classes
 
-    def model(self) -> InferenceModel:
-        """The inference form of the classifier, rebuilt when a weight or prompt changed."""
-        clf = self.classifier
+    def model(self, member: int = 0) -> InferenceModel:
+        """The inference form of a member, rebuilt when one of its weights or prompts changed."""
+        clf = self.members[member]
         key = (clf.prompt_ids.data_ptr(), clf.logit_scale.device,
                *((id(t), _version(t)) for t in (*clf.parameters(), *clf.buffers())))
-        if self._model is None or key != self._key:
+        model = self._models[member]
+        if model is None or key != self._keys[member]:
             clf.eval()
-            self._model = InferenceModel(clf, precision=self.precision, onednn=self._onednn)
-            self._key = key
-        return self._model
+            model = InferenceModel(clf, precision=self.precision, onednn=self._onednn)
+            self._models[member], self._keys[member] = model, key
+        return model
 
     # -- moving data --------------------------------------------------------------------
 
@@ -181,14 +197,17 @@ class TileEngine:
                    None if lidar is None else torch.empty(lidar.shape, device="meta"))
         n = hsi.shape[0]
         with _num_threads(self.threads), torch.inference_mode():
-            model = self.model()
-            out = torch.empty(n, self.num_classes, device=self.device)
-            for start in range(0, n, self.batch_size):
-                sl = slice(start, start + self.batch_size)
-                inputs = {"hsi": self._to_device(hsi[sl])}
-                if lidar is not None:
-                    inputs["lidar"] = self._to_device(lidar[sl])
-                out[sl] = model.predict_windows(inputs)
+            out = torch.zeros(n, self.num_classes, device=self.device)
+            for member in range(len(self.members)):
+                model = self.model(member)
+                for start in range(0, n, self.batch_size):
+                    sl = slice(start, start + self.batch_size)
+                    inputs = {"hsi": self._to_device(hsi[sl])}
+                    if lidar is not None:
+                        inputs["lidar"] = self._to_device(lidar[sl])
+                    out[sl] += model.predict_windows(inputs)
+            if len(self.members) > 1:
+                out /= len(self.members)
             return out.cpu().numpy()
 
     def predict_pixels(
@@ -246,23 +265,26 @@ class TileEngine:
         meta = {m: torch.empty((1, a.shape[0], w, w), device="meta") for m, a in arrays.items()}
         self.classifier.net._check(meta["hsi"], meta.get("lidar"))
         with _num_threads(self.threads), torch.inference_mode():
-            model = self.model()
-            d = model.dim
-            views = {m: self._embedded_windows(model, m, arrays[m], (h, wd))
-                     for m in model.modalities}
             r = self._to_device(rows)
             c = self._to_device(cols)
             flat = r * wd + c
             out = torch.zeros(k, h * wd, device=self.device)
-            for start in range(0, rows.size, self.batch_size):
-                rb, cb = r[start:start + self.batch_size], c[start:start + self.batch_size]
-                n = rb.shape[0]
-                seqs = model.new_sequences(n)
-                for i, m in enumerate(model.modalities):
-                    torch.add(views[m][rb, cb].view(n, w * w, d), model.pos_embed,
-                              out=seqs[i * n:(i + 1) * n, 1:])
-                probs = model.probabilities(model.encode(seqs), n)
-                out[:, flat[start:start + n]] = probs.T
+            for member in range(len(self.members)):
+                model = self.model(member)
+                d = model.dim
+                views = {m: self._embedded_windows(model, m, arrays[m], (h, wd))
+                         for m in model.modalities}
+                for start in range(0, rows.size, self.batch_size):
+                    rb, cb = r[start:start + self.batch_size], c[start:start + self.batch_size]
+                    n = rb.shape[0]
+                    seqs = model.new_sequences(n)
+                    for i, m in enumerate(model.modalities):
+                        torch.add(views[m][rb, cb].view(n, w * w, d), model.pos_embed,
+                                  out=seqs[i * n:(i + 1) * n, 1:])
+                    probs = model.probabilities(model.encode(seqs), n)
+                    out[:, flat[start:start + n]] += probs.T
+            if len(self.members) > 1:
+                out /= len(self.members)
             return out.view(k, h, wd).cpu().numpy()
 
     def _embedded_windows(self, model: InferenceModel, modality: str, array: np.ndarray,

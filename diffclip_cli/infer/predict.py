@@ -142,9 +142,9 @@ def make_engine(bundle: ModelBundle, *, fast: bool = False,
 
         return FastEngine(bundle, device=device, batch_size=batch_size)
     from diffclip_cli.infer.engine import TileEngine
-    from diffclip_cli.model.modelfile import build_classifier
+    from diffclip_cli.model.modelfile import build_classifiers
 
-    return TileEngine(build_classifier(bundle), device=device, batch_size=batch_size,
+    return TileEngine(build_classifiers(bundle), device=device, batch_size=batch_size,
                       precision=precision, threads=threads)
 
 

@@ -52,9 +52,11 @@ __all__ = [
     "FORMAT_TAG",
     "FORMAT_VERSION",
     "KINDS",
+    "MEMBERS_KEY",
     "WAVELENGTH_TOLERANCE_NM",
     "ModelBundle",
     "build_classifier",
+    "build_classifiers",
     "build_network",
     "bundle_from_classifier",
     "bundle_from_network",
@@ -750,8 +752,13 @@ def bundle_from_network(
     )
 
 
+#: The key of an ensemble's further members in :attr:`ModelBundle.extras`: a list of their
+#: state dicts (member 0 is the bundle's own ``state_dict``).
+MEMBERS_KEY = "members"
+
+
 def bundle_from_classifier(
-    classifier: DiffCLIPClassifier,
+    classifier: DiffCLIPClassifier | Sequence[DiffCLIPClassifier],
     *,
     preset: Preset,
     stats: SceneStats,
@@ -762,10 +769,13 @@ def bundle_from_classifier(
     extras: dict[str, Any] | None = None,
     wavelengths: Sequence[float] | None = None,
 ) -> ModelBundle:
-    """A ``classifier`` bundle of a fine-tuned classifier.
+    """A ``classifier`` bundle of a fine-tuned classifier (or of an ensemble's members).
 
     Args:
-        classifier: the classifier; its prompts are the classes, in ``classes`` order.
+        classifier: the classifier, its prompts the classes in ``classes`` order; or the
+            members of an ensemble (same architecture and prompts): the first is the
+            bundle's weights, the others go to ``extras["members"]``
+            (:func:`build_classifiers` builds them all).
         preset: the preset used.
         stats: the normalisation statistics.
         classes: the class table (same length and order as the prompts).
@@ -778,6 +788,11 @@ def bundle_from_classifier(
     Raises:
         ModelError: the class table and the prompts differ in length.
     """
+    members = ([classifier] if isinstance(classifier, DiffCLIPClassifier)
+               else list(classifier))
+    if not members:
+        raise ModelError("a classifier bundle needs at least one classifier")
+    classifier = members[0]
     net = classifier.net
     if len(classes) != classifier.num_classes:
         raise ModelError(f"{len(classes)} classes but the classifier has "
@@ -792,6 +807,14 @@ def bundle_from_classifier(
     bundle.vocabulary = classifier.vocabulary
     bundle.state_dict = {k: v.detach().cpu().clone()
                          for k, v in classifier.state_dict().items()}
+    if len(members) > 1:
+        for other in members[1:]:
+            if (other.prompts != classifier.prompts
+                    or other.net.input_bands != net.input_bands):
+                raise ModelError("the members of an ensemble must share prompts and inputs")
+        bundle.extras[MEMBERS_KEY] = [{k: v.detach().cpu().clone()
+                                       for k, v in m.state_dict().items()}
+                                      for m in members[1:]]
     return bundle
 
 
@@ -821,9 +844,28 @@ def build_network(bundle: ModelBundle) -> DiffCLIPNet:
 def build_classifier(bundle: ModelBundle) -> DiffCLIPClassifier:
     """The classifier of a ``classifier`` bundle, weights loaded, in eval mode.
 
+    For an ensemble, its first member (:func:`build_classifiers` gives them all).
+
     Raises:
         ModelError: the bundle is a pretrained model (no classes yet), or is damaged.
     """
+    return _classifier(bundle, bundle.state_dict)
+
+
+def build_classifiers(bundle: ModelBundle) -> list[DiffCLIPClassifier]:
+    """Every member of a ``classifier`` bundle (one unless it is an ensemble), in eval mode.
+
+    Raises:
+        ModelError: the bundle is a pretrained model (no classes yet), or is damaged.
+    """
+    extra = bundle.extras.get(MEMBERS_KEY) or []
+    if not isinstance(extra, list) or not all(isinstance(s, dict) for s in extra):
+        raise ModelError("the ensemble's members are unreadable",
+                         hint="the model file is damaged; re-train it")
+    return [_classifier(bundle, state) for state in (bundle.state_dict, *extra)]
+
+
+def _classifier(bundle: ModelBundle, state: dict[str, torch.Tensor]) -> DiffCLIPClassifier:
     if bundle.kind != "classifier" or bundle.vocabulary is None:
         raise ModelError("this is a pretrained model without classes",
                          hint="fine-tune it on labelled pixels first")
@@ -831,10 +873,10 @@ def build_classifier(bundle: ModelBundle) -> DiffCLIPClassifier:
                       lidar_bands=bundle.lidar_bands,
                       context_bands=bundle.scene_stats.context_bands())
     clf = DiffCLIPClassifier(net, vocabulary=bundle.vocabulary)
-    ids = bundle.state_dict.get("prompt_ids")
+    ids = state.get("prompt_ids")
     if ids is None:
         raise ModelError("the classifier weights lack the prompt tokens",
                          hint="the model file is damaged; re-train it")
     clf.set_token_ids(ids)
-    _load_state(clf, bundle.state_dict)
+    _load_state(clf, state)
     return clf.eval()

@@ -158,6 +158,7 @@ class Recipe:
     distill_steps: int = 0
     distill_pixels: int = 0
     score_pixels: int = 0
+    members: int = 1
 
     @property
     def pretrain_steps(self) -> int:
@@ -168,10 +169,11 @@ class Recipe:
 
     @property
     def finetune_steps(self) -> int:
-        """Stage-2 optimiser steps."""
+        """Stage-2 optimiser steps (every member's)."""
         if self.finetune_windows <= 0:
             return 0
-        return self.finetune_epochs * math.ceil(self.finetune_windows / self.finetune_batch)
+        return (self.members * self.finetune_epochs
+                * math.ceil(self.finetune_windows / self.finetune_batch))
 
     def to_dict(self) -> dict[str, int]:
         """Plain JSON types."""
@@ -222,10 +224,11 @@ def stage_seconds(recipe: Recipe, costs: StepCosts) -> dict[str, float]:
     if r.finetune_steps > 0:
         fine = r.finetune_windows * c.window_read + r.finetune_steps * c.finetune_step
     fast = 0.0
+    infer = c.infer_pixel * max(1, r.members)
     if r.distill_steps > 0:
-        fast = r.distill_pixels * c.infer_pixel + c.distill_read + r.distill_steps * c.distill_step
+        fast = r.distill_pixels * infer + c.distill_read + r.distill_steps * c.distill_step
     return {"setup": c.setup, "pretrain": pre, "finetune": fine, "fast path": fast,
-            "evaluate": r.score_pixels * c.infer_pixel}
+            "evaluate": r.score_pixels * infer}
 
 
 @dataclass(frozen=True)
@@ -392,7 +395,8 @@ class Plan:
                          f"{_count(r.pretrain_epochs, 'epoch')} "
                          f"(~{format_seconds(s['pretrain'])})")
         if r.finetune_windows > 0 and r.finetune_epochs > 0:
-            parts.append(f"fine-tune {_count(r.finetune_epochs, 'epoch')} "
+            times = f"{r.members} x " if r.members > 1 else ""
+            parts.append(f"fine-tune {times}{_count(r.finetune_epochs, 'epoch')} "
                          f"(~{format_seconds(s['finetune'])})")
         if r.distill_steps > 0:
             parts.append(f"fast path {_count(r.distill_steps, 'step')} "

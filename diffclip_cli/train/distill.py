@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +37,7 @@ from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.classifier import DiffCLIPClassifier
 from diffclip_cli.model.config import ConfigBase, check
 from diffclip_cli.model.device import resolve_device
-from diffclip_cli.model.modelfile import ModelBundle, build_classifier
+from diffclip_cli.model.modelfile import ModelBundle, build_classifiers
 from diffclip_cli.model.rng import derive_seed
 from diffclip_cli.model.student import (
     EXTRAS_KEY,
@@ -446,7 +447,7 @@ def distill_student(
     scene: Scene,
     bundle: ModelBundle,
     *,
-    classifier: DiffCLIPClassifier | None = None,
+    classifier: DiffCLIPClassifier | Sequence[DiffCLIPClassifier] | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
     batch_size: int | None = None,
@@ -459,7 +460,8 @@ def distill_student(
     Args:
         scene: the scene the classifier was trained on (or any scene with its bands).
         bundle: a ``classifier`` model; its normalisation statistics are used.
-        classifier: the bundle's classifier when already built (skips rebuilding it).
+        classifier: the bundle's classifier (or its ensemble's members) when already built
+            (skips rebuilding them).
         seed: drives the pixel sample, the held-out split, initialisation and shuffling.
         device: torch device for the teacher and the student's training.
         batch_size: windows per teacher forward pass.
@@ -481,7 +483,7 @@ def distill_student(
     cfg = DistillConfig.from_dict({**(config or DistillConfig()).to_dict(), **options})
     bundle.check_inputs(scene.hsi_bands, scene.lidar_bands)
     torch_device = resolve_device(device)
-    teacher = TileEngine(classifier if classifier is not None else build_classifier(bundle),
+    teacher = TileEngine(classifier if classifier is not None else build_classifiers(bundle),
                          device=torch_device, batch_size=batch_size)
     stats = bundle.scene_stats
     seconds: dict[str, float] = {}
@@ -574,7 +576,7 @@ def add_fast_path(
     scene: Scene,
     bundle: ModelBundle,
     *,
-    classifier: DiffCLIPClassifier | None = None,
+    classifier: DiffCLIPClassifier | Sequence[DiffCLIPClassifier] | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
     batch_size: int | None = None,
@@ -589,7 +591,7 @@ def add_fast_path(
     Args:
         scene: the scene the classifier was trained on.
         bundle: a ``classifier`` model (not modified; a copy is returned).
-        classifier: the bundle's classifier when already built.
+        classifier: the bundle's classifier (or its ensemble's members) when already built.
         seed: the seed of every random choice.
         device: a :class:`torch.device` or a name.
         batch_size: windows per teacher forward pass.
