@@ -43,7 +43,6 @@ import numpy as np
 import torch
 
 from benchmarks.machine import cpu_model
-from benchmarks.synthetic import make_scene, write_scene
 from diffclip_cli.data import salinas_a_dir
 from diffclip_cli.infer.engine import TileEngine
 from diffclip_cli.infer.fast import FastEngine
@@ -55,6 +54,7 @@ from diffclip_cli.pipeline import fewshot_scene
 from diffclip_cli.report.metrics import AccuracyReport
 from diffclip_cli.sampling.shots import sample_shots
 from diffclip_cli.sampling.tiles import iter_tiles, read_tile
+from diffclip_cli.testing import make_scene, write_scene
 from diffclip_cli.train.distill import attach_student, distill_student
 
 

@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("source", nargs="?", help="a folder of .mat files, or the HSI raster")
     p.add_argument("--synthetic", action="store_true",
-                   help="generate the two-modality benchmark scene (benchmarks.synthetic) instead")
+                   help="generate the two-modality benchmark scene (diffclip_cli.testing) instead")
     p.add_argument("--lidar", nargs="*", default=[], help="LiDAR rasters (with an HSI raster)")
     p.add_argument("--labels", help="every labelled pixel (raster or vector)")
     p.add_argument("--train", help="standard training map (fixed split)")
@@ -127,7 +127,7 @@ def _preset(args: argparse.Namespace, name: str) -> Preset:
 
 def _inputs(args: argparse.Namespace, out: Path) -> ProtocolInputs:
     if args.synthetic:
-        from benchmarks.synthetic import make_scene, write_scene
+        from diffclip_cli.testing import make_scene, write_scene
 
         paths = write_scene(make_scene(**SYNTHETIC), out / "data")
         return inputs_from_files(paths["hsi"], lidar=[paths["lidar"]], labels=paths["labels"],

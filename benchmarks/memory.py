@@ -200,12 +200,12 @@ def build_model(folder: Path, hsi_bands: int, seed: int) -> Path:
     of the ``tiny`` preset and of the default fast-path student (only its distillation is
     shortened).
     """
-    from benchmarks.synthetic import make_scene, write_scene
     from diffclip_cli.io.labels import read_labels
     from diffclip_cli.io.raster import Scene
     from diffclip_cli.model.config import load_preset
     from diffclip_cli.model.modelfile import save_model
     from diffclip_cli.pipeline import fewshot_scene
+    from diffclip_cli.testing import make_scene, write_scene
     from diffclip_cli.train.distill import add_fast_path
 
     files = write_scene(make_scene(height=64, width=64, hsi_bands=hsi_bands, n_spectra=3,
@@ -230,7 +230,7 @@ def make_source_tile(folder: Path, edge: int, hsi_bands: int, seed: int) -> Sour
     """
     import rasterio
 
-    from benchmarks.synthetic import make_scene
+    from diffclip_cli.testing import make_scene
 
     syn = make_scene(height=edge, width=edge, hsi_bands=hsi_bands, n_spectra=3, n_heights=2,
                      patch_size=16, seed=seed + 1)

@@ -1,7 +1,7 @@
 """Wall time of training per stage on a generated Trento-sized scene (what `diffclip fewshot` does).
 
 Generates a 166 x 600 scene with 63 HSI bands and 1 LiDAR channel (Trento's size; classes that
-differ in spectrum, in height, or both, see ``benchmarks.synthetic``), writes it as
+differ in spectrum, in height, or both, see ``diffclip_cli.testing``), writes it as
 GeoTIFFs, then runs, for each ``--samples`` value, the same library call as
 ``diffclip fewshot hsi.tif lidar.tif --labels labels.tif --classes classes.csv``
 (``fewshot_scene`` with the fast path, the preset and time budget ``fewshot`` uses without
@@ -44,11 +44,11 @@ if not __package__:
 import torch
 
 from benchmarks.fast_path import machine
-from benchmarks.synthetic import make_scene, write_scene
 from diffclip_cli.io.labels import LabelSet, read_labels
 from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.config import load_preset
 from diffclip_cli.pipeline import DEFAULT_PRETRAIN_SAMPLES, fewshot_scene
+from diffclip_cli.testing import make_scene, write_scene
 from diffclip_cli.train.budget import default_recipe, format_seconds, parse_duration
 
 #: Trento: 166 x 600 pixels, 63 HSI bands, 1 LiDAR channel, 6 classes.

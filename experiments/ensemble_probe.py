@@ -18,13 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import lab
+# Run by path, the script's folder is on sys.path, not the repository root.
+if not __package__:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffclip_cli.model.config import load_preset
 from diffclip_cli.pipeline import fewshot_scene, predict_pixels, pretrain_scene
 from diffclip_cli.sampling.normalise import compute_stats
 from diffclip_cli.train.spatial import choose_context
+from experiments import lab
 
 
 def main() -> None:

@@ -1,24 +1,21 @@
 """Shared helpers of the research scripts: the development scenes and the protocol's splits.
 
-Research code (docs/model.md links the notebook); nothing in the package imports it.
+Research code (experiments/README.md); nothing in the package imports it.
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks.protocol import _all_labels, inputs_from_files
+from diffclip_cli.io.labels import LabelSet
+from diffclip_cli.io.raster import Scene
+from diffclip_cli.sampling.shots import Split, sample_shots
 
-from benchmarks.protocol import _all_labels, inputs_from_files  # noqa: E402
-from diffclip_cli.io.labels import LabelSet  # noqa: E402
-from diffclip_cli.io.raster import Scene  # noqa: E402
-from diffclip_cli.sampling.shots import Split, sample_shots  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DATA = ROOT.parent / "shared" / "data"
 

@@ -18,12 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import lab
+# Run by path, the script's folder is on sys.path, not the repository root.
+if not __package__:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffclip_cli.model.config import load_preset
 from diffclip_cli.pipeline import fewshot_scene
-from diffclip_cli.train.budget import default_recipe
+from diffclip_cli.train.budget import Plan, default_recipe
+from experiments import lab
 
 
 def main() -> None:
@@ -41,7 +43,7 @@ def main() -> None:
     preset = load_preset(name)
     runs = []
     for seed in args.seeds:
-        plans = []
+        plans: list[Plan] = []
         tic = time.perf_counter()
         res = fewshot_scene(s.scene, s.labels, shots=args.shots, preset=preset, split=split,
                             seed=seed, budget=budget, fast=True, on_plan=plans.append)

@@ -1,6 +1,6 @@
 """Fixtures shared by several test modules (support code lives in modules beside it).
 
-Support modules: ``scenes`` (generated scenes: the benchmarks' generator and the messy scene),
+Support modules: ``scenes`` (generated scenes: ``diffclip_cli.testing`` and the messy scene),
 ``rasterdata`` (small GeoTIFFs), ``tinyscene`` (the tiny scene of the command tests),
 ``gdalread``, ``model_windows``.
 """

@@ -1,7 +1,7 @@
 """Generated scenes for the tests: the one place tests get them from.
 
 ``make_scene`` / ``write_scene`` (a two-modality scene with a known answer) are the benchmarks'
-generator (``benchmarks/synthetic.py``, the protocol's ``--synthetic`` scene), used as it is.
+generator (``diffclip_cli/testing.py``, the protocol's ``--synthetic`` scene), used as it is.
 
 The messy scene is on mismatched grids, as a real user would bring it (for CLI tests).
 
@@ -22,7 +22,7 @@ from rasterio.crs import CRS
 from rasterio.warp import Resampling, calculate_default_transform, reproject, transform
 from shapely.geometry import Point
 
-from benchmarks.synthetic import SyntheticScene, make_scene, write_scene
+from diffclip_cli.testing import SyntheticScene, make_scene, write_scene
 
 __all__ = ["MessyScene", "SyntheticScene", "make_scene", "write_messy_scene", "write_scene"]
 

@@ -75,3 +75,27 @@ def test_the_cli_runs_no_workflow_step_itself() -> None:
         if hits:
             offending[str(path.relative_to(PACKAGE))] = hits
     assert offending == {}
+
+
+def test_the_product_tests_import_no_research_or_benchmark_code() -> None:
+    """Only tests/benchmarks/ tests the benchmarks' and the experiments' own code."""
+    tests = Path(__file__).parent
+    offending = {}
+    for path in sorted(tests.rglob("*.py")):
+        if (tests / "benchmarks") in path.parents:
+            continue
+        hits = sorted(name for name in _imported_modules_of_test(path)
+                      if name.split(".")[0] in ("benchmarks", "experiments"))
+        if hits:
+            offending[str(path.relative_to(tests))] = hits
+    assert offending == {}
+
+
+def _imported_modules_of_test(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return names

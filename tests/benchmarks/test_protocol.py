@@ -327,7 +327,7 @@ def test_ablation_switches_change_the_pretraining_as_intended():
 
 
 def test_paired_differences_pool_runs_files_seed_by_seed(run, tmp_path):
-    from benchmarks.paired import paired_differences
+    from experiments.paired import paired_differences
 
     rows = read_runs(run["out"] / "runs.csv")
     got = {(d.shots, d.method): d for d in paired_differences(rows)}
@@ -351,7 +351,7 @@ def test_paired_differences_pool_runs_files_seed_by_seed(run, tmp_path):
 def test_noisy_scene_adds_noise_of_the_asked_size_and_copies_the_rest(salinas_dir, tmp_path):
     import rasterio
 
-    from benchmarks.noisy_scene import main
+    from experiments.noisy_scene import main
 
     target = tmp_path / "noisy"
     assert main([str(salinas_dir), str(target), "--alpha", "2", "--seed", "3"]) == 0
@@ -378,7 +378,7 @@ def test_noisy_scene_keeps_nodata_and_refuses_a_folder_without_a_cube(tmp_path):
     import rasterio
     from rasterdata import write_tif
 
-    from benchmarks.noisy_scene import main
+    from experiments.noisy_scene import main
 
     source = tmp_path / "scene"
     source.mkdir()

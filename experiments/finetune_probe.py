@@ -22,7 +22,7 @@ each member's own score is reported as ``fens<M>-member``).
 
 Example::
 
-    python benchmarks/finetune_probe.py ../shared/data/salinas_a --preset tiny --shots 2 \\
+    python experiments/finetune_probe.py ../shared/data/salinas_a --preset tiny --shots 2 \\
         --seeds 3 --pre random= --pre method= --ft paper= --ft frozen-bn=finetune.freeze_norm:true
 """
 
@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-# Run by path (python benchmarks/finetune_probe.py), the script's folder is on sys.path, not the
+# Run by path (python experiments/finetune_probe.py), the script's folder is on sys.path, not the
 # repository root that holds the 'benchmarks' package; with python -m it already is.
 if not __package__:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -50,7 +50,6 @@ import rasterio
 import torch
 
 from benchmarks.ablations import LinearHeadClassifier, finetune_linear_head
-from benchmarks.pretrain_probe import parse_variant
 from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.classifier import DiffCLIPClassifier
 from diffclip_cli.model.config import Preset, load_preset
@@ -63,6 +62,7 @@ from diffclip_cli.sampling.windows import read_windows
 from diffclip_cli.train.data import WindowData
 from diffclip_cli.train.finetune import class_contrastive_loss, finetune
 from diffclip_cli.train.pretrain import pretrain
+from experiments.pretrain_probe import parse_variant
 
 # the module itself (diffclip_cli.train re-exports the function under the same name)
 ft_module: Any = importlib.import_module("diffclip_cli.train.finetune")

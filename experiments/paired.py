@@ -8,7 +8,7 @@ error rather than counted twice.
 
 Example::
 
-    python benchmarks/paired.py docs/results/fewshot-cpu-pixel-eo-learn/runs.csv \\
+    python experiments/paired.py docs/results/fewshot-cpu-pixel-eo-learn/runs.csv \\
         docs/results/fewshot-cpu-pixel-s10-19-eo-learn/runs.csv
 """
 

@@ -1,7 +1,7 @@
 """Which per-pixel features and classifiers carry a scene's classes, with a few shots.
 
 A research probe for the question "what does a per-pixel model get that the window models do
-not" (docs/model.md, "What pretraining does, measured", sections 7 and 8). For a scene folder
+not" (experiments/notebook.md, sections 7 and 8). For a scene folder
 (hsi.tif, optional lidar.tif, labels.tif): per seed, k labelled pixels per class drawn at
 random (numpy's default_rng(seed), not the protocol's splits; at most half of a class), every
 other labelled pixel scored (or ``--test-pixels`` of them, drawn after the training pixels:
@@ -26,8 +26,8 @@ rounds adding the ``n`` most confident unlabelled pixels per class). Prints OA a
 
 Example::
 
-    python benchmarks/pixel_probe.py ../shared/data/eo_learn --shots 2 5 --seeds 10
-    python benchmarks/pixel_probe.py ../shared/data/salinas_a --mode linear --test-pixels 2000
+    python experiments/pixel_probe.py ../shared/data/eo_learn --shots 2 5 --seeds 10
+    python experiments/pixel_probe.py ../shared/data/salinas_a --mode linear --test-pixels 2000
 """
 
 from __future__ import annotations

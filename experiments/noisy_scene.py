@@ -11,7 +11,7 @@ per class (docs/benchmarks.md, few-shot (g)).
 
 Example::
 
-    python benchmarks/noisy_scene.py ../shared/data/salinas_a /tmp/salinas_noisy2 --alpha 2
+    python experiments/noisy_scene.py ../shared/data/salinas_a /tmp/salinas_noisy2 --alpha 2
 """
 
 from __future__ import annotations

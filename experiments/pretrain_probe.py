@@ -11,7 +11,7 @@ probed, for each variant (preset overrides as ``name=field:value,field:value``).
 
 Example::
 
-    python benchmarks/pretrain_probe.py ../shared/data/jasper_ridge --preset tiny \\
+    python experiments/pretrain_probe.py ../shared/data/jasper_ridge --preset tiny \\
         --epochs 15 --at 5 15 --variant method= --variant cls=model.decoder_input:class
 """
 
