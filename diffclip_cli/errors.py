@@ -9,7 +9,8 @@ code    class                  meaning
 ======  =====================  ==========================================================
 0                              success
 1                              unexpected internal error (a bug: please report it)
-2       DeviceError            command-line usage error (unknown option, bad value, device)
+2       UsageError             command-line usage error (unknown option, bad value, device);
+                               DeviceError and OverrideError are kinds of it
 3       InputError             an input file is missing, unreadable or not what it should be
 4       GridError              inputs do not share a grid: CRS missing or mixed, no overlap
 5       LabelError             labels unusable: empty, unknown field, too few pixels/classes
@@ -23,7 +24,8 @@ As in rasterio (``RasterioIOError(RasterioError, OSError)``), each class also de
 builtin exception that matches it, so code that does not know diffclip can still catch it:
 :class:`InputError` and :class:`OutputError` are :class:`OSError` (a file that cannot be read
 or written), :class:`GridError`, :class:`LabelError`, :class:`ModelError` and
-:class:`DeviceError` are :class:`ValueError` (inputs or options whose values do not fit).
+:class:`UsageError` (with :class:`DeviceError` and :class:`OverrideError`) are
+:class:`ValueError` (inputs or options whose values do not fit).
 :class:`BatchError` and :class:`Interrupted` have no builtin match. Library code that catches
 ``OSError`` or ``ValueError`` from third-party calls lets a :class:`DiffclipError` raised in the
 same block pass unchanged (``except DiffclipError: raise`` first).
@@ -45,6 +47,8 @@ __all__ = [
     "LabelError",
     "ModelError",
     "OutputError",
+    "OverrideError",
+    "UsageError",
 ]
 
 
@@ -110,10 +114,48 @@ class OutputError(DiffclipError, OSError):
     exit_code = 7
 
 
-class DeviceError(DiffclipError, ValueError):
-    """The requested device does not exist on this machine (a usage error, like a bad option)."""
+class UsageError(DiffclipError, ValueError):
+    """A command-line option (or the library argument behind it) that cannot be used."""
 
     exit_code = 2
+
+
+class DeviceError(UsageError):
+    """The requested device does not exist on this machine (a usage error, like a bad option)."""
+
+
+class OverrideError(UsageError):
+    """A recipe override that cannot apply (a usage error of the option that set it).
+
+    Args:
+        key: the preset field, e.g. ``model.window``.
+        value: the value refused.
+        reason: why, as a sentence fragment (the command adds the option's name).
+    """
+
+    def __init__(self, key: str, value: object, reason: str) -> None:
+        self.key, self.value, self.reason = key, value, reason
+        super().__init__(reason)
+
+    @classmethod
+    def misfit(cls, key: str, value: object, preset: str, error: DiffclipError
+               ) -> OverrideError:
+        """``value`` does not fit the preset ``preset``, for the preset's ``error``."""
+        return cls(key, value, f"{value} does not fit the preset {preset!r}: {error.message}"
+                   + (f"; {error.hint}" if error.hint else ""))
+
+    @classmethod
+    def fixed_by_pretrained(cls, key: str, value: object) -> OverrideError:
+        """``key`` belongs to the architecture, which a pretrained model fixes."""
+        return cls(key, value, f"{value} cannot be used with a pretrained model: the "
+                   "pretrained model fixes the architecture, its "
+                   f"{key.partition('.')[2]} included")
+
+    @classmethod
+    def skipped_by_pretrained(cls, key: str, value: object) -> OverrideError:
+        """``key`` sets stage 1, which a pretrained model skips (it would be ignored)."""
+        return cls(key, value, f"{value} cannot be used with a pretrained model: stage 1 "
+                   "(pretraining) is skipped, so it would be ignored")
 
 
 class BatchError(DiffclipError):

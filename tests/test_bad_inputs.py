@@ -1,4 +1,4 @@
-"""Issue 7: every mistake a new user can make ends in one sentence, a documented exit code,
+"""Every mistake a new user can make ends in one sentence, a documented exit code,
 no traceback (unless -v), and no output file that looks complete when it is not.
 
 Everything goes through the real commands (typer's CliRunner, or a real subprocess where a

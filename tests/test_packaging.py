@@ -21,6 +21,8 @@ from diffclip_cli.errors import (
     LabelError,
     ModelError,
     OutputError,
+    OverrideError,
+    UsageError,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,9 +69,13 @@ def test_errors_are_also_the_matching_builtins() -> None:
     # rasterio's style: RasterioIOError(RasterioError, OSError); exit codes stay the tree's.
     for cls in (InputError, OutputError):
         assert issubclass(cls, DiffclipError) and issubclass(cls, OSError)
-    for cls in (GridError, LabelError, ModelError, DeviceError):
+    for cls in (GridError, LabelError, ModelError, DeviceError, UsageError, OverrideError):
         assert issubclass(cls, DiffclipError) and issubclass(cls, ValueError)
-    assert DeviceError.exit_code == EXIT_CODES["usage error"]
+    assert DeviceError.exit_code == EXIT_CODES["usage error"] == UsageError.exit_code
+    assert issubclass(DeviceError, UsageError) and issubclass(OverrideError, UsageError)
+    override = OverrideError.fixed_by_pretrained("model.window", 7)
+    assert (override.key, override.value) == ("model.window", 7)
+    assert override.exit_code == 2 and "pretrained model" in str(override)
     err = OutputError("disk full", path="map.tif", hint="free some space")
     assert str(err) == "map.tif: disk full; free some space."
     from diffclip_cli.model import device

@@ -1,5 +1,5 @@
 """The Python API on arrays (``diffclip_cli.load_model`` / ``diffclip_cli.predict``) and its
-equality with ``diffclip classify`` (issue 15)."""
+equality with ``diffclip classify``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The tiny scene the command tests of issues 7 and 14 share, and their helpers.
+"""The tiny scene the command tests share (bad inputs, reliability, the array API), and helpers.
 
 A 24 x 28 scene with 8 HSI bands (one NaN pixel, one nodata pixel), a DSM, GeoPackage label
 points of four classes, an untrained pretrained model and classifier for it (an untrained

@@ -26,4 +26,18 @@ def setup_logging(verbosity: int) -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
     logger.propagate = False
+    # GDAL's messages reach Python through rasterio's loggers; a failure they report is an
+    # error of ours already (one sentence), so they are shown only with -v, never raw.
+    gdal = logging.getLogger("rasterio")
+    if not any(isinstance(h, logging.NullHandler) for h in gdal.handlers):
+        gdal.addHandler(logging.NullHandler())
+    for h in [h for h in gdal.handlers if isinstance(h, RichHandler)]:
+        gdal.removeHandler(h)
+    if verbosity > 0:
+        gdal.addHandler(logger.handlers[0])
+    gdal.propagate = False
+    if verbosity <= 0:
+        from diffclip_cli.io.gdal import quiet_libtiff
+
+        quiet_libtiff()
     logging.captureWarnings(True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from diffclip_cli.errors import InputError, ModelError
+from diffclip_cli.errors import InputError, ModelError, OverrideError
 
 if TYPE_CHECKING:
     import torch
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from diffclip_cli.io.raster import Scene
     from diffclip_cli.model.config import Preset
 
-__all__ = ["OverrideError", "TrainingOptions", "about_model", "open_scene", "override_preset",
+__all__ = ["TrainingOptions", "about_model", "open_scene", "override_preset",
            "read_label_file",
            "warn_if_out_of_distribution"]
 
@@ -119,39 +119,6 @@ class TrainingOptions:
     def __post_init__(self) -> None:
         if self.budget is not None and not self.budget > 0:
             raise ValueError(f"budget must be a positive number of seconds, not {self.budget}")
-
-
-class OverrideError(ValueError):
-    """An override that cannot apply (a usage error of the option that set it).
-
-    Attributes:
-        key: the preset field, e.g. ``model.window``.
-        value: the value refused.
-        reason: why (the message; the command adds the option's name).
-    """
-
-    def __init__(self, key: str, value: Any, reason: str) -> None:
-        self.key, self.value, self.reason = key, value, reason
-        super().__init__(reason)
-
-    @classmethod
-    def misfit(cls, key: str, value: Any, preset: str, error: ModelError) -> OverrideError:
-        """``value`` does not fit the preset ``preset``, for the preset's ``error``."""
-        return cls(key, value, f"{value} does not fit the preset {preset!r}: {error.message}"
-                   + (f"; {error.hint}" if error.hint else ""))
-
-    @classmethod
-    def fixed_by_pretrained(cls, key: str, value: Any) -> OverrideError:
-        """``key`` belongs to the architecture, which a pretrained model fixes."""
-        return cls(key, value, f"{value} cannot be used with a pretrained model: the "
-                   "pretrained model fixes the architecture, its "
-                   f"{key.partition('.')[2]} included")
-
-    @classmethod
-    def skipped_by_pretrained(cls, key: str, value: Any) -> OverrideError:
-        """``key`` sets stage 1, which a pretrained model skips (it would be ignored)."""
-        return cls(key, value, f"{value} cannot be used with a pretrained model: stage 1 "
-                   "(pretraining) is skipped, so it would be ignored")
 
 
 def override_preset(preset: Preset, overrides: Mapping[str, Any]) -> Preset:

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from diffclip_cli.errors import OverrideError
 from diffclip_cli.pipeline import FewshotResult, PlanFn, fewshot_scene
 from diffclip_cli.progress import Progress
 from diffclip_cli.sampling.defaults import DEFAULT_PRETRAIN_SAMPLES
 from diffclip_cli.workflows.common import (
-    OverrideError,
     TrainingOptions,
     open_scene,
     override_preset,

@@ -47,9 +47,9 @@ from diffclip_cli.train.budget import (
 )
 
 if TYPE_CHECKING:
+    from diffclip_cli.errors import OverrideError
     from diffclip_cli.model.config import Preset
     from diffclip_cli.train.budget import Plan
-    from diffclip_cli.workflows.common import OverrideError
 
 log = logging.getLogger("diffclip")
 
@@ -157,7 +157,8 @@ def _overrides(*, window: int | None = None, mask_ratio: float | None = None,
 
 def _overridden(preset: Preset, overrides: dict[str, Any]) -> Preset:
     """``preset`` with ``overrides``; one that does not fit is a usage error of its option."""
-    from diffclip_cli.workflows.common import OverrideError, override_preset
+    from diffclip_cli.errors import OverrideError
+    from diffclip_cli.workflows.common import override_preset
 
     try:
         return override_preset(preset, overrides)
@@ -309,15 +310,16 @@ def fewshot(
 
     SHOTS labelled pixels per class are drawn at random (with --seed); every other labelled
     pixel is held out and only used for the accuracy report, which is printed and saved next
-    to the model (MODEL.report.json/.md/.csv/.png) with a per-pixel baseline scored on the
-    same pixels. `diffclip classify` then uses the model.
+    to the model (MODEL.report.json/.md/.csv/.png) with two baselines scored on the same
+    pixels (a per-pixel random forest and a spectral-spatial SVM). `diffclip classify` then
+    uses the model.
 
     Before training, a plan line gives the schedule and its estimated time. On a CPU without
-    --preset the tiny recipe is sized to a 10-minute budget; --time-budget sets another.
+    --preset the cpu recipe is sized to a 10-minute budget; --time-budget sets another.
     """
+    from diffclip_cli.errors import OverrideError
     from diffclip_cli.model.device import resolve_device
     from diffclip_cli.report.render import baseline_verdicts, rich_table
-    from diffclip_cli.workflows.common import OverrideError
     from diffclip_cli.workflows.fewshot import FewshotOptions, run_fewshot
 
     level = start(verbose, quiet)
