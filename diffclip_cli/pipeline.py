@@ -48,7 +48,7 @@ from diffclip_cli.report.baseline import SPATIAL_COMPONENTS, Baseline, score_bas
 from diffclip_cli.report.metrics import AccuracyReport
 from diffclip_cli.sampling.defaults import DEFAULT_PRETRAIN_SAMPLES
 from diffclip_cli.sampling.normalise import SceneStats, compute_stats
-from diffclip_cli.sampling.shots import Split, sample_shots, spatial_split
+from diffclip_cli.sampling.shots import Split, draw_split
 from diffclip_cli.sampling.unlabelled import sample_unlabelled
 from diffclip_cli.sampling.windows import read_windows
 from diffclip_cli.train.budget import (
@@ -499,13 +499,7 @@ def _split(labels: LabelSet, shots: int, *, seed: int, mode: str
 
     See :func:`_drop_classes_without_shots`.
     """
-    if mode == "random":
-        split = sample_shots(labels, shots, seed=seed)  # logs its own warnings
-    elif mode == "spatial":
-        split = spatial_split(labels, shots, seed=seed)
-    else:
-        raise ValueError(f"unknown split {mode!r}: use 'random' or 'spatial'")
-    return _drop_classes_without_shots(labels, split)
+    return _drop_classes_without_shots(labels, draw_split(labels, shots, seed=seed, mode=mode))
 
 
 def _plural(n: int, word: str) -> str:

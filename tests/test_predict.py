@@ -126,13 +126,14 @@ def test_bad_inputs_are_clear_errors(tiny, messy):
         diffclip_cli.predict(model, hsi)  # the model reads LiDAR
     with pytest.raises(ModelError, match="band"):
         diffclip_cli.predict(model, hsi[:5], lidar)
-    with pytest.raises(GridError, match="reproject_match"):
-        diffclip_cli.predict(model, hsi, lidar[:, :-2])
-    shifted = lidar.assign_coords(x=lidar["x"] + 1000.0)
-    with pytest.raises(GridError, match="pixel grid"):
-        diffclip_cli.predict(model, hsi, shifted)
+    # another grid cannot be co-registered without georeferencing on both sides
+    bare = xr.DataArray(lidar.values[:, :-2], dims=("band", "y", "x"))
+    with pytest.raises(GridError, match="no georeferencing"):
+        diffclip_cli.predict(model, hsi, bare)
+    no_crs = lidar.drop_vars("spatial_ref").rio.write_transform(lidar.rio.transform())
+    assert no_crs.rio.crs is None
     with pytest.raises(GridError, match="CRS"):
-        diffclip_cli.predict(model, hsi, lidar.rio.write_crs("EPSG:4326"))
+        diffclip_cli.predict(model, hsi, no_crs)
     with pytest.raises(TypeError, match="DataArray"):
         diffclip_cli.predict(model, hsi.values.tolist(), lidar)
     with pytest.raises(ValueError, match="band, y, x"):
@@ -154,3 +155,44 @@ def test_importing_the_package_loads_no_heavy_library():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == ""
+
+
+def test_lidar_on_another_grid_is_co_registered_as_the_command_does(messy, tmp_path):
+    """The messy scene's LiDAR is in Web Mercator at 3 m and stops short of the east edge."""
+    from diffclip_cli.io.classes import ClassTable
+    from diffclip_cli.model.classifier import DiffCLIPClassifier
+    from diffclip_cli.model.config import load_preset
+    from diffclip_cli.model.modelfile import bundle_from_classifier, save_model
+    from diffclip_cli.model.network import DiffCLIPNet
+    from diffclip_cli.model.prompts import build_prompts
+    from diffclip_cli.model.text import Vocabulary
+    from diffclip_cli.sampling.normalise import compute_stats
+
+    names = ["a", "b", "c"]
+    preset = load_preset("tiny")
+    with Scene.open(messy.hsi, [messy.lidar]) as scene:
+        stats = compute_stats(scene, seed=0, n_samples=500)
+        net = DiffCLIPNet(preset.model, hsi_bands=scene.hsi_bands, lidar_bands=1, seed=3)
+    prompts = build_prompts(names, template="p4")
+    clf = DiffCLIPClassifier(net, vocabulary=Vocabulary.build(prompts), prompts=prompts, seed=3)
+    table = ClassTable([{"id": i + 1, "name": n} for i, n in enumerate(names)])
+    model = save_model(bundle_from_classifier(clf.eval(), preset=preset, stats=stats,
+                                              classes=table, template="p4"),
+                       tmp_path / "m.pt")
+    out = tmp_path / "map.tif"
+    invoke("classify", messy.hsi, messy.lidar, "--model", model, "-o", out,
+           "--probabilities", tmp_path / "p.tif", "--tile-size", 16, code=0)
+    hsi = rioxarray.open_rasterio(messy.hsi, chunks={"y": 16, "x": 16})
+    lidar = rioxarray.open_rasterio(messy.lidar)
+    assert lidar.rio.crs != hsi.rio.crs and lidar.shape[1:] != hsi.shape[1:]
+    got = diffclip_cli.predict(diffclip_cli.load_model(model), hsi, lidar, probabilities=True,
+                               tile_size=16).compute()
+    with rasterio.open(tmp_path / "p.tif") as src:
+        cli_probs = src.read()
+    valid = cli_probs[0] >= 0
+    # the pixels the LiDAR does not reach are nodata in both
+    np.testing.assert_array_equal(np.isfinite(got["probabilities"].values[0]), valid)
+    assert not valid[:, -3:].any() and valid[:, :40].mean() > 0.95
+    np.testing.assert_allclose(got["probabilities"].values[:, valid], cli_probs[:, valid],
+                               rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(got["classes"].values, _read(out))

@@ -9,7 +9,7 @@ import rasterio
 import torch
 
 from diffclip_cli.data import salinas_a_dir
-from diffclip_cli.errors import DeviceError, OutputError
+from diffclip_cli.errors import DeviceError, OutputError, OverrideError
 from diffclip_cli.model.config import load_preset
 from diffclip_cli.model.modelfile import load_model
 from diffclip_cli.workflows.classify import (
@@ -18,7 +18,6 @@ from diffclip_cli.workflows.classify import (
     WriteOptions,
     run_classify,
 )
-from diffclip_cli.workflows.common import OverrideError
 from diffclip_cli.workflows.demo import DemoOptions, run_demo
 from diffclip_cli.workflows.fewshot import FewshotOptions
 from diffclip_cli.workflows.pretrain import PretrainOptions, checkpoint_path, run_pretrain
@@ -142,7 +141,8 @@ def test_classify_hands_its_option_objects_down_with_the_device_resolved(tiny, t
     assert seen["write"] is write
     assert seen["run"] == RunOptions(tile_size=16, batch_size=64, device=torch.device("cpu"),
                                      threads=1)
-    assert summary["confidence"] == str(tmp_path / "c.tif")
+    assert summary.confidence == tmp_path / "c.tif" and summary.engine == "faithful"
+    assert summary.to_dict()["confidence"] == str(tmp_path / "c.tif")
     with rasterio.open(tmp_path / "m.tif") as m:
         assert m.compression is not None and m.compression.name == "lzw"
     assert ClassifyOptions(model=tiny.model).run.device == "auto"  # as the commands default

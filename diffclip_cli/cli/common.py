@@ -52,6 +52,10 @@ def start(verbose: bool, quiet: bool) -> int:
     """Set up logging for a command from ``-v``/``-q``; returns the verbosity level."""
     level = verbosity(verbose, quiet)
     setup_logging(level)
+    if level <= 0:  # libtiff's own stderr lines only with -v (io/gdal.py)
+        from diffclip_cli.io.gdal import quiet_libtiff
+
+        quiet_libtiff()
     return level
 
 

@@ -36,8 +36,4 @@ def setup_logging(verbosity: int) -> None:
     if verbosity > 0:
         gdal.addHandler(logger.handlers[0])
     gdal.propagate = False
-    if verbosity <= 0:
-        from diffclip_cli.io.gdal import quiet_libtiff
-
-        quiet_libtiff()
     logging.captureWarnings(True)

@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
 
 import numpy as np
 
@@ -493,25 +493,71 @@ def _as_dataarray(value: Any, what: str) -> xr.DataArray:
                     f"(band, y, x), got {type(value).__name__}")
 
 
-def _same_grid(hsi: xr.DataArray, lidar: xr.DataArray) -> None:
-    """GridError unless the LiDAR lies on the HSI's pixel grid."""
+def _same_grid(hsi: xr.DataArray, lidar: xr.DataArray) -> bool:
+    """Whether the LiDAR lies on the HSI's pixel grid (GridError where it cannot be brought).
+
+    Raises:
+        GridError: the two differ and at least one lacks a CRS or a transform to co-register
+            them with.
+    """
     from diffclip_cli.io.arrays import grid_of
 
-    hint = ("bring it onto the HSI grid first, e.g. lidar = lidar.rio.reproject_match(hsi), "
-            "or classify the files with `diffclip classify`, which co-registers them")
-    if hsi.shape[1:] != lidar.shape[1:]:
-        raise GridError(f"the LiDAR array is {lidar.shape[2]} x {lidar.shape[1]} pixels but "
-                        f"the HSI is {hsi.shape[2]} x {hsi.shape[1]}", hint=hint)
+    hint = ("give both arrays a CRS and a transform (rioxarray reads them from the files), "
+            "or classify the files with `diffclip classify`")
     a, b = grid_of(hsi), grid_of(lidar)
+    same_shape = hsi.shape[1:] == lidar.shape[1:]
     if a is None or b is None:
-        return
-    if (a.crs is None) != (b.crs is None) or (a.crs is not None and a.crs != b.crs):
+        if not same_shape:
+            raise GridError(f"the LiDAR array is {lidar.shape[2]} x {lidar.shape[1]} pixels "
+                            f"but the HSI is {hsi.shape[2]} x {hsi.shape[1]}, and one of them "
+                            "has no georeferencing to bring it onto the other", hint=hint)
+        return True
+    if (a.crs is None) != (b.crs is None):
         raise GridError(f"the LiDAR array's CRS ({b.crs}) is not the HSI's ({a.crs})",
                         hint=hint)
-    if not a.transform.almost_equals(b.transform, precision=1e-9 * max(map(abs, a.res))):
-        raise GridError("the LiDAR array is not on the HSI's pixel grid (its transform "
-                        f"{tuple(b.transform)[:6]} differs from {tuple(a.transform)[:6]})",
-                        hint=hint)
+    if a.crs is None:
+        if not same_shape or not a.transform.almost_equals(
+                b.transform, precision=1e-9 * max(map(abs, a.res))):
+            raise GridError("the LiDAR array is not on the HSI's pixel grid and neither has "
+                            "a CRS to co-register them with", hint=hint)
+        return True
+    return bool(same_shape and a.crs == b.crs and a.transform.almost_equals(
+        b.transform, precision=1e-9 * max(map(abs, a.res))))
+
+
+def _onto_grid(lidar: xr.DataArray, hsi: xr.DataArray, resampling: str) -> xr.DataArray:
+    """The LiDAR resampled onto the HSI's grid as ``diffclip classify`` does it.
+
+    The same GDAL warp as :class:`~diffclip_cli.io.raster.Scene` (``resampling``, a fixed
+    kernel scale, NaN outside the LiDAR), done in memory: the LiDAR's values are read whole
+    (a few channels), the result has the HSI's coordinates and chunks.
+    """
+    import xarray as xr
+    from rasterio.warp import reproject
+
+    from diffclip_cli.io.arrays import grid_of
+    from diffclip_cli.io.raster import RESAMPLING, kernel_scale
+
+    a, b = grid_of(hsi), grid_of(lidar)
+    assert a is not None and b is not None
+    values = _decode_of(lidar)(np.asarray(lidar.values))
+    out = np.full((values.shape[0], a.height, a.width), np.nan, np.float32)
+    res = (abs(b.transform.a), abs(b.transform.e))
+    options = kernel_scale(b.transform, (b.height, b.width), res, b.crs, a)
+    reproject(values, out, src_transform=b.transform, src_crs=b.crs, src_nodata=np.nan,
+              dst_transform=a.transform, dst_crs=a.crs, dst_nodata=np.nan,
+              resampling=RESAMPLING[resampling], **options)
+    coords = {name: hsi.coords[name] for name in ("y", "x") if name in hsi.coords}
+    if "band" in lidar.coords:
+        coords["band"] = lidar.coords["band"]
+    moved = xr.DataArray(out, dims=("band", "y", "x"), coords=coords,
+                         attrs={"long_name": lidar.attrs.get("long_name")}
+                         if "long_name" in lidar.attrs else {})
+    moved = moved.rio.write_crs(a.crs).rio.write_transform(a.transform)
+    chunks = getattr(hsi.data, "chunks", None)
+    if chunks is not None:
+        moved = moved.chunk({"band": -1, "y": chunks[1], "x": chunks[2]})
+    return moved
 
 
 def _class_attrs(classes: ClassTable, engine: str) -> dict[str, Any]:
@@ -542,6 +588,41 @@ def _wrap(data: da.Array, like: xr.DataArray, dims: Sequence[str], attrs: dict[s
     return array.rio.write_nodata(nodata, encoded=False)
 
 
+@overload
+def predict(
+    model: ModelBundle | str | os.PathLike[str],
+    hsi: Any,
+    lidar: Any = None,
+    *,
+    probabilities: Literal[False] = False,
+    fast: bool = False,
+    tile_size: int | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device = "cpu",
+    precision: str | None = None,
+    threads: int | None = None,
+    resampling: str = "bilinear",
+) -> xr.DataArray: ...
+
+
+@overload
+def predict(
+    model: ModelBundle | str | os.PathLike[str],
+    hsi: Any,
+    lidar: Any = None,
+    *,
+    probabilities: Literal[True],
+    fast: bool = False,
+    tile_size: int | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device = "cpu",
+    precision: str | None = None,
+    threads: int | None = None,
+    resampling: str = "bilinear",
+) -> xr.Dataset: ...
+
+
+@overload
 def predict(
     model: ModelBundle | str | os.PathLike[str],
     hsi: Any,
@@ -554,7 +635,24 @@ def predict(
     device: str | torch.device = "cpu",
     precision: str | None = None,
     threads: int | None = None,
-) -> Any:
+    resampling: str = "bilinear",
+) -> xr.DataArray | xr.Dataset: ...
+
+
+def predict(
+    model: ModelBundle | str | os.PathLike[str],
+    hsi: Any,
+    lidar: Any = None,
+    *,
+    probabilities: bool = False,
+    fast: bool = False,
+    tile_size: int | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device = "cpu",
+    precision: str | None = None,
+    threads: int | None = None,
+    resampling: str = "bilinear",
+) -> xr.DataArray | xr.Dataset:
     """Classify every pixel of a scene given as arrays.
 
     Args:
@@ -565,7 +663,10 @@ def predict(
             on; NaN (or the DataArray's ``rio.nodata``) marks nodata, and ``scale_factor`` /
             ``add_offset`` attributes (``open_rasterio`` without ``mask_and_scale``) are
             applied.
-        lidar: the LiDAR on the same pixel grid, or ``None`` for an HSI-only model.
+        lidar: the LiDAR, or ``None`` for an HSI-only model. On another grid (both arrays
+            with a CRS and a transform, as rioxarray reads them), it is resampled onto the
+            HSI's as ``diffclip classify`` does (``resampling``, a fixed kernel scale, NaN
+            where it does not reach), in memory.
         probabilities: also return the class probabilities and the confidence.
         fast: use the model's distilled fast path.
         tile_size: tile core edge in pixels (memory grows with its square); default from
@@ -575,6 +676,8 @@ def predict(
             ("cpu"; cluster workers always use theirs).
         precision: ``"fp32"`` or ``"bf16"`` products (faithful engine).
         threads: torch intra-op threads while a tile runs (faithful engine).
+        resampling: how LiDAR on another grid is resampled (``"bilinear"``, ``"nearest"``,
+            ``"cubic"``; the command's default is bilinear).
 
     Returns:
         A DataArray ``(y, x)`` of class ids (0 where any input band is nodata; uint8, uint16
@@ -588,7 +691,8 @@ def predict(
     Raises:
         ModelError: the model has no classes or no fast path, or its bands are not the
             input's.
-        GridError: the LiDAR is not on the HSI's grid.
+        GridError: the LiDAR is on another grid and one of the arrays lacks the CRS or the
+            transform to co-register them.
         TypeError / ValueError: inputs that are not (band, y, x) arrays, a tile size below
             16.
     """
@@ -603,8 +707,8 @@ def predict(
     classes = bundle.require_classes()
     h = _as_dataarray(hsi, "HSI")
     lid = None if lidar is None else _as_dataarray(lidar, "LiDAR")
-    if lid is not None:
-        _same_grid(h, lid)
+    if lid is not None and not _same_grid(h, lid):
+        lid = _onto_grid(lid, h, resampling)
     names = h.attrs.get("long_name")
     wavelengths = h.attrs.get("wavelength")
     # The band counts always; the bands themselves (and the warnings) only when
@@ -637,7 +741,7 @@ def predict(
     grid = grid_of(h)
     attrs = _class_attrs(classes, out.engine)
     labels = _wrap(out.labels, h, ("y", "x"), attrs, 0, grid).rename("classes")
-    result: Any = labels
+    result: xr.DataArray | xr.Dataset = labels
     if probabilities:
         conf = _wrap(out.confidence, h, ("y", "x"),
                      {"long_name": "confidence (top class probability)"}, np.nan, grid)

@@ -33,8 +33,18 @@ from diffclip_cli.io.names import RasterSource, display_name, is_gdal_name, rast
 from diffclip_cli.io.pixels import apply_transform, as_pixel_arrays, group_by_tile
 from diffclip_cli.modalities import MaskedModalities
 
-__all__ = ["RESAMPLING", "RasterSource", "Scene", "as_window",
-           "band_wavelengths", "display_name", "is_gdal_name", "open_raster", "raster_source"]
+__all__ = [
+    "RESAMPLING",
+    "RasterSource",
+    "Scene",
+    "as_window",
+    "band_wavelengths",
+    "display_name",
+    "is_gdal_name",
+    "kernel_scale",
+    "open_raster",
+    "raster_source",
+]
 
 log = logging.getLogger("diffclip")
 
@@ -240,6 +250,38 @@ _EXACT_IN_FLOAT32 = frozenset(np.dtype(t) for t in ("uint8", "int8", "uint16", "
                                                      "float32"))
 
 
+def kernel_scale(transform: Any, shape: tuple[int, int], res: tuple[float, float], crs: Any,
+                 grid: Grid) -> dict[str, str]:
+    """A fixed resampling-kernel scale (GDAL's ``XSCALE``/``YSCALE`` warp options).
+
+    GDAL otherwise estimates the source/destination pixel ratio per processed chunk, which
+    makes values depend (slightly) on the window asked for. The ratio is measured at the
+    source's centre, in the grid's units.
+
+    Args:
+        transform: the source's affine transform.
+        shape: the source's ``(height, width)``.
+        res: the source's pixel size.
+        crs: the source's CRS.
+        grid: the grid it is resampled onto.
+    """
+    g = grid
+    try:
+        cx, cy = (float(v) for v in apply_transform(transform, shape[1] / 2, shape[0] / 2))
+        rx, ry = res
+        pts = transform_geom(crs, g.crs, {
+            "type": "MultiPoint",
+            "coordinates": [(cx, cy), (cx + rx, cy), (cx, cy - ry)]})["coordinates"]
+        (x0, y0), (x1, y1), (x2, y2) = [p[:2] for p in pts]
+        sx = math.hypot(x1 - x0, y1 - y0) / g.res[0]
+        sy = math.hypot(x2 - x0, y2 - y0) / g.res[1]
+    except (RasterioError, ValueError, TypeError):
+        return {}
+    if not (math.isfinite(sx) and math.isfinite(sy) and sx > 0 and sy > 0):
+        return {}
+    return {"XSCALE": f"{sx:.12g}", "YSCALE": f"{sy:.12g}"}
+
+
 class _Source:
     """One raster file of a scene, with what is needed to turn its pixels into float32 values."""
 
@@ -435,27 +477,8 @@ class Scene:
         return float(min(1.0, inter / hsi_poly.area))
 
     def _kernel_scale(self, ds: Any) -> dict[str, str]:
-        """A fixed resampling-kernel scale, so every window is resampled the same way.
-
-        GDAL otherwise estimates the source/destination pixel ratio per processed chunk, which
-        makes values depend (slightly) on the window asked for.
-        """
-        g = self.grid
-        try:
-            cx, cy = (float(v) for v in apply_transform(ds.transform, ds.width / 2,
-                                                        ds.height / 2))
-            rx, ry = ds.res
-            pts = transform_geom(ds.crs, g.crs, {
-                "type": "MultiPoint",
-                "coordinates": [(cx, cy), (cx + rx, cy), (cx, cy - ry)]})["coordinates"]
-            (x0, y0), (x1, y1), (x2, y2) = [p[:2] for p in pts]
-            sx = math.hypot(x1 - x0, y1 - y0) / g.res[0]
-            sy = math.hypot(x2 - x0, y2 - y0) / g.res[1]
-        except (RasterioError, ValueError, TypeError):
-            return {}
-        if not (math.isfinite(sx) and math.isfinite(sy) and sx > 0 and sy > 0):
-            return {}
-        return {"XSCALE": f"{sx:.12g}", "YSCALE": f"{sy:.12g}"}
+        """A fixed resampling-kernel scale, so every window is resampled the same way."""
+        return kernel_scale(ds.transform, (ds.height, ds.width), ds.res, ds.crs, self.grid)
 
     # -- properties ----------------------------------------------------------------------
 

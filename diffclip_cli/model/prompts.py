@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from diffclip_cli.errors import InputError, LabelError
+from diffclip_cli.errors import InputError, LabelError, UsageError
 from diffclip_cli.io.textfiles import read_text_file
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "DESCRIPTION_FORMAT",
     "TEMPLATES",
     "build_prompts",
+    "check_template",
     "class_words",
     "read_descriptions",
 ]
@@ -95,6 +96,30 @@ def read_descriptions(path: str | os.PathLike[str]) -> dict[str, str]:
     return {str(k).strip(): v.strip() for k, v in data.items()}
 
 
+def check_template(template: str | None, *, descriptions: bool) -> None:
+    """Refuse a prompt template that cannot make prompts, before any work.
+
+    Args:
+        template: ``p1`` .. ``p5``, a text with ``{class}``, or ``None`` (the preset's).
+        descriptions: whether class descriptions will be there (a descriptions file or a
+            classes table that may carry them), which ``p5`` needs.
+
+    Raises:
+        UsageError: an unknown template, or ``p5`` with nothing to describe the classes.
+    """
+    if template is None or template in TEMPLATES:
+        return
+    if template == "p5":
+        if not descriptions:
+            raise UsageError("p5 builds prompts from class descriptions",
+                             hint="pass --descriptions FILE or a --classes table with a "
+                                  "description column")
+        return
+    if "{class}" not in template:
+        raise UsageError(f"unknown prompt template {template!r}",
+                         hint="use p1, p2, p3, p4, p5 or a text containing {class}")
+
+
 def build_prompts(
     class_names: Sequence[str],
     *,
@@ -117,14 +142,12 @@ def build_prompts(
         LabelError: descriptions name a class that does not exist (the message lists the
             classes), or p5 lacks a description for some class.
         InputError: the descriptions file is unreadable.
-        ValueError: an unknown template.
+        UsageError: an unknown template (a ``ValueError``).
     """
     if template in TEMPLATES:
         return [TEMPLATES[template].replace("{class}", class_words(n)) for n in class_names]
     if template != "p5":
-        if "{class}" not in template:
-            raise ValueError(f"unknown prompt template {template!r}: use p1..p5 or a text "
-                             "containing {class}")
+        check_template(template, descriptions=False)
         return [template.replace("{class}", class_words(n)) for n in class_names]
     if descriptions is None:
         raise LabelError("prompt template p5 needs class descriptions",

@@ -7,9 +7,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from diffclip_cli.errors import UsageError
 from diffclip_cli.io.labels import LabelSet
 
-__all__ = ["Split", "sample_shots", "spatial_split"]
+__all__ = ["SPLITS", "Split", "check_split", "draw_split", "sample_shots", "spatial_split"]
+
+#: How shots are drawn: ``random`` (the paper's protocol) or ``spatial`` (test pixels away
+#: from the shots).
+SPLITS = ("random", "spatial")
 
 log = logging.getLogger("diffclip")
 
@@ -27,6 +32,28 @@ class Split:
     train: np.ndarray
     test: np.ndarray
     warnings: list[str] = field(default_factory=list)
+
+
+def check_split(mode: str) -> None:
+    """Refuse an unknown split mode (a usage error of ``--split``).
+
+    Raises:
+        UsageError: ``mode`` is not in :data:`SPLITS`.
+    """
+    if mode not in SPLITS:
+        raise UsageError(f"unknown split {mode!r}", hint=f"use {' or '.join(SPLITS)}")
+
+
+def draw_split(labels: LabelSet, k: int, *, seed: int, mode: str) -> Split:
+    """The split of ``mode`` (:func:`sample_shots` or :func:`spatial_split`).
+
+    Raises:
+        UsageError: an unknown mode.
+    """
+    check_split(mode)
+    if mode == "random":
+        return sample_shots(labels, k, seed=seed)  # logs its own warnings
+    return spatial_split(labels, k, seed=seed)
 
 
 def _shots_for(n: int, k: int) -> int:

@@ -92,10 +92,10 @@ def run_scene(job: SceneJob, *, options: ClassifyOptions,
         options = dataclasses.replace(options, model=job.model)
     summary = run_classify(job.hsi, job.lidar, job.output, options=options, progress=progress)
     if job.labels is None:
-        return SceneRow(pixels=summary["valid_pixels"], seconds=summary["seconds"])
-    evaluation, _ = run_evaluate(
+        return SceneRow(pixels=summary.valid_pixels, seconds=round(summary.seconds, 2))
+    evaluation = run_evaluate(
         job.output, job.labels, report_path(job),
         options=EvaluateOptions(classes=job.classes, class_field=job.class_field,
-                                layer=job.layer, overwrite=options.write.overwrite))
-    return SceneRow(pixels=summary["valid_pixels"], seconds=summary["seconds"],
+                                layer=job.layer, overwrite=options.write.overwrite)).evaluation
+    return SceneRow(pixels=summary.valid_pixels, seconds=round(summary.seconds, 2),
                     oa=evaluation.report.overall_accuracy, kappa=evaluation.report.kappa)

@@ -45,9 +45,49 @@ class ClassifyOptions:
     run: RunOptions = field(default_factory=_run_anywhere)
 
 
+@dataclass(frozen=True)
+class ClassifyOutcome:
+    """What :func:`run_classify` wrote.
+
+    Attributes:
+        output: the class map.
+        confidence: the confidence raster, if asked for.
+        probabilities: the probability raster, if asked for.
+        quicklook: the quicklook PNG, if asked for.
+        pixels: pixels of the grid.
+        valid_pixels: pixels classified (the others are nodata).
+        class_pixels: pixels per class name.
+        seconds: time taken by the classification.
+        pixels_per_second: classified pixels per second.
+        engine: ``"faithful"`` or ``"fast"``.
+    """
+
+    output: Path
+    confidence: Path | None
+    probabilities: Path | None
+    quicklook: Path | None
+    pixels: int
+    valid_pixels: int
+    class_pixels: dict[str, int]
+    seconds: float
+    pixels_per_second: float
+    engine: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types (paths as text, times rounded)."""
+        return {"output": str(self.output),
+                "confidence": None if self.confidence is None else str(self.confidence),
+                "probabilities": (None if self.probabilities is None
+                                  else str(self.probabilities)),
+                "quicklook": None if self.quicklook is None else str(self.quicklook),
+                "pixels": self.pixels, "valid_pixels": self.valid_pixels,
+                "class_pixels": dict(self.class_pixels), "seconds": round(self.seconds, 2),
+                "pixels_per_second": round(self.pixels_per_second, 1), "engine": self.engine}
+
+
 def run_classify(hsi: str | Path, lidar: Sequence[str | Path] | None, output: Path, *,
                  options: ClassifyOptions, progress: Progress | None = None
-                 ) -> dict[str, Any]:
+                 ) -> ClassifyOutcome:
     """Classify one scene and write its outputs (all renamed together when complete).
 
     Args:
@@ -58,7 +98,7 @@ def run_classify(hsi: str | Path, lidar: Sequence[str | Path] | None, output: Pa
         progress: called with the ``classify`` stage's pixel counts.
 
     Returns:
-        A summary: output paths, pixels, per-class counts, seconds, pixels per second, engine.
+        The outputs written, pixel counts (per class too), time and engine.
 
     Raises:
         DeviceError: the device is unknown or not available here.
@@ -107,15 +147,9 @@ def run_classify(hsi: str | Path, lidar: Sequence[str | Path] | None, output: Pa
             if quicklook is not None:  # drawn from the complete map before it is renamed
                 draw_quicklook(outs.pending(output), classes, quicklook,
                                overwrite=write.overwrite, title=output.name)
-    return {
-        "output": str(result.output),
-        "confidence": None if result.confidence is None else str(result.confidence),
-        "probabilities": None if result.probabilities is None else str(result.probabilities),
-        "quicklook": None if quicklook is None else str(quicklook),
-        "pixels": result.pixels,
-        "valid_pixels": result.valid_pixels,
-        "class_pixels": result.class_pixels,
-        "seconds": round(result.seconds, 2),
-        "pixels_per_second": round(result.pixels_per_second, 1),
-        "engine": result.engine,
-    }
+    return ClassifyOutcome(
+        output=Path(result.output), confidence=result.confidence,
+        probabilities=result.probabilities, quicklook=quicklook, pixels=result.pixels,
+        valid_pixels=result.valid_pixels, class_pixels=dict(result.class_pixels),
+        seconds=result.seconds, pixels_per_second=result.pixels_per_second,
+        engine=result.engine)

@@ -40,8 +40,21 @@ def report_stem(output: Path) -> Path:
                                                                ".png") else output
 
 
+@dataclass(frozen=True)
+class EvaluateOutcome:
+    """What :func:`run_evaluate` computed and wrote.
+
+    Attributes:
+        evaluation: the accuracy report and how the map's classes were matched.
+        report_paths: the report files by format (``json``, ``markdown``, ``csv``, ``png``).
+    """
+
+    evaluation: Evaluation
+    report_paths: dict[str, Path]
+
+
 def run_evaluate(map_path: str | Path, labels: str | Path, output: Path, *,
-                 options: EvaluateOptions) -> tuple[Evaluation, dict[str, Path]]:
+                 options: EvaluateOptions) -> EvaluateOutcome:
     """Evaluate a map and write its report trio (renamed together when complete).
 
     Args:
@@ -51,7 +64,7 @@ def run_evaluate(map_path: str | Path, labels: str | Path, output: Path, *,
         options: how to read and match the labels.
 
     Returns:
-        The evaluation and the report's paths by format.
+        The evaluation and the report's paths.
 
     Raises:
         InputError: the map or the labels cannot be read or matched.
@@ -74,4 +87,4 @@ def run_evaluate(map_path: str | Path, labels: str | Path, output: Path, *,
                              title=title, metadata={"map": str(map_path),
                                                     "labels": str(labels),
                                                     "matched_by": evaluation.match.by})
-    return evaluation, paths
+    return EvaluateOutcome(evaluation, paths)

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from diffclip_cli.errors import OverrideError
+from diffclip_cli.model.prompts import check_template
 from diffclip_cli.pipeline import FewshotResult, PlanFn, fewshot_scene
 from diffclip_cli.progress import Progress
 from diffclip_cli.sampling.defaults import DEFAULT_PRETRAIN_SAMPLES
+from diffclip_cli.sampling.shots import check_split
 from diffclip_cli.workflows.common import (
     TrainingOptions,
     open_scene,
@@ -31,7 +33,6 @@ if TYPE_CHECKING:
 
 __all__ = ["FewshotOptions", "FewshotOutcome", "report_stem", "run_fewshot"]
 
-SPLITS = ("random", "spatial")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,8 +68,10 @@ class FewshotOptions(TrainingOptions):
         OverrideError: an override of the architecture (``model.*``) with a pretrained
             model, which fixes it, or of stage 1 (``pretrain.*``, ``pretrain_samples``),
             which it skips (a ``ValueError``).
-        ValueError: an option out of its range (a budget that is not positive included), an
-            unknown split, or neither a preset nor a pretrained model.
+        UsageError: an unknown split or prompt template (``p5`` with nothing to describe
+            the classes included).
+        ValueError: an option out of its range (a budget that is not positive included), or
+            neither a preset nor a pretrained model.
     """
 
     labels: str | Path
@@ -91,8 +94,9 @@ class FewshotOptions(TrainingOptions):
         super().__post_init__()
         if self.shots < 1:
             raise ValueError(f"shots must be at least 1, not {self.shots}")
-        if self.split not in SPLITS:
-            raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {self.split!r}")
+        check_split(self.split)
+        check_template(self.prompt,
+                       descriptions=self.descriptions is not None or self.classes is not None)
         if self.preset is None and self.pretrained is None:
             raise ValueError("give a preset, or a pretrained model whose recipe to use")
         if self.pretrained is not None:

@@ -87,9 +87,11 @@ def classify(
     options = ClassifyOptions(model=model, quicklook=quicklook, write=write, run=run)
     with interruptible(), StageProgress(enabled=level >= 0) as progress:
         summary = run_classify(hsi, lidar, output, options=options, progress=progress)
-    console.print(f"Map: {summary['output']}  ({summary['valid_pixels']:,} of "
-                  f"{summary['pixels']:,} pixels classified, {summary['seconds']} s, "
-                  f"{summary['pixels_per_second']:,} px/s, {summary['engine']} engine)")
-    for key in ("confidence", "probabilities", "quicklook"):
-        if summary[key]:
-            console.print(f"{key.capitalize()}: {summary[key]}")
+    console.print(f"Map: {summary.output}  ({summary.valid_pixels:,} of "
+                  f"{summary.pixels:,} pixels classified, {summary.seconds:.2f} s, "
+                  f"{summary.pixels_per_second:,.1f} px/s, {summary.engine} engine)")
+    for name, path in (("Confidence", summary.confidence),
+                       ("Probabilities", summary.probabilities),
+                       ("Quicklook", summary.quicklook)):
+        if path is not None:
+            console.print(f"{name}: {path}")

@@ -57,7 +57,8 @@ def evaluate(
     options = EvaluateOptions(classes=classes, class_field=class_field, layer=layer,
                               match_ids=match_ids, overwrite=overwrite)
     with interruptible():
-        evaluation, paths = run_evaluate(map_path, labels, output, options=options)
+        outcome = run_evaluate(map_path, labels, output, options=options)
+    evaluation, paths = outcome.evaluation, outcome.report_paths
     for note in evaluation.match.describe():
         err_console.print(note)
     if level >= 0:

@@ -188,20 +188,14 @@ _OPTION_OF = {"model.window": "--window", "model.mask_ratio": "--mask-ratio",
 
 def _check_prompt(prompt: str | None, descriptions: Path | None, classes: Path | None
                   ) -> None:
-    """Refuse an unknown prompt template as a usage error, before any work."""
-    from diffclip_cli.model.prompts import TEMPLATES
+    """Refuse an unknown prompt template as a usage error of --prompt, before any work."""
+    from diffclip_cli.errors import UsageError
+    from diffclip_cli.model.prompts import check_template
 
-    if prompt is None or prompt in TEMPLATES:
-        return
-    if prompt == "p5":
-        if descriptions is None and classes is None:
-            raise typer.BadParameter("p5 builds prompts from class descriptions: pass "
-                                     "--descriptions FILE or a --classes table with a "
-                                     "description column", param_hint="--prompt")
-        return
-    if "{class}" not in prompt:
-        raise typer.BadParameter(f"unknown prompt template {prompt!r}: use p1, p2, p3, p4, p5 "
-                                 "or a text containing {class}", param_hint="--prompt")
+    try:
+        check_template(prompt, descriptions=descriptions is not None or classes is not None)
+    except UsageError as exc:
+        raise typer.BadParameter(f"{exc.message}: {exc.hint}", param_hint="--prompt") from None
 
 
 @app.command(rich_help_panel="Train")
