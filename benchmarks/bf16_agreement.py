@@ -25,11 +25,12 @@ from diffclip_cli.data import salinas_a_dir
 from diffclip_cli.infer.engine import TileEngine
 from diffclip_cli.io.labels import read_labels
 from diffclip_cli.io.raster import Scene
+from diffclip_cli.model.archive import load_model, save_model
 from diffclip_cli.model.config import load_preset
-from diffclip_cli.model.modelfile import build_classifier, load_model, save_model
-from diffclip_cli.pipeline import fewshot_scene
+from diffclip_cli.model.modelfile import build_classifier
 from diffclip_cli.sampling.normalise import SceneStats
 from diffclip_cli.sampling.tiles import iter_tiles, read_tile
+from diffclip_cli.workflows.fewshot import fewshot_scene
 
 
 def classify(engine: TileEngine, scene: Scene, stats: SceneStats, tile_size: int

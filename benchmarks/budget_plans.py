@@ -19,8 +19,8 @@ from pathlib import Path
 from diffclip_cli.io.labels import read_labels
 from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.config import load_preset
-from diffclip_cli.pipeline import plan_fewshot
 from diffclip_cli.train.budget import default_recipe
+from diffclip_cli.workflows.fewshot import plan_fewshot
 
 
 def main() -> None:

@@ -50,9 +50,10 @@ def write_inputs(folder: Path, height: int, width: int, bands: int, classes: int
     """The scene's GeoTIFFs and a random-weight ``paper`` classifier file for it."""
     from diffclip_cli.io.classes import ClassTable
     from diffclip_cli.io.raster import Scene
+    from diffclip_cli.model.archive import save_model
     from diffclip_cli.model.classifier import DiffCLIPClassifier
     from diffclip_cli.model.config import load_preset
-    from diffclip_cli.model.modelfile import bundle_from_classifier, save_model
+    from diffclip_cli.model.modelfile import bundle_from_classifier
     from diffclip_cli.model.network import DiffCLIPNet
     from diffclip_cli.model.text import Vocabulary
     from diffclip_cli.sampling.normalise import compute_stats
@@ -86,7 +87,8 @@ def engine_alone(hsi: Path, lidar: Path, model: Path, repeats: int) -> float:
     """Seconds of ``predict_tile`` over the scene's tiles (read beforehand), best repeat."""
     from diffclip_cli.infer.engine import TileEngine
     from diffclip_cli.io.raster import Scene
-    from diffclip_cli.model.modelfile import build_classifiers, load_model
+    from diffclip_cli.model.archive import load_model
+    from diffclip_cli.model.modelfile import build_classifiers
     from diffclip_cli.sampling.tiles import iter_tiles, read_tile
 
     bundle = load_model(model)

@@ -48,14 +48,15 @@ from diffclip_cli.infer.engine import TileEngine
 from diffclip_cli.infer.fast import FastEngine
 from diffclip_cli.io.labels import read_labels
 from diffclip_cli.io.raster import Scene
+from diffclip_cli.model.archive import load_model, save_model
 from diffclip_cli.model.config import load_preset
-from diffclip_cli.model.modelfile import build_classifiers, load_model, save_model
-from diffclip_cli.pipeline import fewshot_scene
+from diffclip_cli.model.modelfile import build_classifiers
 from diffclip_cli.report.metrics import AccuracyReport
 from diffclip_cli.sampling.shots import sample_shots
 from diffclip_cli.sampling.tiles import iter_tiles, read_tile
 from diffclip_cli.testing import make_scene, write_scene
 from diffclip_cli.train.distill import attach_student, distill_student
+from diffclip_cli.workflows.fewshot import fewshot_scene
 
 
 def machine() -> str:

@@ -54,8 +54,9 @@ from diffclip_cli.io.labels import read_labels
 from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.config import Preset, load_preset
 from diffclip_cli.model.device import resolve_device
-from diffclip_cli.pipeline import DEFAULT_PRETRAIN_SAMPLES, plan_fewshot
+from diffclip_cli.sampling.defaults import DEFAULT_PRETRAIN_SAMPLES
 from diffclip_cli.train.budget import default_recipe, parse_duration, scaled_preset
+from diffclip_cli.workflows.fewshot import plan_fewshot
 
 #: The generated benchmark scene: 3 spectra x 2 heights = 6 classes; classes sharing a
 #: spectrum differ only in LiDAR height, so neither modality alone separates them all.

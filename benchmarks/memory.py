@@ -122,7 +122,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     from diffclip_cli.infer.classify import RunOptions, WriteOptions, classify_scene
     from diffclip_cli.io.maps import RasterWriter
     from diffclip_cli.io.raster import Scene
-    from diffclip_cli.model.modelfile import load_model
+    from diffclip_cli.model.archive import load_model
 
     # Where the time goes, per stage, summed over dask's threads: reading (the scene's
     # chunks), computing (the tile tasks: normalising and the engine), writing (the writers).
@@ -202,11 +202,11 @@ def build_model(folder: Path, hsi_bands: int, seed: int) -> Path:
     """
     from diffclip_cli.io.labels import read_labels
     from diffclip_cli.io.raster import Scene
+    from diffclip_cli.model.archive import save_model
     from diffclip_cli.model.config import load_preset
-    from diffclip_cli.model.modelfile import save_model
-    from diffclip_cli.pipeline import fewshot_scene
     from diffclip_cli.testing import make_scene, write_scene
     from diffclip_cli.train.distill import add_fast_path
+    from diffclip_cli.workflows.fewshot import fewshot_scene
 
     files = write_scene(make_scene(height=64, width=64, hsi_bands=hsi_bands, n_spectra=3,
                                    n_heights=2, patch_size=12, seed=seed),
@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import diffclip_cli
     import diffclip_cli.infer.classify as classify_mod
-    from diffclip_cli.io.maps import sidecar_path
+    from diffclip_cli.io.sidecars import sidecar_path
 
     cache_bound = getattr(classify_mod, "GDAL_CACHE_MAX", None)  # None: an older diffclip
 

@@ -68,22 +68,11 @@ from diffclip_cli.io.atomic import atomic_path
 from diffclip_cli.io.classes import ClassInfo, ClassTable
 from diffclip_cli.io.labels import LabelSet, read_labels
 from diffclip_cli.io.raster import Scene
+from diffclip_cli.model.archive import load_model, save_model
 from diffclip_cli.model.config import Preset
 from diffclip_cli.model.device import resolve_device
-from diffclip_cli.model.modelfile import (
-    ModelBundle,
-    build_network,
-    bundle_from_network,
-    load_model,
-    save_model,
-)
+from diffclip_cli.model.modelfile import ModelBundle, build_network, bundle_from_network
 from diffclip_cli.model.network import DiffCLIPNet
-from diffclip_cli.pipeline import (
-    DEFAULT_PRETRAIN_SAMPLES,
-    fewshot_scene,
-    member_seed,
-    pretrain_scene,
-)
 from diffclip_cli.progress import ProgressEvent
 from diffclip_cli.report.baseline import (
     SPATIAL_COMPONENTS,
@@ -92,11 +81,15 @@ from diffclip_cli.report.baseline import (
 )
 from diffclip_cli.report.metrics import AccuracyReport, summarize
 from diffclip_cli.sampling.context import read_context, scene_projection
+from diffclip_cli.sampling.defaults import DEFAULT_PRETRAIN_SAMPLES
 from diffclip_cli.sampling.normalise import SceneStats, compute_stats
 from diffclip_cli.sampling.shots import Split, sample_shots
 from diffclip_cli.sampling.windows import read_windows
 from diffclip_cli.train.data import WindowData
+from diffclip_cli.train.finetune import member_seed
 from diffclip_cli.train.spatial import ContextChoice, choose_context
+from diffclip_cli.workflows.fewshot import fewshot_scene
+from diffclip_cli.workflows.pretrain import pretrain_scene
 
 __all__ = [
     "ALL_METHODS",

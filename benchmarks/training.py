@@ -47,9 +47,10 @@ from benchmarks.fast_path import machine
 from diffclip_cli.io.labels import LabelSet, read_labels
 from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.config import load_preset
-from diffclip_cli.pipeline import DEFAULT_PRETRAIN_SAMPLES, fewshot_scene
+from diffclip_cli.sampling.defaults import DEFAULT_PRETRAIN_SAMPLES
 from diffclip_cli.testing import make_scene, write_scene
 from diffclip_cli.train.budget import default_recipe, format_seconds, parse_duration
+from diffclip_cli.workflows.fewshot import fewshot_scene
 
 #: Trento: 166 x 600 pixels, 63 HSI bands, 1 LiDAR channel, 6 classes.
 TRENTO: dict[str, Any] = {"height": 166, "width": 600, "hsi_bands": 63, "lidar_bands": 1,

@@ -23,9 +23,11 @@ if not __package__:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffclip_cli.model.config import load_preset
-from diffclip_cli.pipeline import fewshot_scene, predict_pixels, pretrain_scene
+from diffclip_cli.report.scoring import predict_pixels
 from diffclip_cli.sampling.normalise import compute_stats
 from diffclip_cli.train.spatial import choose_context
+from diffclip_cli.workflows.fewshot import fewshot_scene
+from diffclip_cli.workflows.pretrain import pretrain_scene
 from experiments import lab
 
 

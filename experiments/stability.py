@@ -23,8 +23,8 @@ if not __package__:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffclip_cli.model.config import load_preset
-from diffclip_cli.pipeline import fewshot_scene
 from diffclip_cli.train.budget import Plan, default_recipe
+from diffclip_cli.workflows.fewshot import fewshot_scene
 from experiments import lab
 
 

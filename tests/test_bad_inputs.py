@@ -51,13 +51,9 @@ from diffclip_cli.errors import (
     OutputError,
 )
 from diffclip_cli.io.raster import Scene
+from diffclip_cli.model.archive import load_model, save_model
 from diffclip_cli.model.device import DeviceError
-from diffclip_cli.model.modelfile import (
-    FORMAT_TAG,
-    FORMAT_VERSION,
-    load_model,
-    save_model,
-)
+from diffclip_cli.model.modelfile import FORMAT_TAG, FORMAT_VERSION
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -177,7 +173,7 @@ def test_broken_descriptions_fail_before_any_training(tiny, tmp_path, name, word
     def no_training(*args, **kwargs):
         raise AssertionError("training started before the descriptions were checked")
 
-    monkeypatch.setattr("diffclip_cli.pipeline.pretrain_scene", no_training)
+    monkeypatch.setattr("diffclip_cli.workflows.fewshot.pretrain_scene", no_training)
     r = invoke("fewshot", tiny.hsi, tiny.lidar, "--labels", tiny.labels, "--shots", 2,
                "--preset", "tiny", "--descriptions", tiny.broken / name,
                "-o", tmp_path / "m.pt", code=InputError.exit_code)
@@ -187,7 +183,7 @@ def test_broken_descriptions_fail_before_any_training(tiny, tmp_path, name, word
 
 def test_descriptions_naming_unknown_classes_fail_before_training(tiny, tmp_path,
                                                                   monkeypatch):
-    monkeypatch.setattr("diffclip_cli.pipeline.pretrain_scene",
+    monkeypatch.setattr("diffclip_cli.workflows.fewshot.pretrain_scene",
                         lambda *a, **k: pytest.fail("training started"))
     desc = tmp_path / "desc.csv"
     desc.write_text("class,description\nlava,hot rock\n")
@@ -267,7 +263,7 @@ def test_every_library_entry_point_refuses_a_pretrained_model_with_the_one_check
     from diffclip_cli.infer.classify import classify_scene
     from diffclip_cli.infer.fast import load_student
     from diffclip_cli.infer.predict import make_engine, predict
-    from diffclip_cli.pipeline import evaluate_pixels
+    from diffclip_cli.report.scoring import evaluate_pixels
 
     bundle = load_model(tiny.pretrained)
     with pytest.raises(ModelError) as expected:
@@ -545,7 +541,7 @@ def test_disk_full_while_saving_a_model(tiny, tmp_path, monkeypatch):
         Path(args[1]).write_bytes(b"half a model")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("diffclip_cli.model.modelfile.torch.save", full)
+    monkeypatch.setattr("diffclip_cli.model.archive.torch.save", full)
     out = tmp_path / "m.pt"
     line = error_line(invoke("fewshot", tiny.hsi, tiny.lidar, "--labels", tiny.labels,
                              "--shots", 2, "--pretrained", tiny.pretrained,
@@ -656,7 +652,7 @@ def test_internal_errors_print_one_line(tiny, monkeypatch):
     def broken(path):
         raise RuntimeError("something broke\nwith a second line of detail")
 
-    monkeypatch.setattr("diffclip_cli.model.modelfile.load_model", broken)
+    monkeypatch.setattr("diffclip_cli.model.archive.load_model", broken)
     r = invoke("info", tiny.model, code=1)
     line = error_line(r, prefix="Internal error:")
     assert line == ("Internal error: RuntimeError: something broke; run again with -v for the "

@@ -21,9 +21,8 @@ from diffclip_cli.cli import app
 from diffclip_cli.cli.commands.train import _PlanPrinter
 from diffclip_cli.io.labels import read_labels
 from diffclip_cli.io.raster import Scene
+from diffclip_cli.model.archive import load_model
 from diffclip_cli.model.config import load_preset
-from diffclip_cli.model.modelfile import load_model
-from diffclip_cli.pipeline import fewshot_scene, plan_fewshot
 from diffclip_cli.progress import ProgressEvent
 from diffclip_cli.train.budget import (
     DEFAULT_CPU_BUDGET_S,
@@ -43,6 +42,7 @@ from diffclip_cli.train.budget import (
     scaled_preset,
     stage_seconds,
 )
+from diffclip_cli.workflows.fewshot import fewshot_scene, plan_fewshot
 
 runner = CliRunner()
 TINY = load_preset("tiny")
@@ -350,7 +350,7 @@ def test_one_thread_is_chosen_only_when_clearly_faster(monkeypatch):
 
     import torch
 
-    from diffclip_cli.pipeline import _fastest_threads, _restores_threads
+    from diffclip_cli.train.calibrate import _fastest_threads, restores_threads
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))  # only this process
@@ -367,7 +367,7 @@ def test_one_thread_is_chosen_only_when_clearly_faster(monkeypatch):
         assert _fastest_threads(lambda: busy[torch.get_num_threads()], torch.device("cuda")) == 1.0
         assert torch.get_num_threads() == 2
 
-        @_restores_threads
+        @restores_threads
         def lowers() -> int:
             torch.set_num_threads(1)
             return 7
@@ -405,7 +405,7 @@ def test_one_thread_when_other_jobs_take_the_cores(monkeypatch):
 
     import torch
 
-    from diffclip_cli.pipeline import _cores_taken, _fastest_threads
+    from diffclip_cli.train.calibrate import _cores_taken, _fastest_threads
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     before = torch.get_num_threads()

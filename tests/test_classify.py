@@ -23,7 +23,8 @@ from diffclip_cli.io.atomic import TEMP_PREFIX
 from diffclip_cli.io.labels import read_labels
 from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.config import load_preset
-from diffclip_cli.pipeline import fewshot_scene, predict_pixels
+from diffclip_cli.report.scoring import predict_pixels
+from diffclip_cli.workflows.fewshot import fewshot_scene
 
 TINY = load_preset("tiny").with_overrides(**{"pretrain.epochs": 3, "finetune.epochs": 20})
 

@@ -14,8 +14,9 @@ from tinyscene import invoke
 
 from diffclip_cli.io.labels import read_labels
 from diffclip_cli.io.raster import Scene
+from diffclip_cli.model.archive import load_model, save_model
 from diffclip_cli.model.config import load_preset
-from diffclip_cli.model.modelfile import build_network, bundle_from_network, load_model, save_model
+from diffclip_cli.model.modelfile import build_network, bundle_from_network
 from diffclip_cli.model.network import DiffCLIPNet
 from diffclip_cli.report.baseline import spectral_spatial_svm
 from diffclip_cli.sampling.context import (

@@ -12,8 +12,8 @@ from diffclip_cli.infer.fast import FastEngine, has_fast_path
 from diffclip_cli.io.labels import read_labels
 from diffclip_cli.io.raster import Scene
 from diffclip_cli.modalities import Modalities
+from diffclip_cli.model.archive import load_model, save_model
 from diffclip_cli.model.config import load_preset
-from diffclip_cli.model.modelfile import load_model, save_model
 from diffclip_cli.model.student import (
     EXTRAS_KEY,
     StudentConfig,
@@ -22,7 +22,7 @@ from diffclip_cli.model.student import (
     student_from_extras,
     student_to_extras,
 )
-from diffclip_cli.pipeline import fewshot_scene, predict_pixels
+from diffclip_cli.report.scoring import predict_pixels
 from diffclip_cli.sampling.tiles import Tile, TileData, iter_tiles, read_tile
 from diffclip_cli.sampling.windows import extract_windows, read_windows
 from diffclip_cli.train.distill import (
@@ -32,6 +32,7 @@ from diffclip_cli.train.distill import (
     add_fast_path,
     distill_student,
 )
+from diffclip_cli.workflows.fewshot import fewshot_scene
 
 TINY = load_preset("tiny").with_overrides(**{"pretrain.epochs": 5})
 PIXELS = 2000

@@ -24,9 +24,10 @@ from diffclip_cli.cli import app
 from diffclip_cli.errors import InputError, LabelError, ModelError, OutputError
 from diffclip_cli.io.classes import DEFAULT_PALETTE, ClassInfo, ClassTable
 from diffclip_cli.io.grid import Grid
-from diffclip_cli.io.maps import MapWriter, class_colormap
+from diffclip_cli.io.maps import MapWriter
 from diffclip_cli.io.raster import band_wavelengths, is_gdal_name
-from diffclip_cli.model.modelfile import _digest, load_model
+from diffclip_cli.io.sidecars import class_colormap
+from diffclip_cli.model.archive import _digest, load_model
 from diffclip_cli.report.baseline import Baseline
 from diffclip_cli.report.metrics import AccuracyReport
 from diffclip_cli.report.quicklook import nice_length, quicklook_figure
@@ -271,7 +272,7 @@ def test_a_pretrain_checkpoint_records_gdal_names_verbatim(tmp_path):
     """The resume fingerprint keeps a GDAL name as given; a plain path is resolved, sized."""
     from types import SimpleNamespace
 
-    from diffclip_cli.pipeline import input_identity
+    from diffclip_cli.train.pretrain import input_identity
 
     plain = tmp_path / "lidar.tif"
     plain.write_bytes(b"12345")

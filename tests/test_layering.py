@@ -60,8 +60,10 @@ def test_the_library_never_imports_the_cli() -> None:
 
 #: The workflow steps: training and scoring stages, the map writer, output sets, saving a model.
 #: Commands reach them only through a ``diffclip_cli.workflows`` function.
-WORKFLOW_STEPS = ("diffclip_cli.pipeline", "diffclip_cli.infer.classify",
-                  "diffclip_cli.io.atomic", "diffclip_cli.model.modelfile.save_model",
+WORKFLOW_STEPS = ("diffclip_cli.train.calibrate", "diffclip_cli.train.pretrain",
+                  "diffclip_cli.train.finetune", "diffclip_cli.report.scoring",
+                  "diffclip_cli.infer.classify",
+                  "diffclip_cli.io.atomic", "diffclip_cli.model.archive.save_model",
                   "diffclip_cli.report.render.write_report", "diffclip_cli.report.quicklook")
 
 

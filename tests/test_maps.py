@@ -15,13 +15,8 @@ from diffclip_cli import __version__
 from diffclip_cli.errors import InputError, OutputError
 from diffclip_cli.io.classes import ClassTable
 from diffclip_cli.io.grid import Grid
-from diffclip_cli.io.maps import (
-    CLASSES_TAG,
-    MapWriter,
-    RasterWriter,
-    read_map,
-    sidecar_path,
-)
+from diffclip_cli.io.maps import CLASSES_TAG, MapWriter, RasterWriter, read_map
+from diffclip_cli.io.sidecars import sidecar_path
 from diffclip_cli.report.quicklook import decimated_shape, quicklook, read_decimated
 
 CLASSES = ClassTable([

@@ -14,6 +14,7 @@ from diffclip_cli.errors import ModelError
 from diffclip_cli.infer.engine import TileEngine
 from diffclip_cli.io.classes import ClassTable
 from diffclip_cli.modalities import Modalities
+from diffclip_cli.model.archive import load_model, save_model
 from diffclip_cli.model.classifier import DiffCLIPClassifier
 from diffclip_cli.model.config import load_preset
 from diffclip_cli.model.modelfile import (
@@ -21,8 +22,6 @@ from diffclip_cli.model.modelfile import (
     build_classifier,
     build_classifiers,
     bundle_from_classifier,
-    load_model,
-    save_model,
 )
 from diffclip_cli.model.network import DiffCLIPNet
 from diffclip_cli.model.prompts import build_prompts
@@ -136,7 +135,7 @@ def test_fewshot_with_members_through_the_commands(tiny, tmp_path):
     np.testing.assert_allclose(p[:, valid].sum(axis=0), 1.0, atol=1e-4)
     # ... the mean of what each member gives alone
     from diffclip_cli.io.raster import Scene
-    from diffclip_cli.pipeline import predict_pixels
+    from diffclip_cli.report.scoring import predict_pixels
 
     rows, cols = np.nonzero(valid)
     with Scene.open(tiny.hsi, [tiny.lidar]) as scene:

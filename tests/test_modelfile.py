@@ -13,6 +13,7 @@ from model_windows import scene_windows
 from diffclip_cli.errors import ModelError, OutputError
 from diffclip_cli.io.atomic import TEMP_PREFIX
 from diffclip_cli.io.classes import ClassTable
+from diffclip_cli.model.archive import load_model, save_model
 from diffclip_cli.model.classifier import DiffCLIPClassifier
 from diffclip_cli.model.config import ModelConfig, Preset, load_preset
 from diffclip_cli.model.modelfile import (
@@ -23,8 +24,6 @@ from diffclip_cli.model.modelfile import (
     build_network,
     bundle_from_classifier,
     bundle_from_network,
-    load_model,
-    save_model,
 )
 from diffclip_cli.model.network import DiffCLIPNet
 from diffclip_cli.model.prompts import build_prompts

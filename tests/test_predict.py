@@ -160,9 +160,10 @@ def test_importing_the_package_loads_no_heavy_library():
 def test_lidar_on_another_grid_is_co_registered_as_the_command_does(messy, tmp_path):
     """The messy scene's LiDAR is in Web Mercator at 3 m and stops short of the east edge."""
     from diffclip_cli.io.classes import ClassTable
+    from diffclip_cli.model.archive import save_model
     from diffclip_cli.model.classifier import DiffCLIPClassifier
     from diffclip_cli.model.config import load_preset
-    from diffclip_cli.model.modelfile import bundle_from_classifier, save_model
+    from diffclip_cli.model.modelfile import bundle_from_classifier
     from diffclip_cli.model.network import DiffCLIPNet
     from diffclip_cli.model.prompts import build_prompts
     from diffclip_cli.model.text import Vocabulary

@@ -33,9 +33,9 @@ from tinyscene import (
 
 from diffclip_cli.errors import InputError, LabelError, ModelError, OutputError
 from diffclip_cli.io.raster import Scene
+from diffclip_cli.model.archive import _digest, load_model, save_model
 from diffclip_cli.model.config import load_preset
-from diffclip_cli.model.modelfile import _digest, load_model, save_model
-from diffclip_cli.pipeline import pretrain_scene
+from diffclip_cli.workflows.pretrain import pretrain_scene
 
 USAGE = 2
 DEV_FULL = Path("/dev/full")
@@ -156,9 +156,9 @@ def test_pretrain_refuses_to_write_over_its_input(scene):
 def test_pretrain_with_the_default_budget_refuses_its_input_before_calibrating(scene,
                                                                               monkeypatch):
     """Without --preset a CPU run plans (times real steps) first: the refusal comes before."""
-    monkeypatch.setattr("diffclip_cli.pipeline.plan_training",
+    monkeypatch.setattr("diffclip_cli.workflows.pretrain.plan_training",
                         lambda *a, **k: pytest.fail("calibration started"))
-    monkeypatch.setattr("diffclip_cli.pipeline.pretrain",
+    monkeypatch.setattr("diffclip_cli.workflows.pretrain.run_stage1",
                         lambda *a, **k: pytest.fail("training started"))
     before = scene["hsi"].read_bytes()
     line = error_line(invoke("pretrain", scene["hsi"], "-o", scene["hsi"], "--overwrite",
@@ -480,7 +480,7 @@ def test_torch_failing_to_save_a_model_is_an_output_error(tiny, tmp_path,
         os.symlink(DEV_FULL, path)
         return real_save(obj, path, *args, **kwargs)
 
-    monkeypatch.setattr("diffclip_cli.model.modelfile.torch.save", save_to_full_disk)
+    monkeypatch.setattr("diffclip_cli.model.archive.torch.save", save_to_full_disk)
     out = tmp_path / "m.pt"
     line = error_line(invoke("fewshot", tiny.hsi, tiny.lidar, "--labels", tiny.labels,
                              "--shots", 2, "--pretrained", tiny.pretrained,
@@ -556,7 +556,7 @@ def test_a_checkpoint_that_cannot_be_saved_is_an_output_error(tiny, tmp_path,
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs "
                            "534")
 
-    monkeypatch.setattr("diffclip_cli.model.modelfile.torch.save", full)
+    monkeypatch.setattr("diffclip_cli.model.archive.torch.save", full)
     out = tmp_path / "p.pt"
     line = error_line(invoke("pretrain", tiny.hsi, tiny.lidar, "-o", out, "--preset", "tiny",
                              "--epochs", 1, "--samples", 32, code=OutputError.exit_code))

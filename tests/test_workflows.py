@@ -10,8 +10,8 @@ import torch
 
 from diffclip_cli.data import salinas_a_dir
 from diffclip_cli.errors import DeviceError, OutputError, OverrideError
+from diffclip_cli.model.archive import load_model
 from diffclip_cli.model.config import load_preset
-from diffclip_cli.model.modelfile import load_model
 from diffclip_cli.workflows.classify import (
     ClassifyOptions,
     RunOptions,

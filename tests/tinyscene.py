@@ -23,9 +23,10 @@ from diffclip_cli.cli import app
 from diffclip_cli.io.atomic import TEMP_PREFIX
 from diffclip_cli.io.classes import ClassTable
 from diffclip_cli.io.raster import Scene
+from diffclip_cli.model.archive import save_model
 from diffclip_cli.model.classifier import DiffCLIPClassifier
 from diffclip_cli.model.config import load_preset
-from diffclip_cli.model.modelfile import bundle_from_classifier, bundle_from_network, save_model
+from diffclip_cli.model.modelfile import bundle_from_classifier, bundle_from_network
 from diffclip_cli.model.network import DiffCLIPNet
 from diffclip_cli.model.prompts import build_prompts
 from diffclip_cli.model.text import Vocabulary

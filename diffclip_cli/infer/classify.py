@@ -45,8 +45,9 @@ from diffclip_cli.infer.predict import (
 )
 from diffclip_cli.io.arrays import scene_arrays
 from diffclip_cli.io.atomic import output_set
-from diffclip_cli.io.maps import MapWriter, RasterWriter, map_files
+from diffclip_cli.io.maps import MapWriter, RasterWriter
 from diffclip_cli.io.raster import Scene
+from diffclip_cli.io.sidecars import map_files
 from diffclip_cli.model.modelfile import ModelBundle
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ class WriteOptions:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        from diffclip_cli.io.maps import check_creation_options
+        from diffclip_cli.io.creation import check_creation_options
 
         object.__setattr__(self, "creation_options",
                            check_creation_options(self.creation_options, cog=self.cog))

@@ -111,7 +111,7 @@ def load_model(path: str | os.PathLike[str]) -> ModelBundle:
     Raises:
         ModelError: the file is missing, damaged or not a diffclip model.
     """
-    from diffclip_cli.model.modelfile import load_model as _load
+    from diffclip_cli.model.archive import load_model as _load
 
     if not Path(path).exists():
         raise ModelError("model file not found", path=Path(path),

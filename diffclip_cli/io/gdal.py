@@ -1,4 +1,7 @@
-"""What GDAL's libraries print on their own: kept off the terminal of a command.
+"""What GDAL says: its log collected where a caller needs it, its libraries kept quiet.
+
+:func:`gdal_log` collects the messages GDAL reports through rasterio's loggers (an ignored
+creation option, a failed write at close) without showing them.
 
 GDAL reports errors through its error handler, which rasterio turns into exceptions and log
 records. libtiff, under GDAL's GeoTIFF driver, reports some I/O failures through its *own*
@@ -12,10 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-__all__ = ["quiet_libtiff"]
+__all__ = ["gdal_log", "quiet_libtiff"]
 
 
 def _loaded_libtiff() -> list[str]:
@@ -60,3 +65,33 @@ def quiet_libtiff() -> int:
         except (OSError, AttributeError):
             continue
     return done
+
+
+@contextlib.contextmanager
+def gdal_log(level: int, names: Sequence[str] = ("rasterio._env",)) -> Iterator[list[str]]:
+    """Collect, without showing them, the messages GDAL logs through rasterio meanwhile.
+
+    GDAL reports some failures only through its error handler, which rasterio turns into log
+    records of the loggers ``names`` (an ignored creation option, a failed write at close);
+    the block gets the list of their texts, filled as they come.
+    """
+    records: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    handler = _Collect(level)
+    loggers = [logging.getLogger(n) for n in names]
+    saved = [(lg.level, lg.propagate) for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(level)
+        lg.propagate = False
+    try:
+        yield records
+    finally:
+        for lg, (old, propagate) in zip(loggers, saved, strict=True):
+            lg.removeHandler(handler)
+            lg.setLevel(old)
+            lg.propagate = propagate

@@ -5,7 +5,8 @@ final name once the ``with`` block succeeds (see :mod:`diffclip_cli.io.atomic`).
 :class:`MapWriter` is the class-map flavour: class ids, nodata 0, a colour table, the class names in
 the file's tags and in a sidecar JSON, GDAL category names and a raster attribute table (a PAM
 ``.aux.xml``) and a QGIS style (``.qml``). :func:`read_map` recovers the class table.
-The products are described in ``docs/maps.md``.
+The products are described in ``docs/maps.md``; the side files' text is
+:mod:`diffclip_cli.io.sidecars`, the creation options' checks :mod:`diffclip_cli.io.creation`.
 """
 
 from __future__ import annotations
@@ -15,31 +16,44 @@ import errno
 import json
 import logging
 import os
-import re
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 import rasterio
 import rasterio.drivers
 import rasterio.errors
 import rasterio.shutil
-from rasterio._err import CPLE_BaseError  # GDAL errors rasterio does not wrap
-from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
-from diffclip_cli.errors import InputError, LabelError, OutputError
+from diffclip_cli.errors import InputError, LabelError
 from diffclip_cli.io.atomic import TEMP_PREFIX, atomic_path, check_output, write_error
 from diffclip_cli.io.classes import ClassTable
+from diffclip_cli.io.creation import (
+    GTIFF_DEFAULTS,
+    OVERVIEW_RESAMPLING,
+    check_creation_options,
+    check_geotiff_name,
+    cog_options,
+)
+from diffclip_cli.io.gdal import gdal_log
 from diffclip_cli.io.grid import Grid
 from diffclip_cli.io.raster import RasterSource, open_raster, raster_source
+from diffclip_cli.io.sidecars import (
+    aux_xml_path,
+    class_aux_xml,
+    class_colormap,
+    map_files,
+    qgis_style,
+    qml_path,
+    sidecar_path,
+)
 
 __all__ = [
     "BAND_DESCRIPTION",
@@ -48,17 +62,8 @@ __all__ = [
     "MapInfo",
     "MapWriter",
     "RasterWriter",
-    "aux_xml_path",
-    "check_creation_options",
-    "check_geotiff_name",
-    "class_aux_xml",
-    "class_colormap",
     "map_dtype",
-    "map_files",
-    "qgis_style",
-    "qml_path",
     "read_map",
-    "sidecar_path",
 ]
 
 log = logging.getLogger("diffclip")
@@ -70,305 +75,9 @@ BAND_DESCRIPTION = "land cover class"
 #: The ``format`` field of the sidecar JSON.
 MAP_FORMAT = "diffclip-map/1"
 
-_GTIFF_DEFAULTS = {
-    "TILED": "YES",
-    "BLOCKXSIZE": "256",
-    "BLOCKYSIZE": "256",
-    "COMPRESS": "DEFLATE",
-    "BIGTIFF": "IF_SAFER",
-}
-# GTiff creation options that have a COG counterpart (GTiff name -> COG name).
-_COG_OPTIONS = {
-    "COMPRESS": "COMPRESS",
-    "PREDICTOR": "PREDICTOR",
-    "ZLEVEL": "LEVEL",
-    "ZSTD_LEVEL": "LEVEL",
-    "JPEG_QUALITY": "QUALITY",
-    "BLOCKXSIZE": "BLOCKSIZE",
-    "BIGTIFF": "BIGTIFF",
-    "NUM_THREADS": "NUM_THREADS",
-    "LEVEL": "LEVEL",
-    "QUALITY": "QUALITY",
-    "BLOCKSIZE": "BLOCKSIZE",
-}
-_RESAMPLING = {"nearest", "mode", "average", "bilinear", "cubic", "gauss", "min", "max",
-               "med", "q1", "q3", "rms"}
-
-
-def _options(creation_options: Sequence[str] | Mapping[str, Any] | None) -> dict[str, str]:
-    """Creation options from ``["KEY=VALUE", ...]`` or a mapping; keys upper-cased."""
-    if creation_options is None:
-        return {}
-    if isinstance(creation_options, Mapping):
-        items = [(str(k), v) for k, v in creation_options.items()]
-    else:
-        items = []
-        for text in creation_options:
-            key, sep, value = str(text).partition("=")
-            if not sep or not key.strip():
-                raise ValueError(f"creation options are KEY=VALUE, got {text!r}")
-            items.append((key, value))
-    return {k.strip().upper(): str(v).strip() for k, v in items}
-
-
-#: GTiff creation options people set most; named when an option is refused (GDAL's own
-#: list: https://gdal.org/drivers/raster/gtiff.html#creation-options).
-COMMON_GTIFF_OPTIONS = ("COMPRESS", "PREDICTOR", "ZLEVEL", "ZSTD_LEVEL", "JPEG_QUALITY",
-                        "MAX_Z_ERROR", "NUM_THREADS", "TILED", "BLOCKXSIZE", "BLOCKYSIZE",
-                        "BIGTIFF", "INTERLEAVE", "SPARSE_OK")
-#: File name suffixes of GeoTIFF outputs (GTiff and COG drivers).
-GEOTIFF_SUFFIXES = (".tif", ".tiff")
-
-
-@contextlib.contextmanager
-def _gdal_log(level: int, names: Sequence[str] = ("rasterio._env",)) -> Iterator[list[str]]:
-    """Collect, without showing them, the messages GDAL logs through rasterio meanwhile.
-
-    GDAL reports some failures only through its error handler, which rasterio turns into log
-    records of the loggers ``names`` (an ignored creation option, a failed write at close);
-    the block gets the list of their texts, filled as they come.
-    """
-    records: list[str] = []
-
-    class _Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record.getMessage())
-
-    handler = _Collect(level)
-    loggers = [logging.getLogger(n) for n in names]
-    saved = [(lg.level, lg.propagate) for lg in loggers]
-    for lg in loggers:
-        lg.addHandler(handler)
-        lg.setLevel(level)
-        lg.propagate = False
-    try:
-        yield records
-    finally:
-        for lg, (old, propagate) in zip(loggers, saved, strict=True):
-            lg.removeHandler(handler)
-            lg.setLevel(old)
-            lg.propagate = propagate
-
-
-def _gdal_complaints(action: Any) -> list[str]:
-    """Run ``action`` and return GDAL's warnings about creation options meanwhile.
-
-    GDAL logs them (``CPLE_NotSupported``, ``CPLE_IllegalArg``) and then ignores the option.
-    """
-    with _gdal_log(logging.WARNING) as records:
-        action()
-    out = []
-    for text in records:
-        option_class = text.startswith(("CPLE_NotSupported in ", "CPLE_IllegalArg in "))
-        text = re.sub(r"^CPLE_\w+ in ", "", text).strip().rstrip(".")
-        if option_class or "creation option" in text or "value not recognised" in text:
-            out.append(text)
-    return out
-
-
-def check_creation_options(creation_options: Sequence[str] | Mapping[str, Any] | None, *,
-                           cog: bool = False, dtype: str = "uint8") -> dict[str, str]:
-    """Validate GTiff creation options with GDAL itself, before any work.
-
-    GDAL only warns about an unknown option or value and then ignores it (``--co BOGUS=1``
-    would pass silently; a malformed ``BLOCKSIZE`` even crashes the COG driver), and refuses
-    others only when the raster is created or written (a block size that is not a multiple
-    of 16, an unsupported predictor). Here a small GeoTIFF is created and written in memory
-    (``/vsimem/``) with the options, and with ``cog`` the COG driver copies it with their
-    COG equivalents; every GDAL complaint or failure becomes an error.
-
-    Args:
-        creation_options: ``["KEY=VALUE", ...]`` or a mapping.
-        cog: also check the options the COG driver gets.
-        dtype: the data type of the raster (some options depend on it).
-
-    Returns:
-        The options, keys upper-cased.
-
-    Raises:
-        ValueError: GDAL's reason and the common valid options.
-    """
-    options = _options(creation_options)
-    if not options:
-        return options
-    full = {**_GTIFF_DEFAULTS, **options}
-    size = 64
-    # Memory files: unique names, removed on close even when GDAL left a broken file there.
-    with MemoryFile(ext=".tif") as source, MemoryFile(ext=".tif") as copy:
-
-        def create() -> None:
-            with rasterio.open(source.name, "w", driver="GTiff", width=size, height=size,
-                               count=1, dtype=dtype,
-                               **{k.lower(): v for k, v in full.items()}) as ds:
-                ds.write(np.zeros((1, size, size), dtype))  # some refusals come on write
-
-        complaints: list[str] = []
-        ignored = True  # GDAL would have gone on without the option (a warning)
-        try:
-            complaints = _gdal_complaints(create)
-            if cog and not complaints:
-                complaints = _gdal_complaints(lambda: rasterio.shutil.copy(
-                    source.name, copy.name, driver="COG", **_cog_options(full, "nearest")))
-        except (rasterio.errors.RasterioError, CPLE_BaseError, ValueError, TypeError,
-                OSError) as exc:
-            if not complaints:
-                lines = str(exc).strip().splitlines()
-                text = lines[0] if lines else type(exc).__name__
-                for temp in (source.name, copy.name):  # GDAL names the file: not the user's
-                    text = text.replace(f"{Path(temp).name}: ", "")
-                complaints, ignored = [text.rstrip(".")], False
-    if complaints:
-        why = " (GDAL ignores such options, so they are refused here)" if ignored else ""
-        raise ValueError(
-            "; ".join(dict.fromkeys(complaints)) + f"{why}. Common GTiff options: "
-            f"{', '.join(COMMON_GTIFF_OPTIONS)}; all of them: "
-            "https://gdal.org/drivers/raster/gtiff.html#creation-options")
-    return options
-
-
-def check_geotiff_name(path: str | os.PathLike[str]) -> None:
-    """Refuse an output name whose extension belongs to another GDAL format.
-
-    diffclip writes GeoTIFFs: ``map.img`` would be a GeoTIFF named like an Erdas Imagine file,
-    which other software then fails to read. Names without a known raster extension are
-    accepted.
-
-    Raises:
-        OutputError: the extension is another format's (e.g. ``.img``, ``.jp2``, ``.vrt``).
-    """
-    suffix = Path(path).suffix.lower()
-    if not suffix or suffix in GEOTIFF_SUFFIXES:
-        return
-    driver = rasterio.drivers.raster_driver_extensions().get(suffix[1:])
-    if driver is not None and driver not in ("GTiff", "COG"):
-        raise OutputError(
-            f"ends in {suffix}, the extension of GDAL's {driver} format, but diffclip writes "
-            "GeoTIFF", path=path,
-            hint=f"name it {Path(path).with_suffix('.tif').name} (valid: "
-                 f"{', '.join(GEOTIFF_SUFFIXES)}; use --cog for a Cloud-Optimized GeoTIFF and "
-                 "gdal_translate to convert to other formats)")
-
-
 def map_dtype(classes: ClassTable) -> str:
     """``"uint8"`` when every class id fits in a byte, else ``"uint16"``."""
     return "uint8" if max(classes.ids) <= 255 else "uint16"
-
-
-def class_colormap(classes: ClassTable) -> dict[int, tuple[int, int, int, int]]:
-    """The colour table of a class map: 0 (nodata) transparent black, each class its colour."""
-    cmap: dict[int, tuple[int, int, int, int]] = {0: (0, 0, 0, 0)}
-    for c in classes:
-        cmap[c.id] = (*c.rgb, 255)
-    return cmap
-
-
-def sidecar_path(path: str | os.PathLike[str]) -> Path:
-    """The sidecar JSON of a map: the map's file name plus ``.json`` (``map.tif.json``)."""
-    return Path(os.fspath(path) + ".json")
-
-
-def aux_xml_path(path: str | os.PathLike[str]) -> Path:
-    """GDAL's PAM side file of a raster: its file name plus ``.aux.xml`` (``map.tif.aux.xml``)."""
-    return Path(os.fspath(path) + ".aux.xml")
-
-
-def qml_path(path: str | os.PathLike[str]) -> Path:
-    """The QGIS style QGIS loads with a raster: its name with ``.qml`` (``map.qml``)."""
-    return Path(path).with_suffix(".qml")
-
-
-def map_files(path: str | os.PathLike[str], *, sidecar: bool = True,
-              styles: bool = True) -> list[Path]:
-    """Every file :class:`MapWriter` writes for the map ``path``, the map first.
-
-    The sidecar JSON (:func:`sidecar_path`) with ``sidecar``, the PAM ``.aux.xml``
-    (:func:`aux_xml_path`) and the QGIS ``.qml`` (:func:`qml_path`) with ``styles``: what a
-    command declares as the map's files in its :func:`~diffclip_cli.io.atomic.output_set`,
-    so they are checked against the inputs and the other outputs before any work, and renamed
-    with the map.
-    """
-    files = [Path(path)]
-    if sidecar:
-        files.append(sidecar_path(path))
-    if styles:
-        files += [aux_xml_path(path), qml_path(path)]
-    return files
-
-
-# GDAL raster attribute table codes (gdal.h): field types and usages.
-_GFT_INTEGER, _GFT_STRING = 0, 2
-_GFU_GENERIC, _GFU_NAME, _GFU_MINMAX, _GFU_RED, _GFU_GREEN, _GFU_BLUE, _GFU_ALPHA = (
-    0, 2, 5, 6, 7, 8, 9)
-
-
-def class_aux_xml(classes: ClassTable) -> str:
-    """A GDAL PAM document giving band 1 the class names and a raster attribute table.
-
-    GDAL reads it with the map (``gdalinfo`` prints the ``Categories`` and the RAT; QGIS and
-    ArcGIS show the names): category names indexed by pixel value (0, nodata, and values that
-    are no class are empty), and a thematic RAT with one row per class and the columns
-    ``Value``, ``Class``, ``Description``, ``Red``, ``Green``, ``Blue``, ``Alpha``.
-
-    Args:
-        classes: the map's class table.
-
-    Returns:
-        The XML text of ``<map>.aux.xml``.
-    """
-    names = {c.id: c.name for c in classes}
-    categories = "".join(
-        f"      <Category>{escape(names.get(v, ''))}</Category>\n"
-        for v in range(max(classes.ids) + 1))
-    fields = [("Value", _GFT_INTEGER, _GFU_MINMAX), ("Class", _GFT_STRING, _GFU_NAME),
-              ("Description", _GFT_STRING, _GFU_GENERIC), ("Red", _GFT_INTEGER, _GFU_RED),
-              ("Green", _GFT_INTEGER, _GFU_GREEN), ("Blue", _GFT_INTEGER, _GFU_BLUE),
-              ("Alpha", _GFT_INTEGER, _GFU_ALPHA)]
-    defs = "".join(
-        f'      <FieldDefn index="{i}">\n        <Name>{name}</Name>\n'
-        f"        <Type>{kind}</Type>\n        <Usage>{usage}</Usage>\n      </FieldDefn>\n"
-        for i, (name, kind, usage) in enumerate(fields))
-    rows = "".join(
-        f'      <Row index="{k}">\n'
-        + "".join(f"        <F>{escape(str(v))}</F>\n"
-                  for v in (c.id, c.name, c.description, *c.rgb, 255))
-        + "      </Row>\n"
-        for k, c in enumerate(classes))
-    return ('<PAMDataset>\n  <PAMRasterBand band="1">\n    <CategoryNames>\n'
-            f"{categories}    </CategoryNames>\n"
-            '    <GDALRasterAttributeTable tableType="thematic">\n'
-            f"{defs}{rows}    </GDALRasterAttributeTable>\n"
-            "  </PAMRasterBand>\n</PAMDataset>\n")
-
-
-def qgis_style(classes: ClassTable) -> str:
-    """A QGIS layer style (``.qml``): a paletted renderer with each class's colour and name.
-
-    QGIS applies ``map.qml`` when it opens ``map.tif``, so the legend shows the class names
-    (not the ids) in the map's colours; nodata (0) stays transparent.
-
-    Args:
-        classes: the map's class table.
-
-    Returns:
-        The XML text of the style.
-    """
-    entries = "".join(
-        f"        <paletteEntry value=\"{c.id}\" color=\"{c.hex}\" alpha=\"255\" "
-        f"label={quoteattr(c.name)}/>\n" for c in classes)
-    return ("<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
-            '<qgis version="3.28" styleCategories="Symbology">\n'
-            "  <pipe>\n"
-            '    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" '
-            'nodataColor="">\n'
-            "      <rasterTransparency/>\n"
-            "      <colorPalette>\n"
-            f"{entries}"
-            "      </colorPalette>\n"
-            "    </rasterrenderer>\n"
-            '    <rasterresampler maxOversampling="2"/>\n'
-            "  </pipe>\n"
-            "  <blendMode>0</blendMode>\n"
-            "</qgis>\n")
 
 
 class RasterWriter:
@@ -433,7 +142,7 @@ class RasterWriter:
         self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
         self.overwrite = overwrite
         self.cog = cog
-        self.options = {**_GTIFF_DEFAULTS,
+        self.options = {**GTIFF_DEFAULTS,
                         **check_creation_options(creation_options, cog=cog,
                                                  dtype=np.dtype(dtype).name)}
         self.overview_resampling = overview_resampling.lower()
@@ -443,9 +152,9 @@ class RasterWriter:
         if self.band_descriptions is not None and len(self.band_descriptions) != self.count:
             raise ValueError(f"{self.count} band descriptions expected, got "
                              f"{len(self.band_descriptions)}")
-        if self.overview_resampling not in _RESAMPLING:
+        if self.overview_resampling not in OVERVIEW_RESAMPLING:
             raise ValueError(f"unknown overview resampling {overview_resampling!r}; use one of "
-                             f"{sorted(_RESAMPLING)}")
+                             f"{sorted(OVERVIEW_RESAMPLING)}")
         if self.colormap and (self.count != 1 or self.dtype not in (np.uint8, np.uint16)):
             raise ValueError("a colour table needs a single uint8 or uint16 band")
         if grid.width < 1 or grid.height < 1:
@@ -585,17 +294,7 @@ class RasterWriter:
         self._finish_extra()
 
     def _cog_options(self) -> dict[str, str]:
-        return _cog_options(self.options, self.overview_resampling)
-
-
-def _cog_options(options: Mapping[str, str], overview_resampling: str) -> dict[str, str]:
-    """The COG driver's options for GTiff ``options`` (see ``_COG_OPTIONS``)."""
-    out = {"BLOCKSIZE": options.get("BLOCKXSIZE", "256"),
-           "OVERVIEW_RESAMPLING": overview_resampling.upper()}
-    for key, value in options.items():
-        if key in _COG_OPTIONS:
-            out[_COG_OPTIONS[key]] = value
-    return out
+        return cog_options(self.options, self.overview_resampling)
 
 
 def _close_checked(dataset: Any) -> None:
@@ -611,7 +310,7 @@ def _close_checked(dataset: Any) -> None:
     """
     name, shape = dataset.name, (dataset.count, dataset.height, dataset.width)
     names = ("rasterio._env", "rasterio._err", "rasterio._io")
-    with _gdal_log(logging.DEBUG, names) as records, rasterio.Env():
+    with gdal_log(logging.DEBUG, names) as records, rasterio.Env():
         dataset.close()
     errors = [text.split("msg=", 1)[-1].strip("'\" ") for text in records
               if "signalled an error" in text and "error" in text.split("msg=", 1)[-1].lower()]

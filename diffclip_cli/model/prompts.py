@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from diffclip_cli.errors import InputError, LabelError, UsageError
+from diffclip_cli.io.classes import ClassTable
 from diffclip_cli.io.textfiles import read_text_file
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "TEMPLATES",
     "build_prompts",
     "check_template",
+    "class_prompts",
     "class_words",
     "read_descriptions",
 ]
@@ -173,3 +175,32 @@ def build_prompts(
         prompts.append(DESCRIPTION_FORMAT.replace("{class}", class_words(n))
                        .replace("{description}", text))
     return prompts
+
+
+def class_prompts(classes: ClassTable, template: str,
+                  descriptions: Mapping[str, str] | str | os.PathLike[str] | None, *,
+                  left_out: Sequence[str] = ()) -> list[str]:
+    """The class prompts; descriptions of classes ``left_out`` of the model are ignored."""
+    if template == "p5" and descriptions is None:
+        if all(c.description for c in classes):
+            descriptions = {c.name: c.description for c in classes}
+        else:
+            missing = [c.name for c in classes if not c.description]
+            raise LabelError(f"prompt template p5 needs a description for every class; "
+                             f"missing for {missing}",
+                             hint="pass --descriptions FILE or a classes table with a "
+                                  "description column")
+    source = None
+    if template == "p5" and left_out and descriptions is not None:
+        if isinstance(descriptions, (str, os.PathLike)):
+            source = descriptions
+            descriptions = read_descriptions(descriptions)
+        gone = {class_words(n).casefold() for n in left_out}
+        descriptions = {k: v for k, v in descriptions.items()
+                        if class_words(k).casefold() not in gone}
+    try:
+        return build_prompts(classes.names, template=template, descriptions=descriptions)
+    except LabelError as exc:
+        if source is None or exc.path is not None:
+            raise
+        raise LabelError(exc.message, path=source, hint=exc.hint) from None

@@ -124,11 +124,14 @@ class SpatialChoice:
         scores: cross-validated accuracy on the training pixels (0-1) of each candidate, keyed
             by its largest scale (0 for none).
         folds: ``"leave-one-out"`` or ``"10-fold"``.
+        outcomes: for each candidate, whether the cross-validation got each training pixel
+            right (what a paired test of two candidates needs).
     """
 
     scales: tuple[float, ...]
     scores: dict[float, float]
     folds: str
+    outcomes: dict[float, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
 
 def _svm_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
@@ -140,26 +143,30 @@ def _svm_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -
     return model.fit(x_train, y_train).predict(x_test)
 
 
-def _cv_accuracy(x: np.ndarray, y: np.ndarray) -> tuple[float, str]:
-    """Cross-validated accuracy of :func:`_svm_predict` on the training pixels alone."""
+def _cv_outcomes(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, str]:
+    """Per training pixel, whether the cross-validated :func:`_svm_predict` gets it right.
+
+    Each pixel is held out once (leave-one-out, or 10 stratified folds above
+    :data:`LOO_MAX_PIXELS`); the training pixels alone are used.
+    """
     from sklearn.model_selection import LeaveOneOut, StratifiedKFold
 
     classes, counts = np.unique(y, return_counts=True)
     if classes.size < 2:
-        return 1.0, "none"
+        return np.ones(y.size, bool), "none"
     if y.size <= LOO_MAX_PIXELS or counts.min() < 10:
         splits = LeaveOneOut().split(x)
         how = "leave-one-out"
     else:
         splits = StratifiedKFold(10, shuffle=True, random_state=0).split(x, y)
         how = "10-fold"
-    right = 0
+    right = np.zeros(y.size, bool)
     for train, test in splits:
         if np.unique(y[train]).size < 2:
-            right += int(np.sum(y[test] == y[train][0]))
+            right[test] = y[test] == y[train][0]
             continue
-        right += int(np.sum(_svm_predict(x[train], y[train], x[test]) == y[test]))
-    return right / y.size, how
+        right[test] = _svm_predict(x[train], y[train], x[test]) == y[test]
+    return right, how
 
 
 def spectral_spatial_svm(
@@ -208,15 +215,17 @@ def spectral_spatial_svm(
                                    features(bands, smooth, len(scales))[:0])
     best: tuple[float, int] | None = None
     scores: dict[float, float] = {}
+    outcomes: dict[float, np.ndarray] = {}
     how = "none"
     for used in range(len(scales) + 1):
-        score, how = _cv_accuracy(features(bands, smooth, used), y_train)
-        scores[float(scales[used - 1]) if used else 0.0] = score
-        if best is None or score > best[0] + 1e-12:
-            best = (score, used)
+        right, how = _cv_outcomes(features(bands, smooth, used), y_train)
+        key = float(scales[used - 1]) if used else 0.0
+        scores[key], outcomes[key] = float(right.mean()), right
+        if best is None or scores[key] > best[0] + 1e-12:
+            best = (scores[key], used)
     assert best is not None
     used = best[1]
-    choice = SpatialChoice(tuple(float(s) for s in scales[:used]), scores, how)
+    choice = SpatialChoice(tuple(float(s) for s in scales[:used]), scores, how, outcomes)
     if test is None:
         return np.empty(0, dtype=y_train.dtype), choice
     t_bands, t_smooth = (np.asarray(a, dtype=np.float64) for a in test)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from diffclip_cli.errors import UsageError
+from diffclip_cli.errors import LabelError, UsageError
+from diffclip_cli.io.classes import ClassTable
 from diffclip_cli.io.labels import LabelSet
+from diffclip_cli.io.raster import Scene
 
-__all__ = ["SPLITS", "Split", "check_split", "draw_split", "sample_shots", "spatial_split"]
+__all__ = ["SPLITS", "Split", "check_split", "draw_split", "drop_classes_without_shots",
+           "given_split", "sample_shots", "spatial_split", "split_labels"]
 
 #: How shots are drawn: ``random`` (the paper's protocol) or ``spatial`` (test pixels away
 #: from the shots).
@@ -200,3 +204,78 @@ def _far_from(
         idx = order[a:b]
         far[idx[np.abs(cols[idx] - sc) <= gap]] = False
     return far
+
+
+def split_labels(labels: LabelSet, shots: int, *, seed: int, mode: str
+                 ) -> tuple[LabelSet, Split]:
+    """The labels without the classes that got no shot, and the split of ``mode``.
+
+    See :func:`drop_classes_without_shots`.
+    """
+    return drop_classes_without_shots(labels, draw_split(labels, shots, seed=seed, mode=mode))
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def drop_classes_without_shots(labels: LabelSet, split: Split) -> tuple[LabelSet, Split]:
+    """Leave classes that got no training shot out of the model (with a warning).
+
+    A class with 0 or 1 labelled pixel (or, in a spatial split, lying in one block) gives no
+    shot: the network would have nothing but its name to learn it from. It is left out of the
+    model, the map and the held-out report; the other classes keep their ids.
+
+    Raises:
+        LabelError: fewer than two classes are left.
+    """
+    counts = np.bincount(labels.index[split.train], minlength=len(labels.classes))
+    empty = counts == 0
+    if not empty.any():
+        return labels, split
+    have = labels.counts()
+    kept = [c for c, e in zip(labels.classes, empty, strict=True) if not e]
+    dropped = [f"'{c.name}' ({_plural(int(n), 'labelled pixel')})"
+               for c, n, e in zip(labels.classes, have, empty, strict=True) if e]
+    rule = "a class needs at least 2 labelled pixels, one to train on and one to test"
+    if not kept:
+        raise LabelError(f"no class has enough labelled pixels to train on; {rule}",
+                         path=labels.report.source,
+                         hint="label more pixels of each class")
+    if len(kept) == 1:
+        raise LabelError(f"only the class '{kept[0].name}' has enough labelled pixels to train "
+                         f"on, and a map needs at least two classes; {rule}",
+                         path=labels.report.source,
+                         hint=f"label more pixels of {', '.join(dropped)}")
+    text = (f"left out of the model, so never mapped: {', '.join(dropped)}, because {rule}; "
+            "label more pixels of them to map them")
+    log.warning("%s", text)
+    keep = ~empty[labels.index]
+    new_index = np.cumsum(keep) - 1
+    train = new_index[split.train].astype(np.int64)
+    test = new_index[split.test[keep[split.test]]].astype(np.int64)
+    subset = labels.subset(keep)
+    table = ClassTable(kept)
+    report = dataclasses.replace(
+        labels.report,
+        pixels_per_class={c.name: labels.report.pixels_per_class.get(c.name, 0) for c in kept})
+    return (dataclasses.replace(subset, classes=table, report=report),
+            Split(train, test, [*split.warnings, text]))
+
+
+def given_split(split: Split, labels: LabelSet, scene: Scene) -> Split:
+    """A split of ``labels`` re-indexed onto ``labels.drop_invalid(scene)``."""
+    n = len(labels)
+    for part in (split.train, split.test):
+        if part.size and (part.min() < 0 or part.max() >= n):
+            raise ValueError(f"split indices must lie in 0..{n - 1}")
+    if np.intersect1d(split.train, split.test).size:
+        raise ValueError("the training and test pixels of a split must be disjoint")
+    valid = scene.valid_at(labels.rows, labels.cols)
+    new_index = np.cumsum(valid) - 1
+    train = np.sort(new_index[split.train[valid[split.train]]]).astype(np.int64)
+    test = np.sort(new_index[split.test[valid[split.test]]]).astype(np.int64)
+    if train.size == 0:
+        raise LabelError("the given split has no valid training pixel",
+                         hint="check that the training labels belong to this scene")
+    return Split(train, test, list(split.warnings))

@@ -9,7 +9,7 @@ Three parts:
   :func:`fit_recipe` (the one place that decides what to shorten first to fit a budget);
 * :class:`Plan`: the recipe chosen, its estimate and the one line printed before training.
 
-The step costs are measured, not looked up: :func:`diffclip_cli.pipeline.plan_training` times
+The step costs are measured, not looked up: :func:`diffclip_cli.train.calibrate.plan_training` times
 a few real steps of each stage on the actual scene, model and device and hands them to
 :func:`fit_recipe`.
 """
@@ -39,6 +39,7 @@ __all__ = [
     "RECIPE_FIELDS",
     "Floors",
     "Plan",
+    "PlanFn",
     "Recipe",
     "StepCosts",
     "StepTimer",
@@ -491,3 +492,7 @@ class StepTimer:
             raise ValueError("no step was timed")
         kept = self.steps[skip:] or self.steps[-1:]
         return float(statistics.fmean(kept))
+
+
+#: Called once with the :class:`Plan`, before any training.
+PlanFn = Callable[[Plan], None]

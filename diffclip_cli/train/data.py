@@ -8,7 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffclip_cli.io.raster import Scene
 from diffclip_cli.modalities import Modalities
+from diffclip_cli.sampling.normalise import SceneStats
+from diffclip_cli.sampling.windows import read_windows
 
 __all__ = ["WindowData"]
 
@@ -96,3 +99,10 @@ class WindowData:
             None if lidar is None else lidar[index].to(device),
             None if self.labels is None else self.labels[index].to(device),
         )
+
+
+def window_data(scene: Scene, rows: np.ndarray, cols: np.ndarray, *, window: int,
+                stats: SceneStats, labels: np.ndarray | None = None) -> WindowData:
+    """The model's input windows of some pixels (:func:`read_windows`), with their labels."""
+    batch = read_windows(scene, rows, cols, size=window, stats=stats)
+    return WindowData(batch, labels)

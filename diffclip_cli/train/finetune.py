@@ -15,6 +15,7 @@ published. The final epoch's weights are kept: no test label is used to pick a c
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -25,14 +26,17 @@ from torch import nn
 
 from diffclip_cli.errors import LabelError
 from diffclip_cli.model.classifier import DiffCLIPClassifier
-from diffclip_cli.model.config import FinetuneConfig
-from diffclip_cli.model.rng import make_generator
+from diffclip_cli.model.config import FinetuneConfig, Preset
+from diffclip_cli.model.network import DiffCLIPNet
+from diffclip_cli.model.rng import derive_seed, make_generator
+from diffclip_cli.model.text import Vocabulary
 from diffclip_cli.progress import Progress
 from diffclip_cli.train.data import WindowData
 from diffclip_cli.train.loop import Step, train_epochs
 from diffclip_cli.train.pretrain import check_data
 
-__all__ = ["check_labels", "class_contrastive_loss", "finetune"]
+__all__ = ["check_labels", "class_contrastive_loss", "finetune", "finetune_members",
+           "member_seed"]
 
 log = logging.getLogger("diffclip")
 
@@ -160,3 +164,27 @@ def finetune(
         progress=progress,
         extras=lambda: {"temperature": float(1.0 / classifier.scale().detach())})
 
+
+def member_seed(seed: int, member: int) -> int:
+    """The seed of an ensemble member's head (member 0 keeps the run's seed)."""
+    return seed if member == 0 else derive_seed(seed, f"finetune/member{member}")
+
+
+def finetune_members(net: DiffCLIPNet, train: WindowData, prompts: Sequence[str],
+                      preset: Preset, *, seed: int, device: torch.device,
+                      progress: Progress | None
+                      ) -> list[tuple[DiffCLIPClassifier, list[dict[str, Any]]]]:
+    """``preset.finetune.members`` classifiers fine-tuned from copies of ``net``."""
+    n = preset.finetune.members
+    log.info("Fine-tuning %s on %d labelled windows (%d classes).",
+             "one classifier" if n == 1 else f"{n} classifiers (averaged)", len(train),
+             len(prompts))
+    out = []
+    for member in range(n):
+        start = net if member == n - 1 else copy.deepcopy(net)  # the last takes the original
+        s = member_seed(seed, member)
+        classifier = DiffCLIPClassifier(start, vocabulary=Vocabulary.build(prompts), seed=s)
+        history = finetune(classifier, train, prompts, preset.finetune, seed=s,
+                           device=device, progress=progress)
+        out.append((classifier, history))
+    return out

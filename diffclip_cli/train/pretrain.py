@@ -22,6 +22,8 @@ import torch.nn.functional as F
 
 from diffclip_cli.errors import ModelError
 from diffclip_cli.io.atomic import atomic_path
+from diffclip_cli.io.names import is_gdal_name
+from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.config import PretrainConfig
 from diffclip_cli.model.network import DiffCLIPNet
 from diffclip_cli.model.rng import make_generator
@@ -145,14 +147,14 @@ def _describe_inputs(inputs: Mapping[str, Any]) -> str:
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    from diffclip_cli.model.modelfile import torch_save
+    from diffclip_cli.model.archive import torch_save
 
     with atomic_path(path, overwrite=True) as tmp:
         torch_save(state, tmp)
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
-    from diffclip_cli.model.modelfile import check_archive
+    from diffclip_cli.model.archive import check_archive
 
     # A damaged checkpoint is not resumed from (torch.load does not check the CRCs).
     check_archive(path, what="checkpoint", hint="delete it to start over")
@@ -282,3 +284,29 @@ def pretrain(
                         epochs=cfg.epochs, optimizer=optimizer, scheduler=scheduler,
                         generator=gen, stage="pretrain", progress=progress, start=start,
                         history=history, end_epoch=save)
+
+
+def input_paths(scene: Scene) -> dict[str, Any]:
+    """The scene's files as a model's provenance names them."""
+    return {"hsi": str(scene.hsi_path), "lidar": [str(p) for p in scene.lidar_paths]}
+
+
+def input_identity(scene: Scene) -> dict[str, Any]:
+    """The scene's files as a checkpoint records them: resolved paths and sizes.
+
+    A GDAL dataset name (``/vsizip/...``, ``NETCDF:...``) is recorded verbatim, without a
+    size: it is no local path to resolve. (The content is covered by the digest of the windows
+    drawn from the files.)
+    """
+    files: list[dict[str, Any]] = []
+    for path in (scene.hsi_path, *scene.lidar_paths):
+        if is_gdal_name(path):
+            files.append({"path": str(path), "size": None})
+            continue
+        p = Path(path)
+        try:
+            size: int | None = p.stat().st_size
+        except OSError:
+            size = None
+        files.append({"path": str(p.resolve()), "size": size})
+    return {"files": files}

@@ -1,17 +1,22 @@
 """Which spatial context a scene gets: decided from its labelled pixels, before any training.
 
-The network can read, beside each pixel's bands, the scene's leading principal components
-smoothed at a few scales (:mod:`diffclip_cli.sampling.context`). That is worth 20 OA points
-where land cover comes in wide fields and costs points where classes are small or mixed, and
-nothing in the unlabelled pixels says which. The labelled ones do: the spectral-spatial
-baseline (:func:`~diffclip_cli.report.baseline.spectral_spatial_svm`) scores, by
-leave-one-out on the shots alone, an SVM on the bands alone and on the bands with the context
-up to each scale, and the network gets the context the best of those had (none when the bands
-alone win or tie). No test pixel is looked at.
+The network can read, beside each pixel's bands, the scene's principal components smoothed
+at a few scales (:mod:`diffclip_cli.sampling.context`). That is worth 20 OA points where land
+cover comes in wide fields and costs points where classes are small or mixed, and nothing in
+the unlabelled pixels says which. The labelled ones do: the spectral-spatial baseline
+(:func:`~diffclip_cli.report.baseline.spectral_spatial_svm`) scores, by leave-one-out on the
+shots alone, an SVM on the bands alone and on the bands with the context up to each scale.
+The network gets the context of the best candidate only when it beats the bands alone beyond
+chance: the shots it gets right that the bands alone get wrong must outnumber the reverse
+with a one-sided exact binomial (McNemar) p-value below :data:`SIGNIFICANCE`. With 2 shots
+per class a handful of held-out shots decide, and a lucky difference of one or two would
+otherwise hand a scene context it does not reward (eo_learn, 2 shots). No test pixel is
+looked at.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -23,9 +28,35 @@ from diffclip_cli.report.baseline import SpatialChoice, spectral_spatial_svm
 from diffclip_cli.sampling.context import compute_context, read_context, scene_projection
 from diffclip_cli.sampling.normalise import Projection, SceneStats
 
-__all__ = ["ContextChoice", "choose_context"]
+__all__ = ["SIGNIFICANCE", "ContextChoice", "choose_context", "context_wins"]
 
 log = logging.getLogger("diffclip")
+
+#: The one-sided p-value below which the shots count as evidence for the context.
+SIGNIFICANCE = 0.05
+
+
+def context_wins(with_context: np.ndarray, bands_only: np.ndarray) -> tuple[bool, float]:
+    """Whether the context's cross-validated outcomes beat the bands' beyond chance.
+
+    McNemar's exact test on the paired outcomes of the same held-out shots: under "no
+    difference" the shots one gets right and the other wrong split evenly.
+
+    Args:
+        with_context: per shot, right with the context.
+        bands_only: per shot, right with the bands alone.
+
+    Returns:
+        ``(significant, p)``; ``p`` is 1.0 when the context gains nothing.
+    """
+    from scipy.stats import binomtest  # a dependency; imported when used
+
+    gained = int(np.sum(with_context & ~bands_only))
+    lost = int(np.sum(~with_context & bands_only))
+    if gained <= lost:
+        return False, 1.0
+    p = float(binomtest(gained, gained + lost, 0.5, alternative="greater").pvalue)
+    return p < SIGNIFICANCE, p
 
 
 @dataclass(frozen=True)
@@ -38,18 +69,22 @@ class ContextChoice:
             context (nothing was compared).
         projection: the scene's principal components (``None`` without candidates), for the
             spectral-spatial baseline to reuse.
+        p_value: the paired test's p-value of the best context against the bands alone
+            (1.0 when the bands won outright or nothing was compared).
     """
 
     stats: SceneStats
     choice: SpatialChoice | None
     projection: Projection | None
+    p_value: float = 1.0
 
     def to_dict(self) -> dict[str, object]:
         """What a model's provenance records of the choice."""
         if self.choice is None:
             return {"scales": []}
         return {"scales": list(self.choice.scales), "folds": self.choice.folds,
-                "cv_accuracy": {str(k): round(v, 4) for k, v in self.choice.scores.items()}}
+                "cv_accuracy": {str(k): round(v, 4) for k, v in self.choice.scores.items()},
+                "p_value": round(self.p_value, 4)}
 
 
 def choose_context(
@@ -82,12 +117,18 @@ def choose_context(
     projection = scene_projection(scene, base, n_components=config.context_components)
     bands, smooth = read_context(scene, rows, cols, stats=base, projection=projection,
                                  scales=scales)
-    _, choice = spectral_spatial_svm((bands, smooth), np.asarray(class_ids), None,
-                                     scales=scales)
-    log.info("Spatial context: %s (cross-validated accuracy on the shots: %s).",
+    _, best = spectral_spatial_svm((bands, smooth), np.asarray(class_ids), None,
+                                   scales=scales)
+    p = 1.0
+    choice = best
+    if best.scales:
+        significant, p = context_wins(best.outcomes[best.scales[-1]], best.outcomes[0.0])
+        if not significant:
+            choice = dataclasses.replace(best, scales=())
+    log.info("Spatial context: %s (cross-validated accuracy on the shots: %s; p = %.3g).",
              f"scales up to {choice.scales[-1]:g} px" if choice.scales else "none",
              ", ".join(f"{'bands' if k == 0 else f'<= {k:g}'} {100 * v:.0f} %"
-                       for k, v in choice.scores.items()))
+                       for k, v in choice.scores.items()), p)
     chosen = compute_context(scene, base, choice.scales,
                              n_components=config.context_components, projection=projection)
-    return ContextChoice(chosen, choice, projection)
+    return ContextChoice(chosen, choice, projection, p)

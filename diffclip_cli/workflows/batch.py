@@ -45,7 +45,7 @@ def report_path(job: SceneJob) -> Path:
 
 def _job_files(job: SceneJob) -> dict[str, Any]:
     """The files one scene writes: map (and side files), log, and report trio with labels."""
-    from diffclip_cli.io.maps import map_files
+    from diffclip_cli.io.sidecars import map_files
 
     files: dict[str, Any] = {
         f"the map of scene {job.name!r}": map_files(job.output),

@@ -106,9 +106,10 @@ def run_classify(hsi: str | Path, lidar: Sequence[str | Path] | None, output: Pa
         OutputError: an output would replace an input or an existing file.
     """
     from diffclip_cli.io.atomic import output_set
-    from diffclip_cli.io.maps import check_geotiff_name, map_files
+    from diffclip_cli.io.creation import check_geotiff_name
+    from diffclip_cli.io.sidecars import map_files
+    from diffclip_cli.model.archive import load_model
     from diffclip_cli.model.device import resolve_device
-    from diffclip_cli.model.modelfile import load_model
     from diffclip_cli.report.quicklook import quicklook as draw_quicklook
 
     model, quicklook, write = options.model, options.quicklook, options.write

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from diffclip_cli.infer.classify import RunOptions, WriteOptions, classify_scene
-from diffclip_cli.pipeline import FewshotResult, PlanFn, fewshot_scene
 from diffclip_cli.progress import Progress, counting
+from diffclip_cli.train.budget import PlanFn
 from diffclip_cli.workflows.common import open_scene
+from diffclip_cli.workflows.fewshot import FewshotResult, fewshot_scene
 
 if TYPE_CHECKING:
     import torch
@@ -117,9 +118,9 @@ def run_demo(output: Path, *, options: DemoOptions, progress: Progress | None = 
     from diffclip_cli.errors import LabelError, OutputError
     from diffclip_cli.io.atomic import output_set
     from diffclip_cli.io.labels import read_labels
-    from diffclip_cli.io.maps import map_files
+    from diffclip_cli.io.sidecars import map_files
+    from diffclip_cli.model.archive import save_model
     from diffclip_cli.model.device import resolve_device
-    from diffclip_cli.model.modelfile import save_model
     from diffclip_cli.report.quicklook import quicklook
     from diffclip_cli.report.render import report_paths, write_report
 

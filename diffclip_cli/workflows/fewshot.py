@@ -1,24 +1,53 @@
 """The fewshot workflow: a scene and its labels to a model file (with its fast path) and report.
 
-What ``diffclip fewshot`` runs: every output checked before any work, the descriptions and the
-pretrained model read before training, stage 1 unless a pretrained model is given, stage 2,
-the fast path's distillation, the model saved, then the held-out accuracy report (with the
-per-pixel baseline) written beside it; all renamed into place together at the end.
+Two levels, the command's and the library's:
+
+* :func:`fewshot_scene` (on an open scene and its labels): the split, the spatial context
+  chosen on the shots, the plan, stage 1 unless a pretrained model is given
+  (:func:`~diffclip_cli.workflows.pretrain.pretrain_scene`), stage 2 (``finetune.members``
+  fine-tunings), the fast path's distillation, the held-out score and the baselines;
+* :func:`run_fewshot` (what ``diffclip fewshot`` runs, on files): every output checked before
+  any work, the descriptions and the pretrained model read before training, then
+  :func:`fewshot_scene`, the model saved and the held-out accuracy report (with the
+  baselines) written beside it; all renamed into place together at the end.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+import logging
+import time
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import torch
+
+from diffclip_cli import __version__
 from diffclip_cli.errors import OverrideError
-from diffclip_cli.model.prompts import check_template
-from diffclip_cli.pipeline import FewshotResult, PlanFn, fewshot_scene
+from diffclip_cli.io.labels import LabelSet
+from diffclip_cli.io.raster import Scene
+from diffclip_cli.model.classifier import DiffCLIPClassifier
+from diffclip_cli.model.device import resolve_device
+from diffclip_cli.model.modelfile import ModelBundle, build_network, bundle_from_classifier
+from diffclip_cli.model.network import DiffCLIPNet
+from diffclip_cli.model.prompts import check_template, class_prompts
 from diffclip_cli.progress import Progress
+from diffclip_cli.report.baseline import SPATIAL_COMPONENTS, Baseline, score_baselines
+from diffclip_cli.report.metrics import AccuracyReport
+from diffclip_cli.report.scoring import evaluate_pixels
 from diffclip_cli.sampling.defaults import DEFAULT_PRETRAIN_SAMPLES
-from diffclip_cli.sampling.shots import check_split
+from diffclip_cli.sampling.normalise import SceneStats, compute_stats
+from diffclip_cli.sampling.shots import Split, check_split, given_split, split_labels
+from diffclip_cli.train.budget import Plan, PlanFn, format_seconds, scaled_preset
+from diffclip_cli.train.calibrate import plan_training, restores_threads
+from diffclip_cli.train.data import WindowData, window_data
+from diffclip_cli.train.distill import DistillConfig, add_fast_path
+from diffclip_cli.train.finetune import finetune_members
+from diffclip_cli.train.pretrain import input_paths
+from diffclip_cli.train.spatial import ContextChoice, choose_context
 from diffclip_cli.workflows.common import (
     TrainingOptions,
     open_scene,
@@ -26,13 +55,359 @@ from diffclip_cli.workflows.common import (
     read_label_file,
     warn_if_out_of_distribution,
 )
+from diffclip_cli.workflows.pretrain import pretrain_scene
 
 if TYPE_CHECKING:
 
     from diffclip_cli.model.config import Preset
 
-__all__ = ["FewshotOptions", "FewshotOutcome", "report_stem", "run_fewshot"]
+__all__ = ["FewshotOptions", "FewshotOutcome", "FewshotResult", "fewshot_scene", "plan_fewshot",
+           "report_stem", "run_fewshot"]
 
+log = logging.getLogger("diffclip")
+
+
+
+@dataclass
+class FewshotResult:
+    """What stage 2 produced.
+
+    Attributes:
+        bundle: the ``classifier`` model, ready to save.
+        classifier: the fine-tuned classifier (an ensemble's first member).
+        labels: the labels used (invalid pixels dropped).
+        split: training (shots) and test indices into ``labels``.
+        report: accuracy on the test pixels (every labelled pixel not trained on), or ``None``
+            when there are none or evaluation was not asked for.
+        baselines: the classical baselines' accuracy on the same test pixels
+            (:func:`~diffclip_cli.report.baseline.score_baselines`: per-pixel, then
+            spectral-spatial); empty without a report or when not asked for.
+        pretrain_history: stage-1 records (empty with a given pretrained model).
+        finetune_history: stage-2 records.
+        timings: seconds per stage (``total``: the whole call).
+        plan: the schedule planned before training (with a budget or ``on_plan``).
+        members: every fine-tuned classifier (``finetune.members`` of them; the model's
+            probabilities are their mean).
+    """
+
+    bundle: ModelBundle
+    classifier: DiffCLIPClassifier
+    labels: LabelSet
+    split: Split
+    report: AccuracyReport | None
+    pretrain_history: list[dict[str, Any]] = field(default_factory=list)
+    finetune_history: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    baselines: list[Baseline] = field(default_factory=list)
+    plan: Plan | None = None
+    members: list[DiffCLIPClassifier] = field(default_factory=list)
+
+
+@dataclass
+class _Prepared:
+    """What fine-tuning needs, ready before any training (see :func:`_prepare`)."""
+
+    labels: LabelSet
+    chosen: Split
+    given: Split | None
+    preset: Preset
+    template: str
+    prompts: list[str]
+    stats: SceneStats
+    net: DiffCLIPNet | None
+    train: WindowData
+    read_seconds: float
+    pretrained: bool
+    context: ContextChoice | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Request:
+    """What :func:`fewshot_scene` or :func:`plan_fewshot` was asked, built once and passed down.
+
+    It is all that :func:`_prepare` and :func:`_plan_prepared` are given, so a training option
+    is threaded through one object, not through each signature. The fields are the arguments
+    of the same names (``plan_fewshot`` has no pretrained model, template or descriptions),
+    except ``device`` (resolved) and ``distill`` (the fast path's settings from ``fast``;
+    ``None``: no fast path).
+    """
+
+    shots: int
+    preset: Preset
+    pretrained: ModelBundle | None = None
+    pretrain_samples: int
+    template: str | None = None
+    descriptions: Mapping[str, str] | str | Path | None = None
+    split: str | Split
+    seed: int
+    device: torch.device
+    evaluate: bool
+    batch_size: int | None
+    distill: DistillConfig | None
+    budget: float | None
+    pinned: Collection[str]
+
+
+def _prepare(scene: Scene, labels: LabelSet, request: _Request) -> _Prepared:
+    """The split, the prompts, the statistics and the training windows of :func:`fewshot_scene`.
+
+    The network is the pretrained one, or ``None`` (stage 1 builds it).
+    """
+    split, seed, pretrained = request.split, request.seed, request.pretrained
+    preset = request.preset
+    given = split if isinstance(split, Split) else None
+    if given is not None:
+        given = given_split(given, labels, scene)
+    labels = labels.drop_invalid(scene)
+    for sentence in labels.report.summary():
+        log.info("%s", sentence)
+    all_classes = labels.classes.names
+    if given is not None:
+        chosen = given
+    else:
+        labels, chosen = split_labels(labels, request.shots, seed=seed, mode=str(split))
+    left_out = [n for n in all_classes if n not in labels.classes.names]
+    if pretrained is not None:
+        pretrained.check_inputs(scene.hsi_bands, scene.lidar_bands,
+                                wavelengths=scene.wavelengths,
+                                band_names=scene.band_names["hsi"])
+        preset = dataclasses.replace(pretrained.preset_config, finetune=preset.finetune)
+    # The prompts first: a bad descriptions file fails before any training.
+    template = request.template or preset.model.template
+    prompts = class_prompts(labels.classes, template, request.descriptions,
+                            left_out=left_out)
+    net = None
+    context: ContextChoice | None = None
+    if pretrained is not None:
+        net = build_network(pretrained)
+        stats = pretrained.scene_stats
+    else:
+        # The spatial context the network reads is chosen on the shots (train/spatial.py).
+        train_px = chosen.train
+        context = choose_context(scene, compute_stats(scene, seed=seed), preset.model,
+                                 labels.rows[train_px], labels.cols[train_px],
+                                 labels.class_ids[train_px])
+        stats = context.stats
+    tic = time.perf_counter()
+    train = window_data(scene, labels.rows[chosen.train], labels.cols[chosen.train],
+                     window=preset.model.window, stats=stats,
+                     labels=labels.index[chosen.train])
+    return _Prepared(labels, chosen, given, preset, template, prompts, stats, net, train,
+                     time.perf_counter() - tic, pretrained is not None, context)
+
+
+def _plan_prepared(scene: Scene, prep: _Prepared, request: _Request, *, started: float
+                   ) -> Plan:
+    """:func:`plan_training` for a prepared few-shot run."""
+    net = prep.net
+    if net is None:  # the network stage 1 will build (only copies of it are trained here)
+        net = DiffCLIPNet(prep.preset.model, hsi_bands=scene.hsi_bands,
+                          lidar_bands=scene.lidar_bands, seed=request.seed,
+                          context_bands=prep.stats.context_bands())
+    return plan_training(
+        scene, preset=prep.preset, net=net, stats=prep.stats,
+        pretrain_samples=0 if prep.pretrained else request.pretrain_samples, train=prep.train,
+        prompts=prep.prompts,
+        score_pixels=int(prep.chosen.test.size) if request.evaluate else 0,
+        distill=request.distill, budget=request.budget, pinned=request.pinned,
+        seed=request.seed, device=request.device, batch_size=request.batch_size,
+        started=started)
+
+
+def _distill_config(fast: bool | Mapping[str, Any]) -> DistillConfig | None:
+    """The fast path's settings from ``fast`` (``False``: no fast path, ``True``: defaults)."""
+    if not fast:
+        return None
+    return DistillConfig.from_dict(dict(fast) if isinstance(fast, Mapping) else {})
+
+
+def plan_fewshot(
+    scene: Scene,
+    labels: LabelSet,
+    *,
+    shots: int,
+    preset: Preset,
+    pretrain_samples: int = DEFAULT_PRETRAIN_SAMPLES,
+    split: str | Split = "random",
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    evaluate: bool = True,
+    fast: bool | Mapping[str, Any] = True,
+    budget: float | None = None,
+    pinned: Collection[str] = (),
+    batch_size: int | None = None,
+) -> Plan:
+    """The plan :func:`fewshot_scene` would make with these arguments, without training.
+
+    For scripts that fix a schedule once and reuse it (e.g. a benchmark protocol); the
+    arguments mean what they mean for :func:`fewshot_scene`. On a busy CPU the calibration may
+    leave torch at one thread, where the estimate holds (see :func:`plan_training`).
+    """
+    begin = time.perf_counter()
+    request = _Request(shots=shots, preset=preset, pretrain_samples=pretrain_samples,
+                       split=split, seed=seed, device=resolve_device(device),
+                       evaluate=evaluate, batch_size=batch_size, distill=_distill_config(fast),
+                       budget=budget, pinned=pinned)
+    return _plan_prepared(scene, _prepare(scene, labels, request), request, started=begin)
+
+
+@restores_threads
+def fewshot_scene(
+    scene: Scene,
+    labels: LabelSet,
+    *,
+    shots: int,
+    preset: Preset,
+    pretrained: ModelBundle | None = None,
+    pretrain_samples: int = DEFAULT_PRETRAIN_SAMPLES,
+    template: str | None = None,
+    descriptions: Mapping[str, str] | str | Path | None = None,
+    split: str | Split = "random",
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    evaluate: bool = True,
+    batch_size: int | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    progress: Progress | None = None,
+    baseline: bool = True,
+    fast: bool | Mapping[str, Any] = False,
+    budget: float | None = None,
+    pinned: Collection[str] = (),
+    on_plan: PlanFn | None = None,
+) -> FewshotResult:
+    """Stage 2 (and stage 1 unless ``pretrained`` is given): a few-shot classifier of a scene.
+
+    ``shots`` labelled pixels per class are drawn with ``seed``; every other labelled pixel is
+    a test pixel, used only to score the final model (never to select it).
+
+    Args:
+        scene: the scene.
+        labels: labelled pixels (pixels on invalid data are dropped and reported).
+        shots: labelled pixels per class to train on.
+        preset: architecture and recipes; with ``pretrained``, its fine-tuning recipe is used
+            and the architecture is the pretrained model's.
+        pretrained: a stage-1 model of a scene with the same bands (its statistics are used).
+        pretrain_samples: unlabelled windows for stage 1.
+        template: prompt template ``p1``..``p5`` or a text with ``{class}``; default the
+            preset's.
+        descriptions: class descriptions for ``p5`` (mapping or file); default the classes
+            table's description column.
+        split: ``"random"`` (the paper's protocol) or ``"spatial"`` (test pixels away from
+            the shots), or a given :class:`~diffclip_cli.sampling.shots.Split` of ``labels``
+            (e.g. a fixed standard split; ``shots`` is then only recorded). Indices refer to
+            ``labels`` as given; pixels on invalid data are dropped from both sides.
+        seed: the seed of every random choice.
+        device: where to train and score (a :class:`torch.device` or a name, resolved here
+            once for every stage).
+        evaluate: score the model on the test pixels.
+        batch_size: windows per forward pass when scoring.
+        provenance: extra facts to record in the model file (input paths, ...).
+        progress: called with :class:`~diffclip_cli.progress.ProgressEvent` s of the stages
+            ``"pretrain"``, ``"finetune"`` (optimiser steps), with the fast path
+            ``"teacher"`` (pixels) and ``"distill"`` (steps), and ``"evaluate"`` (pixels).
+        baseline: with the report, also score the classical baselines
+            (:func:`~diffclip_cli.report.baseline.score_baselines`) on the same test pixels.
+        fast: also distil the fast path (``classify --fast``) into the bundle; a mapping
+            gives :class:`~diffclip_cli.train.distill.DistillConfig` options.
+        budget: seconds the whole call may take (training, fast path, scoring): the schedule
+            is sized to fit from a few timed steps of each stage (:func:`plan_training`);
+            ``None``: the recipe as asked.
+        pinned: recipe fields to keep as asked under a budget (``"pretrain_windows"``,
+            ``"pretrain_epochs"``, ``"finetune_epochs"``, ``"distill_steps"``).
+        on_plan: called with the plan before any training; a plan is made (and recorded in
+            the provenance with the time taken) when this or ``budget`` is given.
+
+    Returns:
+        The classifier, its model file contents, the split, the held-out report and the
+        baseline's.
+    """
+    begin = time.perf_counter()
+    timings: dict[str, float] = {}
+    request = _Request(shots=shots, preset=preset, pretrained=pretrained,
+                       pretrain_samples=pretrain_samples, template=template,
+                       descriptions=descriptions, split=split, seed=seed,
+                       device=resolve_device(device), evaluate=evaluate, batch_size=batch_size,
+                       distill=_distill_config(fast), budget=budget, pinned=pinned)
+    device, distill = request.device, request.distill
+    prep = _prepare(scene, labels, request)
+    labels, chosen, given, preset, template, prompts = (
+        prep.labels, prep.chosen, prep.given, prep.preset, prep.template, prep.prompts)
+    stats, net, train = prep.stats, prep.net, prep.train
+    pre_history: list[dict[str, Any]] = []
+    plan = None
+    if budget is not None or on_plan is not None:
+        plan = _plan_prepared(scene, prep, request, started=begin)
+        preset = scaled_preset(preset, plan.recipe)
+        if pretrained is None:
+            pretrain_samples = plan.recipe.pretrain_windows
+        if distill is not None:
+            distill = dataclasses.replace(distill, steps=plan.recipe.distill_steps)
+        if on_plan is not None:
+            on_plan(plan)
+    if net is None:  # no pretrained model: stage 1 builds the network
+        stage1 = pretrain_scene(scene, preset=preset, samples=pretrain_samples, seed=seed,
+                                stats=stats, device=device, progress=progress)
+        net, pre_history = stage1.network, stage1.history
+        timings["pretrain"] = stage1.seconds
+
+    start = time.perf_counter()
+    members = finetune_members(net, train, prompts, preset, seed=seed, device=device,
+                                progress=progress)
+    classifier, history = members[0]
+    classifiers = [m for m, _ in members]
+    timings["finetune"] = time.perf_counter() - start + prep.read_seconds
+
+    counts = np.bincount(labels.index[chosen.train], minlength=len(labels.classes))
+    record = {
+        "inputs": input_paths(scene),
+        "seed": seed,
+        "shots": shots,
+        "split": "given" if given is not None else split,
+        "train_pixels_per_class": {c.name: int(n) for c, n in zip(labels.classes, counts,
+                                                                     strict=True)},
+        "pretrained": None if pretrained is None else pretrained.provenance,
+        "pretrain_samples": None if pretrained is not None else pretrain_samples,
+        "context": None if prep.context is None else prep.context.to_dict(),
+        "seconds": {k: round(v, 1) for k, v in timings.items()},
+        "version": __version__,
+        **dict(provenance or {}),
+    }
+    if plan is not None:
+        record["plan"] = plan.to_dict()
+    bundle = bundle_from_classifier([c.cpu() for c in classifiers], preset=preset, stats=stats,
+                                    classes=labels.classes, template=template,
+                                    band_names=scene.band_names,
+                                    wavelengths=scene.wavelengths, provenance=record)
+    if distill is not None:
+        start = time.perf_counter()
+        bundle = add_fast_path(scene, bundle, classifier=classifiers, seed=seed, device=device,
+                               batch_size=batch_size, progress=progress,
+                               config=distill)
+        timings["fast path"] = time.perf_counter() - start
+    report = None
+    if evaluate and chosen.test.size:
+        start = time.perf_counter()
+        report = evaluate_pixels(scene, bundle, labels.subset(chosen.test), device=device,
+                                 batch_size=batch_size, progress=progress,
+                                 classifier=classifiers)
+        timings["evaluate"] = time.perf_counter() - start
+    bases: list[Baseline] = []
+    if report is not None and baseline:
+        start = time.perf_counter()
+        reuse = (prep.context is not None
+                 and preset.model.context_components == SPATIAL_COMPONENTS)
+        bases = score_baselines(scene, labels, chosen, stats=stats, seed=seed,
+                                projection=prep.context.projection if reuse and prep.context
+                                else None)
+        timings["baseline"] = time.perf_counter() - start
+    timings["total"] = time.perf_counter() - begin
+    seconds = {k: round(v, 1) for k, v in timings.items()}
+    bundle = dataclasses.replace(bundle, provenance={**bundle.provenance, "seconds": seconds})
+    if plan is not None:
+        log.info("Took %s (estimated %s).", format_seconds(timings["total"]),
+                 format_seconds(plan.total_s))
+    return FewshotResult(bundle, classifier, labels, chosen, report, pre_history, history,
+                         timings, baselines=bases, plan=plan, members=classifiers)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,8 +529,8 @@ def run_fewshot(hsi: str | Path, lidar: list[str] | list[Path] | None, output: P
         DiffclipError: an input cannot be used, an output would replace an input, ...
     """
     from diffclip_cli.io.atomic import output_set
+    from diffclip_cli.model.archive import load_model, save_model
     from diffclip_cli.model.device import resolve_device
-    from diffclip_cli.model.modelfile import load_model, save_model
     from diffclip_cli.model.prompts import read_descriptions
     from diffclip_cli.report.render import report_paths, write_report
 

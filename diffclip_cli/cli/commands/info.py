@@ -60,7 +60,7 @@ def info(
     quiet: QuietOpt = False,
 ) -> None:
     """Show what a model expects (bands, classes, prompts, preset) and how it was made."""
-    from diffclip_cli.model.modelfile import load_model
+    from diffclip_cli.model.archive import load_model
 
     start(verbose, quiet)
     bundle = load_model(model)

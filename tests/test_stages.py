@@ -1,4 +1,4 @@
-"""The few-shot workflow on a generated scene, through files, as the commands use it."""
+"""The training stages as library functions: stage 1, stage 2, their plan and scoring."""
 
 import numpy as np
 import pytest
@@ -8,12 +8,15 @@ from diffclip_cli.errors import ModelError
 from diffclip_cli.infer.engine import TileEngine
 from diffclip_cli.io.labels import read_labels
 from diffclip_cli.io.raster import Scene
+from diffclip_cli.model.archive import load_model, save_model
 from diffclip_cli.model.config import load_preset
 from diffclip_cli.model.device import DeviceError, resolve_device
-from diffclip_cli.model.modelfile import build_classifier, load_model, save_model
-from diffclip_cli.pipeline import fewshot_scene, predict_pixels, pretrain_scene
+from diffclip_cli.model.modelfile import build_classifier
+from diffclip_cli.report.scoring import predict_pixels
 from diffclip_cli.sampling.tiles import iter_tiles, read_tile
 from diffclip_cli.sampling.windows import read_windows
+from diffclip_cli.workflows.fewshot import fewshot_scene
+from diffclip_cli.workflows.pretrain import pretrain_scene
 
 TINY = load_preset("tiny")
 
@@ -89,7 +92,7 @@ def test_resolve_device():
 
 
 def test_scoring_a_pretrained_model_is_a_model_error(tiny):
-    from diffclip_cli.pipeline import evaluate_pixels
+    from diffclip_cli.report.scoring import evaluate_pixels
 
     with Scene.open(tiny.hsi, [tiny.lidar]) as scene:
         labels = read_labels(tiny.labels, scene.grid)
