@@ -19,6 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 DATA = ROOT.parent / "shared" / "data"
 
+#: The development scenes and the shot counts the issues measure them at.
+CELLS: dict[str, tuple[int, ...]] = {"indian_pines": (2, 5, 10), "salinas_a": (2,),
+                                     "jasper_ridge": (2, 5), "eo_learn": (2, 5)}
+
 
 @dataclass
 class LabScene:

@@ -32,8 +32,7 @@ from diffclip_cli.sampling.context import read_context, scene_projection
 from diffclip_cli.sampling.normalise import compute_stats
 from experiments import lab
 
-CELLS = {"indian_pines": (2, 5, 10), "salinas_a": (2,), "jasper_ridge": (2, 5),
-         "eo_learn": (2, 5)}
+CELLS = lab.CELLS
 
 
 def main() -> None:

@@ -549,6 +549,27 @@ class Scene:
             valid &= np.isfinite(lidar).all(axis=0)
         return MaskedModalities(hsi, lidar, valid=valid)
 
+    def read_around(self, rows: tuple[int, int], cols: tuple[int, int], reach: int
+                    ) -> tuple[MaskedModalities, tuple[tuple[int, int], tuple[int, int]]]:
+        """A block and ``reach`` pixels around it, cut at the grid, and what the cut left out.
+
+        Args:
+            rows: the block's rows ``(start, stop)``.
+            cols: its columns ``(start, stop)``.
+            reach: pixels wanted on every side.
+
+        Returns:
+            What :meth:`read` gives for the block plus its reach inside the grid, and the rows
+            (top, bottom) and columns (left, right) of the reach that fell outside it: the
+            padding (by mirroring) that completes the block.
+        """
+        h, w = self.grid.shape
+        r0, r1 = max(0, rows[0] - reach), min(h, rows[1] + reach)
+        c0, c1 = max(0, cols[0] - reach), min(w, cols[1] + reach)
+        pad = ((reach - (rows[0] - r0), reach - (r1 - rows[1])),
+               (reach - (cols[0] - c0), reach - (c1 - cols[1])))
+        return self.read(((r0, r1), (c0, c1))), pad
+
     def read_bands(self, window: WindowLike, modality: str) -> np.ndarray:
         """Read one window of one modality on the HSI grid.
 

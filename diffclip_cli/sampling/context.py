@@ -208,11 +208,8 @@ def _pixel_features(
     smooth = np.empty((r.size, len(scales) * n), np.float32)
     halo = context_halo(scales)
     for g in group_by_tile(r, c, tile_size=tile_size):
-        r0, r1 = max(0, g.row_start - halo), min(h, g.row_stop + halo)
-        c0, c1 = max(0, g.col_start - halo), min(w, g.col_stop + halo)
-        block = scene.read(((r0, r1), (c0, c1)))
-        pad = ((halo - (g.row_start - r0), halo - (r1 - g.row_stop)),
-               (halo - (g.col_start - c0), halo - (c1 - g.col_stop)))
+        block, pad = scene.read_around((g.row_start, g.row_stop), (g.col_start, g.col_stop),
+                                       halo)
         hsi = _mirror(stats.hsi.apply(block.hsi, inplace=True), pad)
         parts = [hsi]
         if block.lidar is not None:

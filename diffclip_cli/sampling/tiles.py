@@ -97,13 +97,10 @@ def read_tile(scene: Scene, tile: Tile, *, stats: SceneStats) -> TileData:
     (:func:`~diffclip_cli.sampling.context.model_inputs`) reflect-padded by ``halo``, cut at
     the tile.
     """
-    h, w = scene.grid.shape
     k = tile.halo + (context_halo(stats.context.scales) if stats.context is not None else 0)
-    r0, r1 = max(0, tile.row - k), min(h, tile.row + tile.height + k)
-    c0, c1 = max(0, tile.col - k), min(w, tile.col + tile.width + k)
-    block = scene.read(((r0, r1), (c0, c1)))
-    pad = ((k - (tile.row - r0), k - (r1 - tile.row - tile.height)),
-           (k - (tile.col - c0), k - (c1 - tile.col - tile.width)))
+    block, pad = scene.read_around((tile.row, tile.row + tile.height),
+                                   (tile.col, tile.col + tile.width), k)
+    r0, c0 = tile.row - (k - pad[0][0]), tile.col - (k - pad[1][0])
     # The block is ours: normalised in place, copied into a padded array only at the scene
     # border (a tile of 144 bands is 40 MB; each copy counts in the peak).
     arrays = model_inputs(block.hsi, block.lidar, block.valid, stats=stats, pad=pad,

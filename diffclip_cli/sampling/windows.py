@@ -117,11 +117,8 @@ def read_windows(
     lidar = (np.empty((r.size, scene.lidar_bands + lidar_ctx, size, size), np.float32)
              if scene.has_lidar else None)
     for g in group_by_tile(r, c, tile_size=tile_size):
-        r0, r1 = max(0, g.row_start - reach), min(h, g.row_stop + reach)
-        c0, c1 = max(0, g.col_start - reach), min(w, g.col_stop + reach)
-        block = scene.read(((r0, r1), (c0, c1)))
-        pad = ((reach - (g.row_start - r0), reach - (r1 - g.row_stop)),
-               (reach - (g.col_start - c0), reach - (c1 - g.col_stop)))
+        block, pad = scene.read_around((g.row_start, g.row_stop), (g.col_start, g.col_stop),
+                                       reach)
         arrays = model_inputs(block.hsi, block.lidar, block.valid, stats=stats, pad=pad,
                               inplace=True)
         lr = r[g.index] - g.row_start
