@@ -26,6 +26,7 @@ STAGES: dict[str, str] = {
     "distill": "optimiser steps of the fast path's distillation",
     "evaluate": "held-out pixels scored",
     "classify": "pixels of a map classified",
+    "suggest": "pixels scored to choose the points to label next",
 }
 
 

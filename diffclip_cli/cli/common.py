@@ -45,6 +45,7 @@ _STAGE_TITLES = {
     "classify": "Classifying pixels",
     "teacher": "Fast path: teacher labels",
     "distill": "Fast path: distilling (steps)",
+    "suggest": "Scoring pixels to suggest",
 }
 
 

@@ -16,6 +16,7 @@ __all__ = [
     "ClassesOpt",
     "DeviceOpt",
     "HsiArg",
+    "LabelFilesOpt",
     "LabelsOpt",
     "LayerOpt",
     "LidarArg",
@@ -59,6 +60,19 @@ LabelsOpt = Annotated[
         "--labels",
         help="Labelled pixels: a vector file (GeoPackage, GeoJSON, Shapefile; points or "
         "polygons) or a label GeoTIFF (0 = unlabelled).",
+        rich_help_panel=_LAB,
+        show_default=False,
+    ),
+]
+LabelFilesOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--labels",
+        metavar="FILE",
+        help="Labelled pixels: a vector file (GeoPackage, GeoJSON, Shapefile; points or "
+        "polygons) or a label GeoTIFF (0 = unlabelled). Repeat it to add files (e.g. a "
+        "filled-in `diffclip suggest` file): the first defines the classes; a pixel labelled "
+        "differently in two files is dropped and reported with both files.",
         rich_help_panel=_LAB,
         show_default=False,
     ),

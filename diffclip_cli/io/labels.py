@@ -12,6 +12,7 @@ import math
 import os
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,14 @@ from diffclip_cli.io.grid import Grid
 from diffclip_cli.io.pixels import apply_transform
 from diffclip_cli.io.raster import Scene, is_gdal_name, open_raster
 
-__all__ = ["RASTER_SUFFIXES", "LabelReport", "LabelSet", "detect_class_fields", "read_labels"]
+__all__ = [
+    "RASTER_SUFFIXES",
+    "LabelReport",
+    "LabelSet",
+    "detect_class_fields",
+    "merge_labels",
+    "read_labels",
+]
 
 log = logging.getLogger("diffclip")
 
@@ -79,6 +87,9 @@ class LabelReport:
             (``None`` until :meth:`LabelSet.drop_invalid`).
         invalid_per_class: the same, per class name.
         empty_classes: classes of the table without any labelled pixel.
+        files: the label files merged into the set, in order (several ``--labels``).
+        file_conflicts: pixels labelled with different classes in different files (dropped),
+            each as ``"row R, col C: name (file) / name (file)"``.
     """
 
     source: str
@@ -101,6 +112,8 @@ class LabelReport:
     invalid_pixels: int | None = None
     invalid_per_class: dict[str, int] | None = None
     empty_classes: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    file_conflicts: list[str] = field(default_factory=list)
 
     @property
     def labelled_pixels(self) -> int:
@@ -151,6 +164,12 @@ class LabelReport:
             detail = ", ".join(f"{k} {v}" for k, v in (self.invalid_per_class or {}).items() if v)
             out.append(f"{self.invalid_pixels} labelled pixels lie on invalid pixels (nodata or "
                        f"no LiDAR) and were dropped ({detail}).")
+        if self.file_conflicts:
+            shown = "; ".join(self.file_conflicts[:5])
+            more = (f"; and {len(self.file_conflicts) - 5} more"
+                    if len(self.file_conflicts) > 5 else "")
+            out.append(f"{len(self.file_conflicts)} pixels are labelled with different classes "
+                       f"in different label files and were dropped ({shown}{more}).")
         if self.empty_classes:
             out.append(f"Classes without any labelled pixel: {', '.join(self.empty_classes)}.")
         return out
@@ -834,3 +853,78 @@ def _raster_outside(
             gr = np.floor(gr)
             outside += int(((gc < 0) | (gr < 0) | (gc >= grid.width) | (gr >= grid.height)).sum())
     return outside, total
+
+
+def merge_labels(sets: Sequence[LabelSet]) -> LabelSet:
+    """Labels from several files as one set, each pixel once.
+
+    The sets must share their class table (read the later files with the first one's). A
+    pixel labelled with the same class in several files counts once; one labelled with
+    different classes in different files is dropped, and the report names each such pixel,
+    its classes and the files they came from.
+
+    Raises:
+        ValueError: no set, or sets with different class tables or grids.
+        LabelError: every labelled pixel is in conflict.
+    """
+    if not sets:
+        raise ValueError("no label set to merge")
+    first = sets[0]
+    if len(sets) == 1:
+        return first
+    grid = first.grid
+    for other in sets[1:]:
+        if other.classes != first.classes or (
+                grid is not None and other.grid is not None and other.grid != grid):
+            raise ValueError("label sets to merge must share their classes and grid")
+    width = int(max(max(int(s.cols.max(initial=0)) for s in sets) + 1,
+                    grid.width if grid is not None else 0))
+    names = [Path(s.report.source).name for s in sets]
+    key = np.concatenate([s.rows * width + s.cols for s in sets])
+    cls = np.concatenate([s.class_ids for s in sets])
+    src = np.concatenate([np.full(len(s), i) for i, s in enumerate(sets)])
+    order = np.lexsort((src, cls, key))
+    key, cls, src = key[order], cls[order], src[order]
+    ukey, start, count = np.unique(key, return_index=True, return_counts=True)
+    name_of = {c.id: c.name for c in first.classes}
+    keep = np.ones(ukey.size, bool)
+    conflicts: list[str] = []
+    duplicates = 0
+    for j in np.flatnonzero(count > 1):
+        s, n = int(start[j]), int(count[j])
+        classes_here = np.unique(cls[s:s + n])
+        if classes_here.size == 1:
+            duplicates += n - 1
+            continue
+        keep[j] = False
+        by = "; ".join(
+            f"{name_of[int(c)]} ({', '.join(dict.fromkeys(names[int(i)] for i in src[s:s + n][cls[s:s + n] == c]))})"  # noqa: E501
+            for c in classes_here)
+        r, c_ = divmod(int(ukey[j]), width)
+        conflicts.append(f"row {r}, col {c_}: {by}")
+    report = dataclasses.replace(
+        first.report,
+        source=" + ".join(s.report.source for s in sets),
+        files=[s.report.source for s in sets],
+        features_read=sum(s.report.features_read for s in sets),
+        features_without_geometry=sum(s.report.features_without_geometry for s in sets),
+        features_without_class=sum(s.report.features_without_class for s in sets),
+        features_unlabelled=sum(s.report.features_unlabelled for s in sets),
+        features_outside=sum(s.report.features_outside for s in sets),
+        features_partly_outside=sum(s.report.features_partly_outside for s in sets),
+        features_without_pixel=sum(s.report.features_without_pixel for s in sets),
+        pixels_outside=sum(s.report.pixels_outside for s in sets),
+        duplicate_pixels=sum(s.report.duplicate_pixels for s in sets) + duplicates,
+        conflict_pixels=sum(s.report.conflict_pixels for s in sets),
+        file_conflicts=conflicts)
+    if not keep.any():
+        raise LabelError("every labelled pixel is claimed by different classes in different "
+                         "files", path=report.source,
+                         hint="fix the class fields so the files agree")
+    k = ukey[keep]
+    merged = LabelSet(rows=(k // width).astype(np.int64), cols=(k % width).astype(np.int64),
+                      class_ids=cls[start[keep]].astype(np.int64), classes=first.classes,
+                      report=report, grid=grid)
+    report.pixels_per_class = _per_class(merged)
+    report.empty_classes = [name for name, n in report.pixels_per_class.items() if n == 0]
+    return merged

@@ -147,6 +147,7 @@ def quicklook(
     max_size: int = 1024,
     title: str | None = None,
     overwrite: bool = False,
+    points: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Path:
     """Draw a class map as a PNG with a legend (and coordinates and a scale bar).
 
@@ -167,6 +168,8 @@ def quicklook(
         max_size: the longest side of the map in the PNG, in pixels.
         title: a title above the map.
         overwrite: replace an existing PNG.
+        points: ``(rows, cols)`` of points to mark on the map (pixel positions of
+            ``source``), numbered in their order (``diffclip suggest``'s ranks).
 
     Returns:
         The PNG's path.
@@ -176,7 +179,7 @@ def quicklook(
         OutputError: when ``output`` exists (without ``overwrite``) or cannot be written.
     """
     out = check_output(output, overwrite=overwrite)
-    fig = quicklook_figure(source, classes, max_size=max_size, title=title)
+    fig = quicklook_figure(source, classes, max_size=max_size, title=title, points=points)
     with atomic_path(out, overwrite=overwrite) as tmp:
         fig.savefig(tmp, format="png", dpi=_DPI)
     return out
@@ -188,14 +191,18 @@ def quicklook_figure(
     *,
     max_size: int = 1024,
     title: str | None = None,
+    points: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Any:
     """The matplotlib figure :func:`quicklook` saves (same arguments, no output)."""
     frame = None
     if isinstance(source, np.ndarray):
         if source.ndim != 2:
             raise InputError(f"a quicklook needs a 2-D class map, got shape {source.shape}")
+        full = source.shape
         data = _decimate_array(source, max_size)
     else:
+        with rasterio.open(source) as ds:
+            full = (ds.height, ds.width)
         data, nodata = read_decimated(source, max_size=max_size)
         if nodata is not None and nodata != 0:
             data = np.where(data == nodata, 0, data)
@@ -214,8 +221,12 @@ def quicklook_figure(
     if factor > 1:
         rgba = np.repeat(np.repeat(rgba, factor, axis=0), factor, axis=1)
     has_unknown = bool(np.isin(data, [0, *(c.id for c in legend_classes)], invert=True).any())
+    marks = None
+    if points is not None:  # centres of the points' pixels, in the drawn map's pixels
+        sy, sx = data.shape[0] * factor / full[0], data.shape[1] * factor / full[1]
+        marks = ((np.asarray(points[1]) + 0.5) * sx, (np.asarray(points[0]) + 0.5) * sy)
     return _figure(rgba, legend_classes, title=title, nodata=bool((data == 0).any()),
-                   unknown=has_unknown, frame=frame)
+                   unknown=has_unknown, frame=frame, marks=marks)
 
 
 def _legend_classes(classes: ClassTable | None, data: np.ndarray) -> list[ClassInfo]:
@@ -250,7 +261,8 @@ def _unit_rgb(rgb: Sequence[int]) -> tuple[float, float, float]:
 
 
 def _figure(rgba: np.ndarray, classes: list[ClassInfo], *, title: str | None, nodata: bool,
-            unknown: bool, frame: MapFrame | None = None) -> Any:
+            unknown: bool, frame: MapFrame | None = None,
+            marks: tuple[np.ndarray, np.ndarray] | None = None) -> Any:
     """Lay the map out pixel for pixel, with the legend measured first so nothing is cut."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -301,6 +313,15 @@ def _figure(rgba: np.ndarray, classes: list[ClassInfo], *, title: str | None, no
                              linewidth=72 / _DPI, antialiased=False))
     if frame is not None:
         _coordinates(fig, frame, x0=x0, y0=y0, w=w, h=h, width=width, height=height)
+    if marks is not None and marks[0].size:
+        # figure pixels from the bottom left; each point numbered in its order
+        xs, ys = x0 + marks[0], y0 + h - marks[1]
+        fig.add_artist(_marks(xs, ys))
+        for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
+            fig.text(x + 4, y + 3, str(i + 1), fontsize=7, color="black",
+                     transform=IdentityTransform(),
+                     bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none",
+                           "alpha": 0.7})
     if handles:
         top = (height - _PAD - title_h) / height
         fig.legend(**legend_kw, bbox_to_anchor=((x0 + w + 2 * _PAD) / width, top),
@@ -309,6 +330,16 @@ def _figure(rgba: np.ndarray, classes: list[ClassInfo], *, title: str | None, no
         fig.text(_PAD / width, 1 - _PAD / height, title.replace("$", r"\$"), fontsize=11,
                  ha="left", va="top")
     return fig
+
+
+def _marks(xs: np.ndarray, ys: np.ndarray) -> Any:
+    """Ringed markers at figure pixel positions."""
+    from matplotlib.lines import Line2D
+    from matplotlib.transforms import IdentityTransform
+
+    return Line2D(xs, ys, linestyle="none", marker="o", markersize=6,
+                  markerfacecolor="black", markeredgecolor="white", markeredgewidth=1.2,
+                  transform=IdentityTransform())
 
 
 def _coordinates(fig: Any, frame: MapFrame, *, x0: int, y0: int, w: int, h: int, width: int,

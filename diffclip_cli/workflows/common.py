@@ -17,12 +17,13 @@ from diffclip_cli.errors import InputError, ModelError, OverrideError
 if TYPE_CHECKING:
     import torch
 
+    from diffclip_cli.io.classes import ClassTable
     from diffclip_cli.io.labels import LabelSet
     from diffclip_cli.io.raster import Scene
     from diffclip_cli.model.config import Preset
 
 __all__ = ["TrainingOptions", "about_model", "open_scene", "override_preset",
-           "read_label_file",
+           "read_label_file", "read_label_files",
            "warn_if_out_of_distribution"]
 
 log = logging.getLogger("diffclip")
@@ -73,20 +74,57 @@ def warn_if_out_of_distribution(scene: Scene, bundle: Any, *, model: Path) -> No
                     describe_shift(off))
 
 
-def read_label_file(path: str | Path, scene_or_grid: Any, *, classes: Path | None,
-                    class_field: str | None, layer: str | None) -> LabelSet:
+def read_label_file(path: str | Path, scene_or_grid: Any, *,
+                    classes: Path | ClassTable | None, class_field: str | None,
+                    layer: str | None) -> LabelSet:
     """Read labels (vector or raster) onto a scene's grid, with an optional classes table."""
     from diffclip_cli.io.classes import ClassTable
     from diffclip_cli.io.labels import read_labels
     from diffclip_cli.io.raster import is_gdal_name
 
     grid = getattr(scene_or_grid, "grid", scene_or_grid)
-    table = None
-    if classes is not None:
-        table = ClassTable.from_csv(classes)
+    table = ClassTable.from_csv(classes) if isinstance(classes, Path) else classes
     if not is_gdal_name(path) and not Path(path).exists():
         raise InputError("label file not found", path=path, hint="check the --labels path")
     return read_labels(path, grid, class_field=class_field, layer=layer, classes=table)
+
+
+def read_label_files(paths: Sequence[str | Path], scene_or_grid: Any, *,
+                     classes: Path | None, class_field: str | None,
+                     layer: str | None) -> LabelSet:
+    """Read one or several label files onto a scene's grid as one set.
+
+    The first file (with ``classes``, if given) defines the classes; the others are read
+    with its class table, so a class they name that it does not know is an error naming the
+    file (e.g. a filled-in ``diffclip suggest`` file with a misspelt class). Pixels labelled
+    in several files count once; with different classes they are dropped and the report
+    names them and their files (:func:`~diffclip_cli.io.labels.merge_labels`).
+
+    Raises:
+        InputError: a file is missing or unreadable.
+        LabelError: a later file names a class the first does not have, or nothing is left.
+    """
+    from diffclip_cli.errors import LabelError
+    from diffclip_cli.io.labels import merge_labels
+
+    if not paths:
+        raise LabelError("no label file given", hint="pass --labels FILE")
+    first = read_label_file(paths[0], scene_or_grid, classes=classes,
+                            class_field=class_field, layer=layer)
+    sets = [first]
+    for path in paths[1:]:
+        try:
+            sets.append(read_label_file(path, scene_or_grid, classes=first.classes,
+                                        class_field=class_field, layer=layer))
+        except LabelError as exc:
+            if "not in the classes table" not in exc.message:
+                raise
+            raise LabelError(exc.message.replace("the classes table", "the classes of "
+                                                 f"{Path(str(paths[0])).name}"),
+                             path=exc.path or path,
+                             hint="use those class names (case does not matter), or give "
+                                  "--classes with every class") from None
+    return merge_labels(sets)
 
 
 @dataclass(frozen=True, kw_only=True)

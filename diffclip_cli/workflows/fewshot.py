@@ -52,7 +52,7 @@ from diffclip_cli.workflows.common import (
     TrainingOptions,
     open_scene,
     override_preset,
-    read_label_file,
+    read_label_files,
     warn_if_out_of_distribution,
 )
 from diffclip_cli.workflows.pretrain import pretrain_scene
@@ -415,7 +415,10 @@ class FewshotOptions(TrainingOptions):
     """What to train on and how: labels, shots, recipe, prompts, fast path, execution.
 
     Attributes:
-        labels: labelled pixels, a vector file or a label raster.
+        labels: labelled pixels, a vector file or a label raster, or several of them (e.g.
+            the first labels and a filled-in ``diffclip suggest`` file): the first defines the
+            classes, pixels labelled twice count once, with different classes they are
+            dropped and reported with their files.
         shots: labelled pixels per class to train on.
         classes: a classes table naming a label raster's ids (and describing classes).
         class_field: the vector attribute holding classes (default: guessed).
@@ -449,7 +452,7 @@ class FewshotOptions(TrainingOptions):
             neither a preset nor a pretrained model.
     """
 
-    labels: str | Path
+    labels: str | Path | tuple[str | Path, ...]
     shots: int
     classes: Path | None = None
     class_field: str | None = None
@@ -465,8 +468,17 @@ class FewshotOptions(TrainingOptions):
     fast_steps: int | None = None
     batch_size: int | None = None
 
+    @property
+    def label_files(self) -> tuple[str | Path, ...]:
+        """The labels files, as a tuple (one or several)."""
+        return self.labels if isinstance(self.labels, tuple) else (self.labels,)
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not isinstance(self.labels, tuple):
+            object.__setattr__(self, "labels", (self.labels,))
+        if not self.labels:
+            raise ValueError("give at least one labels file")
         if self.shots < 1:
             raise ValueError(f"shots must be at least 1, not {self.shots}")
         check_split(self.split)
@@ -538,7 +550,7 @@ def run_fewshot(hsi: str | Path, lidar: list[str] | list[Path] | None, output: P
     device = resolve_device(options.device)
     stem = report_stem(output)
     outputs: dict[str, Any] = {"model": output, "report": list(report_paths(stem).values())}
-    inputs = {"the HSI": hsi, "a LiDAR raster": lidar, "the labels": options.labels,
+    inputs = {"the HSI": hsi, "a LiDAR raster": lidar, "the labels": list(options.label_files),
               "the classes table": options.classes, "the descriptions": options.descriptions,
               "the pretrained model": pretrained}
     # Every output checked before any work; all renamed into place together at the end.
@@ -556,7 +568,7 @@ def run_fewshot(hsi: str | Path, lidar: list[str] | list[Path] | None, output: P
         with open_scene(hsi, lidar) as scene:
             if base is not None and pretrained is not None:
                 warn_if_out_of_distribution(scene, base, model=pretrained)
-            label_set = read_label_file(options.labels, scene, classes=options.classes,
+            label_set = read_label_files(options.label_files, scene, classes=options.classes,
                                         class_field=options.class_field, layer=options.layer)
             fast: bool | dict[str, Any] = options.fast
             if options.fast and options.fast_steps is not None:
@@ -569,7 +581,7 @@ def run_fewshot(hsi: str | Path, lidar: list[str] | list[Path] | None, output: P
                 split=options.split, seed=options.seed, device=device,
                 batch_size=options.batch_size, progress=progress, fast=fast,
                 budget=options.budget, pinned=options.pinned, on_plan=on_plan,
-                provenance={"labels": str(options.labels),
+                provenance={"labels": [str(p) for p in options.label_files],
                             "pretrained_file": None if pretrained is None else str(pretrained)})
             save_model(result.bundle, output, overwrite=overwrite)
         if result.report is None:
@@ -579,6 +591,7 @@ def run_fewshot(hsi: str | Path, lidar: list[str] | list[Path] | None, output: P
         paths = write_report(result.report, stem, overwrite=overwrite, title=title,
                              metadata={"model": str(output), "shots": options.shots,
                                        "seed": options.seed, "split": options.split,
-                                       "labels": str(options.labels)},
+                                       "labels": ", ".join(str(p) for p in
+                                                           options.label_files)},
                              baselines=result.baselines)
     return FewshotOutcome(result, title, paths)

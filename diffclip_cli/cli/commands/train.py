@@ -28,7 +28,7 @@ from diffclip_cli.cli.options import (
     ClassFieldOpt,
     DeviceOpt,
     HsiArg,
-    LabelsOpt,
+    LabelFilesOpt,
     LayerOpt,
     LidarArg,
     OverwriteOpt,
@@ -255,7 +255,7 @@ def pretrain(
 def fewshot(
     hsi: HsiArg,
     lidar: LidarArg = None,
-    labels: LabelsOpt = ...,  # type: ignore[assignment]
+    labels: LabelFilesOpt = ...,  # type: ignore[assignment]
     shots: Annotated[int, typer.Option("--shots", "-k", min=1,
                                        help="Labelled pixels per class to train on.")] = ...,  # type: ignore[assignment]
     classes: ClassesOpt = None,
@@ -331,7 +331,7 @@ def fewshot(
         config = _overridden(preset_option(name), overrides)
     try:  # --window with --pretrained: the pretrained model fixes the architecture
         options = FewshotOptions(
-            labels=labels, shots=shots, classes=classes, class_field=class_field,
+            labels=tuple(labels), shots=shots, classes=classes, class_field=class_field,
             layer=layer, pretrained=pretrained, preset=config, overrides=overrides,
             pretrain_samples=pretrain_samples, prompt=prompt, descriptions=descriptions,
             split=split, fast=fast, fast_steps=fast_steps, batch_size=batch_size, seed=seed,
