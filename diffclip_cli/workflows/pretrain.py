@@ -56,8 +56,6 @@ class PretrainResult:
         history: one record per epoch.
         seconds: wall time of the stage.
         plan: the schedule planned before training (with a budget or ``on_plan``).
-        members: every fine-tuned classifier (``finetune.members`` of them; the model's
-            probabilities are their mean).
     """
 
     bundle: ModelBundle
