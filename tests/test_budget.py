@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import re
+import time
 
 import numpy as np
 import pytest
@@ -288,6 +289,40 @@ def test_plan_fewshot_plans_without_training(tmp_path):
     assert plan.recipe.pretrain_windows == 24 * 24 and plan.recipe.distill_steps == 0
     assert plan.recipe.finetune_epochs == TINY.finetune.epochs
     assert plan.total_s > 0 and "fast path" not in plan.line()
+
+
+def test_scoring_estimate_counts_a_reads_fixed_cost_per_chunk_not_per_pixel():
+    costs = StepCosts(infer_pixel=1e-3, infer_read=1e-4, infer_chunk=2.0)
+    recipe = Recipe(score_pixels=5000, members=4)
+    # two reads of up to 4,096 pixels, each pixel read once and run through four members
+    assert stage_seconds(recipe, costs)["evaluate"] == pytest.approx(2 * 2.0 + 5000 * 4.1e-3)
+    assert stage_seconds(Recipe(members=4), costs)["evaluate"] == 0.0
+
+
+def test_calibration_separates_a_reads_fixed_cost(tmp_path, monkeypatch):
+    # A read that costs 0.4 s whatever its size (as the spatial context's smoothing does):
+    # charged once per read, not to every pixel (it made a 1-minute run plan 12 minutes).
+    import diffclip_cli.train.calibrate as calibrate
+
+    real = calibrate.read_windows
+
+    def slow_read(*args, **kwargs):
+        time.sleep(0.4)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(calibrate, "read_windows", slow_read)
+    files = write_scene(make_scene(height=40, width=40, hsi_bands=6, patch_size=10, seed=1),
+                        tmp_path, hsi_dtype="int16")
+    with Scene.open(files["hsi"], [files["lidar"]]) as scene:
+        labels = read_labels(files["labels"], scene.grid, classes=files["classes"])
+        plan = plan_fewshot(scene, labels, shots=2, preset=TINY, pretrain_samples=200,
+                            budget=None, fast=False)
+    c = plan.costs
+    assert 0.3 < c.infer_chunk < 0.6
+    assert c.infer_read < 0.01 and 0 < c.infer_pixel < 0.01
+    n = plan.recipe.score_pixels
+    assert n > 1000  # the held-out pixels, one read
+    assert plan.seconds["evaluate"] < 0.4 + n * 0.02
 
 
 # ---------------------------------------------------------------------------- commands

@@ -33,7 +33,7 @@ from diffclip_cli.model.device import resolve_device
 from diffclip_cli.model.inference import PRECISIONS, InferenceModel
 from diffclip_cli.sampling.normalise import SceneStats
 from diffclip_cli.sampling.tiles import TileData
-from diffclip_cli.sampling.windows import read_windows
+from diffclip_cli.sampling.windows import PIXEL_CHUNK, read_windows
 
 __all__ = ["TileEngine", "default_batch_size", "default_precision", "tile_windows"]
 
@@ -217,7 +217,7 @@ class TileEngine:
         cols: np.ndarray,
         *,
         stats: SceneStats,
-        chunk: int = 4096,
+        chunk: int = PIXEL_CHUNK,
         progress: Callable[[int, int], None] | None = None,
     ) -> np.ndarray:
         """``(N, K)`` float32 probabilities of scattered pixels of ``scene``.

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from diffclip_cli.model.config import Preset
 from diffclip_cli.progress import ProgressEvent
+from diffclip_cli.sampling.windows import PIXEL_CHUNK
 
 if TYPE_CHECKING:
     import torch
@@ -190,8 +191,12 @@ class StepCosts:
         finetune_step: one stage-2 step, on average over an epoch of the training windows.
         distill_step: one fast-path optimiser step.
         window_read: reading and normalising one window from the rasters.
-        infer_pixel: the faithful classifier on one pixel, reading included (the teacher's
-            labels of the fast path, the held-out score).
+        infer_pixel: one member of the faithful classifier on one read window (the
+            teacher's labels of the fast path, the held-out score).
+        infer_read: reading and normalising one pixel's window for inference, beyond
+            :attr:`infer_chunk`.
+        infer_chunk: the fixed cost of one read of up to :data:`PIXEL_CHUNK` scattered
+            pixels (their blocks, and with spatial context its projection and smoothing).
         distill_read: reading the fast path's training patches (once).
         setup: already spent before the plan (statistics, calibration).
     """
@@ -201,6 +206,8 @@ class StepCosts:
     distill_step: float = 0.0
     window_read: float = 0.0
     infer_pixel: float = 0.0
+    infer_read: float = 0.0
+    infer_chunk: float = 0.0
     distill_read: float = 0.0
     setup: float = 0.0
 
@@ -216,7 +223,9 @@ def stage_seconds(recipe: Recipe, costs: StepCosts) -> dict[str, float]:
 
     Each training stage costs its window reads plus its optimiser steps (a short last batch
     counts as a step); the fast path the teacher's labels, the patch reads and its steps;
-    scoring one faithful inference per pixel.
+    scoring one faithful inference per pixel. Faithful inference of ``n`` scattered pixels
+    costs a fixed read per chunk of :data:`PIXEL_CHUNK` pixels, a read per pixel and one
+    forward pass per pixel and member.
     """
     r, c = recipe, costs
     pre = fine = 0.0
@@ -225,11 +234,17 @@ def stage_seconds(recipe: Recipe, costs: StepCosts) -> dict[str, float]:
     if r.finetune_steps > 0:
         fine = r.finetune_windows * c.window_read + r.finetune_steps * c.finetune_step
     fast = 0.0
-    infer = c.infer_pixel * max(1, r.members)
+
+    def infer(n: int) -> float:
+        if n <= 0:
+            return 0.0
+        return (math.ceil(n / PIXEL_CHUNK) * c.infer_chunk
+                + n * (c.infer_read + c.infer_pixel * max(1, r.members)))
+
     if r.distill_steps > 0:
-        fast = r.distill_pixels * infer + c.distill_read + r.distill_steps * c.distill_step
+        fast = infer(r.distill_pixels) + c.distill_read + r.distill_steps * c.distill_step
     return {"setup": c.setup, "pretrain": pre, "finetune": fine, "fast path": fast,
-            "evaluate": r.score_pixels * infer}
+            "evaluate": infer(r.score_pixels)}
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from diffclip_cli.model.rng import derive_seed
 from diffclip_cli.model.text import Vocabulary
 from diffclip_cli.sampling.normalise import SceneStats
 from diffclip_cli.sampling.unlabelled import sample_unlabelled
+from diffclip_cli.sampling.windows import read_windows
 from diffclip_cli.train.budget import (
     Plan,
     Recipe,
@@ -56,8 +57,11 @@ _R = TypeVar("_R")
 #: :data:`_CALIBRATION_WARMUP` are a warm-up, the others are timed.
 _CALIBRATION_STEPS = 6
 _CALIBRATION_WARMUP = 2
-#: Seconds of faithful inference timed when calibrating (after a warm-up).
+#: Seconds of faithful inference timed when calibrating, beyond the first read (after a
+#: warm-up).
 _CALIBRATION_INFER_S = 1.5
+#: Pixels of the first timed inference call (its read is mostly the call's fixed cost).
+_CALIBRATION_SMALL = 128
 #: Pixel positions drawn for timing inference (at most).
 _CALIBRATION_PIXELS = 4096
 
@@ -133,9 +137,8 @@ def _calibrate(scene: Scene, net: DiffCLIPNet, stats: SceneStats, preset: Preset
     Reads unlabelled windows over the scene (the window-read cost), runs
     :data:`_CALIBRATION_STEPS` pretraining steps on them and whole epochs of fine-tuning on
     the training windows (the first :data:`_CALIBRATION_WARMUP` steps untimed), and the
-    faithful classifier on unlabelled pixels for about :data:`_CALIBRATION_INFER_S` seconds
-    (the marginal cost per pixel of two calls, so per-call overheads are not counted for
-    every pixel).
+    faithful classifier on unlabelled pixels (:func:`_infer_costs`: a call's fixed cost apart
+    from the per-pixel ones).
 
     Returns:
         The step costs, and the scene's valid pixels when there are fewer than were drawn
@@ -184,23 +187,43 @@ def _calibrate(scene: Scene, net: DiffCLIPNet, stats: SceneStats, preset: Preset
         costs["finetune_step"] = (_fastest_threads(finetune_steps, device) if choose_threads
                                   else finetune_steps())
     if infer and probe is not None and rows.size:
-        engine = TileEngine(probe, device=device, batch_size=batch_size)
-
-        def seconds(n: int) -> float:
-            tic = time.perf_counter()
-            engine.predict_pixels(scene, rows[:n], cols[:n], stats=stats)
-            return time.perf_counter() - tic
-
-        seconds(min(rows.size, 64))  # warm-up
-        small = min(rows.size, 128)
-        rate = small / max(seconds(small), 1e-6)
-        large = int(min(rows.size, max(2 * small, rate * _CALIBRATION_INFER_S)))
-        t_small, t_large = seconds(small), seconds(large)
-        if large >= 2 * small and t_large > t_small:
-            costs["infer_pixel"] = (t_large - t_small) / (large - small)
-        else:
-            costs["infer_pixel"] = t_large / large
+        costs.update(_infer_costs(TileEngine(probe, device=device, batch_size=batch_size),
+                                  scene, stats, rows, cols))
     return StepCosts(**costs), valid
+
+
+def _infer_costs(engine: TileEngine, scene: Scene, stats: SceneStats, rows: np.ndarray,
+                 cols: np.ndarray) -> dict[str, float]:
+    """Time faithful inference of scattered pixels (``infer_chunk``, ``_read``, ``_pixel``).
+
+    A call reads its pixels' blocks (with spatial context: projecting and smoothing them, a
+    second or more on a 200-band scene) whatever the number of pixels, then a window per pixel,
+    then runs the network on each. Timing calls of growing size (x 4, from
+    :data:`_CALIBRATION_SMALL` pixels, until their reads and forward passes beyond the first
+    call's take :data:`_CALIBRATION_INFER_S`) separates the fixed cost from the per-pixel ones;
+    one call's total divided by its pixels would charge the fixed cost to every pixel.
+    """
+    window = engine.window
+
+    def timed(n: int) -> tuple[float, float]:
+        tic = time.perf_counter()
+        batch = read_windows(scene, rows[:n], cols[:n], size=window, stats=stats)
+        mid = time.perf_counter()
+        engine.predict_windows(batch.hsi, batch.lidar)
+        return mid - tic, time.perf_counter() - mid
+
+    timed(min(rows.size, 64))  # warm-up
+    small = min(rows.size, _CALIBRATION_SMALL)
+    read_small, forward_small = timed(small)
+    large, read_large, forward_large = small, read_small, forward_small
+    while large < rows.size:
+        large = min(rows.size, 4 * large)
+        read_large, forward_large = timed(large)
+        if read_large - read_small + forward_large >= _CALIBRATION_INFER_S:
+            break
+    per_read = max(0.0, read_large - read_small) / (large - small) if large > small else 0.0
+    return {"infer_pixel": forward_large / max(1, large), "infer_read": per_read,
+            "infer_chunk": max(0.0, read_small - per_read * small)}
 
 
 def plan_training(
