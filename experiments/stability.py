@@ -54,6 +54,8 @@ def main() -> None:
                      "aa": 100 * (res.report.average_accuracy or 0),
                      "kappa": 100 * (res.report.kappa or 0), "wall_s": wall,
                      "estimate_s": est, "plan": plans[0].line(),
+                     "estimated_stages_s": {k: round(v, 1) for k, v in plans[0].seconds.items()},
+                     "stages_s": {k: round(float(v), 1) for k, v in res.timings.items()},
                      "baselines": {b.name: 100 * (b.report.overall_accuracy or 0)
                                    for b in res.baselines},
                      "context": res.bundle.provenance.get("context")})
