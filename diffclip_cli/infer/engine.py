@@ -31,9 +31,10 @@ from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.classifier import DiffCLIPClassifier
 from diffclip_cli.model.device import resolve_device
 from diffclip_cli.model.inference import PRECISIONS, InferenceModel
+from diffclip_cli.sampling import PIXEL_CHUNK
 from diffclip_cli.sampling.normalise import SceneStats
 from diffclip_cli.sampling.tiles import TileData
-from diffclip_cli.sampling.windows import PIXEL_CHUNK, read_windows
+from diffclip_cli.sampling.windows import read_windows
 
 __all__ = ["TileEngine", "default_batch_size", "default_precision", "tile_windows"]
 

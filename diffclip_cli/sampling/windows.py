@@ -13,11 +13,7 @@ from diffclip_cli.modalities import Modalities
 from diffclip_cli.sampling.context import context_halo, model_inputs
 from diffclip_cli.sampling.normalise import SceneStats
 
-__all__ = ["PIXEL_CHUNK", "PadMode", "extract_windows", "read_windows"]
-
-#: Scattered pixels whose windows are read at once when scoring (the held-out score, the fast
-#: path's teacher labels): memory follows it, and each read costs its blocks once.
-PIXEL_CHUNK = 4096
+__all__ = ["PadMode", "extract_windows", "read_windows"]
 
 #: The :func:`numpy.pad` modes that need no extra arguments.
 PadMode = Literal["reflect", "symmetric", "edge", "wrap", "constant", "linear_ramp", "maximum",

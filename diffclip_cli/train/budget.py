@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from diffclip_cli.model.config import Preset
 from diffclip_cli.progress import ProgressEvent
-from diffclip_cli.sampling.windows import PIXEL_CHUNK
+from diffclip_cli.sampling import PIXEL_CHUNK
 
 if TYPE_CHECKING:
     import torch
