@@ -236,8 +236,6 @@ def stage_seconds(recipe: Recipe, costs: StepCosts) -> dict[str, float]:
     fast = 0.0
 
     def infer(n: int) -> float:
-        if n <= 0:
-            return 0.0
         return (math.ceil(n / PIXEL_CHUNK) * c.infer_chunk
                 + n * (c.infer_read + c.infer_pixel * max(1, r.members)))
 
