@@ -30,7 +30,7 @@ from diffclip_cli.model.config import load_preset
 from diffclip_cli.model.modelfile import build_classifier
 from diffclip_cli.sampling.normalise import SceneStats
 from diffclip_cli.sampling.tiles import iter_tiles, read_tile
-from diffclip_cli.workflows.fewshot import fewshot_scene
+from diffclip_cli.workflows.fewshot import FewshotRequest, fewshot_scene
 
 
 def classify(engine: TileEngine, scene: Scene, stats: SceneStats, tile_size: int
@@ -73,9 +73,9 @@ def main(argv: list[str] | None = None) -> None:
                 "pretrain.epochs": args.pretrain_epochs, "finetune.epochs": epochs,
                 "finetune.milestones": [max(1, round(epochs * 2 / 3))]})
             start = time.perf_counter()
-            result = fewshot_scene(scene, labels, shots=args.shots, preset=preset,
-                                   pretrain_samples=args.pretrain_samples, seed=args.seed,
-                                   evaluate=False)
+            result = fewshot_scene(scene, labels, FewshotRequest(
+                shots=args.shots, preset=preset, pretrain_samples=args.pretrain_samples,
+                seed=args.seed, evaluate=False))
             bundle = result.bundle
             train_note = (f"preset {args.preset}, {args.pretrain_epochs} pretraining epochs on "
                           f"{args.pretrain_samples} windows, {epochs} fine-tuning epochs, "

@@ -20,7 +20,7 @@ from diffclip_cli.io.labels import read_labels
 from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.config import load_preset
 from diffclip_cli.train.budget import default_recipe
-from diffclip_cli.workflows.fewshot import plan_fewshot
+from diffclip_cli.workflows.fewshot import FewshotRequest, plan_fewshot
 
 
 def main() -> None:
@@ -38,8 +38,8 @@ def main() -> None:
                 options = set()
                 for minutes in args.budgets:
                     name, budget = default_recipe("cpu", None, minutes * 60)
-                    plan = plan_fewshot(scene, labels, shots=shots, preset=load_preset(name),
-                                        budget=budget)
+                    plan = plan_fewshot(scene, labels, FewshotRequest(
+                        shots=shots, preset=load_preset(name), fast=True, budget=budget))
                     options.add(plan.options())
                     print(f"{folder.name} k={shots} budget {minutes:g} min: {plan.line()}")
                     print(f"    options: {plan.options()}")

@@ -56,7 +56,7 @@ from diffclip_cli.sampling.shots import sample_shots
 from diffclip_cli.sampling.tiles import iter_tiles, read_tile
 from diffclip_cli.testing import make_scene, write_scene
 from diffclip_cli.train.distill import attach_student, distill_student
-from diffclip_cli.workflows.fewshot import fewshot_scene
+from diffclip_cli.workflows.fewshot import FewshotRequest, fewshot_scene
 
 
 def machine() -> str:
@@ -111,9 +111,9 @@ def run_scene(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             labels = labels.drop_invalid(scene)
             split = sample_shots(labels, args.shots, seed=args.seed)
         else:
-            res = fewshot_scene(scene, labels, shots=args.shots, preset=preset,
-                                pretrain_samples=args.pretrain_samples, seed=args.seed,
-                                evaluate=False)
+            res = fewshot_scene(scene, labels, FewshotRequest(
+                shots=args.shots, preset=preset, pretrain_samples=args.pretrain_samples,
+                seed=args.seed, evaluate=False))
             teacher_bundle, classifier = res.bundle, res.members
             labels, split = res.labels, res.split
             if cache is not None:

@@ -56,7 +56,7 @@ from diffclip_cli.model.config import Preset, load_preset
 from diffclip_cli.model.device import resolve_device
 from diffclip_cli.sampling.defaults import DEFAULT_PRETRAIN_SAMPLES
 from diffclip_cli.train.budget import default_recipe, parse_duration, scaled_preset
-from diffclip_cli.workflows.fewshot import plan_fewshot
+from diffclip_cli.workflows.fewshot import FewshotRequest, plan_fewshot
 
 #: The generated benchmark scene: 3 spectra x 2 heights = 6 classes; classes sharing a
 #: spectrum differ only in LiDAR height, so neither modality alone separates them all.
@@ -163,10 +163,10 @@ def _fit_budget(args: argparse.Namespace, inputs: ProtocolInputs, preset: Preset
         assert path is not None
         labels = read_labels(path, scene.grid, classes=inputs.classes,
                              class_field=inputs.class_field, layer=inputs.layer)
-        plan = plan_fewshot(scene, labels, shots=max(positive), preset=preset,
-                            pretrain_samples=args.pretrain_samples or DEFAULT_PRETRAIN_SAMPLES,
-                            seed=args.first_seed, device=args.device, fast=True,
-                            budget=budget, pinned=pinned)
+        plan = plan_fewshot(scene, labels, FewshotRequest(
+            shots=max(positive), preset=preset, pretrain_samples=args.pretrain_samples,
+            seed=args.first_seed, device=args.device, fast=True, budget=budget,
+            pinned=tuple(pinned)))
     print(plan.line(), flush=True)
     print(f"(every run uses it: --preset {preset.name} {plan.options()})", flush=True)
     return scaled_preset(preset, plan.recipe), plan.recipe.pretrain_windows

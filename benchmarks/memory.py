@@ -206,7 +206,7 @@ def build_model(folder: Path, hsi_bands: int, seed: int) -> Path:
     from diffclip_cli.model.config import load_preset
     from diffclip_cli.testing import make_scene, write_scene
     from diffclip_cli.train.distill import add_fast_path
-    from diffclip_cli.workflows.fewshot import fewshot_scene
+    from diffclip_cli.workflows.fewshot import FewshotRequest, fewshot_scene
 
     files = write_scene(make_scene(height=64, width=64, hsi_bands=hsi_bands, n_spectra=3,
                                    n_heights=2, patch_size=12, seed=seed),
@@ -215,8 +215,8 @@ def build_model(folder: Path, hsi_bands: int, seed: int) -> Path:
                                                    "finetune.epochs": 20})
     with Scene.open(files["hsi"], [files["lidar"]]) as scene:
         labels = read_labels(files["labels"], scene.grid, classes=files["classes"])
-        result = fewshot_scene(scene, labels, shots=5, preset=preset, pretrain_samples=300,
-                               seed=seed, evaluate=False)
+        result = fewshot_scene(scene, labels, FewshotRequest(
+            shots=5, preset=preset, pretrain_samples=300, seed=seed, evaluate=False))
         bundle = add_fast_path(scene, result.bundle, classifier=result.classifier, seed=seed,
                                pixels=2000, steps=300)
     return save_model(bundle, folder / "model.pt", overwrite=True)

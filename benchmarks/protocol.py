@@ -88,7 +88,7 @@ from diffclip_cli.sampling.windows import read_windows
 from diffclip_cli.train.data import WindowData
 from diffclip_cli.train.finetune import member_seed
 from diffclip_cli.train.spatial import ContextChoice, choose_context
-from diffclip_cli.workflows.fewshot import fewshot_scene
+from diffclip_cli.workflows.fewshot import FewshotRequest, fewshot_scene
 from diffclip_cli.workflows.pretrain import pretrain_scene
 
 __all__ = [
@@ -687,11 +687,13 @@ class _Runner:
                                         batch_size=cfg.batch_size)
             timings["evaluate"] = time.perf_counter() - tic
             return result, timings
-        res = fewshot_scene(self.scene, labels, shots=k, preset=cfg.preset, pretrained=start,
-                            template=cfg.template, split=split, seed=seed, device=self.device,
-                            batch_size=cfg.batch_size, progress=report,
-                            provenance={"protocol": {"method": method, "mode": cfg.mode}},
-                            baseline=False)  # the protocol scores its own baselines
+        res = fewshot_scene(
+            self.scene, labels,
+            FewshotRequest(shots=k, preset=cfg.preset, pretrained=start, template=cfg.template,
+                           split=split, seed=seed, device=self.device,
+                           batch_size=cfg.batch_size),
+            progress=report, provenance={"protocol": {"method": method, "mode": cfg.mode}},
+            baseline=False)  # the protocol scores its own baselines
         if not (np.array_equal(res.split.train, split.train)
                 and np.array_equal(res.split.test, split.test)):
             raise RuntimeError("the fine-tuning used another split than the protocol drew")

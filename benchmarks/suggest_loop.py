@@ -46,7 +46,7 @@ from diffclip_cli.sampling.normalise import compute_stats
 from diffclip_cli.sampling.shots import Split, sample_shots
 from diffclip_cli.train.budget import default_recipe
 from diffclip_cli.train.spatial import choose_context
-from diffclip_cli.workflows.fewshot import fewshot_scene
+from diffclip_cli.workflows.fewshot import FewshotRequest, fewshot_scene
 from diffclip_cli.workflows.pretrain import pretrain_scene
 
 
@@ -65,8 +65,9 @@ def _train(scene: Scene, labels: LabelSet, used: np.ndarray, *, preset_name: str
     key = (seed, None if picked.stats.context is None else picked.stats.context.scales)
     if key not in cache:
         cache[key] = pretrain_scene(scene, preset=preset, seed=seed, stats=picked.stats).bundle
-    return fewshot_scene(scene, labels, shots=0, preset=preset, pretrained=cache[key],
-                         split=split, seed=seed, baseline=False, fast=False)
+    return fewshot_scene(scene, labels, FewshotRequest(
+        shots=0, preset=preset, pretrained=cache[key], split=split, seed=seed),
+        baseline=False)
 
 
 def main() -> None:

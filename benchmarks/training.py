@@ -47,10 +47,9 @@ from benchmarks.fast_path import machine
 from diffclip_cli.io.labels import LabelSet, read_labels
 from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.config import load_preset
-from diffclip_cli.sampling.defaults import DEFAULT_PRETRAIN_SAMPLES
 from diffclip_cli.testing import make_scene, write_scene
 from diffclip_cli.train.budget import default_recipe, format_seconds, parse_duration
-from diffclip_cli.workflows.fewshot import fewshot_scene
+from diffclip_cli.workflows.fewshot import FewshotRequest, fewshot_scene
 
 #: Trento: 166 x 600 pixels, 63 HSI bands, 1 LiDAR channel, 6 classes.
 TRENTO: dict[str, Any] = {"height": 166, "width": 600, "hsi_bands": 63, "lidar_bands": 1,
@@ -93,10 +92,12 @@ def run_one(scene: Scene, labels: LabelSet, args: argparse.Namespace,
         preset = preset.with_overrides(**{"pretrain.epochs": args.epochs})
         pinned.append("pretrain_epochs")
     start = time.perf_counter()
-    result = fewshot_scene(scene, labels, shots=args.shots, preset=preset,
-                           pretrain_samples=samples or DEFAULT_PRETRAIN_SAMPLES, seed=args.seed,
-                           evaluate=not args.no_evaluate, fast=not args.no_fast, budget=budget,
-                           pinned=pinned, on_plan=lambda plan: print(plan.line(), flush=True))
+    result = fewshot_scene(
+        scene, labels,
+        FewshotRequest(shots=args.shots, preset=preset, pretrain_samples=samples,
+                       seed=args.seed, evaluate=not args.no_evaluate, fast=not args.no_fast,
+                       budget=budget, pinned=tuple(pinned)),
+        on_plan=lambda plan: print(plan.line(), flush=True))
     seconds = dict(result.timings)
     plan = result.plan
     assert plan is not None

@@ -115,9 +115,21 @@ class OutputError(DiffclipError, OSError):
 
 
 class UsageError(DiffclipError, ValueError):
-    """A command-line option (or the library argument behind it) that cannot be used."""
+    """A command-line option (or the library argument behind it) that cannot be used.
+
+    Args:
+        message: what is wrong.
+        hint: what to do about it.
+        option: the command-line option the value came from (``--split``), so a command can
+            name it; ``None`` when the library cannot tell.
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str, *, hint: str | None = None,
+                 option: str | None = None) -> None:
+        self.option = option
+        super().__init__(message, hint=hint)
 
 
 class DeviceError(UsageError):

@@ -26,7 +26,7 @@ from diffclip_cli.model.config import load_preset
 from diffclip_cli.report.scoring import predict_pixels
 from diffclip_cli.sampling.normalise import compute_stats
 from diffclip_cli.train.spatial import choose_context
-from diffclip_cli.workflows.fewshot import fewshot_scene
+from diffclip_cli.workflows.fewshot import FewshotRequest, fewshot_scene
 from diffclip_cli.workflows.pretrain import pretrain_scene
 from experiments import lab
 
@@ -62,9 +62,9 @@ def main() -> None:
                                     stats=ctx.stats)
             probs = []
             for h in range(args.heads):
-                res = fewshot_scene(s.scene, lab_, shots=args.shots, preset=preset,
-                                    pretrained=stage1.bundle, split=split, seed=seed + 100 * h,
-                                    baseline=False, evaluate=False)
+                res = fewshot_scene(s.scene, lab_, FewshotRequest(
+                    shots=args.shots, preset=preset, pretrained=stage1.bundle, split=split,
+                    seed=seed + 100 * h, evaluate=False), baseline=False)
                 p = predict_pixels(s.scene, res.bundle, test.rows, test.cols,
                                    classifier=res.classifier)
                 probs.append(p)

@@ -24,7 +24,7 @@ if not __package__:
 
 from diffclip_cli.model.config import load_preset
 from diffclip_cli.train.budget import Plan, default_recipe
-from diffclip_cli.workflows.fewshot import fewshot_scene
+from diffclip_cli.workflows.fewshot import FewshotRequest, fewshot_scene
 from experiments import lab
 
 
@@ -45,8 +45,9 @@ def main() -> None:
     for seed in args.seeds:
         plans: list[Plan] = []
         tic = time.perf_counter()
-        res = fewshot_scene(s.scene, s.labels, shots=args.shots, preset=preset, split=split,
-                            seed=seed, budget=budget, fast=True, on_plan=plans.append)
+        res = fewshot_scene(s.scene, s.labels, FewshotRequest(
+            shots=args.shots, preset=preset, split=split, seed=seed, budget=budget,
+            fast=True), on_plan=plans.append)
         wall = time.perf_counter() - tic
         assert res.report is not None
         est = plans[0].total_s

@@ -43,7 +43,7 @@ from diffclip_cli.train.budget import (
     scaled_preset,
     stage_seconds,
 )
-from diffclip_cli.workflows.fewshot import fewshot_scene, plan_fewshot
+from diffclip_cli.workflows.fewshot import FewshotRequest, fewshot_scene, plan_fewshot
 
 runner = CliRunner()
 TINY = load_preset("tiny")
@@ -257,9 +257,9 @@ def test_fewshot_scene_plans_within_a_budget_and_records_it(tmp_path):
     plans = []
     with Scene.open(files["hsi"], [files["lidar"]]) as scene:
         labels = read_labels(files["labels"], scene.grid, classes=files["classes"])
-        result = fewshot_scene(scene, labels, shots=3, preset=TINY, pretrain_samples=400,
-                               seed=0, fast=True, budget=30.0, pinned=("distill_steps",),
-                               on_plan=plans.append)
+        result = fewshot_scene(scene, labels, FewshotRequest(
+            shots=3, preset=TINY, pretrain_samples=400, seed=0, fast=True, budget=30.0,
+            pinned=("distill_steps",)), on_plan=plans.append)
     plan = result.plan
     assert plans == [plan] and plan is not None and plan.budget_s == 30.0
     r = plan.recipe
@@ -282,8 +282,8 @@ def test_plan_fewshot_plans_without_training(tmp_path):
                         tmp_path, hsi_dtype="int16")
     with Scene.open(files["hsi"], [files["lidar"]]) as scene:
         labels = read_labels(files["labels"], scene.grid, classes=files["classes"])
-        plan = plan_fewshot(scene, labels, shots=2, preset=TINY, pretrain_samples=2000,
-                            budget=None, fast=False)
+        plan = plan_fewshot(scene, labels, FewshotRequest(
+            shots=2, preset=TINY, pretrain_samples=2000))
     assert plan.recipe == plan.full and plan.fits and plan.budget_s is None
     # the scene has 576 pixels: pretraining draws all of them, not 2000
     assert plan.recipe.pretrain_windows == 24 * 24 and plan.recipe.distill_steps == 0
@@ -315,8 +315,8 @@ def test_calibration_separates_a_reads_fixed_cost(tmp_path, monkeypatch):
                         tmp_path, hsi_dtype="int16")
     with Scene.open(files["hsi"], [files["lidar"]]) as scene:
         labels = read_labels(files["labels"], scene.grid, classes=files["classes"])
-        plan = plan_fewshot(scene, labels, shots=2, preset=TINY, pretrain_samples=200,
-                            budget=None, fast=False)
+        plan = plan_fewshot(scene, labels, FewshotRequest(
+            shots=2, preset=TINY, pretrain_samples=200))
     c = plan.costs
     assert 0.3 < c.infer_chunk < 0.6
     assert c.infer_read < 0.01 and 0 < c.infer_pixel < 0.01

@@ -24,7 +24,7 @@ from diffclip_cli.io.labels import read_labels
 from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.config import load_preset
 from diffclip_cli.report.scoring import predict_pixels
-from diffclip_cli.workflows.fewshot import fewshot_scene
+from diffclip_cli.workflows.fewshot import FewshotRequest, fewshot_scene
 
 TINY = load_preset("tiny").with_overrides(**{"pretrain.epochs": 3, "finetune.epochs": 20})
 
@@ -35,8 +35,8 @@ def setup(tmp_path_factory):
     files = write_scene(make_scene(height=45, width=38, hsi_bands=10, seed=2), folder)
     with Scene.open(files["hsi"], [files["lidar"]]) as scene:
         labels = read_labels(files["labels"], scene.grid, classes=files["classes"])
-        result = fewshot_scene(scene, labels, shots=4, preset=TINY, pretrain_samples=300,
-                               seed=0, evaluate=False)
+        result = fewshot_scene(scene, labels, FewshotRequest(
+            shots=4, preset=TINY, pretrain_samples=300, seed=0, evaluate=False))
     return files, result.bundle
 
 

@@ -32,7 +32,7 @@ from diffclip_cli.train.distill import (
     add_fast_path,
     distill_student,
 )
-from diffclip_cli.workflows.fewshot import fewshot_scene
+from diffclip_cli.workflows.fewshot import FewshotRequest, fewshot_scene
 
 TINY = load_preset("tiny").with_overrides(**{"pretrain.epochs": 5})
 PIXELS = 2000
@@ -54,8 +54,8 @@ def files(tmp_path_factory):
 def teacher(files):
     with Scene.open(files["hsi"], [files["lidar"]]) as scene:
         labels = read_labels(files["labels"], scene.grid, classes=files["classes"])
-        return fewshot_scene(scene, labels, shots=5, preset=TINY, pretrain_samples=400,
-                             seed=0, evaluate=False)
+        return fewshot_scene(scene, labels, FewshotRequest(
+            shots=5, preset=TINY, pretrain_samples=400, seed=0, evaluate=False))
 
 
 @pytest.fixture(scope="module")

@@ -597,6 +597,7 @@ def test_a_field_mixing_ids_and_names_maps_the_ids_through_the_classes(tiny, tmp
 @pytest.mark.parametrize(("args", "option"), [
     (["--prompt", "p9"], "--prompt"),
     (["--prompt", "p5"], "--prompt"),
+    (["--split", "diagonal"], "--split"),
     (["--seed", "-1"], "--seed"),
     (["--window", "4"], "--window"),
     (["--time-budget", "soon"], "--time-budget"),

@@ -15,7 +15,7 @@ from diffclip_cli.model.modelfile import build_classifier
 from diffclip_cli.report.scoring import predict_pixels
 from diffclip_cli.sampling.tiles import iter_tiles, read_tile
 from diffclip_cli.sampling.windows import read_windows
-from diffclip_cli.workflows.fewshot import fewshot_scene
+from diffclip_cli.workflows.fewshot import FewshotRequest, fewshot_scene
 from diffclip_cli.workflows.pretrain import pretrain_scene
 
 TINY = load_preset("tiny")
@@ -31,8 +31,8 @@ def files(tmp_path_factory):
 def result(files):
     with Scene.open(files["hsi"], [files["lidar"]]) as scene:
         labels = read_labels(files["labels"], scene.grid, classes=files["classes"])
-        return fewshot_scene(scene, labels, shots=5, preset=TINY, pretrain_samples=800,
-                             seed=0)
+        return fewshot_scene(scene, labels, FewshotRequest(
+            shots=5, preset=TINY, pretrain_samples=800, seed=0))
 
 
 def test_fewshot_learns_and_reports_held_out_pixels(result):
@@ -49,8 +49,8 @@ def test_fewshot_learns_and_reports_held_out_pixels(result):
 def test_fewshot_is_deterministic(files, result):
     with Scene.open(files["hsi"], [files["lidar"]]) as scene:
         labels = read_labels(files["labels"], scene.grid, classes=files["classes"])
-        again = fewshot_scene(scene, labels, shots=5, preset=TINY, pretrain_samples=800,
-                              seed=0, evaluate=False)
+        again = fewshot_scene(scene, labels, FewshotRequest(
+            shots=5, preset=TINY, pretrain_samples=800, seed=0, evaluate=False))
     for key, value in result.bundle.state_dict.items():
         assert np.array_equal(value.numpy(), again.bundle.state_dict[key].numpy()), key
 
@@ -76,12 +76,13 @@ def test_pretrained_model_reused_and_band_mismatch_refused(files, tmp_path):
         stage1 = pretrain_scene(scene, preset=TINY.with_overrides(**{"pretrain.epochs": 2}),
                                 samples=200, seed=1)
         labels = read_labels(files["labels"], scene.grid, classes=files["classes"])
-        res = fewshot_scene(scene, labels, shots=3, preset=TINY, pretrained=stage1.bundle,
-                            seed=1, evaluate=False)
+        res = fewshot_scene(scene, labels, FewshotRequest(
+            shots=3, preset=TINY, pretrained=stage1.bundle, seed=1, evaluate=False))
         assert res.bundle.scene_stats == stage1.bundle.scene_stats
         assert res.pretrain_history == []
     with Scene.open(files["hsi"]) as hsi_only, pytest.raises(ModelError, match="LiDAR"):
-        fewshot_scene(hsi_only, labels, shots=3, preset=TINY, pretrained=stage1.bundle)
+        fewshot_scene(hsi_only, labels,
+                      FewshotRequest(shots=3, preset=TINY, pretrained=stage1.bundle))
 
 
 def test_resolve_device():

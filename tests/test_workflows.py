@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+import numpy as np
 import pytest
 import rasterio
 import torch
 
 from diffclip_cli.data import salinas_a_dir
-from diffclip_cli.errors import DeviceError, OutputError, OverrideError
+from diffclip_cli.errors import DeviceError, OutputError, OverrideError, UsageError
 from diffclip_cli.model.archive import load_model
 from diffclip_cli.model.config import load_preset
+from diffclip_cli.sampling.shots import Split
 from diffclip_cli.workflows.classify import (
     ClassifyOptions,
     RunOptions,
@@ -19,7 +22,7 @@ from diffclip_cli.workflows.classify import (
     run_classify,
 )
 from diffclip_cli.workflows.demo import DemoOptions, run_demo
-from diffclip_cli.workflows.fewshot import FewshotOptions
+from diffclip_cli.workflows.fewshot import FewshotOptions, FewshotRequest, FewshotSettings
 from diffclip_cli.workflows.pretrain import PretrainOptions, checkpoint_path, run_pretrain
 
 TINY = load_preset("tiny").with_overrides(**{"pretrain.epochs": 1})
@@ -159,3 +162,47 @@ def test_fewshot_options_refuse_architecture_overrides_with_a_pretrained_model(t
                           overrides={"finetune.epochs": 3}).overrides == {"finetune.epochs": 3}
     assert FewshotOptions(labels="l.gpkg", shots=2, preset=TINY,
                           overrides={"model.window": 7}).pretrained is None
+
+
+def test_fewshot_options_hand_every_shared_setting_to_the_request_unchanged(tmp_path):
+    """Each few-shot option is declared once (FewshotSettings): the file-level options and
+    the scene-level request have every field of it, and request() copies them all."""
+    shared = {"shots": 3, "pretrain_samples": 77, "template": "p2", "split": "spatial",
+              "evaluate": False, "fast": True, "fast_steps": 9, "batch_size": 64, "seed": 5,
+              "device": "cpu", "budget": 120.0, "pinned": ("finetune_epochs",)}
+    assert set(shared) == {f.name for f in dataclasses.fields(FewshotSettings)}
+    options = FewshotOptions(labels="l.gpkg", preset=TINY, descriptions=tmp_path / "d.csv",
+                             overwrite=True, **shared)
+    request = options.request(TINY, None)
+    assert isinstance(request, FewshotRequest)
+    assert {k: getattr(request, k) for k in shared} == shared
+    assert request.descriptions == tmp_path / "d.csv" and request.pretrained is None
+    assert request.samples == 77 and request.distill is not None
+    assert request.distill.steps == 9
+
+
+@pytest.mark.parametrize(("bad", "option"), [({"split": "diagonal"}, "--split"),
+                                             ({"template": "p9"}, "--prompt")])
+def test_a_python_request_is_checked_like_the_command(bad, option):
+    """The split and the prompt template are checked in one place, for the command and for
+    Python callers of fewshot_scene alike; the error names the command's option."""
+    with pytest.raises(UsageError) as refused:
+        FewshotRequest(shots=2, preset=TINY, **bad)
+    assert refused.value.option == option
+    with pytest.raises(UsageError):
+        FewshotOptions(labels="l.gpkg", shots=2, preset=TINY, **bad)
+
+
+def test_p5_needs_descriptions_only_where_they_cannot_come_later():
+    """Options on files know whether a descriptions file or a classes table is there; a
+    request on a scene may have descriptions in its labels' classes table."""
+    with pytest.raises(UsageError, match="p5 builds prompts from class descriptions"):
+        FewshotOptions(labels="l.gpkg", shots=2, preset=TINY, template="p5")
+    assert FewshotRequest(shots=2, preset=TINY, template="p5").template == "p5"
+
+
+def test_shots_are_checked_unless_the_split_is_given():
+    with pytest.raises(ValueError, match="shots must be at least 1"):
+        FewshotRequest(shots=0, preset=TINY)
+    given = Split(train=np.arange(2), test=np.arange(2, 4))
+    assert FewshotRequest(shots=0, preset=TINY, split=given).split is given

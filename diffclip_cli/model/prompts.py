@@ -115,11 +115,12 @@ def check_template(template: str | None, *, descriptions: bool) -> None:
         if not descriptions:
             raise UsageError("p5 builds prompts from class descriptions",
                              hint="pass --descriptions FILE or a --classes table with a "
-                                  "description column")
+                                  "description column", option="--prompt")
         return
     if "{class}" not in template:
         raise UsageError(f"unknown prompt template {template!r}",
-                         hint="use p1, p2, p3, p4, p5 or a text containing {class}")
+                         hint="use p1, p2, p3, p4, p5 or a text containing {class}",
+                         option="--prompt")
 
 
 def build_prompts(

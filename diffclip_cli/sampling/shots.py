@@ -45,7 +45,8 @@ def check_split(mode: str) -> None:
         UsageError: ``mode`` is not in :data:`SPLITS`.
     """
     if mode not in SPLITS:
-        raise UsageError(f"unknown split {mode!r}", hint=f"use {' or '.join(SPLITS)}")
+        raise UsageError(f"unknown split {mode!r}", hint=f"use {' or '.join(SPLITS)}",
+                         option="--split")
 
 
 def draw_split(labels: LabelSet, k: int, *, seed: int, mode: str) -> Split:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from diffclip_cli.io.raster import Scene
     from diffclip_cli.model.config import Preset
 
-__all__ = ["TrainingOptions", "about_model", "open_scene", "override_preset",
+__all__ = ["TrainingOptions", "TrainingSettings", "about_model", "open_scene", "override_preset",
            "read_label_file", "read_label_files",
            "warn_if_out_of_distribution"]
 
@@ -128,12 +128,12 @@ def read_label_files(paths: Sequence[str | Path], scene_or_grid: Any, *,
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainingOptions:
-    """How a training workflow runs: the fields every training's options share.
+class TrainingSettings:
+    """How a training runs: the fields every training request shares, files or not.
 
-    The base of :class:`~diffclip_cli.workflows.fewshot.FewshotOptions` and
-    :class:`~diffclip_cli.workflows.pretrain.PretrainOptions`, so each is declared and checked
-    once.
+    The base of :class:`TrainingOptions` (the commands' file-level options) and of
+    :class:`~diffclip_cli.workflows.fewshot.FewshotRequest` (the library's scene-level
+    request), so each field is declared and checked once.
 
     Attributes:
         seed: the seed of every random choice.
@@ -142,7 +142,6 @@ class TrainingOptions:
             workflow.
         budget: a time budget in seconds the schedule is sized to, or ``None``.
         pinned: recipe fields set explicitly, which a budget never changes.
-        overwrite: replace existing outputs.
 
     Raises:
         ValueError: a budget that is not a positive number of seconds.
@@ -152,11 +151,24 @@ class TrainingOptions:
     device: str | torch.device = "cpu"
     budget: float | None = None
     pinned: tuple[str, ...] = ()
-    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if self.budget is not None and not self.budget > 0:
             raise ValueError(f"budget must be a positive number of seconds, not {self.budget}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingOptions(TrainingSettings):
+    """How a training workflow on files runs: :class:`TrainingSettings` and ``overwrite``.
+
+    The base of :class:`~diffclip_cli.workflows.fewshot.FewshotOptions` and
+    :class:`~diffclip_cli.workflows.pretrain.PretrainOptions`.
+
+    Attributes:
+        overwrite: replace existing outputs.
+    """
+
+    overwrite: bool = False
 
 
 def override_preset(preset: Preset, overrides: Mapping[str, Any]) -> Preset:

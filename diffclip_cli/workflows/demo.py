@@ -18,7 +18,7 @@ from diffclip_cli.infer.classify import RunOptions, WriteOptions, classify_scene
 from diffclip_cli.progress import Progress, counting
 from diffclip_cli.train.budget import PlanFn
 from diffclip_cli.workflows.common import open_scene
-from diffclip_cli.workflows.fewshot import FewshotResult, fewshot_scene
+from diffclip_cli.workflows.fewshot import FewshotRequest, FewshotResult, fewshot_scene
 
 if TYPE_CHECKING:
     import torch
@@ -147,9 +147,10 @@ def run_demo(output: Path, *, options: DemoOptions, progress: Progress | None = 
             labels = read_labels(data / "labels.gpkg", scene.grid)
             # A plan (as fewshot makes one) times a few steps first: on a busy CPU it trains
             # with one thread when that is faster (it was 30x on 2 shared cores).
-            result = fewshot_scene(scene, labels, shots=shots, preset=options.preset,
-                                   pretrain_samples=DEMO_PRETRAIN_SAMPLES, seed=seed,
-                                   device=device, progress=progress,
+            request = FewshotRequest(shots=shots, preset=options.preset,
+                                     pretrain_samples=DEMO_PRETRAIN_SAMPLES, seed=seed,
+                                     device=device)
+            result = fewshot_scene(scene, labels, request, progress=progress,
                                    provenance={"labels": str(data / "labels.gpkg")},
                                    on_plan=on_plan)
             save_model(result.bundle, model_path, overwrite=overwrite)

@@ -17,13 +17,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from diffclip_cli import __version__
 from diffclip_cli.errors import OverrideError
@@ -50,6 +49,7 @@ from diffclip_cli.train.pretrain import input_paths
 from diffclip_cli.train.spatial import ContextChoice, choose_context
 from diffclip_cli.workflows.common import (
     TrainingOptions,
+    TrainingSettings,
     open_scene,
     override_preset,
     read_label_files,
@@ -61,7 +61,8 @@ if TYPE_CHECKING:
 
     from diffclip_cli.model.config import Preset
 
-__all__ = ["FewshotOptions", "FewshotOutcome", "FewshotResult", "fewshot_scene", "plan_fewshot",
+__all__ = ["FewshotOptions", "FewshotOutcome", "FewshotRequest", "FewshotResult",
+           "FewshotSettings", "fewshot_scene", "plan_fewshot",
            "report_stem", "run_fewshot"]
 
 log = logging.getLogger("diffclip")
@@ -122,33 +123,106 @@ class _Prepared:
 
 
 @dataclass(frozen=True, kw_only=True)
-class _Request:
-    """What :func:`fewshot_scene` or :func:`plan_fewshot` was asked, built once and passed down.
+class FewshotSettings(TrainingSettings):
+    """How to train a few-shot model: the options both levels share, declared once.
 
-    It is all that :func:`_prepare` and :func:`_plan_prepared` are given, so a training option
-    is threaded through one object, not through each signature. The fields are the arguments
-    of the same names (``plan_fewshot`` has no pretrained model, template or descriptions),
-    except ``device`` (resolved) and ``distill`` (the fast path's settings from ``fast``;
-    ``None``: no fast path).
+    Shared by the scene-level request and the file-level options, and checked once.
+
+    The base of :class:`FewshotRequest` (what :func:`fewshot_scene` is asked, on an open scene)
+    and :class:`FewshotOptions` (what :func:`run_fewshot` and ``diffclip fewshot`` are asked, on
+    files).
+
+    Attributes:
+        shots: labelled pixels per class to train on (with a given split, only recorded).
+        pretrain_samples: unlabelled windows for stage 1 (``None``: the default,
+            :data:`~diffclip_cli.sampling.defaults.DEFAULT_PRETRAIN_SAMPLES`).
+        template: prompt template ``p1``..``p5`` or a text with ``{class}`` (``None``: the
+            preset's).
+        split: ``"random"`` (the paper's protocol) or ``"spatial"`` (test pixels away from
+            the shots), or a given :class:`~diffclip_cli.sampling.shots.Split` of the labels
+            (e.g. a fixed standard split; ``shots`` is then only recorded). Indices refer to
+            the labels as given; pixels on invalid data are dropped from both sides.
+        evaluate: score the model on the test pixels.
+        fast: also distil the fast path (``classify --fast``) into the model.
+        fast_steps: optimiser steps of the distillation (``None``: by the recipe).
+        batch_size: windows per forward pass when scoring (``None``: by device).
+
+    With the :class:`~diffclip_cli.workflows.common.TrainingSettings` fields (seed, device,
+    budget, pinned: here ``pretrain_windows``, ``pretrain_epochs``, ``finetune_epochs``,
+    ``distill_steps``).
+
+    Raises:
+        UsageError: an unknown split or prompt template (``p5`` with nothing to describe
+            the classes included).
+        ValueError: an option out of its range (a budget that is not positive included).
     """
 
     shots: int
+    pretrain_samples: int | None = None
+    template: str | None = None
+    split: str | Split = "random"
+    evaluate: bool = True
+    fast: bool = False
+    fast_steps: int | None = None
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.split, Split):  # (a given split has its shots already)
+            check_split(self.split)
+            if self.shots < 1:
+                raise ValueError(f"shots must be at least 1, not {self.shots}")
+        check_template(self.template, descriptions=self._may_describe())
+        for name in ("pretrain_samples", "fast_steps", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, not {value}")
+
+    def _may_describe(self) -> bool:
+        """Whether class descriptions may be there for ``p5`` (a subclass knows better)."""
+        return True
+
+    @property
+    def samples(self) -> int:
+        """Unlabelled windows for stage 1 (the default when ``pretrain_samples`` is ``None``)."""
+        return DEFAULT_PRETRAIN_SAMPLES if self.pretrain_samples is None \
+            else self.pretrain_samples
+
+    @property
+    def distill(self) -> DistillConfig | None:
+        """The fast path's settings (``None``: no fast path)."""
+        if not self.fast:
+            return None
+        return DistillConfig.from_dict({} if self.fast_steps is None
+                                       else {"steps": self.fast_steps})
+
+
+@dataclass(frozen=True, kw_only=True)
+class FewshotRequest(FewshotSettings):
+    """What :func:`fewshot_scene` and :func:`plan_fewshot` are asked, on an open scene.
+
+    Attributes:
+        preset: architecture and recipes; with ``pretrained``, its fine-tuning recipe is used
+            and the architecture is the pretrained model's.
+        pretrained: a stage-1 model of a scene with the same bands (its statistics are
+            used); ``None`` runs stage 1 first.
+        descriptions: class descriptions for ``p5`` (a mapping or a file); default the
+            classes table's description column.
+
+    With the :class:`FewshotSettings` fields.
+
+    Example::
+
+        request = FewshotRequest(shots=5, preset=load_preset("cpu"), seed=1)
+        result = fewshot_scene(scene, labels, request)
+    """
+
     preset: Preset
     pretrained: ModelBundle | None = None
-    pretrain_samples: int
-    template: str | None = None
     descriptions: Mapping[str, str] | str | Path | None = None
-    split: str | Split
-    seed: int
-    device: torch.device
-    evaluate: bool
-    batch_size: int | None
-    distill: DistillConfig | None
-    budget: float | None
-    pinned: Collection[str]
 
 
-def _prepare(scene: Scene, labels: LabelSet, request: _Request) -> _Prepared:
+def _prepare(scene: Scene, labels: LabelSet, request: FewshotRequest) -> _Prepared:
     """The split, the prompts, the statistics and the training windows of :func:`fewshot_scene`.
 
     The network is the pretrained one, or ``None`` (stage 1 builds it).
@@ -196,7 +270,7 @@ def _prepare(scene: Scene, labels: LabelSet, request: _Request) -> _Prepared:
                      time.perf_counter() - tic, pretrained is not None, context)
 
 
-def _plan_prepared(scene: Scene, prep: _Prepared, request: _Request, *, started: float
+def _plan_prepared(scene: Scene, prep: _Prepared, request: FewshotRequest, *, started: float
                    ) -> Plan:
     """:func:`plan_training` for a prepared few-shot run."""
     net = prep.net
@@ -206,7 +280,7 @@ def _plan_prepared(scene: Scene, prep: _Prepared, request: _Request, *, started:
                           context_bands=prep.stats.context_bands())
     return plan_training(
         scene, preset=prep.preset, net=net, stats=prep.stats,
-        pretrain_samples=0 if prep.pretrained else request.pretrain_samples, train=prep.train,
+        pretrain_samples=0 if prep.pretrained else request.samples, train=prep.train,
         prompts=prep.prompts,
         score_pixels=int(prep.chosen.test.size) if request.evaluate else 0,
         distill=request.distill, budget=request.budget, pinned=request.pinned,
@@ -214,40 +288,15 @@ def _plan_prepared(scene: Scene, prep: _Prepared, request: _Request, *, started:
         started=started)
 
 
-def _distill_config(fast: bool | Mapping[str, Any]) -> DistillConfig | None:
-    """The fast path's settings from ``fast`` (``False``: no fast path, ``True``: defaults)."""
-    if not fast:
-        return None
-    return DistillConfig.from_dict(dict(fast) if isinstance(fast, Mapping) else {})
+def plan_fewshot(scene: Scene, labels: LabelSet, request: FewshotRequest) -> Plan:
+    """The plan :func:`fewshot_scene` would make for ``request``, without training.
 
-
-def plan_fewshot(
-    scene: Scene,
-    labels: LabelSet,
-    *,
-    shots: int,
-    preset: Preset,
-    pretrain_samples: int = DEFAULT_PRETRAIN_SAMPLES,
-    split: str | Split = "random",
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    evaluate: bool = True,
-    fast: bool | Mapping[str, Any] = True,
-    budget: float | None = None,
-    pinned: Collection[str] = (),
-    batch_size: int | None = None,
-) -> Plan:
-    """The plan :func:`fewshot_scene` would make with these arguments, without training.
-
-    For scripts that fix a schedule once and reuse it (e.g. a benchmark protocol); the
-    arguments mean what they mean for :func:`fewshot_scene`. On a busy CPU the calibration may
-    leave torch at one thread, where the estimate holds (see :func:`plan_training`).
+    For scripts that fix a schedule once and reuse it (e.g. a benchmark protocol). On a busy
+    CPU the calibration may leave torch at one thread, where the estimate holds (see
+    :func:`plan_training`).
     """
     begin = time.perf_counter()
-    request = _Request(shots=shots, preset=preset, pretrain_samples=pretrain_samples,
-                       split=split, seed=seed, device=resolve_device(device),
-                       evaluate=evaluate, batch_size=batch_size, distill=_distill_config(fast),
-                       budget=budget, pinned=pinned)
+    request = dataclasses.replace(request, device=resolve_device(request.device))
     return _plan_prepared(scene, _prepare(scene, labels, request), request, started=begin)
 
 
@@ -255,67 +304,33 @@ def plan_fewshot(
 def fewshot_scene(
     scene: Scene,
     labels: LabelSet,
+    request: FewshotRequest,
     *,
-    shots: int,
-    preset: Preset,
-    pretrained: ModelBundle | None = None,
-    pretrain_samples: int = DEFAULT_PRETRAIN_SAMPLES,
-    template: str | None = None,
-    descriptions: Mapping[str, str] | str | Path | None = None,
-    split: str | Split = "random",
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    evaluate: bool = True,
-    batch_size: int | None = None,
     provenance: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
     baseline: bool = True,
-    fast: bool | Mapping[str, Any] = False,
-    budget: float | None = None,
-    pinned: Collection[str] = (),
     on_plan: PlanFn | None = None,
 ) -> FewshotResult:
-    """Stage 2 (and stage 1 unless ``pretrained`` is given): a few-shot classifier of a scene.
+    """Stage 2 (and stage 1 unless ``request.pretrained`` is given): a few-shot classifier.
 
-    ``shots`` labelled pixels per class are drawn with ``seed``; every other labelled pixel is
-    a test pixel, used only to score the final model (never to select it).
+    ``request.shots`` labelled pixels per class are drawn with ``request.seed``; every other
+    labelled pixel is a test pixel, used only to score the final model (never to select it).
+    With a budget (``request.budget``) the schedule is sized to fit from a few timed steps of
+    each stage (:func:`plan_training`); ``request.pinned`` recipe fields are kept as asked.
 
     Args:
         scene: the scene.
         labels: labelled pixels (pixels on invalid data are dropped and reported).
-        shots: labelled pixels per class to train on.
-        preset: architecture and recipes; with ``pretrained``, its fine-tuning recipe is used
-            and the architecture is the pretrained model's.
-        pretrained: a stage-1 model of a scene with the same bands (its statistics are used).
-        pretrain_samples: unlabelled windows for stage 1.
-        template: prompt template ``p1``..``p5`` or a text with ``{class}``; default the
-            preset's.
-        descriptions: class descriptions for ``p5`` (mapping or file); default the classes
-            table's description column.
-        split: ``"random"`` (the paper's protocol) or ``"spatial"`` (test pixels away from
-            the shots), or a given :class:`~diffclip_cli.sampling.shots.Split` of ``labels``
-            (e.g. a fixed standard split; ``shots`` is then only recorded). Indices refer to
-            ``labels`` as given; pixels on invalid data are dropped from both sides.
-        seed: the seed of every random choice.
-        device: where to train and score (a :class:`torch.device` or a name, resolved here
-            once for every stage).
-        evaluate: score the model on the test pixels.
-        batch_size: windows per forward pass when scoring.
+        request: what to train and how (:class:`FewshotRequest`); its device is resolved
+            here once for every stage.
         provenance: extra facts to record in the model file (input paths, ...).
         progress: called with :class:`~diffclip_cli.progress.ProgressEvent` s of the stages
             ``"pretrain"``, ``"finetune"`` (optimiser steps), with the fast path
             ``"teacher"`` (pixels) and ``"distill"`` (steps), and ``"evaluate"`` (pixels).
         baseline: with the report, also score the classical baselines
             (:func:`~diffclip_cli.report.baseline.score_baselines`) on the same test pixels.
-        fast: also distil the fast path (``classify --fast``) into the bundle; a mapping
-            gives :class:`~diffclip_cli.train.distill.DistillConfig` options.
-        budget: seconds the whole call may take (training, fast path, scoring): the schedule
-            is sized to fit from a few timed steps of each stage (:func:`plan_training`);
-            ``None``: the recipe as asked.
-        pinned: recipe fields to keep as asked under a budget (``"pretrain_windows"``,
-            ``"pretrain_epochs"``, ``"finetune_epochs"``, ``"distill_steps"``).
         on_plan: called with the plan before any training; a plan is made (and recorded in
-            the provenance with the time taken) when this or ``budget`` is given.
+            the provenance with the time taken) when this or a budget is given.
 
     Returns:
         The classifier, its model file contents, the split, the held-out report and the
@@ -323,19 +338,18 @@ def fewshot_scene(
     """
     begin = time.perf_counter()
     timings: dict[str, float] = {}
-    request = _Request(shots=shots, preset=preset, pretrained=pretrained,
-                       pretrain_samples=pretrain_samples, template=template,
-                       descriptions=descriptions, split=split, seed=seed,
-                       device=resolve_device(device), evaluate=evaluate, batch_size=batch_size,
-                       distill=_distill_config(fast), budget=budget, pinned=pinned)
-    device, distill = request.device, request.distill
+    request = dataclasses.replace(request, device=resolve_device(request.device))
+    shots, seed, split, pretrained = request.shots, request.seed, request.split, \
+        request.pretrained
+    pretrain_samples, batch_size = request.samples, request.batch_size
+    device, distill = resolve_device(request.device), request.distill
     prep = _prepare(scene, labels, request)
     labels, chosen, given, preset, template, prompts = (
         prep.labels, prep.chosen, prep.given, prep.preset, prep.template, prep.prompts)
     stats, net, train = prep.stats, prep.net, prep.train
     pre_history: list[dict[str, Any]] = []
     plan = None
-    if budget is not None or on_plan is not None:
+    if request.budget is not None or on_plan is not None:
         plan = _plan_prepared(scene, prep, request, started=begin)
         preset = scaled_preset(preset, plan.recipe)
         if pretrained is None:
@@ -385,7 +399,7 @@ def fewshot_scene(
                                config=distill)
         timings["fast path"] = time.perf_counter() - start
     report = None
-    if evaluate and chosen.test.size:
+    if request.evaluate and chosen.test.size:
         start = time.perf_counter()
         report = evaluate_pixels(scene, bundle, labels.subset(chosen.test), device=device,
                                  batch_size=batch_size, progress=progress,
@@ -411,67 +425,56 @@ def fewshot_scene(
 
 
 @dataclass(frozen=True, kw_only=True)
-class FewshotOptions(TrainingOptions):
-    """What to train on and how: labels, shots, recipe, prompts, fast path, execution.
+class FewshotOptions(FewshotSettings, TrainingOptions):
+    """What :func:`run_fewshot` trains on, from files, and how.
 
     Attributes:
         labels: labelled pixels, a vector file or a label raster, or several of them (e.g.
             the first labels and a filled-in ``diffclip suggest`` file): the first defines the
             classes, pixels labelled twice count once, with different classes they are
             dropped and reported with their files.
-        shots: labelled pixels per class to train on.
         classes: a classes table naming a label raster's ids (and describing classes).
         class_field: the vector attribute holding classes (default: guessed).
         layer: the layer of a multi-layer vector file.
-        pretrained: a model from stage 1 (skips it); ``None`` runs stage 1 first.
+        pretrained: a model file from stage 1 (skips it); ``None`` runs stage 1 first.
         preset: the recipe, overrides applied; ``None`` trains with the pretrained model's
             own recipe, with ``overrides`` applied to it.
         overrides: preset fields set explicitly (``{"model.window": 7}``); applied to the
             pretrained model's recipe when ``preset`` is ``None`` (else already in ``preset``).
             With a pretrained model, none of the architecture (``model.*``): it is the
             pretrained model's.
-        pretrain_samples: unlabelled windows for stage 1 (``None``: the default).
-        prompt: prompt template ``p1``..``p5`` or a text with ``{class}`` (``None``: the
-            preset's).
         descriptions: class descriptions for ``p5`` (CSV, YAML or JSON).
-        split: ``random`` (the paper's protocol) or ``spatial``.
-        fast: also distil the fast path.
-        fast_steps: optimiser steps of the distillation (``None``: by the recipe).
-        batch_size: windows per forward pass (``None``: by device).
 
-    With the :class:`~diffclip_cli.workflows.common.TrainingOptions` fields (seed, device,
-    budget, pinned, overwrite).
+    With the :class:`FewshotSettings` fields (shots, pretrain samples, template, split,
+    fast path, batch size, seed, device, budget, pinned) and ``overwrite``; :meth:`request`
+    turns them into the scene-level :class:`FewshotRequest`.
 
     Raises:
         OverrideError: an override of the architecture (``model.*``) with a pretrained
             model, which fixes it, or of stage 1 (``pretrain.*``, ``pretrain_samples``),
             which it skips (a ``ValueError``).
-        UsageError: an unknown split or prompt template (``p5`` with nothing to describe
-            the classes included).
-        ValueError: an option out of its range (a budget that is not positive included), or
-            neither a preset nor a pretrained model.
+        UsageError: an unknown split or prompt template (``p5`` with neither a descriptions
+            file nor a classes table included).
+        ValueError: an option out of its range, no labels file, or neither a preset nor a
+            pretrained model.
     """
 
     labels: str | Path | tuple[str | Path, ...]
-    shots: int
     classes: Path | None = None
     class_field: str | None = None
     layer: str | None = None
     pretrained: Path | None = None
     preset: Preset | None = None
     overrides: Mapping[str, Any] = field(default_factory=dict)
-    pretrain_samples: int | None = None
-    prompt: str | None = None
     descriptions: Path | None = None
-    split: str = "random"
-    fast: bool = True
-    fast_steps: int | None = None
-    batch_size: int | None = None
 
     @property
     def label_files(self) -> tuple[str | Path, ...]:
         """The labels files, as a tuple (one or several)."""
         return self.labels if isinstance(self.labels, tuple) else (self.labels,)
+
+    def _may_describe(self) -> bool:
+        return self.descriptions is not None or self.classes is not None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -479,11 +482,6 @@ class FewshotOptions(TrainingOptions):
             object.__setattr__(self, "labels", (self.labels,))
         if not self.labels:
             raise ValueError("give at least one labels file")
-        if self.shots < 1:
-            raise ValueError(f"shots must be at least 1, not {self.shots}")
-        check_split(self.split)
-        check_template(self.prompt,
-                       descriptions=self.descriptions is not None or self.classes is not None)
         if self.preset is None and self.pretrained is None:
             raise ValueError("give a preset, or a pretrained model whose recipe to use")
         if self.pretrained is not None:
@@ -495,10 +493,17 @@ class FewshotOptions(TrainingOptions):
             if self.pretrain_samples is not None:
                 raise OverrideError.skipped_by_pretrained("pretrain.samples",
                                                           self.pretrain_samples)
-        for name in ("pretrain_samples", "fast_steps", "batch_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be at least 1, not {value}")
+
+    def request(self, preset: Preset, pretrained: ModelBundle | None) -> FewshotRequest:
+        """The scene-level request of these options.
+
+        Args:
+            preset: the recipe (``preset``, or the pretrained model's with ``overrides``).
+            pretrained: the model read from ``pretrained``, or ``None``.
+        """
+        settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(FewshotSettings)}
+        return FewshotRequest(**settings, preset=preset, pretrained=pretrained,
+                              descriptions=self.descriptions)
 
 
 @dataclass(frozen=True)
@@ -542,12 +547,11 @@ def run_fewshot(hsi: str | Path, lidar: list[str] | list[Path] | None, output: P
     """
     from diffclip_cli.io.atomic import output_set
     from diffclip_cli.model.archive import load_model, save_model
-    from diffclip_cli.model.device import resolve_device
     from diffclip_cli.model.prompts import read_descriptions
     from diffclip_cli.report.render import report_paths, write_report
 
     pretrained, overwrite = options.pretrained, options.overwrite
-    device = resolve_device(options.device)
+    options = dataclasses.replace(options, device=resolve_device(options.device))
     stem = report_stem(output)
     outputs: dict[str, Any] = {"model": output, "report": list(report_paths(stem).values())}
     inputs = {"the HSI": hsi, "a LiDAR raster": lidar, "the labels": list(options.label_files),
@@ -570,17 +574,9 @@ def run_fewshot(hsi: str | Path, lidar: list[str] | list[Path] | None, output: P
                 warn_if_out_of_distribution(scene, base, model=pretrained)
             label_set = read_label_files(options.label_files, scene, classes=options.classes,
                                         class_field=options.class_field, layer=options.layer)
-            fast: bool | dict[str, Any] = options.fast
-            if options.fast and options.fast_steps is not None:
-                fast = {"steps": options.fast_steps}
             result = fewshot_scene(
-                scene, label_set, shots=options.shots, preset=config, pretrained=base,
-                pretrain_samples=(DEFAULT_PRETRAIN_SAMPLES if options.pretrain_samples is None
-                                  else options.pretrain_samples),
-                template=options.prompt, descriptions=options.descriptions,
-                split=options.split, seed=options.seed, device=device,
-                batch_size=options.batch_size, progress=progress, fast=fast,
-                budget=options.budget, pinned=options.pinned, on_plan=on_plan,
+                scene, label_set, options.request(config, base), progress=progress,
+                on_plan=on_plan,
                 provenance={"labels": [str(p) for p in options.label_files],
                             "pretrained_file": None if pretrained is None else str(pretrained)})
             save_model(result.bundle, output, overwrite=overwrite)

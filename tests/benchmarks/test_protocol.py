@@ -72,10 +72,10 @@ def run(scene, tmp_path_factory):
     patch = pytest.MonkeyPatch()
     fewshot, forest = protocol.fewshot_scene, protocol.random_forest
 
-    def spy_fewshot(scene, labels, **kw):
-        res = fewshot(scene, labels, **kw)
-        seen.append({"method": kw["provenance"]["protocol"]["method"], "shots": kw["shots"],
-                     "seed": kw["seed"], "train": _pixels(res.labels.rows[res.split.train],
+    def spy_fewshot(scene, labels, request, **kw):
+        res = fewshot(scene, labels, request, **kw)
+        seen.append({"method": kw["provenance"]["protocol"]["method"], "shots": request.shots,
+                     "seed": request.seed, "train": _pixels(res.labels.rows[res.split.train],
                                                           res.labels.cols[res.split.train])})
         return res
 

@@ -47,7 +47,7 @@ from diffclip_cli.train.budget import (
 )
 
 if TYPE_CHECKING:
-    from diffclip_cli.errors import OverrideError
+    from diffclip_cli.errors import UsageError
     from diffclip_cli.model.config import Preset
     from diffclip_cli.train.budget import Plan
 
@@ -166,9 +166,20 @@ def _overridden(preset: Preset, overrides: dict[str, Any]) -> Preset:
         raise _usage_error(exc) from None
 
 
-def _usage_error(exc: OverrideError) -> typer.BadParameter:
-    """The usage error, naming its option, of an override that does not fit a preset."""
-    return typer.BadParameter(str(exc), param_hint=_OPTION_OF[exc.key])
+def _usage_error(exc: UsageError) -> Exception:
+    """The library's usage error as the command's: a bad value of the option it comes from.
+
+    An override names its preset field (:data:`_OPTION_OF` gives the option), other usage
+    errors their option where the library knows it; one without stays as it is.
+    """
+    from diffclip_cli.errors import OverrideError
+
+    if isinstance(exc, OverrideError):
+        return typer.BadParameter(str(exc), param_hint=_OPTION_OF[exc.key])
+    if exc.option is None:
+        return exc
+    return typer.BadParameter(f"{exc.message}: {exc.hint}" if exc.hint else exc.message,
+                              param_hint=exc.option)
 
 
 def _preset(name: str, *, window: int | None = None, mask_ratio: float | None = None,
@@ -184,18 +195,6 @@ _OPTION_OF = {"model.window": "--window", "model.mask_ratio": "--mask-ratio",
               "pretrain.epochs": "--epochs/--pretrain-epochs",
               "pretrain.samples": "--pretrain-samples",
               "finetune.epochs": "--finetune-epochs"}
-
-
-def _check_prompt(prompt: str | None, descriptions: Path | None, classes: Path | None
-                  ) -> None:
-    """Refuse an unknown prompt template as a usage error of --prompt, before any work."""
-    from diffclip_cli.errors import UsageError
-    from diffclip_cli.model.prompts import check_template
-
-    try:
-        check_template(prompt, descriptions=descriptions is not None or classes is not None)
-    except UsageError as exc:
-        raise typer.BadParameter(f"{exc.message}: {exc.hint}", param_hint="--prompt") from None
 
 
 @app.command(rich_help_panel="Train")
@@ -311,17 +310,14 @@ def fewshot(
     Before training, a plan line gives the schedule and its estimated time. On a CPU without
     --preset the cpu recipe is sized to a 10-minute budget; --time-budget sets another.
     """
-    from diffclip_cli.errors import OverrideError
+    from diffclip_cli.errors import UsageError
     from diffclip_cli.model.device import resolve_device
     from diffclip_cli.report.render import baseline_verdicts, rich_table
     from diffclip_cli.workflows.fewshot import FewshotOptions, run_fewshot
 
     level = start(verbose, quiet)
     budget = _budget(time_budget)
-    if split not in ("random", "spatial"):
-        raise typer.BadParameter("use random or spatial", param_hint="--split")
     prompt = "p5" if descriptions is not None and prompt is None else prompt
-    _check_prompt(prompt, descriptions, classes)
     dev = resolve_device(device)
     name, budget = default_recipe(dev.type, preset, budget)
     overrides = _overrides(window=window, pretrain_epochs=pretrain_epochs,
@@ -329,16 +325,16 @@ def fewshot(
     config = None  # (None: the pretrained model's recipe, read by the workflow)
     if pretrained is None or preset is not None:
         config = _overridden(preset_option(name), overrides)
-    try:  # --window with --pretrained: the pretrained model fixes the architecture
+    try:  # --split, --prompt; --window with --pretrained (it fixes the architecture)
         options = FewshotOptions(
             labels=tuple(labels), shots=shots, classes=classes, class_field=class_field,
             layer=layer, pretrained=pretrained, preset=config, overrides=overrides,
-            pretrain_samples=pretrain_samples, prompt=prompt, descriptions=descriptions,
+            pretrain_samples=pretrain_samples, template=prompt, descriptions=descriptions,
             split=split, fast=fast, fast_steps=fast_steps, batch_size=batch_size, seed=seed,
             device=dev, budget=budget, overwrite=overwrite,
             pinned=_pinned(pretrain_windows=pretrain_samples, pretrain_epochs=pretrain_epochs,
                            finetune_epochs=epochs, distill_steps=fast_steps))
-    except OverrideError as exc:
+    except UsageError as exc:  # --split, --prompt; --window etc. with --pretrained
         raise _usage_error(exc) from None
     printer = _PlanPrinter(level=level, budget=budget, device=dev.type,
                            shorten=" or fewer --pretrain-samples/--pretrain-epochs")
@@ -346,7 +342,7 @@ def fewshot(
         with interruptible(), StageProgress(enabled=level >= 0) as progress:
             outcome = run_fewshot(hsi, lidar, output, options=options, progress=progress,
                                   on_plan=printer)
-    except OverrideError as exc:  # --window etc. against the pretrained model's recipe
+    except UsageError as exc:  # --window etc. against the pretrained model's recipe
         raise _usage_error(exc) from None
     result = outcome.result
     took = format_seconds(result.timings["total"])
