@@ -49,6 +49,7 @@ __all__ = [
     "OutputError",
     "OverrideError",
     "UsageError",
+    "first_line",
 ]
 
 
@@ -180,6 +181,16 @@ class Interrupted(DiffclipError):  # noqa: N818 (reads better at the call site)
     """The run was stopped by Ctrl-C or SIGTERM; partial outputs were removed."""
 
     exit_code = 130
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, without its full stop.
+
+    The reason a one-sentence error quotes from a library's (the type's name when the
+    message is empty).
+    """
+    text = str(exc).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(exc).__name__
 
 
 EXIT_CODES: dict[str, int] = {

@@ -21,7 +21,8 @@ from shapely.geometry import MultiPolygon, Point, box
 from diffclip_cli.errors import GridError, InputError, LabelError
 from diffclip_cli.io.classes import ClassTable
 from diffclip_cli.io.grid import Grid
-from diffclip_cli.io.labels import LabelReport, _burn, read_labels
+from diffclip_cli.io.label_vectors import _burn
+from diffclip_cli.io.labels import LabelReport, read_labels
 from diffclip_cli.io.raster import Scene
 
 H, W = 30, 40
