@@ -555,8 +555,11 @@ def test_disk_full_while_saving_a_model(tiny, tmp_path, monkeypatch):
 def _run_until(args: list[str], marker: str, sig: int) -> tuple[int, str]:
     """Run ``python -m diffclip_cli ARGS``; send ``sig`` once stderr shows ``marker``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as one_torch_thread, for the same results
+    # As from a terminal: a shell starts background jobs with SIGINT ignored, and a child
+    # would inherit that from a test run started with `&` (the Ctrl-C case never ran).
     proc = subprocess.Popen([sys.executable, "-m", "diffclip_cli", *args],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     assert proc.stderr is not None
     for line in proc.stderr:
