@@ -1,0 +1,249 @@
+"""The few-shot head on one pretrained encoder per split: prompts, a linear head, and why.
+
+For each split (k shots, protocol seed s) the spatial context is chosen on the shots and one
+stage-1 model is trained (the ``cpu`` preset, as ``diffclip fewshot`` does); every head
+variant is then fine-tuned from copies of it (``finetune.members`` members each, their
+probabilities averaged, as the product does) and scored on the split's test pixels
+(``--test-pixels`` of them, the same for every variant):
+
+* ``text``: the recipe (class prompts, cosine logits, the symmetric loss);
+* ``codes``: the recipe with the class names replaced by ``class 1`` .. ``class K``;
+* ``lin``: the protocol's ``no-text`` (a linear head, cross-entropy);
+* ``spread`` / ``spread-codes``: the recipe after a label-free warm-up of the text side
+  alone that pulls the K prompt embeddings apart (``--spread-steps`` Adam steps on the mean
+  squared cosine between different prompts), from their near-collinear start;
+* ``proto``, ``bias``, ``unnorm``, ``i2t`` (``experiments/finetune_probe.py``'s controls:
+  free class vectors, a learnt offset per class, no image normalisation, the image-to-text
+  half of the loss alone);
+* ``t<temperature>`` (e.g. ``t0.15``): the recipe with another initial temperature;
+* ``lr<factor>`` (e.g. ``lr3``): the recipe with the text side's learning rate multiplied;
+* ``tpl`` / ``tpl-codes``: member m prompts with the paper's template ``p<m+1>`` (p1..p4)
+  instead of every member with ``p4``.
+
+Besides OA the probe reports how often two members disagree on a test pixel (the diversity
+an average of members can use).
+
+Stage-1 models are cached in ``--cache`` (one per scene, split and sample size).
+
+    python experiments/head_probe.py indian_pines --shots 5 --splits 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# Run by path, the script's folder is on sys.path, not the repository root.
+if not __package__:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.ablations import LinearHeadClassifier, finetune_linear_head
+from diffclip_cli.model.archive import load_model, save_model
+from diffclip_cli.model.classifier import DiffCLIPClassifier
+from diffclip_cli.model.config import load_preset
+from diffclip_cli.model.modelfile import build_network
+from diffclip_cli.model.prompts import build_prompts
+from diffclip_cli.model.text import Vocabulary
+from diffclip_cli.sampling.normalise import compute_stats
+from diffclip_cli.sampling.windows import read_windows
+from diffclip_cli.train.data import WindowData
+from diffclip_cli.train.finetune import class_contrastive_loss, finetune, member_seed
+from diffclip_cli.train.spatial import choose_context
+from diffclip_cli.workflows.pretrain import pretrain_scene
+from experiments import lab
+from experiments.finetune_probe import (
+    BiasedClassifier,
+    PrototypeClassifier,
+    UnnormalisedImageClassifier,
+    _image_to_text_only,
+    ft_module,
+)
+
+_make_optimizer = ft_module.make_optimizer
+
+
+def text_lr_optimizer(factor: float):
+    """``make_optimizer`` with the text side's learning rate multiplied by ``factor``."""
+    def make(model, cfg):
+        optimizer, scheduler = _make_optimizer(model, cfg)
+        text = [p for n, p in model.named_parameters() if n.startswith("text.")]
+        ids = {id(p) for p in text}
+        group = optimizer.param_groups[0]
+        group["params"] = [p for p in group["params"] if id(p) not in ids]
+        optimizer.add_param_group({"params": text, "lr": cfg.lr * factor,
+                                   "initial_lr": cfg.lr * factor})
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
+        return optimizer, scheduler
+    return make
+
+
+def make_head(variant: str, net, vocab: Vocabulary, k: int, seed: int) -> DiffCLIPClassifier:
+    """The classifier of a variant (the research controls of finetune_probe.py)."""
+    if variant.startswith("proto"):
+        return PrototypeClassifier(net, vocabulary=vocab, classes=k, seed=seed)
+    if variant.startswith("bias"):
+        return BiasedClassifier(net, vocabulary=vocab, classes=k, seed=seed)
+    if variant.startswith("unnorm"):
+        return UnnormalisedImageClassifier(net, vocabulary=vocab, seed=seed)
+    clf = DiffCLIPClassifier(net, vocabulary=vocab, seed=seed)
+    if variant.startswith("t") and variant[1:2].isdigit():
+        with torch.no_grad():
+            clf.logit_scale.fill_(math.log(1.0 / float(variant[1:])))
+    return clf
+
+
+def off_diagonal_cosine(z: torch.Tensor) -> torch.Tensor:
+    """The cosines between different rows of unit vectors ``z``."""
+    sim = z @ z.T
+    return sim[~torch.eye(len(z), dtype=torch.bool)]
+
+
+def spread_prompts(clf: DiffCLIPClassifier, steps: int, lr: float = 1e-3) -> tuple[float, float]:
+    """Pull the class prompts' embeddings apart before fine-tuning (text side only).
+
+    Returns the mean off-diagonal cosine before and after.
+    """
+    params = list(clf.text.parameters())
+    opt = torch.optim.Adam(params, lr=lr)
+    with torch.no_grad():
+        before = float(off_diagonal_cosine(clf.encode_text()).mean())
+    for _ in range(steps):
+        loss = off_diagonal_cosine(clf.encode_text()).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = float(off_diagonal_cosine(clf.encode_text()).mean())
+    return before, after
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("scene")
+    ap.add_argument("--shots", type=int, default=5)
+    ap.add_argument("--splits", type=int, nargs="+", default=[0])
+    ap.add_argument("--variants", nargs="+",
+                    default=["text", "codes", "lin", "spread", "spread-codes"])
+    ap.add_argument("--spread-steps", type=int, default=100)
+    ap.add_argument("--members", type=int, default=None, help="default: the preset's")
+    ap.add_argument("--test-pixels", type=int, default=4000)
+    ap.add_argument("--samples", type=int, default=2000)
+    ap.add_argument("--json")
+    ap.add_argument("--cache", default="/tmp/head-probe-cache")
+    ap.add_argument("--save-probs", help="folder: every member's test probabilities, per split "
+                    "and variant (npz), with the test labels")
+    args = ap.parse_args()
+    preset = load_preset("cpu")
+    members = args.members or preset.finetune.members
+    s = lab.load(args.scene)
+    lab_ = s.labels
+    names = [c.name for c in lab_.classes]
+    codes = [f"class {i + 1}" for i in range(len(names))]
+    prompts = {"real": build_prompts(names, template=preset.model.template),
+               "codes": build_prompts(codes, template=preset.model.template)}
+    for m in range(4):
+        prompts[f"real-p{m + 1}"] = build_prompts(names, template=f"p{m + 1}")
+        prompts[f"codes-p{m + 1}"] = build_prompts(codes, template=f"p{m + 1}")
+    out = []
+    for split_seed in args.splits:
+        split = s.split(args.shots, split_seed)
+        train = lab_.subset(split.train)
+        rng = np.random.default_rng(split_seed)
+        test_idx = split.test if len(split.test) <= args.test_pixels else np.sort(
+            rng.choice(split.test, args.test_pixels, replace=False))
+        test = lab_.subset(test_idx)
+        tic = time.perf_counter()
+        cached = Path(args.cache) / f"{args.scene}-k{args.shots}-s{split_seed}-n{args.samples}.pt"
+        if cached.exists():
+            bundle = load_model(cached)
+        else:
+            ctx = choose_context(s.scene, compute_stats(s.scene, seed=split_seed),
+                                 preset.model, train.rows, train.cols, train.class_ids)
+            bundle = pretrain_scene(s.scene, preset=preset, samples=args.samples,
+                                    seed=split_seed, stats=ctx.stats).bundle
+            bundle.provenance["context"] = ctx.to_dict()
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            save_model(bundle, cached, overwrite=True)
+        stats = bundle.scene_stats
+        pre_s = time.perf_counter() - tic
+        w = bundle.config.window
+        tw = read_windows(s.scene, train.rows, train.cols, size=w, stats=stats)
+        ew = read_windows(s.scene, test.rows, test.cols, size=w, stats=stats)
+        data = WindowData(tw, train.index)
+        ids = np.asarray([c.id for c in lab_.classes])
+        row: dict[str, object] = {"split": split_seed,
+                                  "scales": bundle.provenance["context"]["scales"],
+                                  "pretrain_s": round(pre_s, 1)}
+        for variant in args.variants:
+            tic = time.perf_counter()
+            probs = []
+            cos: list[tuple[float, float]] = []
+            for m in range(members):
+                seed = member_seed(split_seed, m)
+                net = build_network(bundle)
+                if variant == "lin":
+                    head = LinearHeadClassifier(net, num_classes=len(names), seed=seed)
+                    finetune_linear_head(head, data, preset.finetune, seed=seed)
+                    probs.append(head.predict_proba(ew.hsi, ew.lidar))
+                    continue
+                pr = prompts[("codes" if variant.endswith("codes") else "real")
+                             + (f"-p{m % 4 + 1}" if variant.startswith("tpl") else "")]
+                clf = make_head(variant, net, Vocabulary.build(pr), len(pr), seed)
+                clf.set_prompts(pr)
+                if variant.startswith("spread"):
+                    cos.append(spread_prompts(clf, args.spread_steps))
+                else:
+                    with torch.no_grad():
+                        c0 = float(off_diagonal_cosine(clf.encode_text()).mean())
+                    cos.append((c0, c0))
+                if variant.startswith("i2t"):
+                    ft_module.class_contrastive_loss = _image_to_text_only
+                if variant.startswith("lr"):
+                    ft_module.make_optimizer = text_lr_optimizer(float(variant[2:]))
+                try:
+                    finetune(clf, data, copy.copy(pr), preset.finetune, seed=seed)
+                finally:
+                    ft_module.class_contrastive_loss = class_contrastive_loss
+                    ft_module.make_optimizer = _make_optimizer
+                with torch.no_grad():
+                    c_end = float(off_diagonal_cosine(clf.encode_text()).mean())
+                cos[-1] = (*cos[-1], c_end)  # type: ignore[assignment]
+                probs.append(clf.predict_proba(torch.from_numpy(ew.hsi),
+                                               None if ew.lidar is None
+                                               else torch.from_numpy(ew.lidar)).numpy())
+            if args.save_probs:
+                Path(args.save_probs).mkdir(parents=True, exist_ok=True)
+                np.savez_compressed(Path(args.save_probs) / f"s{split_seed}-{variant}.npz",
+                                    probs=np.stack(probs).astype(np.float32),
+                                    truth=np.searchsorted(ids, test.class_ids))
+            oa = lab.oa(test.class_ids, ids[np.mean(probs, 0).argmax(1)])
+            member_oa = [lab.oa(test.class_ids, ids[p.argmax(1)]) for p in probs]
+            votes = [p.argmax(1) for p in probs]
+            disagree = [float((a != b).mean()) for i, a in enumerate(votes)
+                        for b in votes[i + 1:]]
+            spread = round(100 * float(np.mean(disagree)), 2) if disagree else None
+            row[variant] = {"oa": round(oa, 2), "members": [round(x, 2) for x in member_oa],
+                            "cosine": [[round(c, 3) for c in t] for t in cos],
+                            "disagree": spread, "seconds": round(time.perf_counter() - tic, 1)}
+            print(f"{args.scene} k={args.shots} split {split_seed} {variant:<13} OA {oa:6.2f} "
+                  f"members {' '.join(f'{x:.1f}' for x in member_oa)} disagree {spread} cos "
+                  f"{' '.join('/'.join(f'{c:.2f}' for c in t) for t in cos)}", flush=True)
+        out.append(row)
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=1))
+    for variant in args.variants:
+        v = [r[variant]["oa"] for r in out]  # type: ignore[index]
+        print(f"{variant:<13} mean {np.mean(v):6.2f} +- {np.std(v):5.2f}")
+
+
+if __name__ == "__main__":
+    main()
