@@ -17,6 +17,8 @@ probabilities averaged, as the product does) and scored on the split's test pixe
   half of the loss alone);
 * ``t<temperature>`` (e.g. ``t0.15``): the recipe with another initial temperature;
 * ``lr<factor>`` (e.g. ``lr3``): the recipe with the text side's learning rate multiplied;
+* ``biaslr<factor>``: ``bias`` with the offsets' learning rate multiplied (they cannot move
+  far in 60 epochs at the recipe's rate);
 * ``tpl`` / ``tpl-codes``: member m prompts with the paper's template ``p<m+1>`` (p1..p4)
   instead of every member with ``p4``.
 
@@ -70,11 +72,12 @@ from experiments.finetune_probe import (
 _make_optimizer = ft_module.make_optimizer
 
 
-def text_lr_optimizer(factor: float):
-    """``make_optimizer`` with the text side's learning rate multiplied by ``factor``."""
+def text_lr_optimizer(factor: float, prefix: str = "text."):
+    """``make_optimizer`` with the learning rate of the parameters whose names start with
+    ``prefix`` (the text side, or ``beta``: the offsets of ``bias``) multiplied by ``factor``."""
     def make(model, cfg):
         optimizer, scheduler = _make_optimizer(model, cfg)
-        text = [p for n, p in model.named_parameters() if n.startswith("text.")]
+        text = [p for n, p in model.named_parameters() if n.startswith(prefix)]
         ids = {id(p) for p in text}
         group = optimizer.param_groups[0]
         group["params"] = [p for p in group["params"] if id(p) not in ids]
@@ -209,6 +212,8 @@ def main() -> None:
                     ft_module.class_contrastive_loss = _image_to_text_only
                 if variant.startswith("lr"):
                     ft_module.make_optimizer = text_lr_optimizer(float(variant[2:]))
+                if variant.startswith("biaslr"):
+                    ft_module.make_optimizer = text_lr_optimizer(float(variant[6:]), "beta")
                 try:
                     finetune(clf, data, copy.copy(pr), preset.finetune, seed=seed)
                 finally:
