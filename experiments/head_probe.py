@@ -19,6 +19,8 @@ probabilities averaged, as the product does) and scored on the split's test pixe
 * ``lr<factor>`` (e.g. ``lr3``): the recipe with the text side's learning rate multiplied;
 * ``biaslr<factor>``: ``bias`` with the offsets' learning rate multiplied (they cannot move
   far in 60 epochs at the recipe's rate);
+* ``gain`` / ``gainlr<factor>``: a learnt length per class prompt (a class whose windows
+  spread can get a wider region, as with a linear head's longer weight vector);
 * ``tpl`` / ``tpl-codes``: member m prompts with the paper's template ``p<m+1>`` (p1..p4)
   instead of every member with ``p4``.
 
@@ -89,12 +91,29 @@ def text_lr_optimizer(factor: float, prefix: str = "text."):
     return make
 
 
+class GainClassifier(DiffCLIPClassifier):
+    """The recipe's head with a learnt length per class prompt (initially 1): a class whose
+    windows spread can get a longer vector, as in a linear head (a research control)."""
+
+    def __init__(self, net, *, vocabulary: Vocabulary, classes: int, seed: int) -> None:
+        super().__init__(net, vocabulary=vocabulary, seed=seed)
+        self.gain = torch.nn.Parameter(torch.ones(classes))
+
+    def encode_text(self, ids: torch.Tensor | None = None) -> torch.Tensor:
+        return super().encode_text(ids) * self.gain[:, None]
+
+    def text_features(self) -> torch.Tensor:
+        return self.encode_text()
+
+
 def make_head(variant: str, net, vocab: Vocabulary, k: int, seed: int) -> DiffCLIPClassifier:
     """The classifier of a variant (the research controls of finetune_probe.py)."""
     if variant.startswith("proto"):
         return PrototypeClassifier(net, vocabulary=vocab, classes=k, seed=seed)
     if variant.startswith("bias"):
         return BiasedClassifier(net, vocabulary=vocab, classes=k, seed=seed)
+    if variant.startswith("gain"):
+        return GainClassifier(net, vocabulary=vocab, classes=k, seed=seed)
     if variant.startswith("unnorm"):
         return UnnormalisedImageClassifier(net, vocabulary=vocab, seed=seed)
     clf = DiffCLIPClassifier(net, vocabulary=vocab, seed=seed)
@@ -214,6 +233,8 @@ def main() -> None:
                     ft_module.make_optimizer = text_lr_optimizer(float(variant[2:]))
                 if variant.startswith("biaslr"):
                     ft_module.make_optimizer = text_lr_optimizer(float(variant[6:]), "beta")
+                if variant.startswith("gainlr"):
+                    ft_module.make_optimizer = text_lr_optimizer(float(variant[6:]), "gain")
                 try:
                     finetune(clf, data, copy.copy(pr), preset.finetune, seed=seed)
                 finally:
