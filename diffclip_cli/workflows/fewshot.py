@@ -338,11 +338,12 @@ def fewshot_scene(
     """
     begin = time.perf_counter()
     timings: dict[str, float] = {}
-    request = dataclasses.replace(request, device=resolve_device(request.device))
+    device = resolve_device(request.device)
+    request = dataclasses.replace(request, device=device)
     shots, seed, split, pretrained = request.shots, request.seed, request.split, \
         request.pretrained
-    pretrain_samples, batch_size = request.samples, request.batch_size
-    device, distill = resolve_device(request.device), request.distill
+    pretrain_samples, batch_size, distill = request.samples, request.batch_size, \
+        request.distill
     prep = _prepare(scene, labels, request)
     labels, chosen, given, preset, template, prompts = (
         prep.labels, prep.chosen, prep.given, prep.preset, prep.template, prep.prompts)
