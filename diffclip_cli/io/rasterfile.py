@@ -19,7 +19,7 @@ import rasterio
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from diffclip_cli.errors import InputError
+from diffclip_cli.errors import InputError, first_line
 from diffclip_cli.io.names import RasterSource, display_name, raster_source
 
 __all__ = ["band_wavelengths", "gdal_reason", "open_raster"]
@@ -163,9 +163,10 @@ def _short(exc: BaseException) -> str:
     """The first line of an exception's message, or of its cause when it points there."""
     text = str(exc).strip()
     cause = exc.__cause__ or exc.__context__
-    if cause is not None and (not text or "previous exception" in text):
-        text = str(cause).strip() or text
-    return (text.splitlines()[0] if text else type(exc).__name__).rstrip(".")
+    if (cause is not None and (not text or "previous exception" in text)
+            and str(cause).strip()):
+        return first_line(cause)
+    return first_line(exc)
 
 
 def gdal_reason(exc: BaseException, path: RasterSource) -> str:
