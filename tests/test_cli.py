@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 
@@ -12,6 +13,7 @@ from scenes import UNCOVERED_COLUMNS
 from typer.testing import CliRunner
 
 from diffclip_cli.cli import app
+from diffclip_cli.cli.app import main
 from diffclip_cli.errors import BatchError, InputError, ModelError, OutputError
 
 runner = CliRunner()
@@ -187,3 +189,21 @@ def test_info_describes_the_model(trained):
     assert data["provenance"]["shots"] == 5
     assert data["fast_path"] is True
     invoke("info", model)
+
+
+
+
+
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(trained, monkeypatch, capsys):
+    """``diffclip info MODEL | head -3``: the pipe closes while the command writes, which
+    ends as click and GDAL's tools do (quietly, exit 1), not with an internal error."""
+    def hang_up(*args, **kwargs):
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    monkeypatch.setattr("diffclip_cli.cli.commands.info.console.print", hang_up)
+    with pytest.raises(SystemExit) as stop:
+        main(["info", str(trained[1])])
+    assert stop.value.code == 1
+    assert capsys.readouterr().err == ""

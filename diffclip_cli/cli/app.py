@@ -3,11 +3,12 @@
 Errors are handled in one place, :class:`DiffclipGroup`: a
 :class:`~diffclip_cli.errors.DiffclipError` prints one sentence and exits with its code; an
 unexpected exception prints a one-line summary (its traceback with ``-v``) and exits 1; Ctrl-C
-exits 130.
+exits 130; a reader that closes the pipe (``diffclip ... | head``) ends it quietly (exit 1).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 import traceback
@@ -31,6 +32,14 @@ def _from_framework(exc: BaseException) -> bool:
     return type(exc).__module__.split(".")[0] in ("click", "typer")
 
 
+def _closed_pipe(exc: BaseException) -> bool:
+    """Whether the reader of our output went away (``diffclip ... | head``).
+
+    Typer then exits quietly, as click and GDAL's tools do: it is not an internal error.
+    """
+    return isinstance(exc, OSError) and exc.errno == errno.EPIPE
+
+
 class DiffclipGroup(typer.core.TyperGroup):
     """A Typer group that turns diffclip errors into one sentence and a distinct exit code."""
 
@@ -51,7 +60,7 @@ class DiffclipGroup(typer.core.TyperGroup):
                               soft_wrap=True)
             ctx.exit(exc.exit_code)
         except Exception as exc:
-            if _from_framework(exc):
+            if _from_framework(exc) or _closed_pipe(exc):
                 raise
             if log.isEnabledFor(logging.DEBUG):
                 err_console.print(traceback.format_exc(), highlight=False, markup=False)
