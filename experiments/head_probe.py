@@ -22,7 +22,17 @@ probabilities averaged, as the product does) and scored on the split's test pixe
 * ``gain`` / ``gainlr<factor>``: a learnt length per class prompt (a class whose windows
   spread can get a wider region, as with a linear head's longer weight vector);
 * ``tpl`` / ``tpl-codes``: member m prompts with the paper's template ``p<m+1>`` (p1..p4)
-  instead of every member with ``p4``.
+  instead of every member with ``p4``;
+* ``pl<c>`` / ``lin-pl<c>`` (e.g. ``pl10``): the scene's unlabelled pixels at the few-shot
+  stage. The members (prompts, or the linear head) are fine-tuned on the shots, score a
+  pool of ``--pool`` random scene pixels (any pixel, labelled in the ground truth or not:
+  the product does not know which), and the pool pixels on which every member agrees give
+  up to ``c`` pseudo-labels per class (the most confident by the members' mean
+  probability); fresh members are then fine-tuned from stage 1 on the shots plus the
+  pseudo-labels. ``pls<c>``: the same, a pool pixel counts only where its 3 x 3
+  neighbours' mean probability agrees (the fields are wider than a pixel). ``plr<c>``: up
+  to ``c`` per class drawn at random among the agreed pixels (coverage of the class, not
+  its most typical pixels).
 
 Besides OA the probe reports how often two members disagree on a test pixel (the diversity
 an average of members can use).
@@ -148,6 +158,54 @@ def spread_prompts(clf: DiffCLIPClassifier, steps: int, lr: float = 1e-3) -> tup
     return before, after
 
 
+def fit_members(kind: str, bundle, data: WindowData, pr: list[str] | None, k: int,
+                members: int, split_seed: int, cfg) -> list:
+    """``members`` fine-tunings of ``kind`` (``lin`` or the prompts) from the stage-1 model."""
+    out = []
+    for m in range(members):
+        seed = member_seed(split_seed, m)
+        net = build_network(bundle)
+        if kind == "lin":
+            head = LinearHeadClassifier(net, num_classes=k, seed=seed)
+            finetune_linear_head(head, data, cfg, seed=seed)
+            out.append(head)
+            continue
+        assert pr is not None
+        clf = make_head("text", net, Vocabulary.build(pr), len(pr), seed)
+        clf.set_prompts(pr)
+        finetune(clf, data, copy.copy(pr), cfg, seed=seed)
+        out.append(clf)
+    return out
+
+
+def member_probs(model, windows) -> np.ndarray:
+    if isinstance(model, LinearHeadClassifier):
+        return model.predict_proba(windows.hsi, windows.lidar)
+    return model.predict_proba(torch.from_numpy(windows.hsi), None if windows.lidar is None
+                               else torch.from_numpy(windows.lidar)).numpy()
+
+
+def pseudo_labels(probs: np.ndarray, per_class: int, rng: np.random.Generator | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Pool positions and class indices of up to ``per_class`` pseudo-labels per class: pool
+    pixels on which every member votes for the members' mean choice, most confident first
+    (``rng``: drawn at random among them)."""
+    mean = probs.mean(0)
+    pred = mean.argmax(1)
+    agree = (probs.argmax(2) == pred[None]).all(0)
+    conf = mean.max(1)
+    pos, cls = [], []
+    for c in range(mean.shape[1]):
+        cand = np.flatnonzero(agree & (pred == c))
+        if rng is None:
+            cand = cand[np.argsort(-conf[cand], kind="stable")][:per_class]
+        else:
+            cand = np.sort(rng.permutation(cand)[:per_class])
+        pos.append(cand)
+        cls.append(np.full(len(cand), c))
+    return np.concatenate(pos), np.concatenate(cls)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("scene")
@@ -159,6 +217,7 @@ def main() -> None:
     ap.add_argument("--members", type=int, default=None, help="default: the preset's")
     ap.add_argument("--test-pixels", type=int, default=4000)
     ap.add_argument("--samples", type=int, default=2000)
+    ap.add_argument("--pool", type=int, default=3000)
     ap.add_argument("--json")
     ap.add_argument("--cache", default="/tmp/head-probe-cache")
     ap.add_argument("--save-probs", help="folder: every member's test probabilities, per split "
@@ -209,6 +268,55 @@ def main() -> None:
             tic = time.perf_counter()
             probs = []
             cos: list[tuple[float, float]] = []
+            if "pl" in variant:
+                kind = "lin" if variant.startswith("lin") else "text"
+                per_class = int(variant.split("pl")[1].lstrip("sr"))
+                spatial = "pls" in variant
+                h, wd = s.scene.grid.height, s.scene.grid.width
+                prng = np.random.default_rng(1000 + split_seed)
+                flat = prng.choice(h * wd, args.pool, replace=False)
+                pr_, pc_ = flat // wd, flat % wd
+                if spatial:  # the pool pixel and its 8 neighbours, clipped to the scene
+                    dr, dc = np.meshgrid([-1, 0, 1], [-1, 0, 1], indexing="ij")
+                    nr = np.clip(pr_[:, None] + dr.ravel(), 0, h - 1).ravel()
+                    nc = np.clip(pc_[:, None] + dc.ravel(), 0, wd - 1).ravel()
+                    pw = read_windows(s.scene, nr, nc, size=w, stats=stats)
+                else:
+                    pw = read_windows(s.scene, pr_, pc_, size=w, stats=stats)
+                first = fit_members(kind, bundle, data, prompts["real"], len(names), members,
+                                    split_seed, preset.finetune)
+                pp = np.stack([member_probs(mm, pw) for mm in first])
+                if spatial:  # members x pool x 9 x K -> the neighbourhood's mean
+                    pp = pp.reshape(members, args.pool, 9, -1).mean(2)
+                first_oa = lab.oa(test.class_ids, ids[np.mean(
+                    [member_probs(mm, ew) for mm in first], 0).argmax(1)])
+                pos, cls = pseudo_labels(pp, per_class, np.random.default_rng(split_seed)
+                                         if "plr" in variant else None)
+                pool_truth = lab_.to_raster(s.scene.grid)[pr_[pos], pc_[pos]]
+                centre = read_windows(s.scene, pr_[pos], pc_[pos], size=w, stats=stats)
+                both = type(tw)(np.concatenate([tw.hsi, centre.hsi]),
+                                None if tw.lidar is None
+                                else np.concatenate([tw.lidar, centre.lidar]))
+                data2 = WindowData(both, np.concatenate([train.index, cls]))
+                second = fit_members(kind, bundle, data2, prompts["real"], len(names),
+                                     members, split_seed, preset.finetune)
+                probs = [member_probs(mm, ew) for mm in second]
+                # how right the pseudo-labels are where the ground truth knows (a check only)
+                lut = {int(c): i for i, c in enumerate(ids)}
+                tr = np.asarray([lut.get(int(v), -1) for v in pool_truth])
+                lab_d = tr >= 0
+                pl_acc = (round(100 * float((tr[lab_d] == cls[lab_d]).mean()), 2)
+                          if lab_d.any() else None)
+                oa = lab.oa(test.class_ids, ids[np.mean(probs, 0).argmax(1)])
+                member_oa = [lab.oa(test.class_ids, ids[p.argmax(1)]) for p in probs]
+                row[variant] = {"oa": round(oa, 2), "first_oa": round(first_oa, 2),
+                                "members": [round(x, 2) for x in member_oa],
+                                "pseudo": len(cls), "pseudo_acc_on_labelled": pl_acc,
+                                "pseudo_labelled": int(lab_d.sum()),
+                                "seconds": round(time.perf_counter() - tic, 1)}
+                print(f"{args.scene} k={args.shots} split {split_seed} {variant:<13} OA {oa:6.2f} "
+                      f"(first {first_oa:.2f}) pseudo {len(cls)} acc {pl_acc}", flush=True)
+                continue
             for m in range(members):
                 seed = member_seed(split_seed, m)
                 net = build_network(bundle)
