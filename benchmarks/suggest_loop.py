@@ -75,11 +75,13 @@ def main() -> None:
     ap.add_argument("scenes", nargs="+", help="scene folders (hsi.tif, labels.tif, classes.csv"
                     "[, lidar.tif])")
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seeds first-seed .. first-seed + seeds - 1 (more seeds in another run)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--start-shots", type=int, default=2)
     ap.add_argument("--per-round", type=float, default=2.0,
                     help="pixels per round, as a multiple of the number of classes")
-    ap.add_argument("--strategies", nargs="+", default=["spread", "random"])
+    ap.add_argument("--strategies", nargs="+", default=["cluster", "random"])
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     out = Path(args.out)
@@ -96,7 +98,7 @@ def main() -> None:
             k = len(labels.classes)
             per_round = max(1, round(args.per_round * k))
             tile = auto_tile_size(scene.hsi_bands + scene.lidar_bands)
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 cache: dict[Any, ModelBundle] = {}
                 start = sample_shots(labels, args.start_shots, seed=seed).train
                 tic = time.perf_counter()

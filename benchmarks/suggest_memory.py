@@ -44,7 +44,7 @@ for line in Path("/proc/self/status").read_text().splitlines():
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", nargs="+", default=["300x100", "3000x1000"])
-    ap.add_argument("--strategy", default="spread")
+    ap.add_argument("--strategy", default="cluster")
     ap.add_argument("-n", type=int, default=50)
     ap.add_argument("--hsi-bands", type=int, default=144)
     ap.add_argument("--seed", type=int, default=0)

@@ -127,7 +127,8 @@ def test_suggest_writes_ranked_points_and_a_quicklook(tiny, tmp_path):
     out, png = tmp_path / "next.gpkg", tmp_path / "next.png"
     r = invoke("suggest", tiny.hsi, tiny.lidar, "--model", tiny.model, "-n", 15, "-o", out,
                "--labels", tiny.labels, "--quicklook", png, "--tile-size", 16, code=0)
-    assert "15 points" in " ".join(r.output.split()) and "--labels" in r.output
+    said = " ".join(r.output.split())
+    assert "15 points, cluster" in said and "--labels" in r.output  # the default strategy
     points = gpd.read_file(out)
     assert list(points.columns[:-1]) == FIELDS and len(points) == 15
     assert points["rank"].tolist() == list(range(1, 16))
@@ -232,3 +233,26 @@ def test_the_loop_suggest_fill_fewshot_classify(tiny, tmp_path):
     with rasterio.open(tmp_path / "map.tif") as m:
         assert m.read(1).max() <= len(CLASSES)
     assert Grid(w, h, Affine(*transform[:6])).shape == (h, w)
+
+
+def test_cluster_follows_where_the_unsure_pixels_are_many(plain_scene):
+    path, stats = plain_scene
+    n = 8
+    cluster, spread = _run(path, stats, n, "cluster"), _run(path, stats, n, "spread")
+    pool = _run(path, stats, POOL_FACTOR * n, "margin")  # the pool both choose from
+
+    def space(s):  # the strategies' space: probabilities and the scene plane
+        return np.column_stack([s.probability, s.runner_up_probability,
+                                np.column_stack([s.rows, s.cols]) / np.hypot(60, 80)])
+
+    def mean_distance(picks):  # how far a pool pixel is from its nearest pick, on average
+        d = np.linalg.norm(space(pool)[:, None] - space(picks)[None], axis=2)
+        return d.min(axis=1).mean()
+
+    # k-means centres stand for the pool's pixels better than farthest-first's extremes
+    assert mean_distance(cluster) < mean_distance(spread)
+    # every pick is in the pool, ranked least sure first
+    inside = set(zip(pool.rows.tolist(), pool.cols.tolist(), strict=True))
+    assert set(zip(cluster.rows.tolist(), cluster.cols.tolist(), strict=True)) <= inside
+    gaps = cluster.probability - cluster.runner_up_probability
+    assert (np.diff(gaps) >= -1e-7).all()

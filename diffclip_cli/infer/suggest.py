@@ -6,15 +6,18 @@ minus the runner-up's. A small margin is a pixel the model hesitates on. What is
 the tiles stream past is bounded (a pool of the lowest margins and a reservoir sample), so
 memory does not grow with the scene. Strategies (:data:`STRATEGIES`):
 
-* ``random``: pixels drawn uniformly (the reference every other strategy must beat);
+* ``cluster`` (the default): among the ``POOL_FACTOR * n`` smallest margins, ``n`` k-means
+  clusters in the model's probability space and the scene's plane, and the pixel nearest
+  each centre, least sure first: the points cover different confusions and places, and
+  follow where the unsure pixels are many (a point stands for many pixels like it);
+* ``spread``: among the same pool, a greedy farthest-point selection in the same space,
+  from the least sure pixel (it covers the pool's extremes: confusions of few pixels
+  weigh as much as those of whole fields);
 * ``margin``: the ``n`` smallest margins (uncertainty alone: they bunch up in the fields
   and at the class borders the model confuses most);
-* ``balanced``: among the ``POOL_FACTOR * n`` smallest margins, the smallest of each
-  predicted class in turn (every class the model confuses is asked);
-* ``spread`` (the default): among the ``POOL_FACTOR * n`` smallest margins, a greedy
-  farthest-point selection in the model's probability space and the scene's plane, so the
-  points cover different confusions and different places instead of one confused field;
-  the first point is the smallest margin.
+* ``balanced``: among the pool, the smallest of each predicted class in turn (every class
+  the model confuses is asked);
+* ``random``: pixels drawn uniformly (the reference every other strategy must beat).
 
 The result is ranked: rank 1 is asked first.
 """
@@ -35,11 +38,13 @@ from diffclip_cli.sampling.tiles import iter_tiles, read_tile
 __all__ = ["POOL_FACTOR", "STRATEGIES", "Suggestions", "suggest_pixels"]
 
 #: How the points are chosen (the first is the default).
-STRATEGIES = ("spread", "margin", "balanced", "random")
-#: ``spread`` chooses among this many times ``n`` of the smallest margins.
+STRATEGIES = ("cluster", "spread", "margin", "balanced", "random")
+#: ``cluster``, ``spread`` and ``balanced`` choose among this many times ``n`` of the
+#: smallest margins.
 POOL_FACTOR = 10
 #: Weight of the scene plane (coordinates scaled to the scene's diagonal) against the
-#: probability space (a difference of probabilities up to about 1.4) in ``spread``.
+#: probability space (a difference of probabilities up to about 1.4) in ``cluster`` and
+#: ``spread``.
 PLANE_WEIGHT = 1.0
 
 
@@ -132,6 +137,25 @@ def _farthest_first(points: np.ndarray, n: int) -> np.ndarray:
     return np.asarray(chosen, np.int64)
 
 
+def _cluster_centres(points: np.ndarray, n: int) -> np.ndarray:
+    """``n`` indices of ``points``: the point nearest each of ``n`` k-means centres.
+
+    In the points' order (the pool's: least sure first). Where two centres share their
+    nearest point, the next nearest free point stands in, so there are ``n`` distinct ones.
+    """
+    from sklearn.cluster import KMeans
+
+    if points.shape[0] <= n:
+        return np.arange(points.shape[0], dtype=np.int64)
+    km = KMeans(n_clusters=n, n_init=4, random_state=0).fit(points)
+    dist = np.linalg.norm(points[None, :, :] - km.cluster_centers_[:, None, :], axis=2)
+    taken = np.zeros(points.shape[0], bool)
+    for c in np.argsort(dist.min(axis=1), kind="stable"):  # the tightest centres first
+        free = np.flatnonzero(~taken)
+        taken[free[np.argmin(dist[c, free])]] = True
+    return np.flatnonzero(taken).astype(np.int64)
+
+
 def _choose(strategy: str, n: int, pool: _Pool, shape: tuple[int, int]
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows, columns and probabilities of the chosen pixels, rank order.
@@ -152,12 +176,14 @@ def _choose(strategy: str, n: int, pool: _Pool, shape: tuple[int, int]
             depth += 1
         idx = np.asarray(picked, np.int64)
         return pool.rows[idx], pool.cols[idx], pool.probs[idx]
-    # spread: farthest-first over probabilities and the scene plane, from the least sure
+    # spread: farthest-first over probabilities and the scene plane, from the least sure;
+    # cluster: k-means centres in the same space
     h, w = shape
     diag = float(np.hypot(h, w)) or 1.0
     plane = np.stack([pool.rows, pool.cols], axis=1) / diag * PLANE_WEIGHT
     points = np.concatenate([pool.probs, plane], axis=1)
-    idx = _farthest_first(points, n)
+    choose = _cluster_centres if strategy == "cluster" else _farthest_first
+    idx = choose(points, n)
     return pool.rows[idx], pool.cols[idx], pool.probs[idx]
 
 
@@ -167,7 +193,7 @@ def suggest_pixels(
     stats: SceneStats,
     n: int,
     *,
-    strategy: str = "spread",
+    strategy: str = "cluster",
     exclude: tuple[np.ndarray, np.ndarray] | None = None,
     within: tuple[np.ndarray, np.ndarray] | None = None,
     tile_size: int = 256,
@@ -212,7 +238,7 @@ def suggest_pixels(
         allowed = np.unique(np.asarray(within[0], np.int64) * w
                             + np.asarray(within[1], np.int64))
     k = engine.num_classes
-    pool = _Pool(POOL_FACTOR * n if strategy in ("spread", "balanced") else n, k)
+    pool = _Pool(POOL_FACTOR * n if strategy in ("spread", "balanced", "cluster") else n, k)
     small = None
     if overview > 0:
         oh, ow = decimated_shape((h, w), overview)

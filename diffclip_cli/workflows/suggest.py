@@ -60,7 +60,7 @@ class SuggestOptions:
 
     model: Path
     n: int = 50
-    strategy: str = "spread"
+    strategy: str = "cluster"
     labels: tuple[str | Path, ...] = ()
     classes: Path | None = None
     class_field: str | None = None

@@ -41,9 +41,10 @@ def suggest(
     n: Annotated[int, typer.Option(
         "-n", "--points", min=1, help="How many points.", rich_help_panel=_CHOICE)] = 50,
     strategy: Annotated[str, typer.Option(
-        "--strategy", help="spread (least sure pixels spread over the confusions and the "
-        "scene), margin (least sure only), balanced (least sure of each predicted class), "
-        "random.", rich_help_panel=_CHOICE)] = "spread",
+        "--strategy", help="cluster (least sure pixels, one per k-means cluster over the "
+        "confusions and the scene), spread (least sure pixels, farthest apart), margin "
+        "(least sure only), balanced (least sure of each predicted class), random.",
+        rich_help_panel=_CHOICE)] = "cluster",
     labels: Annotated[list[str] | None, typer.Option(
         "--labels", metavar="FILE", help="Pixels labelled already (never suggested); "
         "repeatable.", rich_help_panel=_CHOICE, show_default=False)] = None,
