@@ -158,10 +158,27 @@ def spread_prompts(clf: DiffCLIPClassifier, steps: int, lr: float = 1e-3) -> tup
     return before, after
 
 
+def stage1_model(s: lab.LabScene, train, shots: int, split_seed: int, preset, samples: int,
+                 cache: Path):
+    """The split's stage-1 model (context chosen on the shots, as the product trains),
+    from ``cache`` when it is there."""
+    cached = cache / f"{s.name}-k{shots}-s{split_seed}-n{samples}.pt"
+    if cached.exists():
+        return load_model(cached)
+    ctx = choose_context(s.scene, compute_stats(s.scene, seed=split_seed),
+                         preset.model, train.rows, train.cols, train.class_ids)
+    bundle = pretrain_scene(s.scene, preset=preset, samples=samples,
+                            seed=split_seed, stats=ctx.stats).bundle
+    bundle.provenance["context"] = ctx.to_dict()
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    save_model(bundle, cached, overwrite=True)
+    return bundle
+
+
 def fit_members(kind: str, bundle, data: WindowData, pr: list[str] | None, k: int,
                 members: int, split_seed: int, cfg) -> list:
     """``members`` fine-tunings of ``kind`` (``lin`` or the prompts) from the stage-1 model."""
-    out = []
+    out: list = []
     for m in range(members):
         seed = member_seed(split_seed, m)
         net = build_network(bundle)
@@ -243,17 +260,8 @@ def main() -> None:
             rng.choice(split.test, args.test_pixels, replace=False))
         test = lab_.subset(test_idx)
         tic = time.perf_counter()
-        cached = Path(args.cache) / f"{args.scene}-k{args.shots}-s{split_seed}-n{args.samples}.pt"
-        if cached.exists():
-            bundle = load_model(cached)
-        else:
-            ctx = choose_context(s.scene, compute_stats(s.scene, seed=split_seed),
-                                 preset.model, train.rows, train.cols, train.class_ids)
-            bundle = pretrain_scene(s.scene, preset=preset, samples=args.samples,
-                                    seed=split_seed, stats=ctx.stats).bundle
-            bundle.provenance["context"] = ctx.to_dict()
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            save_model(bundle, cached, overwrite=True)
+        bundle = stage1_model(s, train, args.shots, split_seed, preset, args.samples,
+                              Path(args.cache))
         stats = bundle.scene_stats
         pre_s = time.perf_counter() - tic
         w = bundle.config.window

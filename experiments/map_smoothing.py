@@ -25,6 +25,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -33,16 +34,12 @@ from scipy import ndimage
 if not __package__:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffclip_cli.model.archive import load_model, save_model
 from diffclip_cli.model.config import load_preset
 from diffclip_cli.model.prompts import build_prompts
-from diffclip_cli.sampling.normalise import compute_stats
 from diffclip_cli.sampling.windows import read_windows
 from diffclip_cli.train.data import WindowData
-from diffclip_cli.train.spatial import choose_context
-from diffclip_cli.workflows.pretrain import pretrain_scene
 from experiments import lab
-from experiments.head_probe import fit_members, member_probs
+from experiments.head_probe import fit_members, member_probs, stage1_model
 
 
 def guided_filter(guide: np.ndarray, src: np.ndarray, r: int, eps: float) -> np.ndarray:
@@ -112,30 +109,21 @@ def main() -> None:
     for split_seed in args.splits:
         split = s.split(args.shots, split_seed)
         train, test = lab_.subset(split.train), lab_.subset(split.test)
-        cached = Path(args.cache) / f"{args.scene}-k{args.shots}-s{split_seed}-n{args.samples}.pt"
-        if cached.exists():
-            bundle = load_model(cached)
-        else:
-            ctx = choose_context(s.scene, compute_stats(s.scene, seed=split_seed),
-                                 preset.model, train.rows, train.cols, train.class_ids)
-            bundle = pretrain_scene(s.scene, preset=preset, samples=args.samples,
-                                    seed=split_seed, stats=ctx.stats).bundle
-            bundle.provenance["context"] = ctx.to_dict()
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            save_model(bundle, cached, overwrite=True)
+        bundle = stage1_model(s, train, args.shots, split_seed, preset, args.samples,
+                              Path(args.cache))
         stats, win = bundle.scene_stats, bundle.config.window
         data = WindowData(read_windows(s.scene, train.rows, train.cols, size=win, stats=stats),
                           train.index)
         members = fit_members("text", bundle, data, prompts, len(names),
                               preset.finetune.members, split_seed, preset.finetune)
         flat = np.arange(h * w)
-        probs = np.zeros((len(names), h * w), np.float32)
+        flat_probs = np.zeros((len(names), h * w), np.float32)
         for start in range(0, h * w, 2048):
             part = flat[start:start + 2048]
             ww = read_windows(s.scene, part // w, part % w, size=win, stats=stats)
-            probs[:, part] = np.mean([member_probs(m, ww) for m in members], 0).T
-        probs = probs.reshape(len(names), h, w)
-        row: dict[str, object] = {"split": split_seed,
+            flat_probs[:, part] = np.mean([member_probs(m, ww) for m in members], 0).T
+        probs = flat_probs.reshape(len(names), h, w)
+        row: dict[str, Any] = {"split": split_seed,
                                   "scales": bundle.provenance["context"]["scales"]}
         for variant in args.variants:
             pred = ids[smooth(variant, probs, guide)[test.rows, test.cols]]
@@ -146,7 +134,7 @@ def main() -> None:
             Path(args.json).write_text(json.dumps(out, indent=1))
     for variant in args.variants:
         v = [r[variant] for r in out]
-        d = [r[variant] - r["none"] for r in out]  # type: ignore[operator]
+        d = [r[variant] - r["none"] for r in out]
         print(f"{variant:<10} mean {np.mean(v):6.2f} vs none {np.mean(d):+6.2f} "
               f"(ahead on {sum(x > 0 for x in d)}/{len(d)})")
 
