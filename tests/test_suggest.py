@@ -256,3 +256,17 @@ def test_cluster_follows_where_the_unsure_pixels_are_many(plain_scene):
     assert set(zip(cluster.rows.tolist(), cluster.cols.tolist(), strict=True)) <= inside
     gaps = cluster.probability - cluster.runner_up_probability
     assert (np.diff(gaps) >= -1e-7).all()
+
+
+def test_cluster_takes_the_most_central_member_of_each_group():
+    from diffclip_cli.infer.suggest import _cluster_centres
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]])
+    noise = rng.normal(0, 0.3, (9, 2))
+    # each group: its centre (member 0) and 9 pairs of points around it, so its mean is its
+    # centre and no other member is as near
+    points = np.concatenate([np.concatenate([c[None], c + noise, c - noise]) for c in centres])
+    np.testing.assert_array_equal(_cluster_centres(points, 3), [0, 19, 38])
+    many = _cluster_centres(points, 40)  # more clusters than groups: still distinct, in order
+    assert many.size == 40 and (np.diff(many) > 0).all()

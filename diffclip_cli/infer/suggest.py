@@ -138,22 +138,24 @@ def _farthest_first(points: np.ndarray, n: int) -> np.ndarray:
 
 
 def _cluster_centres(points: np.ndarray, n: int) -> np.ndarray:
-    """``n`` indices of ``points``: the point nearest each of ``n`` k-means centres.
+    """``n`` indices of ``points``: the member of each of ``n`` k-means clusters nearest its centre.
 
-    In the points' order (the pool's: least sure first). Where two centres share their
-    nearest point, the next nearest free point stands in, so there are ``n`` distinct ones.
+    In the points' order (the pool's: least sure first). The clusters are disjoint, so the
+    points are distinct (were a cluster empty, the least sure points left fill in); memory is
+    that of the points, not points x centres.
     """
     from sklearn.cluster import KMeans
 
     if points.shape[0] <= n:
         return np.arange(points.shape[0], dtype=np.int64)
     km = KMeans(n_clusters=n, n_init=4, random_state=0).fit(points)
-    dist = np.linalg.norm(points[None, :, :] - km.cluster_centers_[:, None, :], axis=2)
-    taken = np.zeros(points.shape[0], bool)
-    for c in np.argsort(dist.min(axis=1), kind="stable"):  # the tightest centres first
-        free = np.flatnonzero(~taken)
-        taken[free[np.argmin(dist[c, free])]] = True
-    return np.flatnonzero(taken).astype(np.int64)
+    dist = np.linalg.norm(points - km.cluster_centers_[km.labels_], axis=1)
+    order = np.lexsort((dist, km.labels_))  # by cluster, nearest first
+    first = np.flatnonzero(np.r_[True, np.diff(km.labels_[order]) != 0])
+    picked = np.zeros(points.shape[0], bool)
+    picked[order[first]] = True
+    picked[np.flatnonzero(~picked)[: n - int(picked.sum())]] = True
+    return np.flatnonzero(picked).astype(np.int64)
 
 
 def _choose(strategy: str, n: int, pool: _Pool, shape: tuple[int, int]
