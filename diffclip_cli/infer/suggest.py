@@ -7,8 +7,8 @@ the tiles stream past is bounded (a pool of the lowest margins and a reservoir s
 memory does not grow with the scene. Strategies (:data:`STRATEGIES`):
 
 * ``cluster`` (the default): among the ``POOL_FACTOR * n`` smallest margins, ``n`` k-means
-  clusters in the model's probability space and the scene's plane, and the pixel nearest
-  each centre, least sure first: the points cover different confusions and places, and
+  clusters in the model's probability space and the scene's plane, and each cluster's
+  pixel nearest its centre, least sure first: the points cover different confusions and places, and
   follow where the unsure pixels are many (a point stands for many pixels like it);
 * ``spread``: among the same pool, a greedy farthest-point selection in the same space,
   from the least sure pixel (it covers the pool's extremes: confusions of few pixels
