@@ -42,6 +42,9 @@ STRATEGIES = ("cluster", "spread", "margin", "balanced", "random")
 #: ``cluster``, ``spread`` and ``balanced`` choose among this many times ``n`` of the
 #: smallest margins.
 POOL_FACTOR = 10
+#: The strategies that take the ``n`` smallest keys as they are (the others choose among
+#: ``POOL_FACTOR * n``).
+_FIRST_N = ("random", "margin")
 #: Weight of the scene plane (coordinates scaled to the scene's diagonal) against the
 #: probability space (a difference of probabilities up to about 1.4) in ``cluster`` and
 #: ``spread``.
@@ -164,7 +167,7 @@ def _choose(strategy: str, n: int, pool: _Pool, shape: tuple[int, int]
 
     The pool is sorted by its key: the margin, or (``random``) the pixel's random key.
     """
-    if strategy in ("random", "margin"):
+    if strategy in _FIRST_N:
         return pool.rows[:n], pool.cols[:n], pool.probs[:n]
     if strategy == "balanced":
         best = pool.probs.argmax(axis=1) if pool.rows.size else np.empty(0, np.int64)
@@ -240,7 +243,7 @@ def suggest_pixels(
         allowed = np.unique(np.asarray(within[0], np.int64) * w
                             + np.asarray(within[1], np.int64))
     k = engine.num_classes
-    pool = _Pool(POOL_FACTOR * n if strategy in ("spread", "balanced", "cluster") else n, k)
+    pool = _Pool(n if strategy in _FIRST_N else POOL_FACTOR * n, k)
     small = None
     if overview > 0:
         oh, ow = decimated_shape((h, w), overview)
