@@ -36,6 +36,7 @@ if not __package__:
 
 from diffclip_cli.model.config import load_preset
 from diffclip_cli.model.prompts import build_prompts
+from diffclip_cli.sampling.context import fit_projection
 from diffclip_cli.sampling.windows import read_windows
 from diffclip_cli.train.data import WindowData
 from experiments import lab
@@ -58,12 +59,13 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, r: int, eps: float) -> np.
 
 
 def first_component(hsi: np.ndarray) -> np.ndarray:
-    """The scene's first principal component, scaled to [0, 1]."""
-    c, h, w = hsi.shape
-    x = hsi.reshape(c, -1).T.astype(np.float64)
-    x = (x - x.mean(0)) / (x.std(0) + 1e-9)
-    _, _, vt = np.linalg.svd(x[:: max(1, x.shape[0] // 5000)], full_matrices=False)
-    pc = (x @ vt[0]).reshape(h, w)
+    """The scene's first principal component (the package's projection, fitted on a
+    regular sample of the standardised bands), scaled to [0, 1]."""
+    c = hsi.shape[0]
+    z = (hsi - hsi.mean(axis=(1, 2), keepdims=True)) / (hsi.std(axis=(1, 2), keepdims=True)
+                                                          + 1e-9)
+    sample = z.reshape(c, -1).T[:: max(1, z[0].size // 5000)]
+    pc = fit_projection(sample, 1).apply(z)[0].astype(np.float64)
     return (pc - pc.min()) / (np.ptp(pc) + 1e-12)
 
 
