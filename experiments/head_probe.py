@@ -51,6 +51,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -223,6 +224,61 @@ def pseudo_labels(probs: np.ndarray, per_class: int, rng: np.random.Generator | 
     return np.concatenate(pos), np.concatenate(cls)
 
 
+def scores(probs: list[np.ndarray], test, ids: np.ndarray) -> tuple[float, list[float]]:
+    """OA of the members' mean probability and of each member, on ``test``."""
+    oa = lab.oa(test.class_ids, ids[np.mean(probs, 0).argmax(1)])
+    return oa, [lab.oa(test.class_ids, ids[p.argmax(1)]) for p in probs]
+
+
+def pseudo_label_variant(variant: str, s: lab.LabScene, bundle, data: WindowData, test, ew,
+                         prompts: list[str], members: int, split_seed: int, pool: int,
+                         cfg) -> dict[str, Any]:
+    """The ``pl``/``plr``/``pls``/``lin-pl`` variants (module docstring): members on the
+    shots score a random pool of scene pixels, their agreed pixels become pseudo-labels and
+    fresh members are fine-tuned on both; with how right the pseudo-labels are where the
+    ground truth knows (a check only)."""
+    tic = time.perf_counter()
+    kind = "lin" if variant.startswith("lin") else "text"
+    per_class = int(variant.split("pl")[1].lstrip("sr"))
+    spatial = "pls" in variant
+    ids = np.asarray([c.id for c in s.labels.classes])
+    k, w, stats = len(ids), bundle.config.window, bundle.scene_stats
+    h, wd = s.scene.grid.height, s.scene.grid.width
+    flat = np.random.default_rng(1000 + split_seed).choice(h * wd, pool, replace=False)
+    rows, cols = flat // wd, flat % wd
+    if spatial:  # the pool pixel and its 8 neighbours, clipped to the scene
+        dr, dc = np.meshgrid([-1, 0, 1], [-1, 0, 1], indexing="ij")
+        nr = np.clip(rows[:, None] + dr.ravel(), 0, h - 1).ravel()
+        nc = np.clip(cols[:, None] + dc.ravel(), 0, wd - 1).ravel()
+        pw = read_windows(s.scene, nr, nc, size=w, stats=stats)
+    else:
+        pw = read_windows(s.scene, rows, cols, size=w, stats=stats)
+    first = fit_members(kind, bundle, data, prompts, k, members, split_seed, cfg)
+    pp = np.stack([member_probs(m, pw) for m in first])
+    if spatial:  # members x pool x 9 x K -> the neighbourhood's mean
+        pp = pp.reshape(members, pool, 9, -1).mean(2)
+    first_oa, _ = scores([member_probs(m, ew) for m in first], test, ids)
+    pos, cls = pseudo_labels(pp, per_class, np.random.default_rng(split_seed)
+                             if "plr" in variant else None)
+    centre = read_windows(s.scene, rows[pos], cols[pos], size=w, stats=stats)
+    tw = data.windows
+    both = type(tw)(torch.cat([tw.hsi, torch.from_numpy(centre.hsi)]),
+                    None if tw.lidar is None
+                    else torch.cat([tw.lidar, torch.from_numpy(centre.lidar)]))
+    assert data.labels is not None
+    grown = WindowData(both, torch.cat([data.labels, torch.from_numpy(cls)]))
+    second = fit_members(kind, bundle, grown, prompts, k, members, split_seed, cfg)
+    oa, member_oa = scores([member_probs(m, ew) for m in second], test, ids)
+    truth = s.labels.to_raster(s.scene.grid)[rows[pos], cols[pos]]  # 0: not in the truth
+    known = truth > 0
+    right = round(100 * float((truth[known] == ids[cls][known]).mean()), 2) if known.any() \
+        else None
+    return {"oa": round(oa, 2), "first_oa": round(first_oa, 2),
+            "members": [round(x, 2) for x in member_oa], "pseudo": len(cls),
+            "pseudo_acc_on_labelled": right, "pseudo_labelled": int(known.sum()),
+            "seconds": round(time.perf_counter() - tic, 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("scene")
@@ -277,53 +333,12 @@ def main() -> None:
             probs = []
             cos: list[tuple[float, float]] = []
             if "pl" in variant:
-                kind = "lin" if variant.startswith("lin") else "text"
-                per_class = int(variant.split("pl")[1].lstrip("sr"))
-                spatial = "pls" in variant
-                h, wd = s.scene.grid.height, s.scene.grid.width
-                prng = np.random.default_rng(1000 + split_seed)
-                flat = prng.choice(h * wd, args.pool, replace=False)
-                pr_, pc_ = flat // wd, flat % wd
-                if spatial:  # the pool pixel and its 8 neighbours, clipped to the scene
-                    dr, dc = np.meshgrid([-1, 0, 1], [-1, 0, 1], indexing="ij")
-                    nr = np.clip(pr_[:, None] + dr.ravel(), 0, h - 1).ravel()
-                    nc = np.clip(pc_[:, None] + dc.ravel(), 0, wd - 1).ravel()
-                    pw = read_windows(s.scene, nr, nc, size=w, stats=stats)
-                else:
-                    pw = read_windows(s.scene, pr_, pc_, size=w, stats=stats)
-                first = fit_members(kind, bundle, data, prompts["real"], len(names), members,
-                                    split_seed, preset.finetune)
-                pp = np.stack([member_probs(mm, pw) for mm in first])
-                if spatial:  # members x pool x 9 x K -> the neighbourhood's mean
-                    pp = pp.reshape(members, args.pool, 9, -1).mean(2)
-                first_oa = lab.oa(test.class_ids, ids[np.mean(
-                    [member_probs(mm, ew) for mm in first], 0).argmax(1)])
-                pos, cls = pseudo_labels(pp, per_class, np.random.default_rng(split_seed)
-                                         if "plr" in variant else None)
-                pool_truth = lab_.to_raster(s.scene.grid)[pr_[pos], pc_[pos]]
-                centre = read_windows(s.scene, pr_[pos], pc_[pos], size=w, stats=stats)
-                both = type(tw)(np.concatenate([tw.hsi, centre.hsi]),
-                                None if tw.lidar is None
-                                else np.concatenate([tw.lidar, centre.lidar]))
-                data2 = WindowData(both, np.concatenate([train.index, cls]))
-                second = fit_members(kind, bundle, data2, prompts["real"], len(names),
-                                     members, split_seed, preset.finetune)
-                probs = [member_probs(mm, ew) for mm in second]
-                # how right the pseudo-labels are where the ground truth knows (a check only)
-                lut = {int(c): i for i, c in enumerate(ids)}
-                tr = np.asarray([lut.get(int(v), -1) for v in pool_truth])
-                lab_d = tr >= 0
-                pl_acc = (round(100 * float((tr[lab_d] == cls[lab_d]).mean()), 2)
-                          if lab_d.any() else None)
-                oa = lab.oa(test.class_ids, ids[np.mean(probs, 0).argmax(1)])
-                member_oa = [lab.oa(test.class_ids, ids[p.argmax(1)]) for p in probs]
-                row[variant] = {"oa": round(oa, 2), "first_oa": round(first_oa, 2),
-                                "members": [round(x, 2) for x in member_oa],
-                                "pseudo": len(cls), "pseudo_acc_on_labelled": pl_acc,
-                                "pseudo_labelled": int(lab_d.sum()),
-                                "seconds": round(time.perf_counter() - tic, 1)}
-                print(f"{args.scene} k={args.shots} split {split_seed} {variant:<13} OA {oa:6.2f} "
-                      f"(first {first_oa:.2f}) pseudo {len(cls)} acc {pl_acc}", flush=True)
+                r = pseudo_label_variant(variant, s, bundle, data, test, ew, prompts["real"],
+                                         members, split_seed, args.pool, preset.finetune)
+                row[variant] = r
+                print(f"{args.scene} k={args.shots} split {split_seed} {variant:<13} OA "
+                      f"{r['oa']:6.2f} (first {r['first_oa']:.2f}) pseudo {r['pseudo']} acc "
+                      f"{r['pseudo_acc_on_labelled']}", flush=True)
                 continue
             for m in range(members):
                 seed = member_seed(split_seed, m)
@@ -331,7 +346,7 @@ def main() -> None:
                 if variant == "lin":
                     head = LinearHeadClassifier(net, num_classes=len(names), seed=seed)
                     finetune_linear_head(head, data, preset.finetune, seed=seed)
-                    probs.append(head.predict_proba(ew.hsi, ew.lidar))
+                    probs.append(member_probs(head, ew))
                     continue
                 pr = prompts[("codes" if variant.endswith("codes") else "real")
                              + (f"-p{m % 4 + 1}" if variant.startswith("tpl") else "")]
@@ -359,16 +374,13 @@ def main() -> None:
                 with torch.no_grad():
                     c_end = float(off_diagonal_cosine(clf.encode_text()).mean())
                 cos[-1] = (*cos[-1], c_end)  # type: ignore[assignment]
-                probs.append(clf.predict_proba(torch.from_numpy(ew.hsi),
-                                               None if ew.lidar is None
-                                               else torch.from_numpy(ew.lidar)).numpy())
+                probs.append(member_probs(clf, ew))
             if args.save_probs:
                 Path(args.save_probs).mkdir(parents=True, exist_ok=True)
                 np.savez_compressed(Path(args.save_probs) / f"s{split_seed}-{variant}.npz",
                                     probs=np.stack(probs).astype(np.float32),
                                     truth=np.searchsorted(ids, test.class_ids))
-            oa = lab.oa(test.class_ids, ids[np.mean(probs, 0).argmax(1)])
-            member_oa = [lab.oa(test.class_ids, ids[p.argmax(1)]) for p in probs]
+            oa, member_oa = scores(probs, test, ids)
             votes = [p.argmax(1) for p in probs]
             disagree = [float((a != b).mean()) for i, a in enumerate(votes)
                         for b in votes[i + 1:]]
