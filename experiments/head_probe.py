@@ -21,6 +21,14 @@ probabilities averaged, as the product does) and scored on the split's test pixe
   far in 60 epochs at the recipe's rate);
 * ``gain`` / ``gainlr<factor>``: a learnt length per class prompt (a class whose windows
   spread can get a wider region, as with a linear head's longer weight vector);
+* ``elr<factor>`` (e.g. ``elr0.1``): the image encoder's learning rate multiplied (the
+  heads keep the recipe's);
+* ``lp<n>`` (e.g. ``lp20``): the image encoder frozen for the first ``n`` epochs, then
+  fine-tuned with the rest (LP-FT; ``lp60``: frozen throughout);
+* ``lin-elr<factor>``, ``lin-lp<n>``: the same for the linear head;
+* ``rand-<variant>`` (e.g. ``rand-text``, ``rand-lin``, ``rand-lp20``): the variant from an
+  image encoder never pretrained (the protocol's ``clip`` start: one random encoder per
+  split, copied into every member), the control that says what stage 1 adds;
 * ``tpl`` / ``tpl-codes``: member m prompts with the paper's template ``p<m+1>`` (p1..p4)
   instead of every member with ``p4``;
 * ``pl<c>`` / ``lin-pl<c>`` (e.g. ``pl10``): the scene's unlabelled pixels at the few-shot
@@ -46,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import sys
@@ -60,14 +69,17 @@ import torch
 if not __package__:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import ablations
 from benchmarks.ablations import LinearHeadClassifier, finetune_linear_head
 from diffclip_cli.model.archive import load_model, save_model
 from diffclip_cli.model.classifier import DiffCLIPClassifier
 from diffclip_cli.model.config import load_preset
 from diffclip_cli.model.modelfile import build_network
+from diffclip_cli.model.network import DiffCLIPNet
 from diffclip_cli.model.prompts import build_prompts
 from diffclip_cli.model.text import Vocabulary
-from diffclip_cli.sampling.normalise import compute_stats
+from diffclip_cli.sampling.context import compute_context
+from diffclip_cli.sampling.normalise import SceneStats, compute_stats
 from diffclip_cli.sampling.windows import read_windows
 from diffclip_cli.train.data import WindowData
 from diffclip_cli.train.finetune import class_contrastive_loss, finetune, member_seed
@@ -117,6 +129,46 @@ class GainClassifier(DiffCLIPClassifier):
         return self.encode_text()
 
 
+def encoder_optimizer(factor: float = 1.0, frozen_epochs: int = 0):
+    """``make_optimizer`` with the image encoder (``net.*``) in its own group: its learning
+    rate multiplied by ``factor`` and zero for the first ``frozen_epochs`` epochs; the
+    recipe's step decay for both groups."""
+    def make(model, cfg):
+        named = [(n, p) for n, p in model.named_parameters() if not n.startswith("net.decoders.")]
+        enc = [p for n, p in named if n.startswith("net.")]
+        rest = [p for n, p in named if not n.startswith("net.")]
+        optimizer = torch.optim.Adam([{"params": enc, "lr": cfg.lr * factor},
+                                      {"params": rest, "lr": cfg.lr}],
+                                     weight_decay=cfg.weight_decay)
+
+        def decay(epoch: int) -> float:
+            return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, [lambda e: decay(e) * (e >= frozen_epochs), decay])
+        return optimizer, scheduler
+    return make
+
+
+def start_network(bundle, variant: str, split_seed: int):
+    """The image side a member starts from: stage 1's, or (``rand-``) a random one."""
+    if not variant.startswith("rand-"):
+        return build_network(bundle)
+    return DiffCLIPNet(bundle.config, hsi_bands=bundle.hsi_bands,
+                       lidar_bands=bundle.lidar_bands, seed=split_seed,
+                       context_bands=bundle.scene_stats.context_bands())
+
+
+def optimizer_of(variant: str):
+    """The optimiser factory of an ``elr``/``lp`` variant, or None (the recipe's)."""
+    v = variant.removeprefix("rand-").removeprefix("lin-")
+    if v.startswith("elr"):
+        return encoder_optimizer(float(v[3:]))
+    if v.startswith("lp") and v[2:].isdigit():
+        return encoder_optimizer(frozen_epochs=int(v[2:]))
+    return None
+
+
 def make_head(variant: str, net, vocab: Vocabulary, k: int, seed: int) -> DiffCLIPClassifier:
     """The classifier of a variant (the research controls of finetune_probe.py)."""
     if variant.startswith("proto"):
@@ -160,14 +212,23 @@ def spread_prompts(clf: DiffCLIPClassifier, steps: int, lr: float = 1e-3) -> tup
 
 
 def stage1_model(s: lab.LabScene, train, shots: int, split_seed: int, preset, samples: int,
-                 cache: Path):
+                 cache: Path, *, all_scales: bool = False):
     """The split's stage-1 model (context chosen on the shots, as the product trains),
-    from ``cache`` when it is there."""
-    cached = cache / f"{s.name}-k{shots}-s{split_seed}-n{samples}.pt"
+    from ``cache`` when it is there. ``all_scales``: where the shots choose context, every
+    candidate scale instead of the prefix their cross-validation picks."""
+    tag = "-allscales" if all_scales else ""
+    cached = cache / f"{s.name}-k{shots}-s{split_seed}-n{samples}{tag}.pt"
     if cached.exists():
         return load_model(cached)
     ctx = choose_context(s.scene, compute_stats(s.scene, seed=split_seed),
                          preset.model, train.rows, train.cols, train.class_ids)
+    if all_scales and ctx.choice is not None and ctx.choice.scales:
+        scales = tuple(float(x) for x in preset.model.context_scales)
+        stats = compute_context(s.scene, SceneStats(ctx.stats.hsi, ctx.stats.lidar), scales,
+                                n_components=preset.model.context_components,
+                                projection=ctx.projection)
+        ctx = dataclasses.replace(ctx, stats=stats,
+                                  choice=dataclasses.replace(ctx.choice, scales=scales))
     bundle = pretrain_scene(s.scene, preset=preset, samples=samples,
                             seed=split_seed, stats=ctx.stats).bundle
     bundle.provenance["context"] = ctx.to_dict()
@@ -291,6 +352,8 @@ def main() -> None:
     ap.add_argument("--test-pixels", type=int, default=4000)
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--pool", type=int, default=3000)
+    ap.add_argument("--all-scales", action="store_true",
+                    help="where the shots choose context, give every candidate scale")
     ap.add_argument("--json")
     ap.add_argument("--cache", default="/tmp/head-probe-cache")
     ap.add_argument("--save-probs", help="folder: every member's test probabilities, per split "
@@ -317,7 +380,7 @@ def main() -> None:
         test = lab_.subset(test_idx)
         tic = time.perf_counter()
         bundle = stage1_model(s, train, args.shots, split_seed, preset, args.samples,
-                              Path(args.cache))
+                              Path(args.cache), all_scales=args.all_scales)
         stats = bundle.scene_stats
         pre_s = time.perf_counter() - tic
         w = bundle.config.window
@@ -340,17 +403,24 @@ def main() -> None:
                       f"{r['oa']:6.2f} (first {r['first_oa']:.2f}) pseudo {r['pseudo']} acc "
                       f"{r['pseudo_acc_on_labelled']}", flush=True)
                 continue
+            base = variant.removeprefix("rand-")
+            start = start_network(bundle, variant, split_seed)
+            opt = optimizer_of(variant)
             for m in range(members):
                 seed = member_seed(split_seed, m)
-                net = build_network(bundle)
-                if variant == "lin":
+                net = copy.deepcopy(start)
+                if base == "lin" or base.startswith("lin-"):
                     head = LinearHeadClassifier(net, num_classes=len(names), seed=seed)
-                    finetune_linear_head(head, data, preset.finetune, seed=seed)
+                    ablations.make_optimizer = opt or _make_optimizer
+                    try:
+                        finetune_linear_head(head, data, preset.finetune, seed=seed)
+                    finally:
+                        ablations.make_optimizer = _make_optimizer
                     probs.append(member_probs(head, ew))
                     continue
                 pr = prompts[("codes" if variant.endswith("codes") else "real")
                              + (f"-p{m % 4 + 1}" if variant.startswith("tpl") else "")]
-                clf = make_head(variant, net, Vocabulary.build(pr), len(pr), seed)
+                clf = make_head(base, net, Vocabulary.build(pr), len(pr), seed)
                 clf.set_prompts(pr)
                 if variant.startswith("spread"):
                     cos.append(spread_prompts(clf, args.spread_steps))
@@ -366,6 +436,8 @@ def main() -> None:
                     ft_module.make_optimizer = text_lr_optimizer(float(variant[6:]), "beta")
                 if variant.startswith("gainlr"):
                     ft_module.make_optimizer = text_lr_optimizer(float(variant[6:]), "gain")
+                if opt is not None:
+                    ft_module.make_optimizer = opt
                 try:
                     finetune(clf, data, copy.copy(pr), preset.finetune, seed=seed)
                 finally:
