@@ -26,6 +26,9 @@ probabilities averaged, as the product does) and scored on the split's test pixe
 * ``lp<n>`` (e.g. ``lp20``): the image encoder frozen for the first ``n`` epochs, then
   fine-tuned with the rest (LP-FT; ``lp60``: frozen throughout);
 * ``lin-elr<factor>``, ``lin-lp<n>``: the same for the linear head;
+* ``reinit-<part>`` / ``lin-reinit-<part>`` (``blocks``, ``b1``: the last block, ``stem``):
+  that part of stage 1's encoder drawn afresh for each member from the member's seed, the
+  rest pretrained (members that differ where a random start makes them differ);
 * ``rand-<variant>`` (e.g. ``rand-text``, ``rand-lin``, ``rand-lp20``): the variant from an
   image encoder never pretrained (the protocol's ``clip`` start: one random encoder per
   split, copied into every member), the control that says what stage 1 adds;
@@ -157,6 +160,25 @@ def start_network(bundle, variant: str, split_seed: int):
     return DiffCLIPNet(bundle.config, hsi_bands=bundle.hsi_bands,
                        lidar_bands=bundle.lidar_bands, seed=split_seed,
                        context_bands=bundle.scene_stats.context_bands())
+
+
+#: ``reinit-<part>`` variants: the pretrained encoder's parameters re-initialised per member.
+REINIT = {"blocks": ("blocks.",), "b1": ("blocks.1.",), "stem": ("stems.",)}
+
+
+def reinit_start(net, variant: str, seed: int):
+    """``net`` (stage 1's) with the parameters of a ``reinit-<part>`` variant drawn afresh
+    from ``seed`` (the member's): members that share the rest of the pretrained encoder and
+    differ there."""
+    part = variant.removeprefix("lin-").removeprefix("reinit-")
+    fresh = DiffCLIPNet(net.config, hsi_bands=net.hsi_bands, lidar_bands=net.lidar_bands,
+                        seed=seed, context_bands=net.context_bands)
+    state = fresh.state_dict()
+    for key, value in net.state_dict().items():
+        if not key.startswith(REINIT[part]):
+            state[key] = value
+    fresh.load_state_dict(state)
+    return fresh
 
 
 def optimizer_of(variant: str):
@@ -408,8 +430,9 @@ def main() -> None:
             opt = optimizer_of(variant)
             for m in range(members):
                 seed = member_seed(split_seed, m)
-                net = copy.deepcopy(start)
-                if base == "lin" or base.startswith("lin-"):
+                net = (reinit_start(start, variant, seed) if "reinit-" in variant
+                       else copy.deepcopy(start))
+                if base == "lin" or base.startswith("lin-"):  # lin, lin-lp20, lin-reinit-...
                     head = LinearHeadClassifier(net, num_classes=len(names), seed=seed)
                     ablations.make_optimizer = opt or _make_optimizer
                     try:
