@@ -96,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="as fewshot --time-budget: minutes or 90s, 10m, 1h30m (default: "
                    "fewshot's: 10 min on a CPU without --preset)")
     p.add_argument("--pretrain-epochs", type=int, help="override the preset's")
+    p.add_argument("--pretrain-encoders", type=int,
+                   help="independent pretrainings; override the preset's")
     p.add_argument("--pretrain-samples", type=int, default=None,
                    help=f"unlabelled windows per pretraining (default "
                    f"{DEFAULT_PRETRAIN_SAMPLES}, fewer to fit a time budget)")
@@ -117,6 +119,8 @@ def _preset(args: argparse.Namespace, name: str) -> Preset:
     overrides: dict[str, object] = {}
     if args.pretrain_epochs is not None:
         overrides["pretrain.epochs"] = args.pretrain_epochs
+    if args.pretrain_encoders is not None:
+        overrides["pretrain.encoders"] = args.pretrain_encoders
     if args.finetune_epochs is not None:
         old = preset.finetune
         scale = args.finetune_epochs / max(1, old.epochs)
@@ -155,6 +159,7 @@ def _fit_budget(args: argparse.Namespace, inputs: ProtocolInputs, preset: Preset
     """The preset and pretraining windows ``fewshot`` would plan in ``budget`` seconds."""
     pinned = [name for name, given in (("pretrain_windows", args.pretrain_samples),
                                        ("pretrain_epochs", args.pretrain_epochs),
+                                       ("pretrain_encoders", args.pretrain_encoders),
                                        ("finetune_epochs", args.finetune_epochs))
               if given is not None]
     positive = [k for k in args.shots if k > 0] or [20]

@@ -71,7 +71,11 @@ from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.archive import load_model, save_model
 from diffclip_cli.model.config import Preset
 from diffclip_cli.model.device import resolve_device
-from diffclip_cli.model.modelfile import ModelBundle, build_network, bundle_from_network
+from diffclip_cli.model.modelfile import (
+    ModelBundle,
+    build_networks,
+    bundle_from_network,
+)
 from diffclip_cli.model.network import DiffCLIPNet
 from diffclip_cli.progress import ProgressEvent
 from diffclip_cli.report.baseline import (
@@ -86,10 +90,10 @@ from diffclip_cli.sampling.normalise import SceneStats, compute_stats
 from diffclip_cli.sampling.shots import Split, sample_shots
 from diffclip_cli.sampling.windows import read_windows
 from diffclip_cli.train.data import WindowData
-from diffclip_cli.train.finetune import member_seed
+from diffclip_cli.train.finetune import member_seed, member_start
 from diffclip_cli.train.spatial import ContextChoice, choose_context
 from diffclip_cli.workflows.fewshot import FewshotRequest, fewshot_scene
-from diffclip_cli.workflows.pretrain import pretrain_scene
+from diffclip_cli.workflows.pretrain import encoder_checkpoint, pretrain_scene
 
 __all__ = [
     "ALL_METHODS",
@@ -619,7 +623,10 @@ class _Runner:
             bundle.provenance["pretrain_seconds"] = round(seconds, 3)
             bundle.provenance["variant"] = variant
             save_model(bundle, path, overwrite=True)
-            ckpt.unlink(missing_ok=True)
+            for j in range(preset.pretrain.encoders):
+                done = encoder_checkpoint(ckpt, j)
+                assert done is not None
+                done.unlink(missing_ok=True)
         self.pretrain_seconds[pid] = seconds
         return bundle, pid, seconds
 
@@ -671,11 +678,14 @@ class _Runner:
             train = labels.subset(split.train)
             batch = read_windows(self.scene, train.rows, train.cols, size=window, stats=stats)
             data = WindowData(batch, train.index)
-            # As many members as the full method averages, each with its own head seed.
+            # As many members as the full method averages, each with its own head seed,
+            # spread over the stage-1 encoders as the full method spreads them.
             models = []
-            for member in range(cfg.preset.finetune.members):
+            encoders = build_networks(start)
+            n = cfg.preset.finetune.members
+            for member in range(n):
                 s = member_seed(seed, member)
-                model = LinearHeadClassifier(build_network(start),
+                model = LinearHeadClassifier(member_start(encoders, member, n),
                                              num_classes=len(labels.classes), seed=s)
                 finetune_linear_head(model, data, cfg.preset.finetune, seed=s,
                                      device=self.device, progress=report)

@@ -112,6 +112,35 @@ def test_pretraining_epochs_are_cut_first():
     assert stage_seconds(recipe, COSTS)["fast path"] <= Floors().distill_share * budget
 
 
+def test_further_encoders_cost_a_whole_stage_1_each_and_are_cut_before_epochs():
+    four = dataclasses.replace(FULL, pretrain_encoders=4)
+    one = stage_seconds(FULL, COSTS)
+    assert stage_seconds(four, COSTS)["pretrain"] == pytest.approx(4 * one["pretrain"])
+    assert stage_seconds(four, COSTS)["finetune"] == one["finetune"]
+    # a budget where two encoders of the full recipe fit, but not three
+    budget = total(dataclasses.replace(FULL, pretrain_encoders=2)) + 1
+    recipe, fits = fit_recipe(four, COSTS, budget)
+    assert fits and recipe == dataclasses.replace(FULL, pretrain_encoders=2)
+    # where one does not fit either, down to one encoder, then the epochs as before
+    recipe, fits = fit_recipe(four, COSTS, 600.0)
+    assert fits and recipe.pretrain_encoders == 1
+    assert recipe == fit_recipe(FULL, COSTS, 600.0)[0]
+    # pinned, they stay
+    recipe, _ = fit_recipe(four, COSTS, 600.0, pinned=("pretrain_encoders",))
+    assert recipe.pretrain_encoders == 4 and recipe.pretrain_epochs < FULL.pretrain_epochs
+    # the preset follows the recipe, and the plan line says how many
+    preset = TINY.with_overrides(**{"pretrain.encoders": 4})
+    assert scaled_preset(preset, dataclasses.replace(four, pretrain_encoders=2)
+                         ).pretrain.encoders == 2
+    plan = Plan(recipe=four, full=four, costs=COSTS, budget_s=None, fits=True, device="cpu")
+    assert "pretrain 4 x 2,000 windows x 400 epochs" in plan.line()
+    cut = Plan(recipe=dataclasses.replace(four, pretrain_encoders=1), full=four, costs=COSTS,
+               budget_s=600.0, fits=True, device="cpu")
+    assert "--pretrain-encoders 1" in cut.options()  # repeats the schedule without a budget
+    assert "--pretrain-encoders" not in Plan(recipe=FULL, full=FULL, costs=COSTS,
+                                             budget_s=None, fits=True, device="cpu").options()
+
+
 def test_then_windows_down_to_their_floor_then_fast_path_then_fine_tuning():
     floors = Floors()
     epochs_at_floor = dataclasses.replace(FULL, pretrain_epochs=floors.pretrain_epochs)

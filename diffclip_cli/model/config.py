@@ -366,6 +366,12 @@ class PretrainConfig(ConfigBase):
         augment: random centre crop resized back to the window, the same for both modalities.
         crop_sizes: crop sizes drawn from (odd if the window is odd, at most the window);
             empty means ``(window - 2, window)``.
+        encoders: independent stage-1 runs (1: one encoder, the paper). Each has its own
+            seed (initialisation, unlabelled windows, masks, noise); the fine-tuning's
+            ``members`` are spread over them in turn. Members fine-tuned from one pretrained
+            encoder stay close to it and agree with each other, so their average gains less
+            than that of members with different starts (docs/model.md, "Several
+            encoders"). Costs ``encoders`` times the pretraining.
     """
 
     epochs: int = 400
@@ -377,6 +383,7 @@ class PretrainConfig(ConfigBase):
     eta_min: float = 0.0
     augment: bool = True
     crop_sizes: tuple[int, ...] = (9, 11)
+    encoders: int = 1
 
     def validate(self) -> None:
         """Raise :class:`ModelError` when a value is out of range."""
@@ -389,6 +396,7 @@ class PretrainConfig(ConfigBase):
               f"t0 and t_mult must be at least 1, got {self.t0} and {self.t_mult}")
         check(all(int(s) >= 1 for s in self.crop_sizes),
               f"crop_sizes must be positive, got {list(self.crop_sizes)}")
+        check(self.encoders >= 1, f"encoders must be at least 1, got {self.encoders}")
 
     def crops_for(self, window: int) -> tuple[int, ...]:
         """The crop sizes to draw from for ``window``-pixel windows.
@@ -415,8 +423,9 @@ class FinetuneConfig(ConfigBase):
         milestones: epochs at which the learning rate is multiplied by ``gamma``.
         gamma: the factor applied at each milestone.
         members: fine-tunings averaged (1: one classifier, the paper). Each member starts
-            from the same pretrained encoder with its own head initialisation and batch
-            order, and the model's probabilities are the members' mean. With 5 shots the
+            from the pretrained encoders in turn (``pretrain.encoders``; with one, all from
+            the same) with its own head initialisation and batch order, and the model's
+            probabilities are the members' mean. With 5 shots the
             head's initialisation alone moves OA by 2-3 points on one split; the mean of 4
             cuts that spread and gains 1-2 points (docs/model.md, "Several fine-tunings"), at
             ``members`` times the fine-tuning and the faithful classification cost.

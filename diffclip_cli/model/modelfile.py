@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # at run time imported where needed: it brings rasterio
     from diffclip_cli.sampling.normalise import SceneStats
 
 __all__ = [
+    "ENCODERS_KEY",
     "FORMAT_TAG",
     "FORMAT_VERSION",
     "KINDS",
@@ -44,8 +45,10 @@ __all__ = [
     "build_classifier",
     "build_classifiers",
     "build_network",
+    "build_networks",
     "bundle_from_classifier",
     "bundle_from_network",
+    "bundle_from_networks",
 ]
 
 log = logging.getLogger("diffclip")
@@ -347,6 +350,33 @@ def bundle_from_network(
 #: The key of an ensemble's further members in :attr:`ModelBundle.extras`: a list of their
 #: state dicts (member 0 is the bundle's own ``state_dict``).
 MEMBERS_KEY = "members"
+#: The key of a pretrained model's further encoders in :attr:`ModelBundle.extras`
+#: (``pretrain.encoders`` > 1): a list of their state dicts (encoder 0 is the bundle's own
+#: ``state_dict``).
+ENCODERS_KEY = "encoders"
+
+
+def bundle_from_networks(nets: Sequence[DiffCLIPNet], **kwargs: Any) -> ModelBundle:
+    """A ``pretrained`` bundle of one or more stage-1 networks of the same architecture.
+
+    The first is the bundle's weights, the others go to ``extras["encoders"]``
+    (:func:`build_networks` builds them all); ``kwargs`` as :func:`bundle_from_network`.
+
+    Raises:
+        ValueError: no network, or networks with different inputs or configurations.
+    """
+    if not nets:
+        raise ValueError("a pretrained bundle needs at least one network")
+    first = nets[0]
+    for other in nets[1:]:
+        if other.config != first.config or other.input_bands != first.input_bands:
+            raise ValueError("the encoders of a pretrained bundle must share their "
+                             "architecture and inputs")
+    bundle = bundle_from_network(first, **kwargs)
+    if len(nets) > 1:
+        bundle.extras[ENCODERS_KEY] = [{k: v.detach().cpu().clone()
+                                        for k, v in n.state_dict().items()} for n in nets[1:]]
+    return bundle
 
 
 def bundle_from_classifier(
@@ -431,6 +461,30 @@ def build_network(bundle: ModelBundle) -> DiffCLIPNet:
         _load_state(net, {k[len(prefix):]: v for k, v in bundle.state_dict.items()
                           if k.startswith(prefix)})
     return net.eval()
+
+
+def build_networks(bundle: ModelBundle) -> list[DiffCLIPNet]:
+    """Every encoder of a bundle, weights loaded, in eval mode.
+
+    A pretrained model's ``pretrain.encoders`` of them, else the one of
+    :func:`build_network`.
+
+    Raises:
+        ModelError: the bundle's further encoders are unreadable.
+    """
+    first = build_network(bundle)
+    extra = (bundle.extras.get(ENCODERS_KEY) or []) if bundle.kind == "pretrained" else []
+    if not isinstance(extra, list) or not all(isinstance(s, dict) for s in extra):
+        raise ModelError("the pretrained model's encoders are unreadable",
+                         hint="the model file is damaged; re-train it")
+    out = [first]
+    for state in extra:
+        net = DiffCLIPNet(bundle.config, hsi_bands=bundle.hsi_bands,
+                          lidar_bands=bundle.lidar_bands,
+                          context_bands=bundle.scene_stats.context_bands())
+        _load_state(net, state)
+        out.append(net.eval())
+    return out
 
 
 def build_classifier(bundle: ModelBundle) -> DiffCLIPClassifier:

@@ -69,7 +69,8 @@ DEFAULT_CPU_BUDGET_S = 600.0
 DISTILL_PASSES = 209
 
 #: The recipe fields a budget may change (and a caller may pin).
-RECIPE_FIELDS = ("pretrain_windows", "pretrain_epochs", "finetune_epochs", "distill_steps")
+RECIPE_FIELDS = ("pretrain_encoders", "pretrain_windows", "pretrain_epochs", "finetune_epochs",
+                 "distill_steps")
 
 
 def parse_duration(text: str) -> float:
@@ -149,6 +150,10 @@ class Recipe:
         distill_steps: fast-path optimiser steps.
         distill_pixels: pixels the teacher labels for the fast path.
         score_pixels: held-out pixels scored at the end.
+        members: fine-tunings averaged (each costs the fine-tuning and a forward pass per
+            scored pixel).
+        pretrain_encoders: independent stage-1 runs (each costs the whole stage 1: its own
+            windows read, its own steps).
     """
 
     pretrain_windows: int = 0
@@ -161,13 +166,15 @@ class Recipe:
     distill_pixels: int = 0
     score_pixels: int = 0
     members: int = 1
+    pretrain_encoders: int = 1
 
     @property
     def pretrain_steps(self) -> int:
-        """Stage-1 optimiser steps."""
+        """Stage-1 optimiser steps (every encoder's)."""
         if self.pretrain_windows <= 0:
             return 0
-        return self.pretrain_epochs * math.ceil(self.pretrain_windows / self.pretrain_batch)
+        return (max(1, self.pretrain_encoders) * self.pretrain_epochs
+                * math.ceil(self.pretrain_windows / self.pretrain_batch))
 
     @property
     def finetune_steps(self) -> int:
@@ -230,7 +237,8 @@ def stage_seconds(recipe: Recipe, costs: StepCosts) -> dict[str, float]:
     r, c = recipe, costs
     pre = fine = 0.0
     if r.pretrain_steps > 0:
-        pre = r.pretrain_windows * c.window_read + r.pretrain_steps * c.pretrain_step
+        pre = (max(1, r.pretrain_encoders) * r.pretrain_windows * c.window_read
+               + r.pretrain_steps * c.pretrain_step)
     if r.finetune_steps > 0:
         fine = r.finetune_windows * c.window_read + r.finetune_steps * c.finetune_step
     fast = 0.0
@@ -289,10 +297,12 @@ def fit_recipe(full: Recipe, costs: StepCosts, budget_s: float, *,
 
     1. the fast path's steps, to at most ``floors.distill_share`` of the budget (its teacher
        labels included); they already follow the scene (:func:`distill_steps_for`);
-    2. pretraining epochs, to ``floors.pretrain_epochs``;
-    3. pretraining windows, to ``floors.pretrain_windows``;
-    4. fast-path steps, to ``floors.distill_steps``;
-    5. fine-tuning epochs (cheap, and what matters most), to ``floors.finetune_share`` of the
+    2. further stage-1 encoders (``pretrain.encoders``), down to one: they make the
+       fine-tunings' average better, but each costs a whole stage 1;
+    3. pretraining epochs, to ``floors.pretrain_epochs``;
+    4. pretraining windows, to ``floors.pretrain_windows``;
+    5. fast-path steps, to ``floors.distill_steps``;
+    6. fine-tuning epochs (cheap, and what matters most), to ``floors.finetune_share`` of the
        recipe's: only when the budget is tiny.
 
     Args:
@@ -314,7 +324,8 @@ def fit_recipe(full: Recipe, costs: StepCosts, budget_s: float, *,
         cap = max(min(floors.distill_steps, r.distill_steps),
                   math.floor(room / costs.distill_step))
         r = dataclasses.replace(r, distill_steps=min(r.distill_steps, cap))
-    order = [("pretrain_epochs", floors.pretrain_epochs),
+    order = [("pretrain_encoders", 1),
+             ("pretrain_epochs", floors.pretrain_epochs),
              ("pretrain_windows", floors.pretrain_windows),
              ("distill_steps", floors.distill_steps),
              ("finetune_epochs", math.ceil(floors.finetune_share * full.finetune_epochs))]
@@ -325,7 +336,7 @@ def fit_recipe(full: Recipe, costs: StepCosts, budget_s: float, *,
 
 
 def scaled_preset(preset: Preset, recipe: Recipe) -> Preset:
-    """``preset`` with ``recipe``'s epochs.
+    """``preset`` with ``recipe``'s epochs (and stage-1 encoders).
 
     The fine-tuning milestones keep their share of the epochs (a change of the recipe's
     learning-rate schedules belongs here too).
@@ -333,6 +344,8 @@ def scaled_preset(preset: Preset, recipe: Recipe) -> Preset:
     overrides: dict[str, Any] = {}
     if recipe.pretrain_epochs != preset.pretrain.epochs and recipe.pretrain_windows > 0:
         overrides["pretrain.epochs"] = recipe.pretrain_epochs
+    if recipe.pretrain_encoders != preset.pretrain.encoders and recipe.pretrain_windows > 0:
+        overrides["pretrain.encoders"] = recipe.pretrain_encoders
     old = preset.finetune.epochs
     if recipe.finetune_epochs != old and recipe.finetune_windows > 0:
         scale = recipe.finetune_epochs / max(1, old)
@@ -405,7 +418,8 @@ class Plan:
         r, s = self.recipe, self.seconds
         parts = []
         if r.pretrain_windows > 0 and r.pretrain_epochs > 0:
-            parts.append(f"pretrain {_count(r.pretrain_windows, 'window')} x "
+            encoders = f"{r.pretrain_encoders} x " if r.pretrain_encoders > 1 else ""
+            parts.append(f"pretrain {encoders}{_count(r.pretrain_windows, 'window')} x "
                          f"{_count(r.pretrain_epochs, 'epoch')} "
                          f"(~{format_seconds(s['pretrain'])})")
         if r.finetune_windows > 0 and r.finetune_epochs > 0:
@@ -433,6 +447,8 @@ class Plan:
         if r.pretrain_windows > 0:
             out += [f"--pretrain-samples {r.pretrain_windows}",
                     f"--pretrain-epochs {r.pretrain_epochs}"]
+            if self.full.pretrain_encoders > 1:
+                out.append(f"--pretrain-encoders {r.pretrain_encoders}")
         out.append(f"--finetune-epochs {r.finetune_epochs}")
         if r.distill_steps > 0:
             out.append(f"--fast-steps {r.distill_steps}")

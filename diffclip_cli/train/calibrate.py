@@ -294,7 +294,8 @@ def plan_training(
         distill_steps=0 if probe is None else probe.steps,
         distill_pixels=0 if probe is None else probe.pixels,
         score_pixels=max(0, score_pixels),
-        members=preset.finetune.members)
+        members=preset.finetune.members,
+        pretrain_encoders=preset.pretrain.encoders)
     if budget is None:
         recipe, fits = full, True
     else:

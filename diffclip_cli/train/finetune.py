@@ -36,7 +36,7 @@ from diffclip_cli.train.loop import Step, train_epochs
 from diffclip_cli.train.pretrain import check_data
 
 __all__ = ["check_labels", "class_contrastive_loss", "finetune", "finetune_members",
-           "member_seed"]
+           "member_seed", "member_start"]
 
 log = logging.getLogger("diffclip")
 
@@ -170,18 +170,33 @@ def member_seed(seed: int, member: int) -> int:
     return seed if member == 0 else derive_seed(seed, f"finetune/member{member}")
 
 
-def finetune_members(net: DiffCLIPNet, train: WindowData, prompts: Sequence[str],
-                      preset: Preset, *, seed: int, device: torch.device,
-                      progress: Progress | None
-                      ) -> list[tuple[DiffCLIPClassifier, list[dict[str, Any]]]]:
-    """``preset.finetune.members`` classifiers fine-tuned from copies of ``net``."""
+def member_start(nets: Sequence[DiffCLIPNet], member: int, members: int) -> DiffCLIPNet:
+    """The encoder member ``member`` of ``members`` starts from.
+
+    ``nets`` in turn; a copy unless it is the last member to use that encoder (which takes
+    the original).
+    """
+    net = nets[member % len(nets)]
+    return net if member + len(nets) >= members else copy.deepcopy(net)
+
+
+def finetune_members(net: DiffCLIPNet | Sequence[DiffCLIPNet], train: WindowData,
+                     prompts: Sequence[str], preset: Preset, *, seed: int,
+                     device: torch.device, progress: Progress | None
+                     ) -> list[tuple[DiffCLIPClassifier, list[dict[str, Any]]]]:
+    """``preset.finetune.members`` classifiers fine-tuned from copies of ``net``.
+
+    With several encoders (``pretrain.encoders``), member ``m`` starts from encoder
+    ``m mod len(net)``.
+    """
+    nets = [net] if isinstance(net, DiffCLIPNet) else list(net)
     n = preset.finetune.members
-    log.info("Fine-tuning %s on %d labelled windows (%d classes).",
+    log.info("Fine-tuning %s on %d labelled windows (%d classes)%s.",
              "one classifier" if n == 1 else f"{n} classifiers (averaged)", len(train),
-             len(prompts))
+             len(prompts), f" from {len(nets)} pretrained encoders" if len(nets) > 1 else "")
     out = []
     for member in range(n):
-        start = net if member == n - 1 else copy.deepcopy(net)  # the last takes the original
+        start = member_start(nets, member, n)
         s = member_seed(seed, member)
         classifier = DiffCLIPClassifier(start, vocabulary=Vocabulary.build(prompts), seed=s)
         history = finetune(classifier, train, prompts, preset.finetune, seed=s,

@@ -30,7 +30,7 @@ from diffclip_cli.io.labels import LabelSet
 from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.classifier import DiffCLIPClassifier
 from diffclip_cli.model.device import resolve_device
-from diffclip_cli.model.modelfile import ModelBundle, build_network, bundle_from_classifier
+from diffclip_cli.model.modelfile import ModelBundle, build_networks, bundle_from_classifier
 from diffclip_cli.model.network import DiffCLIPNet
 from diffclip_cli.model.prompts import check_template, class_prompts
 from diffclip_cli.progress import Progress
@@ -115,7 +115,7 @@ class _Prepared:
     template: str
     prompts: list[str]
     stats: SceneStats
-    net: DiffCLIPNet | None
+    nets: list[DiffCLIPNet] | None
     train: WindowData
     read_seconds: float
     pretrained: bool
@@ -250,10 +250,10 @@ def _prepare(scene: Scene, labels: LabelSet, request: FewshotRequest) -> _Prepar
     template = request.template or preset.model.template
     prompts = class_prompts(labels.classes, template, request.descriptions,
                             left_out=left_out)
-    net = None
+    nets = None
     context: ContextChoice | None = None
     if pretrained is not None:
-        net = build_network(pretrained)
+        nets = build_networks(pretrained)
         stats = pretrained.scene_stats
     else:
         # The spatial context the network reads is chosen on the shots (train/spatial.py).
@@ -266,15 +266,16 @@ def _prepare(scene: Scene, labels: LabelSet, request: FewshotRequest) -> _Prepar
     train = window_data(scene, labels.rows[chosen.train], labels.cols[chosen.train],
                      window=preset.model.window, stats=stats,
                      labels=labels.index[chosen.train])
-    return _Prepared(labels, chosen, given, preset, template, prompts, stats, net, train,
+    return _Prepared(labels, chosen, given, preset, template, prompts, stats, nets, train,
                      time.perf_counter() - tic, pretrained is not None, context)
 
 
 def _plan_prepared(scene: Scene, prep: _Prepared, request: FewshotRequest, *, started: float
                    ) -> Plan:
     """:func:`plan_training` for a prepared few-shot run."""
-    net = prep.net
-    if net is None:  # the network stage 1 will build (only copies of it are trained here)
+    if prep.nets:
+        net = prep.nets[0]
+    else:  # the network stage 1 will build (only copies of it are trained here)
         net = DiffCLIPNet(prep.preset.model, hsi_bands=scene.hsi_bands,
                           lidar_bands=scene.lidar_bands, seed=request.seed,
                           context_bands=prep.stats.context_bands())
@@ -347,7 +348,7 @@ def fewshot_scene(
     prep = _prepare(scene, labels, request)
     labels, chosen, given, preset, template, prompts = (
         prep.labels, prep.chosen, prep.given, prep.preset, prep.template, prep.prompts)
-    stats, net, train = prep.stats, prep.net, prep.train
+    stats, nets, train = prep.stats, prep.nets, prep.train
     pre_history: list[dict[str, Any]] = []
     plan = None
     if request.budget is not None or on_plan is not None:
@@ -359,14 +360,14 @@ def fewshot_scene(
             distill = dataclasses.replace(distill, steps=plan.recipe.distill_steps)
         if on_plan is not None:
             on_plan(plan)
-    if net is None:  # no pretrained model: stage 1 builds the network
+    if nets is None:  # no pretrained model: stage 1 builds the networks
         stage1 = pretrain_scene(scene, preset=preset, samples=pretrain_samples, seed=seed,
                                 stats=stats, device=device, progress=progress)
-        net, pre_history = stage1.network, stage1.history
+        nets, pre_history = stage1.networks, stage1.history
         timings["pretrain"] = stage1.seconds
 
     start = time.perf_counter()
-    members = finetune_members(net, train, prompts, preset, seed=seed, device=device,
+    members = finetune_members(nets, train, prompts, preset, seed=seed, device=device,
                                 progress=progress)
     classifier, history = members[0]
     classifiers = [m for m, _ in members]

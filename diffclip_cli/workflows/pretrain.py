@@ -10,10 +10,11 @@ renamed into place, then the checkpoint removed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,9 +23,10 @@ import torch
 from diffclip_cli import __version__
 from diffclip_cli.io.raster import Scene
 from diffclip_cli.model.device import resolve_device
-from diffclip_cli.model.modelfile import ModelBundle, bundle_from_network
+from diffclip_cli.model.modelfile import ModelBundle, bundle_from_networks
 from diffclip_cli.model.network import DiffCLIPNet
-from diffclip_cli.progress import Progress
+from diffclip_cli.model.rng import derive_seed
+from diffclip_cli.progress import Progress, ProgressEvent
 from diffclip_cli.sampling.defaults import DEFAULT_PRETRAIN_SAMPLES
 from diffclip_cli.sampling.normalise import SceneStats, compute_stats
 from diffclip_cli.sampling.unlabelled import sample_unlabelled
@@ -39,8 +41,8 @@ if TYPE_CHECKING:
 
     from diffclip_cli.model.config import Preset
 
-__all__ = ["PretrainOptions", "PretrainResult", "checkpoint_path", "pretrain_scene",
-           "run_pretrain"]
+__all__ = ["PretrainOptions", "PretrainResult", "checkpoint_path", "encoder_checkpoint",
+           "encoder_seed", "pretrain_scene", "run_pretrain"]
 
 log = logging.getLogger("diffclip")
 
@@ -56,6 +58,7 @@ class PretrainResult:
         history: one record per epoch.
         seconds: wall time of the stage.
         plan: the schedule planned before training (with a budget or ``on_plan``).
+        networks: every encoder (``pretrain.encoders``; the first is ``network``).
     """
 
     bundle: ModelBundle
@@ -64,6 +67,11 @@ class PretrainResult:
     history: list[dict[str, Any]]
     seconds: float
     plan: Plan | None = None
+    networks: list[DiffCLIPNet] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.networks:
+            self.networks = [self.network]
 
 
 @restores_threads
@@ -125,24 +133,75 @@ def pretrain_scene(
         preset = scaled_preset(preset, plan.recipe)
         if on_plan is not None:
             on_plan(plan)
-    rows, cols = sample_unlabelled(scene, samples, seed=seed)
-    log.info("Pretraining on %d unlabelled windows of %d x %d px.", rows.size,
-             preset.model.window, preset.model.window)
-    data = window_data(scene, rows, cols, window=preset.model.window, stats=stats)
-    history = run_stage1(net, data, preset.pretrain, seed=seed, checkpoint=checkpoint,
-                       resume=resume, device=device, progress=progress,
-                       inputs=input_identity(scene) if checkpoint is not None else None)
+    encoders = preset.pretrain.encoders
+    nets, history, drawn = [net], [], 0
+    for j in range(encoders):
+        if j:
+            nets.append(DiffCLIPNet(preset.model, hsi_bands=scene.hsi_bands,
+                                    lidar_bands=scene.lidar_bands, seed=encoder_seed(seed, j),
+                                    context_bands=stats.context_bands()))
+        records, drawn = _pretrain_encoder(
+            scene, nets[j], j, encoders, preset=preset, samples=samples,
+            seed=encoder_seed(seed, j), stats=stats,
+            checkpoint=encoder_checkpoint(checkpoint, j), resume=resume, device=device,
+            progress=progress)
+        history += records
     seconds = time.perf_counter() - start
     record: dict[str, Any] = {"inputs": input_paths(scene), "seed": seed,
-                              "pretrain_samples": int(rows.size),
+                              "pretrain_samples": drawn,
                               "pretrain_seconds": round(seconds, 1), "version": __version__}
+    if encoders > 1:
+        record["encoders"] = encoders
     if plan is not None:
         record["plan"] = plan.to_dict()
         record["seconds"] = {"total": round(seconds, 1)}
-    bundle = bundle_from_network(net.cpu(), preset=preset, stats=stats,
-                                 band_names=scene.band_names, wavelengths=scene.wavelengths,
-                                 provenance=record)
-    return PretrainResult(bundle, net, stats, history, seconds, plan)
+    bundle = bundle_from_networks([n.cpu() for n in nets], preset=preset, stats=stats,
+                                  band_names=scene.band_names, wavelengths=scene.wavelengths,
+                                  provenance=record)
+    return PretrainResult(bundle, net, stats, history, seconds, plan, networks=nets)
+
+
+def encoder_seed(seed: int, encoder: int) -> int:
+    """The seed of stage-1 encoder ``encoder`` (encoder 0 keeps the run's seed)."""
+    return seed if encoder == 0 else derive_seed(seed, f"pretrain/encoder{encoder}")
+
+
+def encoder_checkpoint(checkpoint: str | Path | None, encoder: int) -> Path | None:
+    """Encoder ``encoder``'s checkpoint.
+
+    ``checkpoint`` itself for the first, ``model.pt.ckpt.2`` for the second, ...
+    """
+    if checkpoint is None:
+        return None
+    path = Path(checkpoint)
+    return path if encoder == 0 else path.with_name(f"{path.name}.{encoder + 1}")
+
+
+def _pretrain_encoder(scene: Scene, net: DiffCLIPNet, encoder: int, encoders: int, *,
+                      preset: Preset, samples: int, seed: int, stats: SceneStats,
+                      checkpoint: Path | None, resume: bool, device: torch.device,
+                      progress: Progress | None) -> tuple[list[dict[str, Any]], int]:
+    """Stage 1 of one encoder on its own unlabelled windows.
+
+    Returns its records (with the encoder's number when there are several) and the windows
+    drawn. Progress counts every encoder's steps.
+    """
+    rows, cols = sample_unlabelled(scene, samples, seed=seed)
+    log.info("Pretraining%s on %d unlabelled windows of %d x %d px.",
+             f" encoder {encoder + 1} of {encoders}" if encoders > 1 else "", rows.size,
+             preset.model.window, preset.model.window)
+    data = window_data(scene, rows, cols, window=preset.model.window, stats=stats)
+    report = progress
+    if progress is not None and encoders > 1:
+        def report(event: ProgressEvent) -> None:
+            progress(dataclasses.replace(event, done=encoder * event.total + event.done,
+                                         total=encoders * event.total))
+    history = run_stage1(net, data, preset.pretrain, seed=seed, checkpoint=checkpoint,
+                         resume=resume, device=device, progress=report,
+                         inputs=input_identity(scene) if checkpoint is not None else None)
+    if encoders > 1:
+        history = [{"encoder": encoder + 1, **h} for h in history]
+    return history, int(rows.size)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -219,6 +278,9 @@ def run_pretrain(hsi: str | Path, lidar: Sequence[str | Path] | None, output: Pa
             checkpoint=checkpoint, resume=options.resume, device=device, progress=progress,
             budget=options.budget, pinned=options.pinned, on_plan=on_plan)
         save_model(result.bundle, output, overwrite=options.overwrite)
-    with contextlib.suppress(FileNotFoundError):
-        checkpoint.unlink()
+    for j in range(options.preset.pretrain.encoders):
+        path = encoder_checkpoint(checkpoint, j)
+        assert path is not None
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
     return result

@@ -86,10 +86,21 @@ _SAMPLES_HELP = "Unlabelled windows drawn over the scene for pretraining."
 _EPOCHS_HELP = "Pretraining epochs; default the preset's."
 _SAMPLES_DEFAULT = f" Default {DEFAULT_PRETRAIN_SAMPLES:,} (fewer to fit a time budget)."
 _NOT_PRETRAINED = " Not with --pretrained, which skips pretraining."
+_ENCODERS_HELP = ("Independent pretrainings; the fine-tunings start from them in turn "
+                  "(default the preset's, 1; fewer to fit a time budget).")
 PretrainSamplesOpt = Annotated[
     int | None, typer.Option("--pretrain-samples", min=1,
                              help=_SAMPLES_HELP + _SAMPLES_DEFAULT + _NOT_PRETRAINED,
                              rich_help_panel=_MODEL, show_default=False)
+]
+PretrainEncodersOpt = Annotated[
+    int | None, typer.Option("--pretrain-encoders", min=1,
+                             help=_ENCODERS_HELP + _NOT_PRETRAINED, rich_help_panel=_MODEL,
+                             show_default=False)
+]
+EncodersOpt = Annotated[
+    int | None, typer.Option("--encoders", min=1, help=_ENCODERS_HELP, rich_help_panel=_MODEL,
+                             show_default=False)
 ]
 PretrainEpochsOpt = Annotated[
     int | None,
@@ -147,11 +158,12 @@ class _PlanPrinter:
 
 
 def _overrides(*, window: int | None = None, mask_ratio: float | None = None,
-               pretrain_epochs: int | None = None, finetune_epochs: int | None = None
-               ) -> dict[str, Any]:
+               pretrain_epochs: int | None = None, finetune_epochs: int | None = None,
+               pretrain_encoders: int | None = None) -> dict[str, Any]:
     """The preset fields the options set explicitly, e.g. ``{"model.window": 7}``."""
     given = {"model.window": window, "model.mask_ratio": mask_ratio,
-             "pretrain.epochs": pretrain_epochs, "finetune.epochs": finetune_epochs}
+             "pretrain.epochs": pretrain_epochs, "finetune.epochs": finetune_epochs,
+             "pretrain.encoders": pretrain_encoders}
     return {key: value for key, value in given.items() if value is not None}
 
 
@@ -183,16 +195,18 @@ def _usage_error(exc: UsageError) -> Exception:
 
 
 def _preset(name: str, *, window: int | None = None, mask_ratio: float | None = None,
-            pretrain_epochs: int | None = None, finetune_epochs: int | None = None) -> Preset:
+            pretrain_epochs: int | None = None, finetune_epochs: int | None = None,
+            pretrain_encoders: int | None = None) -> Preset:
     """The preset ``name`` with the options' overrides."""
     return _overridden(preset_option(name), _overrides(
         window=window, mask_ratio=mask_ratio, pretrain_epochs=pretrain_epochs,
-        finetune_epochs=finetune_epochs))
+        finetune_epochs=finetune_epochs, pretrain_encoders=pretrain_encoders))
 
 
 #: The command-line option of each preset override.
 _OPTION_OF = {"model.window": "--window", "model.mask_ratio": "--mask-ratio",
               "pretrain.epochs": "--epochs/--pretrain-epochs",
+              "pretrain.encoders": "--encoders/--pretrain-encoders",
               "pretrain.samples": "--pretrain-samples",
               "finetune.epochs": "--finetune-epochs"}
 
@@ -206,6 +220,7 @@ def pretrain(
         "diffclip-pretrained.pt"),
     samples: SamplesOpt = None,
     epochs: EpochsOpt = None,
+    encoders: EncodersOpt = None,
     mask_ratio: MaskRatioOpt = None,
     window: WindowOpt = None,
     preset: PresetOpt = None,
@@ -235,9 +250,11 @@ def pretrain(
     dev = resolve_device(device)
     name, budget = default_recipe(dev.type, preset, budget)
     options = PretrainOptions(
-        preset=_preset(name, window=window, mask_ratio=mask_ratio, pretrain_epochs=epochs),
+        preset=_preset(name, window=window, mask_ratio=mask_ratio, pretrain_epochs=epochs,
+                       pretrain_encoders=encoders),
         samples=samples, resume=resume, seed=seed, device=dev, budget=budget,
-        overwrite=overwrite, pinned=_pinned(pretrain_windows=samples, pretrain_epochs=epochs))
+        overwrite=overwrite, pinned=_pinned(pretrain_windows=samples, pretrain_epochs=epochs,
+                                            pretrain_encoders=encoders))
     printer = _PlanPrinter(level=level, budget=budget, device=dev.type,
                            shorten=" or fewer --samples/--epochs")
     with interruptible(), StageProgress(enabled=level >= 0) as progress:
@@ -267,6 +284,7 @@ def fewshot(
         rich_help_panel=_MODEL, show_default=False)] = None,
     pretrain_samples: PretrainSamplesOpt = None,
     pretrain_epochs: PretrainEpochsOpt = None,
+    pretrain_encoders: PretrainEncodersOpt = None,
     epochs: Annotated[int | None, typer.Option(
         "--finetune-epochs", min=1, help="Fine-tuning epochs; default the preset's.",
         rich_help_panel=_MODEL, show_default=False)] = None,
@@ -321,7 +339,7 @@ def fewshot(
     dev = resolve_device(device)
     name, budget = default_recipe(dev.type, preset, budget)
     overrides = _overrides(window=window, pretrain_epochs=pretrain_epochs,
-                           finetune_epochs=epochs)
+                           finetune_epochs=epochs, pretrain_encoders=pretrain_encoders)
     config = None  # (None: the pretrained model's recipe, read by the workflow)
     if pretrained is None or preset is not None:
         config = _overridden(preset_option(name), overrides)
@@ -333,7 +351,8 @@ def fewshot(
             split=split, fast=fast, fast_steps=fast_steps, batch_size=batch_size, seed=seed,
             device=dev, budget=budget, overwrite=overwrite,
             pinned=_pinned(pretrain_windows=pretrain_samples, pretrain_epochs=pretrain_epochs,
-                           finetune_epochs=epochs, distill_steps=fast_steps))
+                           finetune_epochs=epochs, distill_steps=fast_steps,
+                           pretrain_encoders=pretrain_encoders))
     except UsageError as exc:  # --split, --prompt; --window etc. with --pretrained
         raise _usage_error(exc) from None
     printer = _PlanPrinter(level=level, budget=budget, device=dev.type,
