@@ -18,7 +18,7 @@ from diffclip_cli.model.archive import load_model, save_model
 from diffclip_cli.model.config import load_preset
 from diffclip_cli.model.modelfile import build_network, bundle_from_network
 from diffclip_cli.model.network import DiffCLIPNet
-from diffclip_cli.report.baseline import spectral_spatial_svm
+from diffclip_cli.report.baseline import SpatialChoice, spectral_spatial_svm
 from diffclip_cli.sampling.context import (
     compute_context,
     context_halo,
@@ -180,7 +180,43 @@ def test_the_shots_choose_context_where_fields_are_wide_and_none_where_not(tmp_p
     else:
         assert picked.stats.context is not None and picked.choice is not None
         assert picked.stats.context.scales == picked.choice.scales != ()
+        # once the context wins, the network reads every candidate scale, whichever prefix
+        # the cross-validation preferred
+        assert picked.choice.scales == (1.0, 2.0, 4.0)
         assert acc > acc_bands + 0.3 and acc > 0.8
+
+
+@pytest.mark.parametrize(("gained", "given"), [(20, (1.0, 2.0, 4.0)), (2, ())])
+def test_a_winning_context_gives_every_scale_not_the_best_prefix(tmp_path, monkeypatch,
+                                                                  gained, given):
+    """Cross-validation preferring a smaller prefix (up to 2 px) decides whether, not which:
+    beyond chance the network reads every candidate scale, within chance none."""
+    hsi, labels_path, table = _fields_scene(tmp_path, speckle=False)
+    config = load_preset("tiny").model.with_overrides(context_scales=[1, 2, 4],
+                                                      context_components=4)
+    n = 40
+    bands = np.zeros(n, bool)
+    best = np.zeros(n, bool)
+    best[:gained] = True  # the shots the prefix up to 2 px gets right and the bands do not
+
+    def prefers_two(train, y, test, *, scales):
+        return None, SpatialChoice(scales=(1.0, 2.0), scores={0.0: 0.0, 2.0: gained / n},
+                                   folds="leave-one-out",
+                                   outcomes={0.0: bands, 2.0: best})
+
+    monkeypatch.setattr("diffclip_cli.train.spatial.spectral_spatial_svm", prefers_two)
+    with Scene.open(hsi) as scene:
+        labels = read_labels(labels_path, scene.grid, classes=table)
+        split = sample_shots(labels, 5, seed=0)
+        picked = choose_context(scene, compute_stats(scene, seed=0), config,
+                                labels.rows[split.train], labels.cols[split.train],
+                                labels.class_ids[split.train])
+    assert picked.choice is not None and picked.choice.scales == given
+    if given:
+        assert picked.stats.context is not None and picked.stats.context.scales == given
+        assert picked.to_dict()["cv_accuracy"] == {"0.0": 0.0, "2.0": gained / n}
+    else:
+        assert picked.stats.context is None
 
 
 def test_a_preset_without_candidates_compares_nothing(two_modality):

@@ -97,6 +97,13 @@ def choose_context(
 ) -> ContextChoice:
     """The context of ``config.context_scales`` that the shots at ``rows``/``cols`` support.
 
+    The spectral-spatial baseline's leave-one-out on the shots compares the bands alone with
+    the bands plus the smoothed components up to each candidate scale. The context is given
+    when the best of them beats the bands alone beyond chance (:func:`context_wins`); the
+    network then reads every candidate scale, not the best prefix: on 5 shots per class the
+    prefixes differ by one or two held-out shots, and the network weighs the channels itself
+    (docs/model.md, "Spatial context").
+
     Args:
         scene: the scene.
         stats: its band statistics (any context in them is replaced).
@@ -125,6 +132,8 @@ def choose_context(
         significant, p = context_wins(best.outcomes[best.scales[-1]], best.outcomes[0.0])
         if not significant:
             choice = dataclasses.replace(best, scales=())
+        else:  # the network gets every candidate scale (see the docstring)
+            choice = dataclasses.replace(best, scales=scales)
     log.info("Spatial context: %s (cross-validated accuracy on the shots: %s; p = %.3g).",
              f"scales up to {choice.scales[-1]:g} px" if choice.scales else "none",
              ", ".join(f"{'bands' if k == 0 else f'<= {k:g}'} {100 * v:.0f} %"
