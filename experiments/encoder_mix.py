@@ -40,7 +40,7 @@ from diffclip_cli.sampling.windows import read_windows
 from diffclip_cli.train.data import WindowData
 from diffclip_cli.train.finetune import finetune, member_seed
 from experiments import lab
-from experiments.head_probe import member_probs, scores
+from experiments.head_probe import member_probs, scores, split_pixels
 
 
 def main() -> None:
@@ -75,12 +75,7 @@ def main() -> None:
         peers = [p for p in args.splits
                  if p != split_seed and bundles[p].provenance["context"]["scales"] == scales]
         encoders = ([split_seed, *peers] * members)[:members]
-        split = s.split(args.shots, split_seed)
-        train = lab_.subset(split.train)
-        rng = np.random.default_rng(split_seed)
-        test_idx = split.test if len(split.test) <= args.test_pixels else np.sort(
-            rng.choice(split.test, args.test_pixels, replace=False))
-        test = lab_.subset(test_idx)
+        train, test = split_pixels(s, args.shots, split_seed, args.test_pixels)
         for head in args.heads:
             probs = []
             for m, e in enumerate(encoders):

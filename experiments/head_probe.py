@@ -307,6 +307,16 @@ def pseudo_labels(probs: np.ndarray, per_class: int, rng: np.random.Generator | 
     return np.concatenate(pos), np.concatenate(cls)
 
 
+def split_pixels(s: lab.LabScene, shots: int, split_seed: int, test_pixels: int):
+    """The split's training pixels and up to ``test_pixels`` of its test pixels (a sample
+    drawn with the split's seed, the same for every variant and script)."""
+    split = s.split(shots, split_seed)
+    rng = np.random.default_rng(split_seed)
+    test_idx = split.test if len(split.test) <= test_pixels else np.sort(
+        rng.choice(split.test, test_pixels, replace=False))
+    return s.labels.subset(split.train), s.labels.subset(test_idx)
+
+
 def scores(probs: list[np.ndarray], test, ids: np.ndarray) -> tuple[float, list[float]]:
     """OA of the members' mean probability and of each member, on ``test``."""
     oa = lab.oa(test.class_ids, ids[np.mean(probs, 0).argmax(1)])
@@ -394,12 +404,7 @@ def main() -> None:
         prompts[f"codes-p{m + 1}"] = build_prompts(codes, template=f"p{m + 1}")
     out = []
     for split_seed in args.splits:
-        split = s.split(args.shots, split_seed)
-        train = lab_.subset(split.train)
-        rng = np.random.default_rng(split_seed)
-        test_idx = split.test if len(split.test) <= args.test_pixels else np.sort(
-            rng.choice(split.test, args.test_pixels, replace=False))
-        test = lab_.subset(test_idx)
+        train, test = split_pixels(s, args.shots, split_seed, args.test_pixels)
         tic = time.perf_counter()
         bundle = stage1_model(s, train, args.shots, split_seed, preset, args.samples,
                               Path(args.cache), all_scales=args.all_scales)
