@@ -93,7 +93,7 @@ from diffclip_cli.train.data import WindowData
 from diffclip_cli.train.finetune import member_seed, member_start
 from diffclip_cli.train.spatial import ContextChoice, choose_context
 from diffclip_cli.workflows.fewshot import FewshotRequest, fewshot_scene
-from diffclip_cli.workflows.pretrain import encoder_checkpoint, pretrain_scene
+from diffclip_cli.workflows.pretrain import pretrain_scene, remove_checkpoints
 
 __all__ = [
     "ALL_METHODS",
@@ -623,10 +623,7 @@ class _Runner:
             bundle.provenance["pretrain_seconds"] = round(seconds, 3)
             bundle.provenance["variant"] = variant
             save_model(bundle, path, overwrite=True)
-            for j in range(preset.pretrain.encoders):
-                done = encoder_checkpoint(ckpt, j)
-                assert done is not None
-                done.unlink(missing_ok=True)
+            remove_checkpoints(ckpt, preset.pretrain.encoders)
         self.pretrain_seconds[pid] = seconds
         return bundle, pid, seconds
 

@@ -340,7 +340,7 @@ def bundle_from_network(
         lidar_bands=net.lidar_bands,
         band_names=_check_names(band_names, net.hsi_bands, net.lidar_bands),
         scene_stats=stats,
-        state_dict={k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
+        state_dict=_weights(net),
         provenance=_provenance(provenance),
         extras=dict(extras or {}),
         wavelengths=None if wavelengths is None else [float(v) for v in wavelengths],
@@ -374,8 +374,7 @@ def bundle_from_networks(nets: Sequence[DiffCLIPNet], **kwargs: Any) -> ModelBun
                              "architecture and inputs")
     bundle = bundle_from_network(first, **kwargs)
     if len(nets) > 1:
-        bundle.extras[ENCODERS_KEY] = [{k: v.detach().cpu().clone()
-                                        for k, v in n.state_dict().items()} for n in nets[1:]]
+        bundle.extras[ENCODERS_KEY] = [_weights(n) for n in nets[1:]]
     return bundle
 
 
@@ -427,17 +426,38 @@ def bundle_from_classifier(
     bundle.template = template
     bundle.prompts = classifier.prompts
     bundle.vocabulary = classifier.vocabulary
-    bundle.state_dict = {k: v.detach().cpu().clone()
-                         for k, v in classifier.state_dict().items()}
+    bundle.state_dict = _weights(classifier)
     if len(members) > 1:
         for other in members[1:]:
             if (other.prompts != classifier.prompts
                     or other.net.input_bands != net.input_bands):
                 raise ModelError("the members of an ensemble must share prompts and inputs")
-        bundle.extras[MEMBERS_KEY] = [{k: v.detach().cpu().clone()
-                                       for k, v in m.state_dict().items()}
-                                      for m in members[1:]]
+        bundle.extras[MEMBERS_KEY] = [_weights(m) for m in members[1:]]
     return bundle
+
+
+def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of ``module``'s state dict (what a bundle stores)."""
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def _extra_states(bundle: ModelBundle, key: str, what: str) -> list[dict[str, torch.Tensor]]:
+    """The further state dicts a bundle keeps under ``extras[key]`` (members, encoders).
+
+    Raises:
+        ModelError: they are not a list of state dicts (``what`` names them).
+    """
+    extra = bundle.extras.get(key) or []
+    if not isinstance(extra, list) or not all(isinstance(s, dict) for s in extra):
+        raise ModelError(f"{what} are unreadable", hint="the model file is damaged; re-train it")
+    return extra
+
+
+def _empty_network(bundle: ModelBundle) -> DiffCLIPNet:
+    """The image side a bundle describes (architecture, bands, context), weights not loaded."""
+    return DiffCLIPNet(bundle.config, hsi_bands=bundle.hsi_bands,
+                       lidar_bands=bundle.lidar_bands,
+                       context_bands=bundle.scene_stats.context_bands())
 
 
 def _load_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -451,9 +471,7 @@ def _load_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None
 
 def build_network(bundle: ModelBundle) -> DiffCLIPNet:
     """The image side of a bundle (either kind), weights loaded, in eval mode."""
-    net = DiffCLIPNet(bundle.config, hsi_bands=bundle.hsi_bands,
-                      lidar_bands=bundle.lidar_bands,
-                      context_bands=bundle.scene_stats.context_bands())
+    net = _empty_network(bundle)
     if bundle.kind == "pretrained":
         _load_state(net, bundle.state_dict)
     else:
@@ -472,16 +490,11 @@ def build_networks(bundle: ModelBundle) -> list[DiffCLIPNet]:
     Raises:
         ModelError: the bundle's further encoders are unreadable.
     """
-    first = build_network(bundle)
-    extra = (bundle.extras.get(ENCODERS_KEY) or []) if bundle.kind == "pretrained" else []
-    if not isinstance(extra, list) or not all(isinstance(s, dict) for s in extra):
-        raise ModelError("the pretrained model's encoders are unreadable",
-                         hint="the model file is damaged; re-train it")
-    out = [first]
-    for state in extra:
-        net = DiffCLIPNet(bundle.config, hsi_bands=bundle.hsi_bands,
-                          lidar_bands=bundle.lidar_bands,
-                          context_bands=bundle.scene_stats.context_bands())
+    out = [build_network(bundle)]
+    if bundle.kind != "pretrained":
+        return out
+    for state in _extra_states(bundle, ENCODERS_KEY, "the pretrained model's encoders"):
+        net = _empty_network(bundle)
         _load_state(net, state)
         out.append(net.eval())
     return out
@@ -504,10 +517,7 @@ def build_classifiers(bundle: ModelBundle) -> list[DiffCLIPClassifier]:
     Raises:
         ModelError: the bundle is a pretrained model (no classes yet), or is damaged.
     """
-    extra = bundle.extras.get(MEMBERS_KEY) or []
-    if not isinstance(extra, list) or not all(isinstance(s, dict) for s in extra):
-        raise ModelError("the ensemble's members are unreadable",
-                         hint="the model file is damaged; re-train it")
+    extra = _extra_states(bundle, MEMBERS_KEY, "the ensemble's members")
     return [_classifier(bundle, state) for state in (bundle.state_dict, *extra)]
 
 
@@ -515,9 +525,7 @@ def _classifier(bundle: ModelBundle, state: dict[str, torch.Tensor]) -> DiffCLIP
     if bundle.kind != "classifier" or bundle.vocabulary is None:
         raise ModelError("this is a pretrained model without classes",
                          hint="fine-tune it on labelled pixels first")
-    net = DiffCLIPNet(bundle.config, hsi_bands=bundle.hsi_bands,
-                      lidar_bands=bundle.lidar_bands,
-                      context_bands=bundle.scene_stats.context_bands())
+    net = _empty_network(bundle)
     clf = DiffCLIPClassifier(net, vocabulary=bundle.vocabulary)
     ids = state.get("prompt_ids")
     if ids is None:

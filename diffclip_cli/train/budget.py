@@ -297,8 +297,8 @@ def fit_recipe(full: Recipe, costs: StepCosts, budget_s: float, *,
 
     1. the fast path's steps, to at most ``floors.distill_share`` of the budget (its teacher
        labels included); they already follow the scene (:func:`distill_steps_for`);
-    2. further stage-1 encoders (``pretrain.encoders``), down to one: they make the
-       fine-tunings' average better, but each costs a whole stage 1;
+    2. further stage-1 encoders (``pretrain.encoders``), down to one: each costs a whole
+       stage 1, and what they buy depends on the scene (docs/model.md, "Several encoders");
     3. pretraining epochs, to ``floors.pretrain_epochs``;
     4. pretraining windows, to ``floors.pretrain_windows``;
     5. fast-path steps, to ``floors.distill_steps``;

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from diffclip_cli.model.config import Preset
 
 __all__ = ["PretrainOptions", "PretrainResult", "checkpoint_path", "encoder_checkpoint",
-           "encoder_seed", "pretrain_scene", "run_pretrain"]
+           "encoder_seed", "pretrain_scene", "remove_checkpoints", "run_pretrain"]
 
 log = logging.getLogger("diffclip")
 
@@ -177,6 +177,15 @@ def encoder_checkpoint(checkpoint: str | Path | None, encoder: int) -> Path | No
     return path if encoder == 0 else path.with_name(f"{path.name}.{encoder + 1}")
 
 
+def remove_checkpoints(checkpoint: Path, encoders: int) -> None:
+    """Remove the checkpoints of ``encoders`` stage-1 encoders (those that exist)."""
+    for j in range(encoders):
+        path = encoder_checkpoint(checkpoint, j)
+        assert path is not None
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
 def _pretrain_encoder(scene: Scene, net: DiffCLIPNet, encoder: int, encoders: int, *,
                       preset: Preset, samples: int, seed: int, stats: SceneStats,
                       checkpoint: Path | None, resume: bool, device: torch.device,
@@ -278,9 +287,5 @@ def run_pretrain(hsi: str | Path, lidar: Sequence[str | Path] | None, output: Pa
             checkpoint=checkpoint, resume=options.resume, device=device, progress=progress,
             budget=options.budget, pinned=options.pinned, on_plan=on_plan)
         save_model(result.bundle, output, overwrite=options.overwrite)
-    for j in range(options.preset.pretrain.encoders):
-        path = encoder_checkpoint(checkpoint, j)
-        assert path is not None
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+    remove_checkpoints(checkpoint, options.preset.pretrain.encoders)
     return result
